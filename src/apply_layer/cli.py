@@ -1,0 +1,119 @@
+"""The ``apply-layer`` command line (CONTRACT section 4)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.exceptions import RedisError
+
+from apply_layer import __version__
+from apply_layer.gate import GateConfig
+from apply_layer.logs import setup_logging
+from apply_layer.peek import peek_plan
+from apply_layer.redis_client import create_redis
+from apply_layer.settings import Settings, SettingsError, load_settings
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+PLAN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class CommandError(Exception):
+    """A clear, one-line failure of a command (exit status 1)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced, fit for a log line or an error."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def cmd_permits(settings: Settings, args: argparse.Namespace) -> int:
+    if not re.match(PLAN_ID_PATTERN, args.plan_id):
+        raise CommandError(f"{args.plan_id!r} is not a plan id ([A-Za-z0-9_-]{{1,64}})")
+    redis = create_redis(settings.redis_url, name="apply_layer:cli")
+    try:
+        view = await peek_plan(redis, args.plan_id, args.symbol, GateConfig.from_settings(settings))
+    finally:
+        await redis.aclose()
+    if args.json:
+        print(json.dumps(view.as_dict(), indent=2, sort_keys=True))
+        return EXIT_OK
+    print(f"plan {view.plan_id}  symbol {view.symbol or '?'}")
+    for p in view.permits:
+        qty = f" safe_qty={p.verdict.safe_qty}" if p.verdict.safe_qty is not None else ""
+        why = f" ({p.verdict.reason})" if p.verdict.verdict == "deny" else ""
+        print(
+            f"  {p.issuer:<9} {p.verdict.verdict:<8} type={p.verdict.kind:<7} ttl={p.ttl:<5}"
+            f" key={p.key}{qty}{why}"
+        )
+    print(f"  governor block marker: {view.governor_block or 'none'}")
+    on = [k for k, v in view.kill_switch.items() if v]
+    print(f"  kill switch: {'ON via ' + ', '.join(on) if on else 'off'}")
+    if view.journal:
+        print(
+            f"  journal: state={view.journal.get('state')} gate={view.journal.get('gate_status')}"
+        )
+    else:
+        print("  journal: none")
+    print(f"  the gate would decide: {view.would_decide}")
+    return EXIT_OK
+
+
+Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="apply-layer", description="The apply layer: atomic permit gate and executor."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--env-file", help="read APPLY_* settings from this file too")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    permits = sub.add_parser("permits", help="what the gate would see now for one plan")
+    permits.add_argument("plan_id")
+    permits.add_argument("--symbol", help="the plan's symbol (default: from its journal)")
+    permits.add_argument("--json", action="store_true", help="machine-readable output")
+    permits.set_defaults(func=cmd_permits)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.env_file)
+    except SettingsError as exc:
+        print(f"apply-layer: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(settings.log_level, settings.log_format)
+    func: Command = args.func
+    try:
+        return asyncio.run(func(settings, args))
+    except CommandError as exc:
+        print(f"apply-layer: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except (RedisError, OSError) as exc:
+        print(
+            f"apply-layer: cannot reach Redis at {redact_url(settings.redis_url)}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

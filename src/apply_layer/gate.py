@@ -1,0 +1,266 @@
+"""``wait_and_consume_permits``: the atomic gate between a plan and the exchange.
+
+Within a deadline the gate either consumes every required permit in one
+atomic step (``gate.lua``) or blocks the plan. It wakes on a permit's arrival
+(keyspace notifications, see ``notify.py``) and polls every step as a
+fallback; a deny, a governor block marker or the kill switch ends the wait at
+once. The script records the decision and the permits it saw in the plan's
+journal in the same step, and replays that record to any later call, so a
+resend after a lost reply gets the first answer, and of many racing callers
+exactly one is the owner of the decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from importlib.resources import files
+from typing import Any
+
+from redis.asyncio import Redis
+
+from apply_layer import keys as K
+from apply_layer.keys import ISSUERS, Issuer
+from apply_layer.logs import get_logger, permit_block_line, permit_ok_line
+from apply_layer.notify import KeyspaceWatcher
+from apply_layer.permits import PermitVerdict, evaluate_permit, governor_block_reason
+from apply_layer.settings import Settings
+
+log = get_logger()
+
+GATE_SCRIPT = files("apply_layer").joinpath("gate.lua").read_text(encoding="utf-8")
+_PER_ISSUER = 6  # name, kind, raw, ttl, verdict, category
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """What the gate needs from the settings."""
+
+    issuers: tuple[Issuer, ...] = (ISSUERS["governor"], ISSUERS["p33"])
+    wait_ms: int = 1200
+    step_ms: int = 100
+    journal_ttl_sec: int = 7 * 24 * 3600
+    kill_switch: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GateConfig:
+        return cls(
+            issuers=tuple(ISSUERS[name] for name in settings.required_permits),
+            wait_ms=settings.permit_wait_ms,
+            step_ms=settings.permit_step_ms,
+            journal_ttl_sec=settings.journal_ttl_sec,
+            kill_switch=settings.kill_switch,
+        )
+
+    def keys(self, plan_id: str) -> list[str]:
+        """KEYS for the script, in the order ``gate.lua`` documents."""
+        return [
+            K.journal(plan_id),
+            K.governor_block(plan_id),
+            *K.KILL_SWITCH_KEYS,
+            *(issuer.key(plan_id) for issuer in self.issuers),
+        ]
+
+    def watch_patterns(self) -> list[str]:
+        """Key patterns whose writes should wake a waiter."""
+        templates = [issuer.key_template for issuer in self.issuers]
+        return sorted(
+            {K.glob_of(t) for t in [*templates, K.GOVERNOR_BLOCK_TEMPLATE]}
+            | set(K.KILL_SWITCH_KEYS)
+        )
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The gate's decision on one plan."""
+
+    plan_id: str
+    symbol: str
+    status: str  # ALLOW, DENY, GOV_BLOCK, KILL, TIMEOUT, MISMATCH
+    reason: str  # short: "", "missing_p33", "p33_permit_denied:...", "kill_switch", ...
+    wait_ms: int
+    owner: bool  # this call made the decision (False: another caller already had)
+    decided_at_ms: int
+    permits: dict[str, PermitVerdict] = field(default_factory=dict)
+    ttls: dict[str, int] = field(default_factory=dict)
+    safe_qty: Decimal | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == "ALLOW"
+
+    @property
+    def error(self) -> str:
+        """The result stream's ``error`` field (CONTRACT 2.1)."""
+        if self.status == "TIMEOUT":
+            return f"permit_timeout_or_missing:{self.reason}"
+        return self.reason
+
+    def log_line(self) -> str:
+        if self.allowed:
+            return permit_ok_line(self.plan_id, self.symbol, self.wait_ms, self.safe_qty)
+        return permit_block_line(self.plan_id, self.symbol, self.wait_ms, self.reason, self.ttls)
+
+
+def _missing_reason(missing: Sequence[str], required: int) -> str:
+    if len(missing) == required and required > 1:
+        return "missing_all"
+    return "missing_" + "_".join(missing)
+
+
+def build_result(
+    reply: Sequence[Any], plan_id: str, symbol: str, config: GateConfig, wait_ms: int
+) -> GateResult:
+    """Turn the script's reply into a typed result, re-checking every verdict in Python."""
+    status, owner, decided_at, marker, count = reply[:5]
+    by_name = {issuer.name: issuer for issuer in config.issuers}
+    permits: dict[str, PermitVerdict] = {}
+    lua_verdicts: dict[str, tuple[str, str]] = {}
+    ttls: dict[str, int] = {}
+    for i in range(int(count)):
+        name, kind, raw, ttl, verdict, category = reply[
+            5 + i * _PER_ISSUER : 5 + (i + 1) * _PER_ISSUER
+        ]
+        issuer = by_name.get(name, Issuer(name, "", carries_qty=name == "p33"))
+        permits[name] = evaluate_permit(issuer, kind, raw if kind != "none" else None, symbol)
+        lua_verdicts[name] = (verdict, category)
+        ttls[name] = int(ttl)
+
+    status = str(status)
+    reason = ""
+    safe_qty: Decimal | None = None
+    if status == "ALLOW":
+        disagree = [n for n, p in permits.items() if p.verdict != "allow"]
+        if disagree:
+            status, reason = "MISMATCH", f"permit_verdict_mismatch:{disagree[0]}"
+        else:
+            safe_qty = next((p.safe_qty for p in permits.values() if p.safe_qty is not None), None)
+    elif status == "DENY":
+        name = next(n for n, (v, _) in lua_verdicts.items() if v == "deny")
+        ours = permits[name]
+        detail = ours.reason if ours.verdict == "deny" else lua_verdicts[name][1]
+        reason = f"{name}_permit_denied:{detail}"
+    elif status == "GOV_BLOCK":
+        reason = f"governor_blocked:{governor_block_reason(str(marker))}"
+    elif status == "KILL":
+        reason = "kill_switch"
+    elif status == "TIMEOUT":
+        missing = [n for n, (v, _) in lua_verdicts.items() if v == "missing"]
+        reason = _missing_reason(missing, len(lua_verdicts))
+    else:
+        raise ValueError(f"unexpected gate status {status!r}")
+    return GateResult(
+        plan_id=plan_id,
+        symbol=symbol,
+        status=status,
+        reason=reason,
+        wait_ms=wait_ms,
+        owner=int(owner) == 1,
+        decided_at_ms=int(decided_at),
+        permits=permits,
+        ttls=ttls,
+        safe_qty=safe_qty,
+    )
+
+
+class PermitGate:
+    """The gate bound to one Redis client (the script is loaded once per server)."""
+
+    def __init__(
+        self, redis: Redis, config: GateConfig, watcher: KeyspaceWatcher | None = None
+    ) -> None:
+        self.redis = redis
+        self.config = config
+        self.watcher = watcher
+        self._script = redis.register_script(GATE_SCRIPT)
+        self._specs = [f"{i.name}:{'q' if i.carries_qty else ''}" for i in config.issuers]
+
+    async def load(self) -> str:
+        """Load the script now (start-up check); returns its SHA1."""
+        sha: str = await self.redis.script_load(GATE_SCRIPT)
+        return sha
+
+    async def attempt(
+        self, plan_id: str, symbol: str, token: str, *, final: bool, keys: list[str] | None = None
+    ) -> list[Any]:
+        """One atomic evaluation: ``["WAIT"]`` or a decision (see ``gate.lua``)."""
+        args = [
+            plan_id,
+            symbol,
+            token,
+            int(time.time() * 1000),
+            1 if final else 0,
+            1 if self.config.kill_switch else 0,
+            self.config.journal_ttl_sec,
+            *self._specs,
+        ]
+        reply: list[Any] = await self._script(keys=keys or self.config.keys(plan_id), args=args)
+        return reply
+
+    async def wait_and_consume(
+        self, plan_id: str, symbol: str, *, token: str | None = None
+    ) -> GateResult:
+        """Consume every required permit within the deadline, or block the plan."""
+        token = token or uuid.uuid4().hex
+        keys = self.config.keys(plan_id)
+        started = time.monotonic()
+        deadline = started + self.config.wait_ms / 1000
+        step = self.config.step_ms / 1000
+        watching = self.watcher.watch(keys) if self.watcher else contextlib.nullcontext(None)
+        with watching as wake:
+            while True:
+                if wake is not None:
+                    wake.clear()
+                final = time.monotonic() >= deadline
+                reply = await self.attempt(plan_id, symbol, token, final=final, keys=keys)
+                if reply[0] != "WAIT":
+                    break
+                pause = max(0.0, min(step, deadline - time.monotonic()))
+                if wake is None:
+                    await asyncio.sleep(pause)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await wake.wait()
+        wait_ms = int((time.monotonic() - started) * 1000)
+        result = build_result(reply, plan_id, symbol, self.config, wait_ms)
+        if result.status == "MISMATCH":
+            # The script consumed permits that Python cannot accept: fail closed,
+            # and say so in the journal so that recovery never executes it.
+            await self.redis.hset(
+                K.journal(plan_id), mapping={"state": "blocked", "gate_override": result.reason}
+            )
+        self._log(result)
+        return result
+
+    def _log(self, result: GateResult) -> None:
+        if not result.owner:
+            log.debug("gate_already_decided", plan_id=result.plan_id, status=result.status)
+            return
+        fields = {
+            "marker": "PERMIT_WAIT",
+            "plan_id": result.plan_id,
+            "symbol": result.symbol,
+            "wait_ms": result.wait_ms,
+            "status": result.status,
+        }
+        if result.allowed:
+            log.info(result.log_line(), safe_qty=str(result.safe_qty), **fields)
+        else:
+            log.warning(result.log_line(), reason=result.reason, **fields)
+
+
+async def wait_and_consume_permits(
+    redis: Redis,
+    plan_id: str,
+    symbol: str,
+    config: GateConfig,
+    watcher: KeyspaceWatcher | None = None,
+) -> GateResult:
+    """One-shot form of :meth:`PermitGate.wait_and_consume`."""
+    return await PermitGate(redis, config, watcher).wait_and_consume(plan_id, symbol)

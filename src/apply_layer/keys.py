@@ -1,0 +1,69 @@
+"""Every Redis key and stream name the apply layer touches, in one place.
+
+Names follow CONTRACT sections 1 and 2. ``{plan_id}`` in a template is a
+placeholder, not a Redis Cluster hash tag; scripts receive every key in
+``KEYS`` so that a later template can add hash tags without touching Lua.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PLAN_STREAM = "quantum:stream:apply.plan"
+RESULT_STREAM = "quantum:stream:apply.result"
+KILL_SWITCH_KEYS = ("quantum:global:kill_switch", "quantum:kill")
+HEARTBEAT_KEY = "quantum:svc:apply_layer:heartbeat"
+
+GOVERNOR_BLOCK_TEMPLATE = "quantum:governor:block:{plan_id}"
+DEDUPE_TEMPLATE = "quantum:apply:dedupe:{plan_id}"
+JOURNAL_TEMPLATE = "quantum:apply:journal:{plan_id}"
+COOLDOWN_TEMPLATE = "quantum:cooldown:last_exec_ts:{symbol}"
+SYMBOL_LEASE_TEMPLATE = "quantum:apply:lease:{symbol}"
+
+STREAM_MAXLEN = 10_000
+COOLDOWN_TTL_SEC = 3600
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """A permit authority: its name, its key template, and whether it sizes orders."""
+
+    name: str
+    key_template: str
+    carries_qty: bool = False
+
+    def key(self, plan_id: str) -> str:
+        return self.key_template.format(plan_id=plan_id)
+
+
+ISSUERS: dict[str, Issuer] = {
+    "governor": Issuer("governor", "quantum:permit:{plan_id}"),
+    "p33": Issuer("p33", "quantum:permit:p33:{plan_id}", carries_qty=True),
+    "p26": Issuer("p26", "quantum:permit:p26:{plan_id}"),
+}
+
+
+def governor_block(plan_id: str) -> str:
+    return GOVERNOR_BLOCK_TEMPLATE.format(plan_id=plan_id)
+
+
+def dedupe(plan_id: str) -> str:
+    return DEDUPE_TEMPLATE.format(plan_id=plan_id)
+
+
+def journal(plan_id: str) -> str:
+    return JOURNAL_TEMPLATE.format(plan_id=plan_id)
+
+
+def cooldown(symbol: str) -> str:
+    return COOLDOWN_TEMPLATE.format(symbol=symbol)
+
+
+def symbol_lease(symbol: str) -> str:
+    return SYMBOL_LEASE_TEMPLATE.format(symbol=symbol)
+
+
+def glob_of(template: str) -> str:
+    """The SCAN / PSUBSCRIBE pattern that matches every key of a template."""
+    head, _, _ = template.partition("{")
+    return head + "*"

@@ -1,0 +1,111 @@
+"""What the gate would see now for one plan (read-only; backs ``apply-layer permits``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from apply_layer import keys as K
+from apply_layer.gate import GateConfig
+from apply_layer.permits import PermitVerdict, evaluate_permit, governor_block_reason, is_kill_value
+
+
+@dataclass
+class PermitView:
+    issuer: str
+    key: str
+    ttl: int
+    verdict: PermitVerdict
+
+
+@dataclass
+class PlanView:
+    plan_id: str
+    symbol: str
+    permits: list[PermitView]
+    governor_block: str | None
+    kill_switch: dict[str, bool]
+    journal: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def would_decide(self) -> str:
+        """The gate's decision if it ran now (the deadline not yet passed)."""
+        if self.journal.get("gate_status"):
+            return f"already decided: {self.journal['gate_status']} ({self.journal.get('state')})"
+        if any(self.kill_switch.values()):
+            return "BLOCK kill_switch"
+        if self.governor_block is not None:
+            return f"BLOCK governor_blocked:{governor_block_reason(self.governor_block)}"
+        for view in self.permits:
+            if view.verdict.verdict == "deny":
+                return f"BLOCK {view.issuer}_permit_denied:{view.verdict.reason}"
+        missing = [v.issuer for v in self.permits if v.verdict.verdict == "missing"]
+        if missing:
+            return f"WAIT for {', '.join(missing)} (BLOCK missing_* at the deadline)"
+        qty = next((v.verdict.safe_qty for v in self.permits if v.verdict.safe_qty), None)
+        return f"OK safe_qty={qty}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plan_id": self.plan_id,
+            "symbol": self.symbol,
+            "would_decide": self.would_decide,
+            "kill_switch": self.kill_switch,
+            "governor_block": self.governor_block,
+            "permits": [
+                {
+                    "issuer": v.issuer,
+                    "key": v.key,
+                    "type": v.verdict.kind,
+                    "ttl": v.ttl,
+                    "verdict": v.verdict.verdict,
+                    "reason": v.verdict.reason,
+                    "safe_qty": None if v.verdict.safe_qty is None else str(v.verdict.safe_qty),
+                }
+                for v in self.permits
+            ],
+            "journal": self.journal,
+        }
+
+
+async def _read(redis: Redis, key: str) -> tuple[str, str | None, int]:
+    kind = str(await redis.type(key))
+    ttl = int(await redis.ttl(key))
+    if kind == "string":
+        value = await redis.get(key)
+        return kind, None if value is None else str(value), ttl
+    if kind == "hash":
+        return kind, json.dumps(await redis.hgetall(key)), ttl
+    return kind, None, ttl
+
+
+async def peek_plan(redis: Redis, plan_id: str, symbol: str | None, config: GateConfig) -> PlanView:
+    """Read every key the gate reads for ``plan_id``; changes nothing.
+
+    ``symbol`` defaults to the one the plan's journal names.
+    """
+    journal = {str(k): str(v) for k, v in (await redis.hgetall(K.journal(plan_id))).items()}
+    symbol = symbol or journal.get("symbol") or ""
+    permits = []
+    for issuer in config.issuers:
+        key = issuer.key(plan_id)
+        kind, raw, ttl = await _read(redis, key)
+        permits.append(
+            PermitView(issuer.name, key, ttl, evaluate_permit(issuer, kind, raw, symbol))
+        )
+    block_kind, block_raw, _ = await _read(redis, K.governor_block(plan_id))
+    kill = {"APPLY_KILL_SWITCH": config.kill_switch}
+    for key in K.KILL_SWITCH_KEYS:
+        kind, raw, _ = await _read(redis, key)
+        kill[key] = kind == "string" and is_kill_value(raw)
+    return PlanView(
+        plan_id=plan_id,
+        symbol=symbol,
+        permits=permits,
+        governor_block=block_raw if block_kind == "string" else None,
+        kill_switch=kill,
+        journal=journal,
+    )

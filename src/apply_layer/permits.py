@@ -1,0 +1,190 @@
+"""Permit verdicts (pure): is a stored permit an allow, a deny, or missing?
+
+The gate's Lua script decides atomically on the server with the same rules
+(``gate.lua``); this module re-reads the raw values the script returns so the
+service gets typed, exact values (``safe_qty`` as a Decimal from the permit's
+own text, never through a float). A property test holds the two rule sets
+together, and the gate fails closed if they ever disagree.
+
+The rules (CONTRACT 1.2), in order:
+
+1. Type: a string holds JSON (or a bare ``1``); a HASH holds string fields.
+   Any other type is a deny (``wrong_type``); unparseable JSON is a deny
+   (``malformed``).
+2. Grant: ``granted`` and/or ``allow`` must be present, and every one present
+   must be true (JSON ``true``, the number 1, or the string ``true``/``1`` in
+   any case). Absent: ``not_granted``; present but not true: ``denied`` (the
+   permit's own ``reason`` is kept as detail).
+3. Symbol: if the permit names a symbol (non-null), it must be the plan's.
+4. Quantity (P3.3 only): ``safe_qty``, else the older ``safe_close_qty``, a
+   JSON number or a plain decimal string, finite and > 0 (as a double, like
+   the script sees it). Otherwise ``invalid_qty``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from apply_layer.keys import Issuer
+
+Verdict = Literal["allow", "deny", "missing"]
+
+DENY_CATEGORIES = (
+    "wrong_type",
+    "malformed",
+    "not_granted",
+    "denied",
+    "symbol_mismatch",
+    "invalid_qty",
+)
+
+_DECIMAL_TEXT = re.compile(r"^[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?$")
+_REASON_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+MAX_REASON_LEN = 80
+
+
+@dataclass(frozen=True)
+class PermitVerdict:
+    """What one issuer's permit says about one plan."""
+
+    issuer: str
+    kind: str  # "string", "hash", "none", or the Redis type name of anything else
+    verdict: Verdict
+    category: str = ""  # one of DENY_CATEGORIES when verdict == "deny"
+    detail: str = ""  # the permit's own reason for an explicit deny, sanitised
+    safe_qty: Decimal | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        """Short deny reason for logs and results: the permit's own, else the category."""
+        return self.detail or self.category
+
+
+def sanitise_reason(text: str) -> str:
+    """Make a free-text reason safe for a ``key=value`` log line and a result field."""
+    cleaned = _REASON_UNSAFE.sub("_", text.strip())[:MAX_REASON_LEN]
+    return cleaned or "unspecified"
+
+
+def _is_true(value: Any) -> bool:
+    if value is True:
+        return True
+    if isinstance(value, Decimal | int) and not isinstance(value, bool):
+        return bool(value == 1)
+    return isinstance(value, str) and value.lower() in ("true", "1")
+
+
+def _as_double(value: Decimal) -> float:
+    try:
+        return float(value)
+    except (OverflowError, ValueError):  # pragma: no cover - float() of Decimal saturates
+        return math.nan
+
+
+def parse_qty(value: Any) -> Decimal | None:
+    """A finite, positive quantity from a JSON number or a plain decimal string."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        if not _DECIMAL_TEXT.match(value):
+            return None
+        try:
+            value = Decimal(value)
+        except InvalidOperation:  # pragma: no cover - the regex admits only valid text
+            return None
+    if isinstance(value, int):
+        value = Decimal(value)
+    if not isinstance(value, Decimal) or not value.is_finite():
+        return None
+    as_double = _as_double(value)
+    if not (math.isfinite(as_double) and as_double > 0):
+        return None
+    return value
+
+
+def _json_constant(name: str) -> Decimal:
+    # cjson (the script's decoder) accepts NaN and Infinity; so must we, or a
+    # permit with NaN in an unrelated field would be an allow there and a
+    # deny here.
+    return Decimal(name.replace("Infinity", "Inf"))
+
+
+def decode_permit(kind: str, raw: str) -> dict[str, Any] | None:
+    """The permit's fields, or None when the text is not a permit at all."""
+    if kind == "hash":
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+    try:
+        data = json.loads(
+            raw, parse_float=Decimal, parse_int=Decimal, parse_constant=_json_constant
+        )
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(data, dict):
+        return data
+    if isinstance(data, list):
+        return {}  # an array grants nothing (the script cannot tell [] from {})
+    if isinstance(data, Decimal) and not isinstance(data, bool):
+        return {"allow": True} if data == 1 else {"allow": False}
+    return None
+
+
+def evaluate_permit(issuer: Issuer, kind: str, raw: str | None, symbol: str) -> PermitVerdict:
+    """Apply the CONTRACT 1.2 rules to one stored permit."""
+    name = issuer.name
+    if kind == "none" or raw is None:
+        return PermitVerdict(name, "none", "missing")
+    if kind not in ("string", "hash"):
+        return PermitVerdict(name, kind, "deny", "wrong_type")
+    data = decode_permit(kind, raw)
+    if data is None:
+        return PermitVerdict(name, kind, "deny", "malformed")
+
+    def deny(category: str, detail: str = "") -> PermitVerdict:
+        return PermitVerdict(name, kind, "deny", category, detail, fields=data)
+
+    flags = [data[k] for k in ("granted", "allow") if k in data]
+    if not flags:
+        return deny("not_granted")
+    if not all(_is_true(flag) for flag in flags):
+        own = data.get("reason")
+        return deny("denied", sanitise_reason(own) if isinstance(own, str) else "")
+    named = data.get("symbol")
+    if named is not None and named != symbol:
+        return deny("symbol_mismatch")
+    qty: Decimal | None = None
+    if issuer.carries_qty:
+        candidate = data.get("safe_qty")
+        if candidate is None:
+            candidate = data.get("safe_close_qty")
+        qty = parse_qty(candidate)
+        if qty is None:
+            return deny("invalid_qty")
+    return PermitVerdict(name, kind, "allow", safe_qty=qty, fields=data)
+
+
+def governor_block_reason(raw: str | None) -> str:
+    """The reason a governor block marker gives, sanitised (``unspecified`` if none)."""
+    if not raw:
+        return "unspecified"
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return sanitise_reason(raw)
+    if isinstance(data, dict) and isinstance(data.get("reason"), str):
+        return sanitise_reason(data["reason"])
+    return "unspecified"
+
+
+def is_kill_value(value: str | None) -> bool:
+    """A kill switch key is on when it holds ``1``, ``true`` (any case) or ``on``."""
+    return value is not None and value.lower() in ("1", "true", "on")

@@ -1,0 +1,57 @@
+"""The one Redis connection factory.
+
+Timeouts and retries are chosen on purpose:
+
+* ``socket_timeout``: redis-py 8 defaults to 5 s, which would kill our own
+  ``XREADGROUP BLOCK 5000`` just as it is about to return. Blocking clients
+  get the block time plus a margin; command clients get a short timeout so a
+  hung server is noticed within seconds, not minutes.
+* Retries: redis-py resends a command after a connection error or timeout.
+  Every script we run is idempotent per plan (the gate replays its recorded
+  decision; results are published once per plan), so a resend after a lost
+  reply is safe. Retries are few and short (about 0.5 s in all): a longer
+  outage is the service's business (it logs it once, backs off, executes
+  nothing), not the client's.
+* ``health_check_interval``: a connection idle for 30 s is PINGed before use,
+  so a connection silently dropped by a NAT or a Redis restart fails fast.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+COMMAND_TIMEOUT_SEC = 3.0
+CONNECT_TIMEOUT_SEC = 2.0
+BLOCK_MARGIN_SEC = 3.0
+RETRIES = 3
+
+
+def create_redis(url: str, *, name: str = "apply_layer", block_sec: float = 0.0) -> Redis:
+    """A client for ``url`` (``redis://``, ``rediss://``, ``unix://``; ACL user and password).
+
+    ``block_sec`` is the longest blocking command this client will issue
+    (``XREADGROUP BLOCK``); its socket timeout is set above it.
+    """
+    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), RETRIES)
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        # A permit holding invalid UTF-8 must become a deny, not a crash.
+        encoding_errors="replace",
+        socket_timeout=max(COMMAND_TIMEOUT_SEC, block_sec + BLOCK_MARGIN_SEC),
+        socket_connect_timeout=CONNECT_TIMEOUT_SEC,
+        socket_keepalive=True,
+        health_check_interval=30,
+        retry=retry,
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        client_name=name[:64],
+    )
+
+
+def redis_db(client: Redis) -> int:
+    """The database index a client talks to (keyspace channels name it)."""
+    return int(client.connection_pool.connection_kwargs.get("db", 0) or 0)

@@ -1,0 +1,170 @@
+"""The one settings object: every ``APPLY_*`` variable of CONTRACT section 3.
+
+Values come from the environment (as systemd's ``EnvironmentFile=`` gives
+them) and optionally from an env file. A bad value is fatal at start: the
+service never runs half-configured. :func:`load_settings` turns pydantic's
+errors into one line that names the variable, which the CLI prints before it
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from apply_layer.keys import ISSUERS
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
+ENV_PREFIX = "APPLY_"
+
+Mode = Literal["dry_run", "paper", "testnet"]
+LogFormat = Literal["console", "json"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+KeyspaceEvents = Literal["detect", "enable", "off"]
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message is one line naming it."""
+
+
+def _default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Field ``x`` is read from ``APPLY_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+    )
+
+    redis_url: str = "redis://localhost:6379/0"
+    mode: Mode = "dry_run"
+    allowlist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT"])
+    poll_sec: float = Field(default=5.0, gt=0, le=60)
+    permit_wait_ms: int = Field(default=1200, ge=0, le=60_000)
+    permit_step_ms: int = Field(default=100, ge=1, le=10_000)
+    required_permits: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["governor", "p33"]
+    )
+    plan_max_age_sec: float = Field(default=60.0, gt=0)
+    dedupe_ttl_sec: int = Field(default=300, ge=1)
+    journal_ttl_sec: int = Field(default=7 * 24 * 3600, ge=60)
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = "console"
+    metrics_port: int = Field(default=8043, ge=0, le=65535)
+    kill_switch: bool = False
+    keyspace_events: KeyspaceEvents = "detect"
+    max_in_flight: int = Field(default=64, ge=1, le=10_000)
+    binance_base_url: str = "https://demo-fapi.binance.com"
+    binance_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("APPLY_BINANCE_API_KEY", "BINANCE_TESTNET_API_KEY"),
+    )
+    binance_api_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("APPLY_BINANCE_API_SECRET", "BINANCE_TESTNET_API_SECRET"),
+    )
+    binance_recv_window_ms: int = Field(default=5000, ge=1, le=60_000)
+    consumer_group: str = Field(default="apply_layer", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    consumer_name: str = Field(
+        default_factory=_default_consumer_name, pattern=r"^[A-Za-z0-9_.:-]{1,128}$"
+    )
+
+    @field_validator("mode", "log_level", "log_format", "keyspace_events", mode="before")
+    @classmethod
+    def _normalise_case(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            return value.upper() if info.field_name == "log_level" else value.lower()
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("binance_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("allowlist", mode="before")
+    @classmethod
+    def _parse_allowlist(cls, value: Any) -> Any:
+        symbols = _split_csv(value)
+        if isinstance(symbols, list):
+            for symbol in symbols:
+                if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
+                    raise ValueError(f"{symbol!r} is not a symbol like BTCUSDT")
+        return symbols
+
+    @field_validator("required_permits", mode="before")
+    @classmethod
+    def _parse_required(cls, value: Any) -> Any:
+        names = _split_csv(value)
+        if not isinstance(names, list):
+            return names
+        names = [str(name).lower() for name in names]
+        unknown = [name for name in names if name not in ISSUERS]
+        if unknown:
+            raise ValueError(f"unknown issuer {unknown[0]!r} (known: {', '.join(ISSUERS)})")
+        if len(set(names)) != len(names):
+            raise ValueError("an issuer is listed twice")
+        if "p33" not in names:
+            # Without P3.3 there is no safe_qty, and we never guess a quantity.
+            raise ValueError("must include p33: its safe_qty is the only source of order size")
+        return names
+
+
+def _field_env_name(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "settings"
+    name = str(loc[0])
+    if name.upper().startswith(ENV_PREFIX) or name.upper().startswith("BINANCE_"):
+        return name.upper()
+    return ENV_PREFIX + name.upper()
+
+
+def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings or raise :class:`SettingsError` naming the variable."""
+    if env_file is not None:
+        path = Path(env_file)
+        if not path.is_file():
+            raise SettingsError(f"env file {path}: not found")
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise SettingsError(f"env file {path}: {exc.strerror}") from None
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise SettingsError(f"{_field_env_name(first['loc'])}: {message}") from None
+
+
+def unknown_env_vars(environ: dict[str, str] | None = None) -> list[str]:
+    """``APPLY_*`` variables that no setting reads: usually a typo worth a warning."""
+    env = os.environ if environ is None else environ
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
