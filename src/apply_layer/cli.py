@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.exceptions import RedisError
 
 from apply_layer import __version__
+from apply_layer.errors import CommandError
 from apply_layer.gate import GateConfig
 from apply_layer.logs import setup_logging
 from apply_layer.peek import peek_plan
@@ -22,10 +23,6 @@ from apply_layer.settings import Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 PLAN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-
-
-class CommandError(Exception):
-    """A clear, one-line failure of a command (exit status 1)."""
 
 
 def redact_url(url: str) -> str:
@@ -74,6 +71,19 @@ async def cmd_permits(settings: Settings, args: argparse.Namespace) -> int:
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
+def _register_permits(sub: Any) -> None:
+    permits = sub.add_parser("permits", help="what the gate would see now for one plan")
+    permits.add_argument("plan_id")
+    permits.add_argument("--symbol", help="the plan's symbol (default: from its journal)")
+    permits.add_argument("--json", action="store_true", help="machine-readable output")
+    permits.set_defaults(func=cmd_permits)
+
+
+def _registrations() -> list[Callable[[Any], None]]:
+    """Each command module's ``register(subparsers)``; one line per command module."""
+    return [_register_permits]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apply-layer", description="The apply layer: atomic permit gate and executor."
@@ -81,12 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--env-file", help="read APPLY_* settings from this file too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    permits = sub.add_parser("permits", help="what the gate would see now for one plan")
-    permits.add_argument("plan_id")
-    permits.add_argument("--symbol", help="the plan's symbol (default: from its journal)")
-    permits.add_argument("--json", action="store_true", help="machine-readable output")
-    permits.set_defaults(func=cmd_permits)
+    for register in _registrations():
+        register(sub)
     return parser
 
 

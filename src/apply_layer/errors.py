@@ -1,0 +1,5 @@
+"""Exceptions shared across modules."""
+
+
+class CommandError(Exception):
+    """A clear, one-line failure of a CLI command that the user can fix (exit status 1)."""

@@ -1,0 +1,137 @@
+"""The one small interface every executor implements, and what crosses it.
+
+An executor gets an :class:`OrderRequest` only after the gate has consumed
+every permit. It sizes the close (``sizing.size_close``) against what it
+knows of the symbol, records each send in the plan's journal *before* the
+request leaves (``OrderLog.record_attempt``), and returns one
+:class:`StepResult`. An order whose fate is unknown is looked up, never
+blindly resent: ``OrderLog.attempts`` tells an executor, even after a crash,
+whether and when an earlier run already sent this order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+from apply_layer.logs import format_qty
+
+CLIENT_ORDER_ID_MAX = 36  # Binance: ^[\.A-Z\:/a-z0-9_-]{1,36}$
+_STEP_CODES = {
+    "CLOSE_FULL": "F",
+    "CLOSE_PARTIAL_75": "75",
+    "CLOSE_PARTIAL_50": "50",
+    "CLOSE_PARTIAL_25": "25",
+}
+
+
+def client_order_id(plan_id: str, step: str) -> str:
+    """Deterministic ``newClientOrderId`` for one plan step (at most 36 characters).
+
+    Readable when the plan id is short (``al75-67e6da21fa9fe506``); otherwise the
+    plan id is replaced by a 24-hex-digit BLAKE2b digest of it.
+    """
+    code = _STEP_CODES.get(step) or hashlib.blake2b(step.encode(), digest_size=2).hexdigest()
+    readable = f"al{code}-{plan_id}"
+    if len(readable) <= CLIENT_ORDER_ID_MAX:
+        return readable
+    digest = hashlib.blake2b(plan_id.encode(), digest_size=12).hexdigest()
+    return f"al{code}-{digest}"
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """A permitted close: everything an executor may use to size and send it."""
+
+    plan_id: str
+    symbol: str
+    step: str  # e.g. "CLOSE_PARTIAL_75"
+    pct: Decimal
+    safe_qty: Decimal  # from P3.3's permit
+    reported_amt: Decimal | None  # P3.3's signed exchange_position_amt, if it gave one
+
+    @property
+    def client_order_id(self) -> str:
+        return client_order_id(self.plan_id, self.step)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The outcome of one plan step, as ``steps_results`` reports it (CONTRACT 2.1)."""
+
+    step: str
+    status: str  # EXECUTED, DRY_RUN, REJECTED, FAILED, UNSUPPORTED
+    error: str = ""  # e.g. "qty_below_min", "exchange_rejected:-2022"
+    order_id: str = ""
+    client_order_id: str = ""
+    side: str = ""
+    quantity: Decimal | None = None
+    executed_qty: Decimal | None = None
+    avg_price: Decimal | None = None
+    reduce_only: bool = True
+    message: str = ""  # the exchange's own words on a rejection, for operators
+
+    @property
+    def executed(self) -> bool:
+        return self.status == "EXECUTED"
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"step": self.step, "status": self.status}
+        if self.error:
+            data["error"] = self.error
+        if self.status in ("EXECUTED", "DRY_RUN", "REJECTED", "FAILED") and self.side:
+            data.update(
+                order_id=self.order_id,
+                client_order_id=self.client_order_id,
+                side=self.side,
+                quantity=format_qty(self.quantity),
+                executed_qty=format_qty(self.executed_qty),
+                avg_price=format_qty(self.avg_price),
+                reduce_only=self.reduce_only,
+            )
+        if self.message:
+            data["message"] = self.message
+        return data
+
+
+class OrderLog(Protocol):
+    """The plan's journal as an executor sees it."""
+
+    async def attempts(self) -> list[int]:
+        """Epoch ms of every earlier send of this plan's order, oldest first."""
+        ...
+
+    async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+        """Journal a send *before* it leaves; raises if the journal cannot be written."""
+        ...
+
+
+@dataclass(frozen=True)
+class CheckLine:
+    """One line of ``apply-layer check``."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+class Executor(Protocol):
+    """Places (or pretends to place) the reduce-only close of a permitted plan."""
+
+    mode: str
+
+    async def start(self) -> None:
+        """Open connections and load what sizing needs (filters, clock offset)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
+        """Size and place the close exactly once; never raises for an exchange answer."""
+        ...
+
+    async def preflight(self) -> list[CheckLine]:
+        """Checks for ``apply-layer check`` (credentials, clock, filters, ...)."""
+        ...

@@ -1,0 +1,176 @@
+"""Plan model and parsing (pure): a stream entry becomes a Plan or an InvalidPlan.
+
+Only the fields CONTRACT 1.1 gives are read; informational fields (``qty``,
+``close_qty``, ``price``, ...) are kept for the record and never used for
+sizing. Anything odd is rejected with a short detail rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+PLAN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
+STEP_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,47}$")
+DECISIONS = ("EXECUTE", "SKIP", "BLOCKED", "ERROR")
+CLOSE_STEPS = {
+    "CLOSE_FULL": Decimal(100),
+    "CLOSE_PARTIAL_75": Decimal(75),
+    "CLOSE_PARTIAL_50": Decimal(50),
+    "CLOSE_PARTIAL_25": Decimal(25),
+}
+MAX_FIELD_BYTES = 8192
+MAX_ENTRY_BYTES = 65536
+MAX_STEPS = 16
+
+
+class InvalidPlan(ValueError):
+    """A stream entry that is not a plan we can act on; ``detail`` is a short code."""
+
+    def __init__(self, detail: str, plan_id: str = "", symbol: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.plan_id = plan_id
+        self.symbol = symbol
+
+
+@dataclass(frozen=True)
+class Step:
+    """One plan step; ``pct`` is set for close steps only."""
+
+    name: str
+    pct: Decimal | None = None
+
+    @property
+    def is_close(self) -> bool:
+        return self.pct is not None
+
+
+@dataclass(frozen=True)
+class Plan:
+    plan_id: str
+    symbol: str
+    decision: str
+    timestamp: float
+    action: str = ""
+    steps: tuple[Step, ...] = ()
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def close_step(self) -> Step | None:
+        return next((s for s in self.steps if s.is_close), None)
+
+    @property
+    def unsupported_steps(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if not s.is_close)
+
+
+def _parse_step(raw: object) -> Step:
+    if not isinstance(raw, dict):
+        raise InvalidPlan("bad_step:not_an_object")
+    name = raw.get("step")
+    if not isinstance(name, str) or not STEP_NAME_RE.match(name):
+        raise InvalidPlan("bad_step:name")
+    if name not in CLOSE_STEPS:
+        return Step(name)
+    implied = CLOSE_STEPS[name]
+    kind = raw.get("type", "market_reduce_only")
+    side = raw.get("side", "close")
+    if kind != "market_reduce_only":
+        raise InvalidPlan(f"bad_step:{name}:type")
+    if side != "close":
+        raise InvalidPlan(f"bad_step:{name}:side")
+    pct = raw.get("pct", float(implied))
+    if isinstance(pct, bool) or not isinstance(pct, int | float) or not math.isfinite(pct):
+        raise InvalidPlan(f"bad_step:{name}:pct")
+    if Decimal(str(pct)) != implied:
+        # A step that says CLOSE_PARTIAL_75 but pct 50 is ambiguous: never guess.
+        raise InvalidPlan(f"bad_step:{name}:pct_mismatch")
+    return Step(name, implied)
+
+
+def _parse_steps(text: str) -> tuple[Step, ...]:
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError):
+        raise InvalidPlan("bad_steps_json") from None
+    if not isinstance(raw, list) or not raw:
+        raise InvalidPlan("steps_not_a_list" if not isinstance(raw, list) else "no_steps")
+    if len(raw) > MAX_STEPS:
+        raise InvalidPlan("too_many_steps")
+    steps = tuple(_parse_step(item) for item in raw)
+    closes = [s for s in steps if s.is_close]
+    if not closes:
+        raise InvalidPlan("no_close_step")
+    if len(closes) > 1:
+        raise InvalidPlan("multiple_close_steps")
+    return steps
+
+
+def _parse_timestamp(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidPlan("bad_timestamp") from None
+    if not math.isfinite(value) or value <= 0 or value > 1e11:
+        raise InvalidPlan("bad_timestamp")
+    return value
+
+
+def parse_plan(fields: Mapping[str, str]) -> Plan:
+    """Validate a stream entry's fields (all strings) into a :class:`Plan`."""
+    size = 0
+    for key, value in fields.items():
+        length = len(key.encode()) + len(value.encode())
+        if length > MAX_FIELD_BYTES:
+            raise InvalidPlan(f"oversized_field:{key[:32]}", _safe(fields, "plan_id", PLAN_ID_RE))
+        size += length
+    if size > MAX_ENTRY_BYTES:
+        raise InvalidPlan("oversized_entry", _safe(fields, "plan_id", PLAN_ID_RE))
+
+    plan_id = fields.get("plan_id", "")
+    if not plan_id:
+        raise InvalidPlan("missing_field:plan_id")
+    if not PLAN_ID_RE.match(plan_id):
+        raise InvalidPlan("bad_plan_id")
+    symbol = fields.get("symbol", "")
+    if not symbol:
+        raise InvalidPlan("missing_field:symbol", plan_id)
+    if not SYMBOL_RE.match(symbol):
+        raise InvalidPlan("bad_symbol", plan_id)
+    decision = fields.get("decision", "")
+    if not decision:
+        raise InvalidPlan("missing_field:decision", plan_id, symbol)
+    if decision not in DECISIONS:
+        raise InvalidPlan("bad_decision", plan_id, symbol)
+    if "timestamp" not in fields:
+        raise InvalidPlan("missing_field:timestamp", plan_id, symbol)
+    try:
+        timestamp = _parse_timestamp(fields["timestamp"])
+        steps: tuple[Step, ...] = ()
+        if decision == "EXECUTE":
+            if not fields.get("steps"):
+                raise InvalidPlan("missing_field:steps")
+            steps = _parse_steps(fields["steps"])
+    except InvalidPlan as exc:
+        raise InvalidPlan(exc.detail, plan_id, symbol) from None
+    known = {"plan_id", "symbol", "decision", "timestamp", "steps", "action"}
+    return Plan(
+        plan_id=plan_id,
+        symbol=symbol,
+        decision=decision,
+        timestamp=timestamp,
+        action=fields.get("action", ""),
+        steps=steps,
+        extra={k: v for k, v in fields.items() if k not in known},
+    )
+
+
+def _safe(fields: Mapping[str, str], name: str, pattern: re.Pattern[str]) -> str:
+    value = fields.get(name, "")
+    return value if len(value) < 100 and pattern.match(value) else ""
