@@ -81,7 +81,9 @@ def _register_permits(sub: Any) -> None:
 
 def _registrations() -> list[Callable[[Any], None]]:
     """Each command module's ``register(subparsers)``; one line per command module."""
-    return [_register_permits]
+    from apply_layer.commands import register_run
+
+    return [register_run, _register_permits]
 
 
 def build_parser() -> argparse.ArgumentParser:

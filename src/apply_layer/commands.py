@@ -1,0 +1,25 @@
+"""CLI glue for the service itself: ``apply-layer run``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from apply_layer.errors import CommandError
+from apply_layer.executors import ExecutorUnavailable
+from apply_layer.settings import Settings
+
+
+async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from apply_layer.service import ApplyService
+
+    try:
+        service = ApplyService(settings)
+    except ExecutorUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    return await service.run()
+
+
+def register_run(sub: Any) -> None:
+    run = sub.add_parser("run", help="the daemon, in the foreground (for systemd)")
+    run.set_defaults(func=cmd_run)

@@ -1,0 +1,43 @@
+"""``dry_run``: decide everything, place nothing.
+
+It sizes the close exactly as ``paper`` would (P3.3's reported position, the
+simulated lot filters) so the result shows what would have been sent, and
+reports the step as ``DRY_RUN``; the plan ends SKIPPED ``dry_run`` with
+``would_execute=True``.
+"""
+
+from __future__ import annotations
+
+from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepResult
+from apply_layer.executors.paper import lot_filter
+from apply_layer.sizing import size_close
+
+
+class DryRunExecutor:
+    mode = "dry_run"
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def preflight(self) -> list[CheckLine]:
+        return [CheckLine("exchange", True, "dry_run: no orders are placed")]
+
+    async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
+        sizing = size_close(
+            safe_qty=order.safe_qty,
+            pct=order.pct,
+            reported_amt=order.reported_amt,
+            lot=lot_filter(order.symbol),
+        )
+        if not sizing.ok:
+            return StepResult(order.step, "REJECTED", sizing.error, message=sizing.detail)
+        return StepResult(
+            step=order.step,
+            status="DRY_RUN",
+            client_order_id=order.client_order_id,
+            side=sizing.side,
+            quantity=sizing.qty,
+        )

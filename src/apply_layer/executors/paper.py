@@ -1,0 +1,84 @@
+"""``paper``: a simulated exchange inside the process.
+
+Lot-step rounding, instant fills at a fixed simulated price, order ids, and a
+position per symbol. A symbol's position starts as P3.3 reported it (the
+simulation has no other source) and shrinks with every fill. Orders are kept
+by client order id, so a repeated send of the same plan step returns the
+first order instead of filling twice, as the exchange's own duplicate check
+would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from decimal import Decimal
+
+from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepResult
+from apply_layer.sizing import LotFilter, size_close
+
+DEFAULT_FILTER = LotFilter(
+    step_size=Decimal("0.001"), min_qty=Decimal("0.001"), max_qty=Decimal(1000)
+)
+SIMULATED_FILTERS = {
+    "BTCUSDT": LotFilter(Decimal("0.001"), Decimal("0.001"), Decimal(120)),
+    "ETHUSDT": LotFilter(Decimal("0.001"), Decimal("0.001"), Decimal(2000)),
+    "SOLUSDT": LotFilter(Decimal("1"), Decimal("1"), Decimal(100000)),
+}
+SIMULATED_PRICES = {"BTCUSDT": Decimal(65000), "ETHUSDT": Decimal(3200), "SOLUSDT": Decimal(150)}
+
+
+def lot_filter(symbol: str) -> LotFilter:
+    return SIMULATED_FILTERS.get(symbol, DEFAULT_FILTER)
+
+
+class PaperExecutor:
+    mode = "paper"
+
+    def __init__(self) -> None:
+        self.positions: dict[str, Decimal] = {}
+        self.orders: dict[str, StepResult] = {}
+        self._ids = itertools.count(1_000_001)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def preflight(self) -> list[CheckLine]:
+        return [CheckLine("exchange", True, "paper: simulated in-process exchange, nothing leaves")]
+
+    async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
+        coid = order.client_order_id
+        if coid in self.orders:
+            return self.orders[coid]
+        live = self.positions.get(order.symbol)
+        if not live and order.reported_amt:
+            live = self.positions[order.symbol] = order.reported_amt
+        sizing = size_close(
+            safe_qty=order.safe_qty,
+            pct=order.pct,
+            reported_amt=order.reported_amt,
+            live_amt=live,
+            lot=lot_filter(order.symbol),
+        )
+        if not sizing.ok:
+            return StepResult(
+                order.step, "REJECTED", sizing.error, client_order_id=coid, message=sizing.detail
+            )
+        await log.record_attempt(int(time.time() * 1000), quantity=sizing.qty, side=sizing.side)
+        signed = sizing.qty if sizing.side == "BUY" else -sizing.qty
+        self.positions[order.symbol] = (live or Decimal(0)) + signed
+        result = StepResult(
+            step=order.step,
+            status="EXECUTED",
+            order_id=str(next(self._ids)),
+            client_order_id=coid,
+            side=sizing.side,
+            quantity=sizing.qty,
+            executed_qty=sizing.qty,
+            avg_price=SIMULATED_PRICES.get(order.symbol, Decimal(100)),
+        )
+        self.orders[coid] = result
+        return result

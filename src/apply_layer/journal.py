@@ -1,0 +1,166 @@
+"""The plan journal: where a plan stands, written so that any instance can resume it.
+
+``quantum:apply:journal:{plan_id}`` (HASH) moves through these states::
+
+    received -> permitted -> submitting -> executed | rejected | failed
+            \\-> blocked  (the gate's decision; final once its result is out)
+            \\-> skipped | rejected   (never reached the gate)
+
+``permitted`` and ``blocked`` are written by the gate's script together with
+the permits it consumed. ``submitting`` is written before every send with the
+send time. Final states are written by :data:`PUBLISH_SCRIPT` in the same
+atomic step as the one result entry and the cooldown key, so "final" and
+"result published" can never disagree, and a resend of that script (after a
+lost reply) finds ``result_id`` and publishes nothing twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+from redis.asyncio import Redis
+
+from apply_layer import keys as K
+from apply_layer.logs import format_qty
+
+FINAL_STATES = frozenset({"executed", "rejected", "failed", "blocked", "skipped"})
+
+# Claim a stream entry for its plan: the dedupe key names the entry that owns
+# the plan; the journal is opened on first sight. One round trip, atomic.
+CLAIM_SCRIPT = """
+local claimed = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
+local holder = ARGV[1]
+if not claimed then holder = redis.call('GET', KEYS[1]) or '' end
+local j = redis.call('HMGET', KEYS[2], 'state', 'result_id')
+if holder == ARGV[1] and not j[1] then
+  redis.call('HSET', KEYS[2], 'state', 'received', 'plan_id', ARGV[5], 'symbol', ARGV[6],
+             'stream_id', ARGV[1], 'received_at_ms', ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+  j[1] = 'received'
+end
+return {holder, j[1] or '', j[2] or ''}
+"""
+
+# Publish a plan's one result: XADD + final journal state + cooldown, once.
+PUBLISH_SCRIPT = """
+local existing = redis.call('HGET', KEYS[1], 'result_id')
+if existing then return {existing, 0} end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'result_id', id, 'final_at_ms', ARGV[2],
+           'outcome_status', ARGV[6], 'outcome_error', ARGV[7])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[2], 'EX', 3600) end
+return {id, 1}
+"""
+
+# Record one send attempt before it leaves (state submitting, attempts appended).
+ATTEMPT_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'permitted' and state ~= 'submitting' then
+  return redis.error_reply('journal state is ' .. tostring(state) .. ', not permitted')
+end
+local a = redis.call('HGET', KEYS[1], 'order.attempts')
+a = a and (a .. ',' .. ARGV[1]) or ARGV[1]
+redis.call('HSET', KEYS[1], 'state', 'submitting', 'order.attempts', a,
+           'order.client_order_id', ARGV[2], 'order.quantity', ARGV[3], 'order.side', ARGV[4])
+return a
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who owns a plan and where it stands, as the claim script saw it."""
+
+    holder: str  # the stream entry id that drives the plan
+    state: str  # journal state ("" if none)
+    result_id: str  # set once the plan's result is published
+
+    def owned_by(self, entry_id: str) -> bool:
+        return self.holder == entry_id
+
+
+class Journal:
+    """Journal operations bound to one Redis client and the TTL settings."""
+
+    def __init__(self, redis: Redis, *, dedupe_ttl_sec: int, journal_ttl_sec: int) -> None:
+        self.redis = redis
+        self.dedupe_ttl_sec = dedupe_ttl_sec
+        self.journal_ttl_sec = journal_ttl_sec
+        self._claim = redis.register_script(CLAIM_SCRIPT)
+        self._publish = redis.register_script(PUBLISH_SCRIPT)
+        self._attempt = redis.register_script(ATTEMPT_SCRIPT)
+
+    async def claim(self, plan_id: str, symbol: str, entry_id: str) -> Claim:
+        reply = await self._claim(
+            keys=[K.dedupe(plan_id), K.journal(plan_id)],
+            args=[
+                entry_id,
+                self.dedupe_ttl_sec,
+                _now_ms(),
+                self.journal_ttl_sec,
+                plan_id,
+                symbol,
+            ],
+        )
+        return Claim(str(reply[0]), str(reply[1]), str(reply[2]))
+
+    async def read(self, plan_id: str) -> dict[str, str]:
+        data = await self.redis.hgetall(K.journal(plan_id))
+        return {str(k): str(v) for k, v in data.items()}
+
+    async def publish(
+        self,
+        plan_id: str,
+        symbol: str,
+        state: str,
+        fields: Mapping[str, str],
+        *,
+        cooldown: bool = False,
+    ) -> tuple[str, bool]:
+        """Write the final state and the one result entry; returns (entry id, new?)."""
+        if state not in FINAL_STATES:
+            raise ValueError(f"not a final state: {state}")
+        flat = [item for pair in fields.items() for item in pair]
+        reply = await self._publish(
+            keys=[K.journal(plan_id), K.RESULT_STREAM, K.cooldown(symbol)],
+            args=[
+                state,
+                _now_ms(),
+                self.journal_ttl_sec,
+                "1" if cooldown else "0",
+                K.STREAM_MAXLEN,
+                fields.get("status", ""),
+                fields.get("error", ""),
+                *flat,
+            ],
+        )
+        return str(reply[0]), int(reply[1]) == 1
+
+    def order_log(self, plan_id: str, client_order_id: str) -> JournalOrderLog:
+        return JournalOrderLog(self, plan_id, client_order_id)
+
+
+class JournalOrderLog:
+    """An executor's view of one plan's journal (see ``executors.base.OrderLog``)."""
+
+    def __init__(self, journal: Journal, plan_id: str, client_order_id: str) -> None:
+        self._journal = journal
+        self._key = K.journal(plan_id)
+        self._client_order_id = client_order_id
+
+    async def attempts(self) -> list[int]:
+        raw = await self._journal.redis.hget(self._key, "order.attempts")
+        return [int(x) for x in str(raw).split(",")] if raw else []
+
+    async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+        await self._journal._attempt(
+            keys=[self._key],
+            args=[sent_at_ms, self._client_order_id, format_qty(quantity), side],
+        )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,221 @@
+"""One stream entry to one outcome: parse, claim, screen, gate, execute, publish.
+
+Every path ends in exactly one published result (or in a duplicate that
+publishes nothing), written before the caller acknowledges the entry. A
+Redis failure anywhere raises: the entry stays pending and is resumed from
+its journal state, so nothing is lost and nothing is done twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from apply_layer import keys as K
+from apply_layer import metrics
+from apply_layer.executors.base import Executor, OrderRequest, StepResult
+from apply_layer.gate import GateResult, PermitGate
+from apply_layer.journal import Journal
+from apply_layer.logs import get_logger
+from apply_layer.outcomes import Outcome, blocked, rejected, result_fields, skipped
+from apply_layer.permits import is_kill_value
+from apply_layer.plans import InvalidPlan, Plan, parse_plan
+from apply_layer.settings import Settings
+
+log = get_logger()
+
+PERMIT_TTL_MS = 60_000  # a consumed authorization is good for as long as the permit was
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+@dataclass(frozen=True)
+class Handled:
+    """How an entry ended, for the caller's counters."""
+
+    kind: str  # "published", "duplicate", "done" (result already out)
+    outcome: Outcome | None = None
+
+
+def _signed_decimal(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return amount if amount.is_finite() else None
+
+
+def _echo(value: str) -> str:
+    """A field echoed from an invalid entry: short and log-safe."""
+    return _UNSAFE.sub("_", value)[:64]
+
+
+class Processor:
+    """Drives plans through their lifecycle; one instance per service."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        gate: PermitGate,
+        journal: Journal,
+        executor: Executor,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.gate = gate
+        self.journal = journal
+        self.executor = executor
+        self.allowlist = frozenset(settings.allowlist)
+        self._symbol_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def handle(self, entry_id: str, fields: dict[str, str]) -> Handled:
+        try:
+            plan = parse_plan(fields)
+        except InvalidPlan as exc:
+            return await self._reject_invalid(entry_id, fields, exc)
+        claim = await self.journal.claim(plan.plan_id, plan.symbol, entry_id)
+        if claim.result_id:
+            return Handled("done" if claim.owned_by(entry_id) else "duplicate")
+        if not claim.owned_by(entry_id):
+            return Handled("duplicate")
+        outcome = await self._advance(plan, claim.state)
+        await self._publish(plan.plan_id, plan.symbol, plan.decision, outcome)
+        return Handled("published", outcome)
+
+    # ---- the lifecycle ---------------------------------------------------------
+
+    async def _advance(self, plan: Plan, state: str) -> Outcome:
+        if state == "received":
+            screened = self._screen(plan)
+            if screened is not None:
+                return screened
+        elif state == "permitted":
+            journal = await self.journal.read(plan.plan_id)
+            age_ms = int(time.time() * 1000) - int(journal.get("gate_at_ms", "0"))
+            if age_ms > PERMIT_TTL_MS:
+                return blocked("stale_authorization")
+        decision = await self.gate.wait_and_consume(plan.plan_id, plan.symbol)
+        metrics.PERMIT_WAIT.labels("ok" if decision.allowed else "block").observe(
+            decision.wait_ms / 1000
+        )
+        if not decision.allowed:
+            return blocked(decision.error, decision.wait_ms)
+        return await self._execute(plan, decision, sent_before=state == "submitting")
+
+    def _screen(self, plan: Plan) -> Outcome | None:
+        if plan.decision != "EXECUTE":
+            return skipped(f"not_execute:{plan.decision}")
+        if plan.symbol not in self.allowlist:
+            return skipped("symbol_not_allowed")
+        age = time.time() - plan.timestamp
+        if age > self.settings.plan_max_age_sec:
+            return skipped("stale_plan")
+        if -age > self.settings.plan_max_age_sec:
+            return rejected("invalid_plan:timestamp_in_future")
+        return None
+
+    async def _kill_switch_on(self) -> bool:
+        if self.settings.kill_switch:
+            return True
+        values = await self.redis.mget(list(K.KILL_SWITCH_KEYS))
+        return any(is_kill_value(str(v)) for v in values if v is not None)
+
+    async def _execute(self, plan: Plan, decision: GateResult, *, sent_before: bool) -> Outcome:
+        """Place the close. ``sent_before``: an earlier run may have sent it already,
+        so its fate must be found out (the executor looks it up); the kill switch
+        stops new orders, not the lookup of one that may be out."""
+        step = plan.close_step
+        assert step is not None and step.pct is not None  # parse_plan guarantees one close step
+        assert decision.safe_qty is not None  # an ALLOW always carries P3.3's quantity
+        wait_ms = decision.wait_ms
+        if not sent_before and await self._kill_switch_on():
+            return blocked("kill_switch", wait_ms)
+        p33 = decision.permits.get("p33")
+        order = OrderRequest(
+            plan_id=plan.plan_id,
+            symbol=plan.symbol,
+            step=step.name,
+            pct=step.pct,
+            safe_qty=decision.safe_qty,
+            reported_amt=_signed_decimal(p33.fields.get("exchange_position_amt")) if p33 else None,
+        )
+        order_log = self.journal.order_log(plan.plan_id, order.client_order_id)
+        async with self._symbol_locks[plan.symbol]:
+            try:
+                result = await self.executor.execute(order, order_log)
+            except (RedisError, OSError):
+                raise
+            except Exception as exc:
+                if await order_log.attempts():
+                    raise  # something may have been sent: leave it to recovery's lookup
+                log.exception("executor_error", plan_id=plan.plan_id)
+                result = StepResult(step.name, "FAILED", f"executor_error:{type(exc).__name__}")
+        metrics.ORDERS.labels(result.status).inc()
+        unsupported = tuple(StepResult(s.name, "UNSUPPORTED") for s in plan.unsupported_steps)
+        steps = (result, *unsupported)
+        if result.status == "EXECUTED":
+            metrics.LAST_SUCCESS.labels(plan.symbol).set(time.time())
+            return Outcome("EXECUTED", "", True, wait_ms, steps)
+        if result.status == "DRY_RUN":
+            return Outcome("SKIPPED", "dry_run", True, wait_ms, steps)
+        status = "REJECTED" if result.status == "REJECTED" else "FAILED"
+        return Outcome(status, result.error or "order_failed", True, wait_ms, steps)
+
+    # ---- publication -------------------------------------------------------------
+
+    async def _publish(self, plan_id: str, symbol: str, decision: str, outcome: Outcome) -> None:
+        fields = result_fields(
+            plan_id=plan_id,
+            symbol=symbol,
+            decision=decision,
+            outcome=outcome,
+            mode=self.settings.mode,
+        )
+        _, new = await self.journal.publish(
+            plan_id, symbol, outcome.state, fields, cooldown=outcome.executed
+        )
+        if new:
+            metrics.PLANS.labels(outcome.status, outcome.reason_class).inc()
+            log.info(
+                "plan_outcome",
+                plan_id=plan_id,
+                symbol=symbol,
+                status=outcome.status,
+                error=outcome.error,
+                wait_ms=outcome.wait_ms,
+            )
+
+    async def _reject_invalid(
+        self, entry_id: str, fields: dict[str, str], exc: InvalidPlan
+    ) -> Handled:
+        outcome = rejected(f"invalid_plan:{exc.detail}")
+        decision = _echo(fields.get("decision", ""))
+        if exc.plan_id:
+            claim = await self.journal.claim(exc.plan_id, exc.symbol, entry_id)
+            if claim.result_id or not claim.owned_by(entry_id):
+                return Handled("done" if claim.owned_by(entry_id) else "duplicate")
+            await self._publish(exc.plan_id, exc.symbol, decision, outcome)
+            return Handled("published", outcome)
+        # No usable plan id: nothing to journal or dedupe by; publish and move on.
+        plan_id, symbol = _echo(fields.get("plan_id", "")), _echo(fields.get("symbol", ""))
+        result = result_fields(
+            plan_id=plan_id,
+            symbol=symbol,
+            decision=decision,
+            outcome=outcome,
+            mode=self.settings.mode,
+        )
+        await self.redis.xadd(K.RESULT_STREAM, result, maxlen=K.STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        metrics.PLANS.labels(outcome.status, outcome.reason_class).inc()
+        log.warning("plan_rejected", entry_id=entry_id, error=outcome.error)
+        return Handled("published", outcome)

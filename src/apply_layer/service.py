@@ -1,0 +1,272 @@
+"""``apply-layer run``: the long-running service around the gate.
+
+One intake loop reads the plan stream with a blocking ``XREADGROUP`` that
+returns at once when plans arrive and otherwise wakes every
+``APPLY_POLL_SEC`` for housekeeping (heartbeat). Each entry becomes a task,
+at most ``APPLY_MAX_IN_FLIGHT`` at once, so a plan waiting 1200 ms for P3.3
+never holds up the plans behind it. An entry is acknowledged only after its
+outcome is published; a Redis outage leaves it pending, and once Redis is
+back this consumer re-reads its own pending entries and resumes each from
+its journal state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from apply_layer import __version__, metrics, systemd
+from apply_layer import keys as K
+from apply_layer.executors import create_executor
+from apply_layer.executors.base import Executor
+from apply_layer.gate import GateConfig, PermitGate
+from apply_layer.journal import Journal
+from apply_layer.logs import get_logger
+from apply_layer.notify import KeyspaceWatcher
+from apply_layer.processing import Processor
+from apply_layer.redis_client import create_redis
+from apply_layer.settings import Settings, unknown_env_vars
+
+log = get_logger()
+
+DRAIN_TIMEOUT_SEC = 25.0
+MAX_BACKOFF_SEC = 5.0
+
+
+class ApplyService:
+    def __init__(self, settings: Settings, executor: Executor | None = None) -> None:
+        self.settings = settings
+        self.executor = executor or create_executor(settings)
+        name = f"apply_layer:{settings.consumer_name}"
+        self.redis: Redis = create_redis(settings.redis_url, name=name)
+        self.reader: Redis = create_redis(
+            settings.redis_url, name=f"{name}:reader", block_sec=settings.poll_sec
+        )
+        config = GateConfig.from_settings(settings)
+        self.watcher = KeyspaceWatcher(
+            self.redis, config.watch_patterns(), settings.keyspace_events
+        )
+        self.gate = PermitGate(self.redis, config, self.watcher)
+        self.journal = Journal(
+            self.redis,
+            dedupe_ttl_sec=settings.dedupe_ttl_sec,
+            journal_ttl_sec=settings.journal_ttl_sec,
+        )
+        self.processor = Processor(settings, self.redis, self.gate, self.journal, self.executor)
+        self.counts: dict[str, int] = {"published": 0, "duplicate": 0, "done": 0}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._redis_up = True
+        self._backoff = 0.2
+        self._backlog = True  # read our own pending entries first
+        self._backlog_cursor = "0"
+        self._group_ready = False
+        self._alive = time.monotonic()
+        self._next_housekeeping = 0.0
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if not self._stopping.is_set():
+            log.info("stopping", in_flight=len(self._tasks))
+            systemd.notify("STOPPING=1")
+            self._stopping.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        for name in unknown_env_vars():
+            log.warning("unknown_setting", variable=name, hint="not read by apply-layer: a typo?")
+        metrics_on = metrics.serve(self.settings.metrics_port)
+        await self.executor.start()
+        keyspace = await self._start_watcher()
+        log.info(
+            "apply_layer_started",
+            version=__version__,
+            mode=self.settings.mode,
+            consumer=self.settings.consumer_name,
+            group=self.settings.consumer_group,
+            required=",".join(self.settings.required_permits),
+            keyspace_events=keyspace,
+            metrics_port=self.settings.metrics_port if metrics_on else "off",
+        )
+        systemd.notify(f"READY=1\nSTATUS=mode={self.settings.mode}")
+        watchdog = asyncio.create_task(self._watchdog())
+        intake = asyncio.create_task(self._intake())
+        await self._stopping.wait()
+        intake.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await intake
+        await self._drain()
+        watchdog.cancel()
+        await self.watcher.stop()
+        await self.executor.close()
+        await self.redis.aclose()
+        await self.reader.aclose()
+        log.info("stopped", **self.counts)
+        return 0
+
+    async def _start_watcher(self) -> str:
+        try:
+            return await self.watcher.start()
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc)
+            return "unknown (Redis unreachable at start): polling"
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        log.info("draining", in_flight=len(self._tasks))
+        _, pending = await asyncio.wait(list(self._tasks.values()), timeout=DRAIN_TIMEOUT_SEC)
+        for task in pending:  # their entries stay pending and are resumed on restart
+            task.cancel()
+        if pending:
+            log.warning("drain_timeout", abandoned=len(pending))
+
+    async def _watchdog(self) -> None:
+        interval = systemd.watchdog_interval()
+        if interval is None:
+            return
+        stale_after = self.settings.poll_sec + 2 * interval + 5
+        while True:
+            if time.monotonic() - self._alive < stale_after:
+                systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # ---- Redis health ----------------------------------------------------------------
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        metrics.REDIS_ERRORS.inc()
+        if self._redis_up:
+            self._redis_up = False
+            metrics.REDIS_UP.set(0)
+            log.error("redis_unavailable", error=str(exc) or type(exc).__name__)
+            systemd.notify("STATUS=Redis unavailable; retrying")
+        self._backlog, self._backlog_cursor = True, "0"
+
+    def _redis_ok(self) -> None:
+        self._backoff = 0.2
+        if not self._redis_up:
+            self._redis_up = True
+            metrics.REDIS_UP.set(1)
+            log.info("redis_recovered")
+            systemd.notify(f"STATUS=mode={self.settings.mode}")
+
+    async def _pause_after_failure(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self._backoff)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF_SEC)
+
+    # ---- intake ------------------------------------------------------------------------
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(
+                K.PLAN_STREAM, self.settings.consumer_group, id="$", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def _intake(self) -> None:
+        while True:
+            self._alive = time.monotonic()
+            try:
+                if not self._group_ready:
+                    await self._ensure_group()
+                await self._housekeeping_if_due()
+                free = self.settings.max_in_flight - len(self._tasks)
+                if free <= 0:
+                    self._slot_freed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._slot_freed.wait(), self.settings.poll_sec)
+                    continue
+                entries = await self._read(min(free, 256))
+                self._redis_ok()
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    self._group_ready = False
+                    continue
+                self._redis_failed(exc)
+                await self._pause_after_failure()
+                continue
+            except (RedisError, OSError) as exc:
+                self._redis_failed(exc)
+                await self._pause_after_failure()
+                continue
+            for entry_id, fields in entries:
+                if entry_id not in self._tasks:
+                    self._spawn(entry_id, fields)
+
+    async def _read(self, count: int) -> list[tuple[str, dict[str, str]]]:
+        group, consumer = self.settings.consumer_group, self.settings.consumer_name
+        if self._backlog:
+            reply: Any = await self.reader.xreadgroup(
+                group, consumer, {K.PLAN_STREAM: self._backlog_cursor}, count=count
+            )
+            entries = reply[0][1] if reply else []
+            if len(entries) < count:
+                self._backlog = False
+            if entries:
+                self._backlog_cursor = entries[-1][0]
+            return [(eid, dict(f or {})) for eid, f in entries]
+        block_ms = int(self.settings.poll_sec * 1000)
+        reply = await self.reader.xreadgroup(
+            group, consumer, {K.PLAN_STREAM: ">"}, count=count, block=block_ms
+        )
+        return [(eid, dict(f)) for eid, f in reply[0][1]] if reply else []
+
+    def _spawn(self, entry_id: str, fields: dict[str, str]) -> None:
+        task = asyncio.create_task(self._process(entry_id, fields), name=f"plan:{entry_id}")
+        self._tasks[entry_id] = task
+        metrics.IN_FLIGHT.set(len(self._tasks))
+
+        def _done(_: asyncio.Task[None]) -> None:
+            self._tasks.pop(entry_id, None)
+            metrics.IN_FLIGHT.set(len(self._tasks))
+            self._slot_freed.set()
+
+        task.add_done_callback(_done)
+
+    async def _process(self, entry_id: str, fields: dict[str, str]) -> None:
+        try:
+            if not fields:  # trimmed from the stream while pending: nothing left to do
+                log.warning("pending_entry_gone", entry_id=entry_id)
+            else:
+                handled = await self.processor.handle(entry_id, fields)
+                self.counts[handled.kind] += 1
+                if handled.kind == "duplicate":
+                    metrics.DUPLICATES.inc()
+            await self.redis.xack(K.PLAN_STREAM, self.settings.consumer_group, entry_id)
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc)  # the entry stays pending; resumed from its journal
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("plan_processing_error", entry_id=entry_id)
+
+    async def _housekeeping_if_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + self.settings.poll_sec
+        beat = {
+            "ts": round(time.time(), 3),
+            "consumer": self.settings.consumer_name,
+            "mode": self.settings.mode,
+            "version": __version__,
+            "in_flight": len(self._tasks),
+        }
+        ttl = max(15, int(self.settings.poll_sec * 3))
+        await self.redis.set(K.HEARTBEAT_KEY, json.dumps(beat), ex=ttl)

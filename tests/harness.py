@@ -1,0 +1,187 @@
+"""Drive the real daemon as a subprocess, and play the upstream services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from apply_layer import keys as K
+
+SYM = "BTCUSDT"
+STEPS = {
+    "CLOSE_FULL": {
+        "step": "CLOSE_FULL",
+        "type": "market_reduce_only",
+        "side": "close",
+        "pct": 100.0,
+    },
+    "CLOSE_PARTIAL_75": {
+        "step": "CLOSE_PARTIAL_75",
+        "type": "market_reduce_only",
+        "side": "close",
+        "pct": 75.0,
+    },
+}
+
+
+class Daemon:
+    """``apply-layer run`` in a child process, logging JSON to a file."""
+
+    def __init__(self, redis_url: str, workdir: Path, name: str = "d1", **settings: Any) -> None:
+        self.log_path = workdir / f"{name}.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLY_", "NOTIFY_"))}
+        self.env.update(
+            {
+                "APPLY_REDIS_URL": redis_url,
+                "APPLY_MODE": "paper",
+                "APPLY_METRICS_PORT": "0",
+                "APPLY_POLL_SEC": "0.5",
+                "APPLY_CONSUMER_NAME": name,
+                "APPLY_LOG_FORMAT": "json",
+                "APPLY_ALLOWLIST": "BTCUSDT,ETHUSDT",
+            }
+        )
+        self.env.update({f"APPLY_{k.upper()}": str(v) for k, v in settings.items()})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "apply_layer.cli", "run"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    async def ready(self, redis: Redis, timeout: float = 15.0) -> Daemon:
+        """Wait until the consumer group exists and the daemon has said it started."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log()
+            if "apply_layer_started" in self.log():
+                try:
+                    groups = await redis.xinfo_groups(K.PLAN_STREAM)
+                except Exception:
+                    groups = []
+                if groups:
+                    return self
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"daemon not ready:\n{self.log()}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.wait()
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+
+async def publish_plan(
+    redis: Redis,
+    plan_id: str,
+    *,
+    symbol: str = SYM,
+    decision: str = "EXECUTE",
+    step: str = "CLOSE_PARTIAL_75",
+    age: float = 0.0,
+    **extra: str,
+) -> str:
+    fields = {
+        "plan_id": plan_id,
+        "symbol": symbol,
+        "decision": decision,
+        "action": "PARTIAL_75",
+        "steps": json.dumps([STEPS[step]]),
+        "timestamp": f"{time.time() - age:.3f}",
+        **extra,
+    }
+    entry_id = await redis.xadd(K.PLAN_STREAM, fields, maxlen=10000, approximate=True)  # type: ignore[arg-type]
+    return str(entry_id)
+
+
+async def grant(
+    redis: Redis,
+    plan_id: str,
+    *,
+    symbol: str = SYM,
+    safe_qty: float = 0.01,
+    position: float = 0.012,
+    governor: bool = True,
+    p33: bool = True,
+) -> None:
+    if governor:
+        await redis.set(
+            K.ISSUERS["governor"].key(plan_id),
+            json.dumps({"granted": True, "symbol": symbol, "decision": "EXECUTE"}),
+            ex=60,
+        )
+    if p33:
+        await redis.set(
+            K.ISSUERS["p33"].key(plan_id),
+            json.dumps(
+                {
+                    "allow": True,
+                    "symbol": symbol,
+                    "safe_qty": safe_qty,
+                    "exchange_position_amt": position,
+                    "reason": "sanity_checks_passed",
+                }
+            ),
+            ex=60,
+        )
+
+
+async def results(redis: Redis) -> list[dict[str, str]]:
+    entries: list[tuple[str, dict[str, str]]] = await redis.xrange(K.RESULT_STREAM)  # type: ignore[assignment]
+    return [dict(fields) for _, fields in entries]
+
+
+async def wait_result(redis: Redis, plan_id: str, timeout: float = 15.0) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for result in await results(redis):
+            if result.get("plan_id") == plan_id:
+                return result
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no result for {plan_id}")
+
+
+async def pending_count(redis: Redis, group: str = "apply_layer") -> int:
+    info = await redis.xpending(K.PLAN_STREAM, group)
+    return int(info["pending"])
