@@ -88,7 +88,14 @@ class Daemon:
 
     def wait(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
-        return self.proc.wait(timeout=timeout)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            dump = subprocess.run(
+                [str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(self.proc.pid)],
+                capture_output=True, text=True, check=False,
+            )
+            raise AssertionError(f"daemon still running:\n{dump.stdout}\n{self.log()}") from None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -217,8 +217,12 @@ async def test_sigterm_drains_in_flight_plans_then_exits_0(
             break
         await asyncio.sleep(0.02)
     daemon.signal(signal.SIGTERM)
+    for _ in range(500):  # "draining": the intake loop has ended
+        if any(r["message"] == "draining" for r in daemon.records()):
+            break
+        await asyncio.sleep(0.01)
     await publish_plan(redis, "after-term")  # not read: the daemon takes no new plans
-    assert daemon.wait(timeout=20) == 0
+    assert daemon.wait(timeout=20) == 0, daemon.log()
     assert (await wait_result(redis, "drain", timeout=1))["status"] == "BLOCKED"
     assert not [r for r in await results(redis) if r["plan_id"] == "after-term"]
     messages = [r["message"] for r in daemon.records()]

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.errors import RetryLater
 from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepResult
 from apply_layer.journal import Journal
 from apply_layer.service import ApplyService

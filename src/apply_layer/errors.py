@@ -3,3 +3,7 @@
 
 class CommandError(Exception):
     """A clear, one-line failure of a CLI command that the user can fix (exit status 1)."""
+
+
+class RetryLater(Exception):
+    """Not now: leave the stream entry pending; recovery picks it up again later."""

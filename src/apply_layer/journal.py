@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from apply_layer import keys as K
+from apply_layer.errors import RetryLater
 from apply_layer.logs import format_qty
 
 FINAL_STATES = frozenset({"executed", "rejected", "failed", "blocked", "skipped"})
@@ -56,8 +58,12 @@ if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[2], 'EX', 3600) end
 return {id, 1}
 """
 
-# Record one send attempt before it leaves (state submitting, attempts appended).
+# Record one send attempt before it leaves (state submitting, attempts appended),
+# fenced: only while the plan is authorized and the caller holds the symbol lease.
 ATTEMPT_SCRIPT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[5] then
+  return redis.error_reply('FENCED symbol lease not held by this caller')
+end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'permitted' and state ~= 'submitting' then
   return redis.error_reply('journal state is ' .. tostring(state) .. ', not permitted')
@@ -139,16 +145,22 @@ class Journal:
         )
         return str(reply[0]), int(reply[1]) == 1
 
-    def order_log(self, plan_id: str, client_order_id: str) -> JournalOrderLog:
-        return JournalOrderLog(self, plan_id, client_order_id)
+    def order_log(
+        self, plan_id: str, client_order_id: str, *, symbol: str, lease_token: str
+    ) -> JournalOrderLog:
+        return JournalOrderLog(self, plan_id, client_order_id, symbol, lease_token)
 
 
 class JournalOrderLog:
     """An executor's view of one plan's journal (see ``executors.base.OrderLog``)."""
 
-    def __init__(self, journal: Journal, plan_id: str, client_order_id: str) -> None:
+    def __init__(
+        self, journal: Journal, plan_id: str, client_order_id: str, symbol: str, lease_token: str
+    ) -> None:
         self._journal = journal
         self._key = K.journal(plan_id)
+        self._lease_key = K.symbol_lease(symbol)
+        self._lease_token = lease_token
         self._client_order_id = client_order_id
 
     async def attempts(self) -> list[int]:
@@ -156,10 +168,20 @@ class JournalOrderLog:
         return [int(x) for x in str(raw).split(",")] if raw else []
 
     async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
-        await self._journal._attempt(
-            keys=[self._key],
-            args=[sent_at_ms, self._client_order_id, format_qty(quantity), side],
-        )
+        try:
+            await self._journal._attempt(
+                keys=[self._key, self._lease_key],
+                args=[
+                    sent_at_ms,
+                    self._client_order_id,
+                    format_qty(quantity),
+                    side,
+                    self._lease_token,
+                ],
+            )
+        except ResponseError as exc:
+            # Refused by the fence or the state check: nothing may be sent now.
+            raise RetryLater(str(exc)) from None
 
 
 def _now_ms() -> int:

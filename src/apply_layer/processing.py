@@ -21,9 +21,11 @@ from redis.exceptions import RedisError
 
 from apply_layer import keys as K
 from apply_layer import metrics
+from apply_layer.errors import RetryLater
 from apply_layer.executors.base import Executor, OrderRequest, StepResult
 from apply_layer.gate import GateResult, PermitGate
 from apply_layer.journal import Journal
+from apply_layer.lease import SymbolLeases
 from apply_layer.logs import get_logger
 from apply_layer.outcomes import Outcome, blocked, rejected, result_fields, skipped
 from apply_layer.permits import is_kill_value
@@ -34,6 +36,10 @@ log = get_logger()
 
 PERMIT_TTL_MS = 60_000  # a consumed authorization is good for as long as the permit was
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+class AlreadyFinal(Exception):
+    """Another instance finished the plan while we waited for the symbol's lease."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class Processor:
         self.journal = journal
         self.executor = executor
         self.allowlist = frozenset(settings.allowlist)
+        self.leases = SymbolLeases(redis, lease_ms=settings.lease_ms, owner=settings.consumer_name)
         self._symbol_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def handle(self, entry_id: str, fields: dict[str, str]) -> Handled:
@@ -88,7 +95,10 @@ class Processor:
             return Handled("done" if claim.owned_by(entry_id) else "duplicate")
         if not claim.owned_by(entry_id):
             return Handled("duplicate")
-        outcome = await self._advance(plan, claim.state)
+        try:
+            outcome = await self._advance(plan, claim.state)
+        except AlreadyFinal:
+            return Handled("done")
         await self._publish(plan.plan_id, plan.symbol, plan.decision, outcome)
         return Handled("published", outcome)
 
@@ -149,11 +159,19 @@ class Processor:
             safe_qty=decision.safe_qty,
             reported_amt=_signed_decimal(p33.fields.get("exchange_position_amt")) if p33 else None,
         )
-        order_log = self.journal.order_log(plan.plan_id, order.client_order_id)
-        async with self._symbol_locks[plan.symbol]:
+        lease_wait = 2 * self.settings.lease_ms / 1000
+        async with (
+            self._symbol_locks[plan.symbol],
+            self.leases.hold(plan.symbol, lease_wait) as token,
+        ):
+            if (await self.journal.read(plan.plan_id)).get("result_id"):
+                raise AlreadyFinal(plan.plan_id)  # finished elsewhere while we waited
+            order_log = self.journal.order_log(
+                plan.plan_id, order.client_order_id, symbol=plan.symbol, lease_token=token
+            )
             try:
                 result = await self.executor.execute(order, order_log)
-            except (RedisError, OSError):
+            except (RedisError, OSError, RetryLater):
                 raise
             except Exception as exc:
                 if await order_log.attempts():

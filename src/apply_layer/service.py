@@ -24,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from apply_layer import __version__, metrics, systemd
 from apply_layer import keys as K
+from apply_layer.errors import RetryLater
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
 from apply_layer.gate import GateConfig, PermitGate
@@ -37,6 +38,10 @@ from apply_layer.settings import Settings, unknown_env_vars
 log = get_logger()
 
 DRAIN_TIMEOUT_SEC = 25.0
+# A consumer with nothing pending and not seen for this long is forgotten
+# (names carry the pid, so every restart adds one; the group must not grow).
+FORGET_CONSUMER_MS = 3_600_000
+FORGET_EVERY_SEC = 60.0
 MAX_BACKOFF_SEC = 5.0
 
 
@@ -71,6 +76,8 @@ class ApplyService:
         self._group_ready = False
         self._alive = time.monotonic()
         self._next_housekeeping = 0.0
+        self._claim_cursor = "0-0"
+        self._next_forget = 0.0
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -104,9 +111,13 @@ class ApplyService:
         watchdog = asyncio.create_task(self._watchdog())
         intake = asyncio.create_task(self._intake())
         await self._stopping.wait()
-        intake.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await intake
+        # The intake loop stops by itself within one blocking read; cancelling a
+        # task inside a redis-py read can be swallowed on Python 3.11, so it is
+        # only the fallback.
+        done, _ = await asyncio.wait({intake}, timeout=self.settings.poll_sec + 5)
+        if not done:
+            intake.cancel()
+            await asyncio.wait({intake}, timeout=5)
         await self._drain()
         watchdog.cancel()
         await self.watcher.stop()
@@ -163,9 +174,19 @@ class ApplyService:
             systemd.notify(f"STATUS=mode={self.settings.mode}")
 
     async def _pause_after_failure(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), self._backoff)
+        await self._pause(self._backoff)
         self._backoff = min(self._backoff * 2, MAX_BACKOFF_SEC)
+
+    async def _pause(self, seconds: float, event: asyncio.Event | None = None) -> None:
+        """Sleep up to ``seconds``, waking early on stop (or on ``event``)."""
+        waiters = {asyncio.ensure_future(self._stopping.wait())}
+        if event is not None:
+            waiters.add(asyncio.ensure_future(event.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     # ---- intake ------------------------------------------------------------------------
 
@@ -180,7 +201,7 @@ class ApplyService:
         self._group_ready = True
 
     async def _intake(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             self._alive = time.monotonic()
             try:
                 if not self._group_ready:
@@ -189,8 +210,7 @@ class ApplyService:
                 free = self.settings.max_in_flight - len(self._tasks)
                 if free <= 0:
                     self._slot_freed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._slot_freed.wait(), self.settings.poll_sec)
+                    await self._pause(self.settings.poll_sec, self._slot_freed)
                     continue
                 entries = await self._read(min(free, 256))
                 self._redis_ok()
@@ -249,6 +269,8 @@ class ApplyService:
                 if handled.kind == "duplicate":
                     metrics.DUPLICATES.inc()
             await self.redis.xack(K.PLAN_STREAM, self.settings.consumer_group, entry_id)
+        except RetryLater as exc:
+            log.warning("plan_deferred", entry_id=entry_id, why=str(exc))
         except (RedisError, OSError) as exc:
             self._redis_failed(exc)  # the entry stays pending; resumed from its journal
         except asyncio.CancelledError:
@@ -270,3 +292,45 @@ class ApplyService:
         }
         ttl = max(15, int(self.settings.poll_sec * 3))
         await self.redis.set(K.HEARTBEAT_KEY, json.dumps(beat), ex=ttl)
+        await self._claim_idle()
+        if now >= self._next_forget:
+            self._next_forget = now + FORGET_EVERY_SEC
+            await self._forget_idle_consumers()
+
+    async def _forget_idle_consumers(self) -> None:
+        consumers: Any = await self.redis.xinfo_consumers(
+            K.PLAN_STREAM, self.settings.consumer_group
+        )
+        for consumer in consumers:
+            name = str(consumer.get("name"))
+            idle = int(consumer.get("idle", 0))
+            mine = name == self.settings.consumer_name
+            if not mine and not int(consumer.get("pending", 0)) and idle > FORGET_CONSUMER_MS:
+                await self.redis.xgroup_delconsumer(
+                    K.PLAN_STREAM, self.settings.consumer_group, name
+                )
+                log.info("consumer_forgotten", consumer=name, idle_ms=idle)
+
+    async def _claim_idle(self) -> None:
+        """Take over entries idle past APPLY_CLAIM_IDLE_SEC in any consumer's pending list.
+
+        A crashed instance's plans (and our own, if a try was deferred) are
+        resumed from their journal state; ones still being worked on here are
+        skipped. One page per tick keeps the tick short.
+        """
+        free = self.settings.max_in_flight - len(self._tasks)
+        if free <= 0:
+            return
+        reply: Any = await self.redis.xautoclaim(
+            K.PLAN_STREAM,
+            self.settings.consumer_group,
+            self.settings.consumer_name,
+            min_idle_time=int(self.settings.claim_idle_sec * 1000),
+            start_id=self._claim_cursor,
+            count=min(free, 100),
+        )
+        self._claim_cursor = str(reply[0])
+        for entry_id, fields in reply[1]:
+            if entry_id not in self._tasks:
+                log.info("entry_claimed", entry_id=entry_id)
+                self._spawn(entry_id, dict(fields or {}))

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     kill_switch: bool = False
     keyspace_events: KeyspaceEvents = "detect"
     max_in_flight: int = Field(default=64, ge=1, le=10_000)
+    claim_idle_sec: float = Field(default=30.0, ge=1)
+    lease_ms: int = Field(default=15_000, ge=1000, le=600_000)
     binance_base_url: str = "https://demo-fapi.binance.com"
     binance_api_key: SecretStr | None = Field(
         default=None,
