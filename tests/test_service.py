@@ -118,15 +118,22 @@ async def test_publish_is_once_only(redis: Redis) -> None:
         await journal.publish("once", "BTCUSDT", "permitted", {})
 
 
-async def test_an_order_is_never_recorded_outside_an_authorization(redis: Redis) -> None:
+async def test_a_send_is_never_recorded_without_authorization_and_the_lease(redis: Redis) -> None:
     journal = Journal(redis, dedupe_ttl_sec=60, journal_ttl_sec=60)
     await journal.claim("unauth", "BTCUSDT", "1-0")
-    from redis.exceptions import ResponseError
-
-    with pytest.raises(ResponseError, match="not permitted"):
-        await journal.order_log("unauth", "al75-unauth").record_attempt(
-            1, quantity=Decimal(1), side="SELL"
-        )
+    await redis.set(K.symbol_lease("BTCUSDT"), "mine")
+    log = journal.order_log("unauth", "al75-unauth", symbol="BTCUSDT", lease_token="mine")
+    with pytest.raises(RetryLater, match="not permitted"):
+        await log.record_attempt(1, quantity=Decimal(1), side="SELL")
+    await redis.hset(K.journal("unauth"), "state", "permitted")
+    fenced = journal.order_log("unauth", "al75-unauth", symbol="BTCUSDT", lease_token="stale")
+    with pytest.raises(RetryLater, match="FENCED"):
+        await fenced.record_attempt(1, quantity=Decimal(1), side="SELL")
+    assert await log.attempts() == []
+    await log.record_attempt(5, quantity=Decimal(1), side="SELL")
+    await log.record_attempt(9, quantity=Decimal(1), side="SELL")
+    assert await log.attempts() == [5, 9]
+    assert (await redis.hget(K.journal("unauth"), "state")) == "submitting"
 
 
 async def test_sd_notify_ready_watchdog_stopping(
