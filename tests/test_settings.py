@@ -106,3 +106,13 @@ def test_the_cli_exits_2_with_one_line(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "APPLY_MODE" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_empty_values_mean_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = tmp_path / "apply-layer.env"
+    env.write_text("APPLY_BINANCE_API_KEY=\nAPPLY_CONSUMER_NAME=\nAPPLY_MODE=\n")
+    monkeypatch.setenv("BINANCE_TESTNET_API_KEY", "from-the-old-name")
+    s = load_settings(env)
+    assert s.binance_api_key is not None
+    assert s.binance_api_key.get_secret_value() == "from-the-old-name"
+    assert s.mode == "dry_run" and s.consumer_name

