@@ -5,19 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from apply_layer.errors import CommandError
-from apply_layer.executors import ExecutorUnavailable
 from apply_layer.settings import Settings
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from apply_layer.service import ApplyService
 
-    try:
-        service = ApplyService(settings)
-    except ExecutorUnavailable as exc:
-        raise CommandError(str(exc)) from None
-    return await service.run()
+    return await ApplyService(settings).run()
 
 
 def register_run(sub: Any) -> None:

@@ -7,3 +7,7 @@ class CommandError(Exception):
 
 class RetryLater(Exception):
     """Not now: leave the stream entry pending; recovery picks it up again later."""
+
+
+class ConfigError(Exception):
+    """The service cannot run as configured; like a bad setting, it exits 2."""

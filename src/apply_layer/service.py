@@ -24,7 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from apply_layer import __version__, metrics, systemd
 from apply_layer import keys as K
-from apply_layer.errors import RetryLater
+from apply_layer.errors import ConfigError, RetryLater
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
 from apply_layer.gate import GateConfig, PermitGate
@@ -87,7 +87,20 @@ class ApplyService:
             systemd.notify("STOPPING=1")
             self._stopping.set()
 
+    async def _start_executor(self) -> None:
+        """A configuration error stops the start (exit 2); an unreachable exchange does
+        not: plans then end FAILED ``exchange_unavailable`` until it answers again."""
+        try:
+            await self.executor.start()
+        except ConfigError:
+            await self.redis.aclose()
+            await self.reader.aclose()
+            raise
+        except Exception as exc:
+            log.error("executor_start_failed", mode=self.settings.mode, error=str(exc))
+
     async def run(self) -> int:
+        await self._start_executor()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -95,7 +108,6 @@ class ApplyService:
         for name in unknown_env_vars():
             log.warning("unknown_setting", variable=name, hint="not read by apply-layer: a typo?")
         metrics_on = metrics.serve(self.settings.metrics_port)
-        await self.executor.start()
         keyspace = await self._start_watcher()
         log.info(
             "apply_layer_started",

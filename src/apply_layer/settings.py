@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(default=64, ge=1, le=10_000)
     claim_idle_sec: float = Field(default=30.0, ge=1)
     lease_ms: int = Field(default=15_000, ge=1000, le=600_000)
-    binance_base_url: str = "https://demo-fapi.binance.com"
+    binance_base_url: str = "https://testnet.binancefuture.com"
     binance_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("APPLY_BINANCE_API_KEY", "BINANCE_TESTNET_API_KEY"),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from apply_layer.errors import ConfigError
 from apply_layer.executors.base import Executor
 from apply_layer.settings import Settings
 
 
-class ExecutorUnavailable(RuntimeError):
-    """The configured mode cannot run (e.g. testnet without credentials)."""
+class ExecutorUnavailable(ConfigError):
+    """The configured mode cannot run."""
 
 
 def create_executor(settings: Settings) -> Executor:
@@ -19,6 +20,8 @@ def create_executor(settings: Settings) -> Executor:
         from apply_layer.executors.dry_run import DryRunExecutor
 
         return DryRunExecutor()
-    raise ExecutorUnavailable(
-        "APPLY_MODE=testnet: the Binance testnet executor is not available in this build"
-    )
+    if settings.mode == "testnet":
+        from apply_layer.executors.binance import BinanceExecutor
+
+        return BinanceExecutor.from_settings(settings)
+    raise ExecutorUnavailable(f"APPLY_MODE={settings.mode}: no such executor")

@@ -1,0 +1,419 @@
+"""``testnet``: a reduce-only MARKET close on Binance USD-M futures, sent exactly once.
+
+The exactly-once rules (docs/BINANCE.md explains them against Binance's docs):
+
+1. Every send is journalled first (``OrderLog.record_attempt``); if the journal
+   cannot be written, nothing is sent and the journal's exception propagates
+   (the service leaves the plan pending for recovery; it is not an exchange
+   answer, so it is not turned into a final result here).
+2. A send whose fate is unknown (timeout, dropped connection, 503 "Unknown
+   error", ``-1006``/``-1007``, other 5xx) is never repeated blindly: the order is
+   looked up by its client order id until it is found, or until the last
+   send's ``recvWindow`` (plus a clock margin) has closed and Binance still
+   says ``-2013``. Binance rejects a request once ``serverTime - timestamp >
+   recvWindow``, so only then can that send no longer execute, and only then
+   is the same client order id sent again (a bounded number of times).
+3. ``execute`` starts by reading earlier attempts: after a crash mid-send the
+   order is looked up first and, if absent, sent only once the window of the
+   last attempt has closed.
+4. Definite rejections end the step as ``REJECTED``; 429/418 wait out
+   ``Retry-After``; nothing is ever guessed: what cannot be determined ends
+   ``FAILED order_unknown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from apply_layer.binance_api import (
+    BinanceClient,
+    BinanceError,
+    ExchangeRejected,
+    NotProcessed,
+    OrderInfo,
+    OrderNotFound,
+    RateLimited,
+    StatusUnknown,
+    SymbolRules,
+    TimestampRejected,
+)
+from apply_layer.errors import ConfigError
+from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepResult
+from apply_layer.logs import format_qty, get_logger
+from apply_layer.settings import Settings
+from apply_layer.sizing import size_close
+
+_log = get_logger("apply_layer.binance")
+HEDGE_REFUSED = (
+    "hedge mode (dualSidePosition=true) is refused: reduce-only closes need one-way mode; "
+    "switch the account to one-way"
+)
+
+
+class BinanceConfigError(ConfigError):
+    """The executor cannot start as configured (e.g. no API key in testnet mode)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds on waiting and resending; the defaults suit the real testnet."""
+
+    clock_margin_ms: int = 1000  # added to recvWindow before a send counts as expired
+    lookup_backoff_sec: float = 0.25
+    lookup_backoff_max_sec: float = 2.0
+    max_lookup_errors: int = 8  # failed lookups (5xx, timeouts) before giving up
+    max_resend_cycles: int = 2  # resends after sends that provably never executed
+    max_rate_limit_waits: int = 3
+    max_retry_after_sec: float = 30.0  # a longer ban fails the step instead of blocking
+    max_not_processed_retries: int = 3
+    final_status_polls: int = 5  # lookups of an order found still NEW
+
+
+@dataclass(frozen=True)
+class _Resolution:
+    order: OrderInfo | None = None
+    gone: bool = False  # provably never executed: window closed and still -2013
+    detail: str = ""
+
+
+class _HedgeMode(BinanceError):
+    pass
+
+
+class BinanceExecutor:
+    """Executor protocol over :class:`BinanceClient` (see the module docstring)."""
+
+    mode = "testnet"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: SecretStr | None,
+        api_secret: SecretStr | None,
+        recv_window_ms: int = 5000,
+        allowlist: Iterable[str] = ("BTCUSDT",),
+        http_timeout_sec: float | httpx.Timeout = 10.0,
+        exchange_info_ttl_sec: float = 900.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        policy: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        timeout = (
+            http_timeout_sec
+            if isinstance(http_timeout_sec, httpx.Timeout)
+            else httpx.Timeout(http_timeout_sec, connect=min(http_timeout_sec, 5.0))
+        )
+        self.client = BinanceClient(
+            base_url=base_url,
+            api_key=api_key,
+            api_secret=api_secret,
+            recv_window_ms=recv_window_ms,
+            timeout=timeout,
+            clock=clock,
+            transport=transport,
+        )
+        self.allowlist = tuple(allowlist)
+        self.policy = policy or RetryPolicy()
+        self._ttl, self._clock, self._sleep = exchange_info_ttl_sec, clock, sleep
+        self._rules: dict[str, SymbolRules] = {}
+        self._rules_at: float | None = None
+        self._rules_lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> BinanceExecutor:
+        kwargs: dict[str, Any] = {
+            "base_url": settings.binance_base_url,
+            "api_key": settings.binance_api_key,
+            "api_secret": settings.binance_api_secret,
+            "recv_window_ms": settings.binance_recv_window_ms,
+            "allowlist": tuple(settings.allowlist),
+        }
+        return cls(**(kwargs | overrides))
+
+    async def start(self) -> None:
+        if not self.client.has_credentials:
+            raise BinanceConfigError(
+                "testnet mode needs APPLY_BINANCE_API_KEY and APPLY_BINANCE_API_SECRET "
+                "(or BINANCE_TESTNET_API_KEY / BINANCE_TESTNET_API_SECRET)"
+            )
+        await self.client.open()
+        await self.client.sync_time()
+        await self._load_rules()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def preflight(self) -> list[CheckLine]:
+        await self.client.open()
+        lines: list[CheckLine] = []
+        try:
+            offset = await self.client.sync_time()
+            detail = f"{offset:+d} ms (round trip {self.client.rtt_ms} ms), compensated"
+            lines.append(CheckLine("binance clock offset", True, detail))
+        except BinanceError as exc:
+            lines.append(CheckLine("binance clock offset", False, f"GET /fapi/v1/time: {exc}"))
+        if not self.client.has_credentials:
+            lines.append(
+                CheckLine("binance credentials", False, "APPLY_BINANCE_API_KEY/SECRET not set")
+            )
+        else:
+            try:
+                dual = await self.client.dual_side_position()
+            except BinanceError as exc:
+                lines.append(CheckLine("binance credentials", False, f"signed call: {exc}"))
+            else:
+                lines.append(CheckLine("binance credentials", True, "signed call accepted"))
+                detail = HEDGE_REFUSED if dual else "one-way"
+                lines.append(CheckLine("binance position mode", not dual, detail))
+        try:
+            await self._load_rules()
+        except BinanceError as exc:
+            lines.append(CheckLine("binance exchangeInfo", False, str(exc)))
+            return lines
+        for symbol in self.allowlist:
+            rules = self._rules.get(symbol)
+            detail = rules.describe() if rules else "not listed on the exchange"
+            lines.append(CheckLine(f"binance filters {symbol}", rules is not None, detail))
+        return lines
+
+    async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
+        cid = order.client_order_id
+        earlier = await log.attempts()  # journal errors propagate: the service retries later
+        if earlier:
+            # A previous run sent (or was about to send) this order, then stopped.
+            _log.warning("binance_resume", plan=order.plan_id, cid=cid, attempts=len(earlier))
+            found = await self._resolve(order.symbol, cid, max(earlier))
+            if found.order is not None:
+                return self._report(order, found.order)
+            if not found.gone:
+                return self._result(order, "FAILED", "order_unknown", found.detail)
+        try:
+            rules = await self._rules_for(order.symbol)
+            if rules is None:
+                return self._result(order, "REJECTED", "symbol_not_listed", order.symbol)
+            live = await self._live_amt(order.symbol)
+        except _HedgeMode as exc:
+            return self._result(order, "REJECTED", "hedge_mode", str(exc))
+        except BinanceError as exc:
+            return self._result(order, "FAILED", "exchange_unavailable", str(exc))
+        sizing = size_close(
+            safe_qty=order.safe_qty,
+            pct=order.pct,
+            reported_amt=order.reported_amt,
+            live_amt=live,
+            lot=rules.lot,
+        )
+        if not sizing.ok:
+            return self._result(order, "REJECTED", sizing.error, sizing.detail)
+        return await self._send(order, log, sizing.qty, sizing.side)
+
+    async def _send(
+        self, order: OrderRequest, log: OrderLog, qty: Decimal, side: str
+    ) -> StepResult:
+        """The send loop: one journalled attempt per request, bounded, never blind."""
+        p, cid = self.policy, order.client_order_id
+        resends = rate_waits = not_processed = resyncs = 0
+        while True:
+            sent_at = self.client.local_ms()
+            # If the journal refuses (Redis down, lease lost) this raises and nothing is sent;
+            # the caller leaves the plan to recovery, which resumes through ``attempts()``.
+            await log.record_attempt(sent_at, quantity=qty, side=side)
+            _log.info(
+                "binance_order_send",
+                plan=order.plan_id,
+                cid=cid,
+                side=side,
+                qty=format_qty(qty),
+                attempt_ms=sent_at,
+            )
+            try:
+                info = await self.client.place_market_close(
+                    symbol=order.symbol,
+                    side=side,
+                    quantity=qty,
+                    client_order_id=cid,
+                    sent_at_ms=sent_at,
+                )
+            except ExchangeRejected as exc:
+                if isinstance(exc, TimestampRejected) and not resyncs:
+                    resyncs += 1  # rejected, so it never executed: resync and resend once
+                    await self._resync()
+                    continue
+                error = f"exchange_rejected:{exc.tag}"
+                return self._result(order, "REJECTED", error, exc.msg, side, qty)
+            except RateLimited as exc:
+                rate_waits += 1
+                wait = exc.retry_after_sec if exc.retry_after_sec is not None else 1.0
+                if rate_waits > p.max_rate_limit_waits or wait > p.max_retry_after_sec:
+                    error = f"rate_limited:{exc.http_status}"
+                    return self._result(order, "FAILED", error, str(exc), side, qty)
+                _log.warning("binance_rate_limited", cid=cid, status=exc.http_status, wait=wait)
+                await self._sleep(wait)
+                continue
+            except NotProcessed as exc:
+                not_processed += 1
+                if not_processed > p.max_not_processed_retries:
+                    return self._result(
+                        order, "FAILED", "exchange_unavailable", str(exc), side, qty
+                    )
+                await self._sleep(p.lookup_backoff_sec * not_processed)
+                continue
+            except StatusUnknown as exc:
+                _log.warning("binance_order_status_unknown", cid=cid, reason=str(exc))
+                found = await self._resolve(order.symbol, cid, sent_at)
+                if found.order is not None:
+                    return self._report(order, found.order)
+                if not found.gone:
+                    return self._result(order, "FAILED", "order_unknown", found.detail, side, qty)
+                resends += 1
+                if resends > p.max_resend_cycles:
+                    detail = f"{resends} sends provably never executed; giving up"
+                    return self._result(order, "FAILED", "order_unknown", detail, side, qty)
+                _log.warning("binance_order_resend", cid=cid, after_ms=sent_at)
+                continue
+            return self._report(order, await self._settle(order.symbol, info))
+
+    def window_closes_at(self, sent_at_ms: int) -> int:
+        """Local ms after which a request stamped at ``sent_at_ms`` can no longer execute."""
+        margin = self.policy.clock_margin_ms + self.client.rtt_ms
+        return sent_at_ms + self.client.recv_window_ms + margin
+
+    async def _resolve(self, symbol: str, cid: str, last_sent_ms: int) -> _Resolution:
+        """Look ``cid`` up until found, or until provably gone, or until lookups fail."""
+        p, closes_at = self.policy, self.window_closes_at(last_sent_ms)
+        errors, delay = 0, p.lookup_backoff_sec
+        while True:
+            started = self.client.local_ms()
+            try:
+                info = await self.client.query_order(symbol, cid)
+            except OrderNotFound:
+                if started >= closes_at:
+                    return _Resolution(gone=True)
+                wait = min(delay, (closes_at - started) / 1000 + 0.001)
+            except BinanceError as exc:
+                errors += 1
+                if errors > p.max_lookup_errors or (
+                    isinstance(exc, RateLimited)
+                    and (exc.retry_after_sec or 0) > p.max_retry_after_sec
+                ):
+                    detail = f"fate of {cid} unknown after {errors} failed lookups: {exc}"
+                    return _Resolution(detail=detail)
+                wait = delay
+                if isinstance(exc, RateLimited) and exc.retry_after_sec is not None:
+                    wait = max(wait, exc.retry_after_sec)
+                _log.warning("binance_lookup_failed", cid=cid, reason=str(exc), errors=errors)
+            else:
+                return _Resolution(order=await self._settle(symbol, info))
+            await self._sleep(wait)
+            delay = min(delay * 2, p.lookup_backoff_max_sec)
+
+    async def _settle(self, symbol: str, info: OrderInfo) -> OrderInfo:
+        """A MARKET order found NEW is looked at a few more times for its fills."""
+        delay = self.policy.lookup_backoff_sec
+        for _ in range(self.policy.final_status_polls):
+            if info.final:
+                break
+            await self._sleep(delay)
+            try:
+                info = await self.client.query_order(symbol, info.client_order_id)
+            except BinanceError:
+                continue
+        return info
+
+    async def _resync(self) -> None:
+        try:
+            await self.client.sync_time()
+        except BinanceError as exc:
+            _log.warning("binance_time_sync_failed", reason=str(exc))
+
+    async def _live_amt(self, symbol: str) -> Decimal:
+        rows = await self.client.position_rows(symbol)
+        if any(side != "BOTH" for side, _ in rows):
+            raise _HedgeMode("account is in hedge mode; only one-way mode is supported")
+        return sum((amt for _, amt in rows), Decimal(0))
+
+    async def _load_rules(self) -> None:
+        async with self._rules_lock:
+            self._rules = await self.client.exchange_rules()
+            self._rules_at = self._clock()
+
+    async def _rules_for(self, symbol: str) -> SymbolRules | None:
+        """Cached filters, refreshed when older than the TTL (stale ones beat none)."""
+        stale = self._rules_at is None or self._clock() - self._rules_at >= self._ttl
+        if stale:
+            try:
+                await self._load_rules()
+            except BinanceError as exc:
+                if not self._rules:
+                    raise
+                _log.warning("binance_exchange_info_stale", reason=str(exc))
+        return self._rules.get(symbol)
+
+    def _report(self, order: OrderRequest, info: OrderInfo) -> StepResult:
+        executed = info.executed_qty > 0
+        fields: dict[str, Any] = {
+            "step": order.step,
+            "order_id": info.order_id,
+            "client_order_id": info.client_order_id,
+            "side": info.side,
+            "quantity": info.orig_qty,
+            "executed_qty": info.executed_qty,
+            "avg_price": info.avg_price if executed else None,
+        }
+        if executed:
+            note = "" if info.status == "FILLED" else f"order {info.status}, partly filled"
+            result = StepResult(status="EXECUTED", message=note, **fields)
+        elif info.status in ("EXPIRED", "EXPIRED_IN_MATCH"):
+            result = StepResult(status="REJECTED", error="exchange_expired", **fields)
+        elif info.status in ("CANCELED", "REJECTED"):
+            result = StepResult(
+                status="REJECTED", error=f"exchange_{info.status.lower()}", **fields
+            )
+        else:
+            note = f"order accepted but not filled (status {info.status})"
+            result = StepResult(status="FAILED", error="order_not_final", message=note, **fields)
+        _log.info(
+            "binance_order_result",
+            plan=order.plan_id,
+            cid=info.client_order_id,
+            status=info.status,
+            executed_qty=format_qty(info.executed_qty),
+        )
+        return result
+
+    def _result(
+        self,
+        order: OrderRequest,
+        status: str,
+        error: str,
+        message: str = "",
+        side: str = "",
+        qty: Decimal | None = None,
+    ) -> StepResult:
+        if status != "EXECUTED":
+            _log.warning(
+                "binance_order_outcome",
+                plan=order.plan_id,
+                status=status,
+                error=error,
+                detail=message,
+            )
+        return StepResult(
+            step=order.step,
+            status=status,
+            error=error,
+            client_order_id=order.client_order_id,
+            side=side,
+            quantity=qty,
+            message=message,
+        )
