@@ -93,7 +93,9 @@ class Daemon:
         except subprocess.TimeoutExpired:
             dump = subprocess.run(
                 [str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(self.proc.pid)],
-                capture_output=True, text=True, check=False,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             raise AssertionError(f"daemon still running:\n{dump.stdout}\n{self.log()}") from None
 

@@ -151,7 +151,9 @@ async def test_sd_notify_ready_watchdog_stopping(
     messages: list[str] = []
     loop = asyncio.get_running_loop()
     try:
-        while not any("WATCHDOG=1" in m for m in messages):
+        for _ in range(50):  # bounded: a few datagrams arrive in about a second
+            if any("WATCHDOG=1" in m for m in messages):
+                break
             messages.append((await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)).decode())
     finally:
         service.request_stop()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -14,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.exceptions import RedisError
 
 from apply_layer import __version__
-from apply_layer.errors import CommandError
+from apply_layer.errors import CommandError, ConfigError
 from apply_layer.gate import GateConfig
 from apply_layer.logs import setup_logging
 from apply_layer.peek import peek_plan
@@ -81,9 +83,17 @@ def _register_permits(sub: Any) -> None:
 
 def _registrations() -> list[Callable[[Any], None]]:
     """Each command module's ``register(subparsers)``; one line per command module."""
+    from apply_layer import dedupe_clear, demo, preflight, stats
     from apply_layer.commands import register_run
 
-    return [register_run, _register_permits]
+    return [
+        register_run,
+        preflight.register,
+        demo.register,
+        _register_permits,
+        stats.register,
+        dedupe_clear.register,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,9 +120,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Command = args.func
     try:
         return asyncio.run(func(settings, args))
+    except ConfigError as exc:
+        print(f"apply-layer: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except CommandError as exc:
         print(f"apply-layer: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    except BrokenPipeError:  # `apply-layer stats | head`: the reader left, nothing failed
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the final flush
+        return EXIT_OK
     except (RedisError, OSError) as exc:
         print(
             f"apply-layer: cannot reach Redis at {redact_url(settings.redis_url)}: {exc}",

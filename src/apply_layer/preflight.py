@@ -1,0 +1,180 @@
+"""``apply-layer check``: pre-flight, one line per check, non-zero exit if any fails."""
+
+from __future__ import annotations
+
+import argparse
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from apply_layer import keys as K
+from apply_layer.executors import ExecutorUnavailable, create_executor
+from apply_layer.executors.base import CheckLine
+from apply_layer.gate import GATE_SCRIPT
+from apply_layer.journal import ATTEMPT_SCRIPT, CLAIM_SCRIPT, PUBLISH_SCRIPT
+from apply_layer.notify import REQUIRED_CLASSES, covers
+from apply_layer.redis_client import create_redis
+from apply_layer.settings import Settings, unknown_env_vars
+
+DEFAULT_ENV_FILE = Path("/etc/quantum/apply-layer.env")
+
+
+def env_file_check(path: Path) -> CheckLine:
+    """An env file holds secrets: it must not be readable by everyone."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return CheckLine("env file", False, f"{path}: {exc.strerror}")
+    if mode & stat.S_IROTH:
+        return CheckLine("env file", False, f"{path} is world-readable (chmod 600 {path})")
+    return CheckLine("env file", True, f"{path} mode {stat.S_IMODE(mode):04o}")
+
+
+def settings_checks(settings: Settings) -> list[CheckLine]:
+    lines = [
+        CheckLine(
+            "settings",
+            True,
+            f"mode={settings.mode} allowlist={','.join(settings.allowlist)} "
+            f"permits={','.join(settings.required_permits)} "
+            f"wait={settings.permit_wait_ms}ms step={settings.permit_step_ms}ms",
+        )
+    ]
+    unknown = unknown_env_vars()
+    if unknown:
+        lines.append(
+            CheckLine("settings", False, f"unknown variables (typos?): {', '.join(unknown)}")
+        )
+    if settings.kill_switch:
+        lines.append(
+            CheckLine("kill switch", True, "APPLY_KILL_SWITCH=true: every plan is blocked")
+        )
+    return lines
+
+
+async def redis_checks(redis: Redis, settings: Settings) -> list[CheckLine]:
+    lines: list[CheckLine] = []
+    started = time.perf_counter()
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        return [CheckLine("redis", False, f"unreachable: {exc}")]
+    latency = (time.perf_counter() - started) * 1000
+    info: dict[str, Any] = await redis.info("server")
+    lines.append(
+        CheckLine("redis", True, f"version {info.get('redis_version', '?')}, ping {latency:.1f} ms")
+    )
+    for name, script in (
+        ("gate", GATE_SCRIPT),
+        ("claim", CLAIM_SCRIPT),
+        ("publish", PUBLISH_SCRIPT),
+        ("attempt", ATTEMPT_SCRIPT),
+    ):
+        try:
+            sha = await redis.script_load(script)
+            lines.append(CheckLine("script", True, f"{name} loaded ({str(sha)[:12]})"))
+        except RedisError as exc:
+            lines.append(CheckLine("script", False, f"{name}: {exc}"))
+    try:
+        groups = await redis.xinfo_groups(K.PLAN_STREAM)
+    except RedisError:
+        groups = []
+    names = {str(g.get("name")) for g in groups}
+    if settings.consumer_group in names:
+        group = next(g for g in groups if str(g.get("name")) == settings.consumer_group)
+        lines.append(
+            CheckLine(
+                "consumer group",
+                True,
+                f"{settings.consumer_group} on {K.PLAN_STREAM}: "
+                f"{group.get('consumers')} consumers, {group.get('pending')} pending",
+            )
+        )
+    else:
+        lines.append(
+            CheckLine(
+                "consumer group",
+                True,
+                f"{settings.consumer_group} absent: `run` creates it at the stream's end ($)",
+            )
+        )
+    lines.append(await _keyspace_check(redis, settings))
+    kill = [
+        k
+        for k in K.KILL_SWITCH_KEYS
+        if str(await redis.get(k) or "").lower() in ("1", "true", "on")
+    ]
+    if kill:
+        lines.append(
+            CheckLine("kill switch", True, f"ON via {', '.join(kill)}: every plan is blocked")
+        )
+    return lines
+
+
+async def _keyspace_check(redis: Redis, settings: Settings) -> CheckLine:
+    try:
+        flags = str(
+            (await redis.config_get("notify-keyspace-events")).get("notify-keyspace-events") or ""
+        )
+    except RedisError:
+        return CheckLine("keyspace events", True, "CONFIG GET refused: the gate polls")
+    if covers(flags):
+        return CheckLine(
+            "keyspace events",
+            True,
+            f"on ({flags!r}): the gate reacts to a permit in ~1 ms; costs one pub/sub "
+            "message per permit write",
+        )
+    if settings.keyspace_events == "enable":
+        return CheckLine(
+            "keyspace events", True, f"off ({flags!r}); `run` will add {REQUIRED_CLASSES}"
+        )
+    return CheckLine(
+        "keyspace events",
+        True,
+        f"off ({flags!r}): the gate polls every {settings.permit_step_ms} ms (about "
+        f"{settings.permit_step_ms // 2} ms added latency); "
+        "APPLY_KEYSPACE_EVENTS=enable turns them on",
+    )
+
+
+async def executor_checks(settings: Settings) -> list[CheckLine]:
+    try:
+        executor = create_executor(settings)
+    except ExecutorUnavailable as exc:
+        return [CheckLine("exchange", False, str(exc))]
+    try:
+        await executor.start()
+        return await executor.preflight()
+    except Exception as exc:
+        return [CheckLine("exchange", False, f"{type(exc).__name__}: {exc}")]
+    finally:
+        await executor.close()
+
+
+async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    lines = settings_checks(settings)
+    env_file = Path(args.env_file) if args.env_file else DEFAULT_ENV_FILE
+    if args.env_file or env_file.exists():
+        lines.append(env_file_check(env_file))
+    redis = create_redis(settings.redis_url, name="apply_layer:check")
+    try:
+        lines.extend(await redis_checks(redis, settings))
+    finally:
+        await redis.aclose()
+    lines.extend(await executor_checks(settings))
+    width = max(len(line.name) for line in lines)
+    for line in lines:
+        print(f"[{' OK ' if line.ok else 'FAIL'}] {line.name:<{width}}  {line.detail}")
+    failed = sum(not line.ok for line in lines)
+    print(f"{len(lines) - failed} ok, {failed} failed")
+    return 1 if failed else 0
+
+
+def register(sub: Any) -> None:
+    check = sub.add_parser("check", help="pre-flight: settings, Redis, scripts, exchange")
+    check.set_defaults(func=cmd_check)
