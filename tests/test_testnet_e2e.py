@@ -1,0 +1,106 @@
+"""The daemon in testnet mode against the fake Binance, crashes included."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from apply_layer import keys as K
+from apply_layer.embedded_redis import EmbeddedRedis
+from tests.fake_binance import API_KEY, API_SECRET, ORDER, FakeBinance, slow
+from tests.harness import Daemon, grant, pending_count, publish_plan, results, wait_result
+
+COID = "al75-{}"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBinance]:
+    with FakeBinance() as exchange:
+        exchange.positions["BTCUSDT"] = Decimal("0.012")
+        yield exchange
+
+
+@pytest.fixture
+def testnet(
+    redis_server: EmbeddedRedis, tmp_path: Path, fake: FakeBinance
+) -> Iterator[Callable[[str], Daemon]]:
+    made: list[Daemon] = []
+
+    def make(name: str) -> Daemon:
+        daemon = Daemon(
+            redis_server.url,
+            tmp_path,
+            name,
+            mode="testnet",
+            binance_base_url=fake.url,
+            binance_api_key=API_KEY,
+            binance_api_secret=API_SECRET,
+            binance_recv_window_ms=1000,
+            lease_ms=3000,  # a killed holder's lease must expire before the restart may send
+        )
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.stop()
+
+
+async def until(predicate: Callable[[], object], timeout: float = 15.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def test_testnet_happy_path(
+    redis: Redis, fake: FakeBinance, testnet: Callable[[str], Daemon]
+) -> None:
+    daemon = await testnet("t1").start().ready(redis)
+    await grant(redis, "live", safe_qty=0.01, position=0.012)
+    await publish_plan(redis, "live")
+    result = await wait_result(redis, "live")
+    assert (result["status"], result["mode"], result["executed"]) == ("EXECUTED", "testnet", "True")
+    (step,) = json.loads(result["steps_results"])
+    assert step["client_order_id"] == COID.format("live")
+    assert (step["side"], step["quantity"], step["executed_qty"]) == ("SELL", "0.009", "0.009")
+    assert step["order_id"] == str(fake.orders[0]["orderId"])
+    assert fake.order_count(COID.format("live")) == 1
+    assert fake.positions["BTCUSDT"] == Decimal("0.003")
+    assert API_SECRET not in daemon.log() and API_KEY not in daemon.log()
+
+
+@pytest.mark.parametrize("placed", [True, False], ids=["order-placed", "order-lost"])
+async def test_kill_9_between_send_and_response(
+    redis: Redis, fake: FakeBinance, testnet: Callable[[str], Daemon], placed: bool
+) -> None:
+    """The process dies with the order's fate unknown; the restart finds out, never doubles."""
+    coid = COID.format("k9")
+    first = await testnet("same").start().ready(redis)
+    fake.inject("POST", ORDER, slow(30.0, place=placed))  # the answer never comes in time
+    await grant(redis, "k9")
+    await publish_plan(redis, "k9")
+    await until(lambda: fake.requests("POST", ORDER))
+    if placed:
+        await until(lambda: fake.order_count(coid) == 1)
+    first.kill()
+    journal = await redis.hgetall(K.journal("k9"))
+    assert journal["state"] == "submitting" and journal["order.attempts"]
+    assert await pending_count(redis) == 1
+
+    await testnet("same").start().ready(redis)
+    result = await wait_result(redis, "k9", timeout=30)
+    assert result["status"] == "EXECUTED"
+    assert fake.order_count(coid) == 1  # found (placed) or sent again only once provably dead
+    assert fake.positions["BTCUSDT"] == Decimal("0.003")
+    assert [r["plan_id"] for r in await results(redis)].count("k9") == 1
+    assert (await redis.hgetall(K.journal("k9")))["state"] == "executed"
+    await asyncio.sleep(0.3)  # the ack follows the result
+    assert await pending_count(redis) == 0
