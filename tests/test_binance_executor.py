@@ -434,7 +434,7 @@ async def test_resends_are_bounded(ex: BinanceExecutor, fake: FakeBinance) -> No
     fake.inject("POST", ORDER, *[dropped(place=False) for _ in range(5)])
     log = MemoryLog()
     result = await ex.execute(request(), log)
-    assert (result.status, result.error) == ("FAILED", "order_unknown")
+    assert (result.status, result.error) == ("FAILED", "order_not_placed")
     assert "never executed" in result.message
     assert len(log.sends) == posts(fake) == POLICY.max_resend_cycles + 1 and fake.orders == []
 

@@ -284,3 +284,22 @@ async def test_metrics_endpoint_and_port_0(redis: Redis, daemons: DaemonFactory)
     assert 'apply_orders_total{status="EXECUTED"} 1.0' in text
     assert "apply_permit_wait_seconds_bucket" in text
     assert 'apply_last_success_timestamp_seconds{symbol="BTCUSDT"}' in text
+
+
+async def test_every_key_the_service_writes_expires(redis: Redis, daemons: DaemonFactory) -> None:
+    await daemons(permit_wait_ms=300).start().ready(redis)
+    await grant(redis, "ttl-ok")
+    await publish_plan(redis, "ttl-ok")
+    await publish_plan(redis, "ttl-blocked")
+    await publish_plan(redis, "ttl-skip", decision="SKIP")
+    for plan_id in ("ttl-ok", "ttl-blocked", "ttl-skip"):
+        await wait_result(redis, plan_id)
+    streams = {K.PLAN_STREAM, K.RESULT_STREAM}
+    keys = [key async for key in redis.scan_iter(count=1000)]
+    assert {K.journal("ttl-ok"), K.dedupe("ttl-ok"), K.cooldown("BTCUSDT"), K.HEARTBEAT_KEY} <= set(
+        keys
+    )
+    for key in keys:
+        if key in streams:
+            continue
+        assert await redis.ttl(key) > 0, key

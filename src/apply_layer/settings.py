@@ -86,6 +86,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("APPLY_BINANCE_API_SECRET", "BINANCE_TESTNET_API_SECRET"),
     )
     binance_recv_window_ms: int = Field(default=5000, ge=1, le=60_000)
+    binance_http_timeout_sec: float = Field(default=10.0, gt=0, le=60)
     consumer_group: str = Field(default="apply_layer", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     consumer_name: str = Field(
         default_factory=_default_consumer_name, pattern=r"^[A-Za-z0-9_.:-]{1,128}$"

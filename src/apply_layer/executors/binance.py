@@ -18,7 +18,8 @@ The exactly-once rules (docs/BINANCE.md explains them against Binance's docs):
    last attempt has closed.
 4. Definite rejections end the step as ``REJECTED``; 429/418 wait out
    ``Retry-After``; nothing is ever guessed: what cannot be determined ends
-   ``FAILED order_unknown``.
+   ``FAILED order_unknown``; sends that provably never executed, given up on
+   after a bounded number, end ``FAILED order_not_placed``.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class BinanceExecutor:
             "api_key": settings.binance_api_key,
             "api_secret": settings.binance_api_secret,
             "recv_window_ms": settings.binance_recv_window_ms,
+            "http_timeout_sec": settings.binance_http_timeout_sec,
             "allowlist": tuple(settings.allowlist),
         }
         return cls(**(kwargs | overrides))
@@ -277,8 +279,9 @@ class BinanceExecutor:
                     return self._result(order, "FAILED", "order_unknown", found.detail, side, qty)
                 resends += 1
                 if resends > p.max_resend_cycles:
+                    # Known, not unknown: every send provably never executed.
                     detail = f"{resends} sends provably never executed; giving up"
-                    return self._result(order, "FAILED", "order_unknown", detail, side, qty)
+                    return self._result(order, "FAILED", "order_not_placed", detail, side, qty)
                 _log.warning("binance_order_resend", cid=cid, after_ms=sent_at)
                 continue
             return self._report(order, await self._settle(order.symbol, info))

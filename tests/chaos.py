@@ -1,0 +1,332 @@
+"""The chaos run: plans flowing, daemons killed, Redis restarted, exchange faults.
+
+Used by ``tests/test_chaos.py`` (small, in CI) and ``scripts/chaos.py`` (the
+full run whose figures are in docs/RELIABILITY.md). Everything is real: a
+redis-server with AOF (``appendfsync always``), daemons as subprocesses in
+testnet mode, and the fake Binance over HTTP. The simulated upstreams record
+the ground truth (which plans got both allow permits, every permit written),
+and :func:`verify` checks every plan against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from apply_layer import keys as K
+from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.redis_client import create_redis
+from tests import fake_binance as fb
+from tests.harness import Daemon, publish_plan
+
+SYMBOLS = {"BTCUSDT": 0.01, "ETHUSDT": 0.1}  # symbol -> safe_qty per plan
+PERMIT_TTL = 3600  # longer than the run: a permit that is gone was consumed
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    plans: int = 300
+    rate: float = 20.0
+    instances: int = 2
+    kills: int = 20
+    redis_restarts: int = 1
+    fault_ratio: float = 0.15  # order requests that meet an exchange fault
+    deny_ratio: float = 0.1
+    late_ratio: float = 0.05
+    never_ratio: float = 0.05
+    block_ratio: float = 0.03
+    settle_sec: float = 90.0
+    seed: int = 1
+
+
+@dataclass
+class Report:
+    config: ChaosConfig
+    published: int = 0
+    kills: int = 0
+    redis_restarts: int = 0
+    faults: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)  # "STATUS error" of non-executed plans
+    orders: int = 0
+    duplicates: int = 0  # result entries beyond the first, per plan
+    lost: int = 0  # plans without a result
+    double_orders: int = 0  # orders beyond the first, per plan
+    unauthorized_orders: int = 0  # orders for plans lacking an allow permit
+    outcome_mismatches: int = 0  # result vs exchange vs journal disagree
+    unrecorded_consumptions: int = 0  # permit gone but not in the plan's journal
+    elapsed: float = 0.0
+
+    @property
+    def violations(self) -> int:
+        return (
+            self.duplicates
+            + self.lost
+            + self.double_orders
+            + self.unauthorized_orders
+            + self.outcome_mismatches
+            + self.unrecorded_consumptions
+        )
+
+    def lines(self) -> list[str]:
+        c = self.config
+        return [
+            f"plans {self.published}   instances {c.instances}   kills {self.kills}   "
+            f"redis restarts {self.redis_restarts}   exchange faults {self.faults}   "
+            f"elapsed {self.elapsed:.1f} s",
+            "outcomes " + "  ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())),
+            "reasons  " + "  ".join(f"{k}: {v}" for k, v in self.reasons.most_common()),
+            f"orders {self.orders}",
+            f"duplicates {self.duplicates} (must be 0)   lost {self.lost} (must be 0)",
+            f"double orders {self.double_orders}   orders without every allow permit "
+            f"{self.unauthorized_orders}   outcome mismatches {self.outcome_mismatches}   "
+            f"unrecorded permit consumptions {self.unrecorded_consumptions}",
+            "RESULT: " + ("PASS" if self.violations == 0 else f"FAIL ({self.violations})"),
+        ]
+
+
+@dataclass
+class Truth:
+    """What the simulated upstreams did."""
+
+    plans: dict[str, str] = field(default_factory=dict)  # plan_id -> symbol
+    allowed: set[str] = field(default_factory=set)  # both allow permits written, no block
+    permits: dict[str, str] = field(default_factory=dict)  # key -> raw value written
+
+
+class Chaos:
+    def __init__(self, config: ChaosConfig, workdir: Path) -> None:
+        self.c = config
+        self.workdir = workdir
+        self.rng = random.Random(config.seed)
+        self.truth = Truth()
+        self.report = Report(config)
+        self.redis_server = EmbeddedRedis(appendonly=True, notify_keyspace_events="K$hg")
+        self.fake = fb.FakeBinance()
+        self.daemons: list[Daemon] = []
+        self.redis: Redis | None = None
+        self.run_id = f"{int(time.time()) % 100000:05d}"
+
+    def _daemon(self, slot: int) -> Daemon:
+        return Daemon(
+            self.redis_server.url,
+            self.workdir,
+            f"chaos-{slot}",
+            mode="testnet",
+            binance_base_url=self.fake.url,
+            binance_api_key=fb.API_KEY,
+            binance_api_secret=fb.API_SECRET,
+            binance_recv_window_ms=1000,
+            binance_http_timeout_sec=1.5,
+            lease_ms=2000,
+            claim_idle_sec=2,
+            keyspace_events="detect",
+        )
+
+    async def _retry(self, make_call: Any) -> Any:
+        """Upstream writes go on through a Redis restart, as real services' would."""
+        while True:
+            try:
+                return await make_call()
+            except (RedisError, OSError):
+                await asyncio.sleep(0.1)
+
+    async def run(self) -> Report:
+        started = time.monotonic()
+        self.redis_server.start()
+        self.fake.__enter__()
+        for symbol in SYMBOLS:
+            self.fake.positions[symbol] = Decimal(1000)
+        self.redis = create_redis(self.redis_server.url, name="chaos")
+        try:
+            for slot in range(self.c.instances):
+                daemon = self._daemon(slot)
+                self.daemons.append(daemon)
+                await daemon.start().ready(self.redis, timeout=30)
+            publishing = asyncio.create_task(self._publish_all())
+            monkey = asyncio.create_task(self._monkey(publishing))
+            await publishing
+            await monkey
+            await self._settle()
+            await self.verify()
+        finally:
+            for daemon in self.daemons:
+                daemon.stop()
+            await self.redis.aclose()
+            self.fake.__exit__()
+            self.redis_server.close()
+        self.report.elapsed = time.monotonic() - started
+        return self.report
+
+    # ---- the upstream services --------------------------------------------------
+
+    async def _publish_all(self) -> None:
+        interval = 1.0 / self.c.rate
+        tasks = []
+        for n in range(self.c.plans):
+            plan_id = f"x{self.run_id}-{n:05d}"
+            symbol = self.rng.choice(list(SYMBOLS))
+            self.truth.plans[plan_id] = symbol
+            assert self.redis is not None
+            await self._retry(
+                lambda r=self.redis, p=plan_id, s=symbol: publish_plan(r, p, symbol=s)
+            )
+            self.report.published += 1
+            tasks.append(asyncio.create_task(self._permits(plan_id, symbol)))
+            if self.rng.random() < self.c.fault_ratio:
+                self.fake.inject("POST", fb.ORDER, self._fault())
+                self.report.faults += 1
+            await asyncio.sleep(interval)
+        await asyncio.gather(*tasks)
+
+    def _fault(self) -> fb.Fault:
+        place = self.rng.random() < 0.5
+        return self.rng.choice(
+            [
+                fb.slow(2.0, place=place),
+                fb.dropped(place=place),
+                fb.unknown_503(place=place),
+                fb.timeout_1007(place=place),
+                fb.rate_limited(1),
+            ]
+        )
+
+    async def _set(self, key: str, value: dict[str, Any]) -> None:
+        raw = json.dumps(value)
+        self.truth.permits[key] = raw
+        assert self.redis is not None
+        redis = self.redis
+        await self._retry(lambda: redis.set(key, raw, ex=PERMIT_TTL))
+
+    async def _permits(self, plan_id: str, symbol: str) -> None:
+        rng = self.rng
+        blocked = rng.random() < self.c.block_ratio
+        roll, edge = rng.random(), 0.0
+        p33 = "allow"
+        for kind, ratio in (
+            ("never", self.c.never_ratio),
+            ("late", self.c.late_ratio),
+            ("deny", self.c.deny_ratio),
+        ):
+            edge += ratio
+            if roll < edge:
+                p33 = kind
+                break
+        await asyncio.sleep(rng.uniform(0, 0.05))
+        if blocked:
+            assert self.redis is not None
+            redis = self.redis
+            marker = json.dumps({"reason": "chaos_block"})
+            await self._retry(lambda: redis.set(K.governor_block(plan_id), marker, ex=PERMIT_TTL))
+        else:
+            await self._set(K.ISSUERS["governor"].key(plan_id), {"granted": True, "symbol": symbol})
+        if p33 == "never":
+            return
+        await asyncio.sleep(rng.uniform(1.3, 1.8) if p33 == "late" else rng.uniform(0.02, 0.4))
+        key = K.ISSUERS["p33"].key(plan_id)
+        if p33 == "deny":
+            await self._set(key, {"allow": False, "symbol": symbol, "reason": "chaos_deny"})
+            return
+        qty = SYMBOLS[symbol]
+        await self._set(
+            key,
+            {"allow": True, "symbol": symbol, "safe_qty": qty, "exchange_position_amt": 1000},
+        )
+        if not blocked:
+            self.truth.allowed.add(plan_id)
+
+    # ---- the monkey ------------------------------------------------------------------
+
+    async def _monkey(self, publishing: asyncio.Task[None]) -> None:
+        duration = self.c.plans / self.c.rate
+        kill_at = sorted(self.rng.uniform(0.05, 0.95) * duration for _ in range(self.c.kills))
+        restart_at = sorted(
+            self.rng.uniform(0.3, 0.7) * duration for _ in range(self.c.redis_restarts)
+        )
+        events = sorted([(t, "kill") for t in kill_at] + [(t, "redis") for t in restart_at])
+        start = time.monotonic()
+        for at, what in events:
+            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+            if what == "kill":
+                slot = self.rng.randrange(len(self.daemons))
+                self.daemons[slot].kill()
+                self.report.kills += 1
+                await asyncio.sleep(self.rng.uniform(0.0, 0.5))
+                self.daemons[slot] = self._daemon(slot)
+                self.daemons[slot].start()
+            else:
+                self.redis_server.stop(kill=True)
+                self.report.redis_restarts += 1
+                await asyncio.sleep(self.rng.uniform(0.5, 1.5))
+                self.redis_server.start()
+
+    async def _settle(self) -> None:
+        """With every instance up and no more faults, wait for every plan's result."""
+        assert self.redis is not None
+        deadline = time.monotonic() + self.c.settle_sec
+        while time.monotonic() < deadline:
+            done = {f["plan_id"] for f in await self._results()}
+            if set(self.truth.plans) <= done:
+                await asyncio.sleep(1.0)  # let acks and stray duplicates land
+                return
+            await asyncio.sleep(0.25)
+
+    async def _results(self) -> list[dict[str, str]]:
+        assert self.redis is not None
+        entries: Any = await self.redis.xrange(K.RESULT_STREAM)
+        return [dict(fields, _id=entry_id) for entry_id, fields in entries]
+
+    # ---- the verdict --------------------------------------------------------------------
+
+    async def verify(self) -> None:
+        assert self.redis is not None
+        r = self.report
+        by_plan: dict[str, list[dict[str, str]]] = {}
+        for result in await self._results():
+            by_plan.setdefault(result["plan_id"], []).append(result)
+        orders = Counter(str(o["clientOrderId"]) for o in self.fake.orders)
+        r.orders = sum(orders.values())
+        for plan_id in self.truth.plans:
+            results = by_plan.get(plan_id, [])
+            if not results:
+                r.lost += 1
+                continue
+            r.duplicates += len(results) - 1
+            result = results[0]
+            r.outcomes[result["status"]] += 1
+            if result["status"] != "EXECUTED":
+                r.reasons[f"{result['status']} {result['error'].split(':')[0]}"] += 1
+            placed = orders.get(f"al75-{plan_id}", 0)
+            r.double_orders += max(0, placed - 1)
+            if placed and plan_id not in self.truth.allowed:
+                r.unauthorized_orders += 1
+            journal = await self.redis.hgetall(K.journal(plan_id))
+            executed = result["status"] == "EXECUTED"
+            if (
+                executed != bool(placed)
+                or journal.get("result_id") != result["_id"]
+                or journal.get("state") != result["status"].lower()
+            ):
+                r.outcome_mismatches += 1
+            for issuer in ("governor", "p33"):
+                key = K.ISSUERS[issuer].key(plan_id)
+                written = self.truth.permits.get(key)
+                if written is None or await self.redis.exists(key):
+                    continue  # never written, or still there (not consumed)
+                recorded = journal.get(f"p.{issuer}.consumed") == "1"
+                if not recorded or journal.get(f"p.{issuer}.raw") != written:
+                    r.unrecorded_consumptions += 1
+
+
+async def run_chaos(config: ChaosConfig, workdir: Path) -> Report:
+    return await Chaos(config, workdir).run()
