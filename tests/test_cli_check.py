@@ -65,3 +65,44 @@ def test_bad_arguments_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         main(["no-such-command"])
     assert info.value.code == 2
+
+
+def test_check_in_testnet_mode_against_the_exchange(
+    redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.fake_binance import API_KEY, API_SECRET, FakeBinance
+
+    with FakeBinance() as fake:
+        fake.skew_ms = 2500
+        for name, value in {
+            "APPLY_REDIS_URL": redis_server.url,
+            "APPLY_MODE": "testnet",
+            "APPLY_ALLOWLIST": "BTCUSDT,ETHUSDT",
+            "APPLY_BINANCE_BASE_URL": fake.url,
+            "BINANCE_TESTNET_API_KEY": API_KEY,
+            "BINANCE_TESTNET_API_SECRET": API_SECRET,
+        }.items():
+            monkeypatch.setenv(name, value)
+        assert main(["check"]) == 0
+        out = capsys.readouterr().out
+        assert "[ OK ] binance credentials" in out and "[ OK ] binance position mode" in out
+        assert "binance clock offset" in out and "+25" in out  # ~ +2500 ms, compensated
+        assert "[ OK ] binance filters BTCUSDT" in out and "[ OK ] binance filters ETHUSDT" in out
+        assert API_SECRET not in out and API_KEY not in out
+        fake.dual_side = True
+        assert main(["check"]) == 1
+        assert "[FAIL] binance position mode" in capsys.readouterr().out
+        monkeypatch.setenv("BINANCE_TESTNET_API_SECRET", "wrong-secret")
+        assert main(["check"]) == 1
+        assert "[FAIL] binance credentials" in capsys.readouterr().out
+
+
+def test_run_without_testnet_credentials_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("APPLY_MODE", "testnet")
+    monkeypatch.setenv("APPLY_METRICS_PORT", "0")
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid configuration" in err and "APPLY_BINANCE_API_KEY" in err
+    assert "Traceback" not in err

@@ -66,3 +66,15 @@ def test_bad_demo_arguments_exit_2(bad: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["demo", *bad])
     assert info.value.code == 2
+
+
+def test_demo_with_an_unreachable_redis_says_which(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from apply_layer.embedded_redis import free_port
+
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/3"
+    assert main(["demo", "--redis-url", url, "--log-file", str(tmp_path / "d.log")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach Redis at redis://:***@127.0.0.1" in err
+    assert "hunter2" not in err and "Traceback" not in err

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import pytest
 import redis as sync_redis
 
-from apply_layer.cli import main, redact_url
+from apply_layer.cli import main
 from apply_layer.embedded_redis import EmbeddedRedis, free_port
+from apply_layer.redis_client import redact_url
 
 
 @pytest.fixture

@@ -303,3 +303,43 @@ async def test_every_key_the_service_writes_expires(redis: Redis, daemons: Daemo
         if key in streams:
             continue
         assert await redis.ttl(key) > 0, key
+
+
+async def _pending_for(redis: Redis, consumer: str, plan_id: str) -> str:
+    """A plan read by ``consumer`` (which then 'crashed'): its entry stays pending."""
+    await redis.xgroup_create(K.PLAN_STREAM, "apply_layer", id="$", mkstream=True)
+    entry = await publish_plan(redis, plan_id)
+    await redis.xreadgroup("apply_layer", consumer, {K.PLAN_STREAM: ">"}, count=1)
+    await Journal(redis, dedupe_ttl_sec=300, journal_ttl_sec=3600).claim(plan_id, "BTCUSDT", entry)
+    return entry
+
+
+async def test_an_authorization_too_old_to_use_ends_blocked(
+    redis: Redis, daemons: DaemonFactory
+) -> None:
+    await _pending_for(redis, "victim", "old-auth")
+    await grant(redis, "old-auth")
+    assert (await PermitGate(redis, GateConfig()).wait_and_consume("old-auth", "BTCUSDT")).allowed
+    two_minutes_ago = int(time.time() * 1000) - 120_000
+    await redis.hset(K.journal("old-auth"), "gate_at_ms", two_minutes_ago)
+    await daemons(name="victim").start().ready(redis)
+    result = await wait_result(redis, "old-auth")
+    assert (result["status"], result["error"]) == ("BLOCKED", "stale_authorization")
+    assert await redis.hget(K.journal("old-auth"), "order.attempts") is None  # nothing sent
+
+
+async def test_a_finished_but_unacknowledged_entry_is_acked_without_a_second_result(
+    redis: Redis, daemons: DaemonFactory
+) -> None:
+    await _pending_for(redis, "victim", "unacked")
+    await Journal(redis, dedupe_ttl_sec=300, journal_ttl_sec=3600).publish(
+        "unacked", "BTCUSDT", "skipped", {"plan_id": "unacked", "status": "SKIPPED"}
+    )
+    assert await pending_count(redis) == 1
+    await daemons(name="victim").start().ready(redis)
+    for _ in range(200):
+        if await pending_count(redis) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await pending_count(redis) == 0
+    assert len(await results(redis)) == 1

@@ -11,7 +11,6 @@ import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 
@@ -20,22 +19,11 @@ from apply_layer.errors import CommandError, ConfigError
 from apply_layer.gate import GateConfig
 from apply_layer.logs import setup_logging
 from apply_layer.peek import peek_plan
-from apply_layer.redis_client import create_redis
+from apply_layer.redis_client import create_redis, redact_url
 from apply_layer.settings import Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 PLAN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced, fit for a log line or an error."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def cmd_permits(settings: Settings, args: argparse.Namespace) -> int:

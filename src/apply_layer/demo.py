@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from apply_layer import keys as K
 from apply_layer import stats
@@ -32,7 +33,7 @@ from apply_layer.embedded_redis import EmbeddedRedis, RedisUnavailable
 from apply_layer.errors import CommandError
 from apply_layer.executors.paper import PaperExecutor
 from apply_layer.logs import setup_logging
-from apply_layer.redis_client import create_redis
+from apply_layer.redis_client import create_redis, redact_url
 from apply_layer.service import ApplyService
 from apply_layer.settings import Settings, load_settings
 
@@ -164,8 +165,11 @@ def _settings(url: str, embedded: bool, scenario: Scenario) -> Settings:
     )
 
 
-async def _guard_shared_redis(redis: Redis, force: bool) -> None:
-    busy = [k for k in (K.PLAN_STREAM, K.RESULT_STREAM) if await redis.exists(k)]
+async def _guard_shared_redis(redis: Redis, url: str, force: bool) -> None:
+    try:
+        busy = [k for k in (K.PLAN_STREAM, K.RESULT_STREAM) if await redis.exists(k)]
+    except (RedisError, OSError) as exc:
+        raise CommandError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
     if busy and not force:
         raise CommandError(
             f"this Redis already holds {', '.join(busy)}: the demo would mix its plans with "
@@ -198,7 +202,7 @@ async def run_demo(
         setup_logging("INFO", "console", log_stream)
         redis = create_redis(url, name="apply_layer:demo")
         try:
-            await _guard_shared_redis(redis, force)
+            await _guard_shared_redis(redis, url, force)
             exchange = PaperExecutor()
             service = ApplyService(settings, executor=exchange)
             runner = asyncio.create_task(service.run())
@@ -285,7 +289,7 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     log_file = Path(args.log_file)
     print(f"apply-layer demo: {scenario.plans} plans at {scenario.rate}/s, paper mode")
     if url:
-        print(f"  Redis: {url.split('@')[-1]} (configured)")
+        print(f"  Redis: {redact_url(url)} (configured)")
         return await run_demo(url, False, scenario, log_file, args.force)
     try:
         server = EmbeddedRedis(notify_keyspace_events="K$hg")

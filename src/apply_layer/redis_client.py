@@ -18,6 +18,8 @@ Timeouts and retries are chosen on purpose:
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -55,3 +57,14 @@ def create_redis(url: str, *, name: str = "apply_layer", block_sec: float = 0.0)
 def redis_db(client: Redis) -> int:
     """The database index a client talks to (keyspace channels name it)."""
     return int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced, fit for a log line or an error."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
