@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from apply_layer import keys as K
-from apply_layer import stats
+from apply_layer import stats_cli
 from apply_layer.cli import main
 from apply_layer.embedded_redis import EmbeddedRedis, free_port
 from apply_layer.logs import get_logger, permit_block_line, permit_ok_line, setup_logging
@@ -32,11 +32,11 @@ from apply_layer.stats import (
     classify_result,
     histogram,
     parse_line,
-    parse_since,
     percentile,
     render_text,
     summarize_lines,
 )
+from apply_layer.stats_cli import parse_since
 
 OLD_OK = "[PERMIT_WAIT] OK plan=67e6da21fa9fe506 wait_ms=345 safe_qty=0.0080"
 OLD_BLOCK = "[PERMIT_WAIT] BLOCK plan=abc123def456 reason=missing_p33 gov_ttl=50 p33_ttl=-10"
@@ -443,7 +443,7 @@ def test_journalctl_missing(
     assert main(["stats", "--journal"]) == 1
     err = capsys.readouterr().err
     assert "cannot run journalctl" in err and "--file PATH" in err and "Traceback" not in err
-    monkeypatch.setattr(stats, "JOURNALCTL", str(tmp_path / "no-such-journalctl"))
+    monkeypatch.setattr(stats_cli, "JOURNALCTL", str(tmp_path / "no-such-journalctl"))
     assert main(["stats"]) == 1  # journald is the default when stdin is not piped
     assert "cannot run" in capsys.readouterr().err
 
@@ -499,7 +499,7 @@ def test_stats_from_redis(db: sync_redis.Redis, capsys: pytest.CaptureFixture[st
 def test_stats_from_redis_pages_through_a_long_stream(
     db: sync_redis.Redis, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(stats, "REDIS_PAGE", 7)
+    monkeypatch.setattr(stats_cli, "REDIS_PAGE", 7)
     with db.pipeline(transaction=False) as pipe:
         for i in range(50):
             fields = {"status": "EXECUTED", "wait_ms": str(i), "would_execute": "True"}
