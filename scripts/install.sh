@@ -3,6 +3,8 @@
 # Idempotent: a second run with the same release changes nothing.
 # docs/DEPLOY.md explains the layout and the upgrade/rollback procedure.
 set -euo pipefail
+# shellcheck source=deploy-lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/deploy-lib.sh"
 
 readonly SERVICE=quantum-apply-layer
 readonly SVC_USER=quantum-apply
@@ -72,7 +74,6 @@ RESTART=auto # auto: restart only if it was running; yes; no
 USE_SYSTEMCTL=1
 ROOT=
 
-need_arg() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)"; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --source) need_arg "$@"; SOURCE=$2; shift 2 ;;
@@ -95,23 +96,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-if [[ -n $ROOT ]]; then
-  [[ -d $ROOT ]] || die "--root $ROOT: no such directory"
-  ROOT=$(cd "$ROOT" && pwd)
-  [[ $ROOT == / ]] && ROOT=
-fi
-# A tree under --root is not the running system: no systemctl there, unless
-# SYSTEMCTL names a stand-in (the tests use a recording fake).
-if [[ -n $ROOT && -z ${SYSTEMCTL:-} ]]; then
-  USE_SYSTEMCTL=0
-fi
-SYSTEMCTL=${SYSTEMCTL:-systemctl}
-if [[ $USE_SYSTEMCTL == 1 ]] && ! command -v "$SYSTEMCTL" >/dev/null 2>&1; then
-  die "systemctl not found (use --no-systemctl to install without it)"
-fi
-if [[ $RESTART == yes && $USE_SYSTEMCTL == 0 ]]; then
-  die "--restart needs systemctl"
-fi
+resolve_root_and_systemctl
 if [[ $ENABLE == 1 && $USE_SYSTEMCTL == 0 ]]; then
   die "--enable needs systemctl"
 fi
@@ -286,10 +271,6 @@ if [[ -e ${dropins[0]} ]]; then
 fi
 
 # --- switch ---------------------------------------------------------------------
-relink() { # relink NAME TARGET: atomic replacement of a symlink
-  ln -sfn "$2" "$BASE/.$1.new"
-  mv -T "$BASE/.$1.new" "$BASE/$1"
-}
 new_target=releases/$VERSION
 if [[ $current_target == "$new_target" ]]; then
   say "current already points at $new_target"

@@ -3,6 +3,8 @@
 # current and previous swap places, so running it twice undoes a rollback.
 # docs/DEPLOY.md explains the layout.
 set -euo pipefail
+# shellcheck source=deploy-lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/deploy-lib.sh"
 
 readonly SERVICE=quantum-apply-layer
 readonly PREFIX=/opt/quantum-apply-layer
@@ -43,7 +45,6 @@ LIST=0
 RESTART=auto
 USE_SYSTEMCTL=1
 ROOT=
-need_arg() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)"; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --to) need_arg "$@"; TO=$2; shift 2 ;;
@@ -59,22 +60,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-if [[ -n $ROOT ]]; then
-  [[ -d $ROOT ]] || die "--root $ROOT: no such directory"
-  ROOT=$(cd "$ROOT" && pwd)
-  [[ $ROOT == / ]] && ROOT=
-fi
-# As in install.sh: no systemctl under --root unless SYSTEMCTL names a stand-in.
-if [[ -n $ROOT && -z ${SYSTEMCTL:-} ]]; then
-  USE_SYSTEMCTL=0
-fi
-SYSTEMCTL=${SYSTEMCTL:-systemctl}
-if [[ $USE_SYSTEMCTL == 1 ]] && ! command -v "$SYSTEMCTL" >/dev/null 2>&1; then
-  die "systemctl not found (use --no-systemctl)"
-fi
-if [[ $RESTART == yes && $USE_SYSTEMCTL == 0 ]]; then
-  die "--restart needs systemctl"
-fi
+resolve_root_and_systemctl
 
 BASE=$ROOT$PREFIX
 [[ -d $BASE/releases ]] || die "nothing installed under $PREFIX (no releases/ directory)"
@@ -117,10 +103,6 @@ if [[ $USE_SYSTEMCTL == 1 ]] && "$SYSTEMCTL" is-active --quiet "$SERVICE"; then
   was_active=1
 fi
 
-relink() { # relink NAME TARGET: atomic replacement of a symlink
-  ln -sfn "$2" "$BASE/.$1.new"
-  mv -T "$BASE/.$1.new" "$BASE/$1"
-}
 relink previous "$current"
 relink current "$target"
 say "current -> $target (previous -> $current)"

@@ -191,14 +191,17 @@ class Processor:
 
     # ---- publication -------------------------------------------------------------
 
-    async def _publish(self, plan_id: str, symbol: str, decision: str, outcome: Outcome) -> None:
-        fields = result_fields(
+    def _fields(self, plan_id: str, symbol: str, decision: str, outcome: Outcome) -> dict[str, str]:
+        return result_fields(
             plan_id=plan_id,
             symbol=symbol,
             decision=decision,
             outcome=outcome,
             mode=self.settings.mode,
         )
+
+    async def _publish(self, plan_id: str, symbol: str, decision: str, outcome: Outcome) -> None:
+        fields = self._fields(plan_id, symbol, decision, outcome)
         _, new = await self.journal.publish(
             plan_id, symbol, outcome.state, fields, cooldown=outcome.executed
         )
@@ -226,13 +229,7 @@ class Processor:
             return Handled("published", outcome)
         # No usable plan id: nothing to journal or dedupe by; publish and move on.
         plan_id, symbol = _echo(fields.get("plan_id", "")), _echo(fields.get("symbol", ""))
-        result = result_fields(
-            plan_id=plan_id,
-            symbol=symbol,
-            decision=decision,
-            outcome=outcome,
-            mode=self.settings.mode,
-        )
+        result = self._fields(plan_id, symbol, decision, outcome)
         await self.redis.xadd(K.RESULT_STREAM, result, maxlen=K.STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
         metrics.PLANS.labels(outcome.status, outcome.reason_class).inc()
         log.warning("plan_rejected", entry_id=entry_id, error=outcome.error)
