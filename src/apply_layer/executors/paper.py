@@ -3,15 +3,16 @@
 Lot-step rounding, instant fills at a fixed simulated price, order ids, and a
 position per symbol. A symbol's position starts as P3.3 reported it (the
 simulation has no other source) and shrinks with every fill. Orders are kept
-by client order id, so a repeated send of the same plan step returns the
-first order instead of filling twice, as the exchange's own duplicate check
-would.
+by client order id (the newest ``REMEMBERED_ORDERS``), so a repeated send of
+the same plan step returns the first order instead of filling twice, as the
+exchange's own duplicate check would.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
+from collections import OrderedDict
 from decimal import Decimal
 
 from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepResult
@@ -28,6 +29,11 @@ SIMULATED_FILTERS = {
 SIMULATED_PRICES = {"BTCUSDT": Decimal(65000), "ETHUSDT": Decimal(3200), "SOLUSDT": Decimal(150)}
 
 
+# Orders remembered for the duplicate check: a resend comes within seconds of
+# the first send, so the newest few thousand are plenty, and memory stays flat.
+REMEMBERED_ORDERS = 10_000
+
+
 def lot_filter(symbol: str) -> LotFilter:
     return SIMULATED_FILTERS.get(symbol, DEFAULT_FILTER)
 
@@ -37,7 +43,7 @@ class PaperExecutor:
 
     def __init__(self) -> None:
         self.positions: dict[str, Decimal] = {}
-        self.orders: dict[str, StepResult] = {}
+        self.orders: OrderedDict[str, StepResult] = OrderedDict()
         self._ids = itertools.count(1_000_001)
 
     async def start(self) -> None:
@@ -81,4 +87,6 @@ class PaperExecutor:
             avg_price=SIMULATED_PRICES.get(order.symbol, Decimal(100)),
         )
         self.orders[coid] = result
+        while len(self.orders) > REMEMBERED_ORDERS:
+            self.orders.popitem(last=False)
         return result
