@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 
 from apply_layer import keys as K
 from apply_layer.errors import RetryLater
+from apply_layer.lease import Lease
 from apply_layer.logs import format_qty
 
 FINAL_STATES = frozenset({"executed", "rejected", "failed", "blocked", "skipped"})
@@ -46,15 +47,28 @@ end
 return {holder, j[1] or '', j[2] or ''}
 """
 
-# Publish a plan's one result: XADD + final journal state + cooldown, once.
+# Publish a plan's one result: XADD + final journal state + cooldown, once; and
+# in the same step acknowledge the stream entry and release the symbol lease,
+# so "result out" and "entry done" can never be seen apart.
+# KEYS: journal, result stream, cooldown, plan stream, lease.
+# ARGV: state, now ms, journal TTL, cooldown (1/0), MAXLEN, status, error,
+#       group, entry id ('' = no ack), lease token ('' = none), then the fields.
 PUBLISH_SCRIPT = """
+local function finish()
+  if ARGV[9] ~= '' then redis.call('XACK', KEYS[4], ARGV[8], ARGV[9]) end
+  if ARGV[10] ~= '' and redis.call('GET', KEYS[5]) == ARGV[10] then redis.call('DEL', KEYS[5]) end
+end
 local existing = redis.call('HGET', KEYS[1], 'result_id')
-if existing then return {existing, 0} end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 8))
+if existing then
+  finish()
+  return {existing, 0}
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 11))
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'result_id', id, 'final_at_ms', ARGV[2],
            'outcome_status', ARGV[6], 'outcome_error', ARGV[7])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[2], 'EX', 3600) end
+finish()
 return {id, 1}
 """
 
@@ -91,8 +105,16 @@ class Claim:
 class Journal:
     """Journal operations bound to one Redis client and the TTL settings."""
 
-    def __init__(self, redis: Redis, *, dedupe_ttl_sec: int, journal_ttl_sec: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        dedupe_ttl_sec: int,
+        journal_ttl_sec: int,
+        group: str = "apply_layer",
+    ) -> None:
         self.redis = redis
+        self.group = group
         self.dedupe_ttl_sec = dedupe_ttl_sec
         self.journal_ttl_sec = journal_ttl_sec
         self._claim = redis.register_script(CLAIM_SCRIPT)
@@ -125,13 +147,25 @@ class Journal:
         fields: Mapping[str, str],
         *,
         cooldown: bool = False,
+        entry_id: str = "",
+        lease: Lease | None = None,
     ) -> tuple[str, bool]:
-        """Write the final state and the one result entry; returns (entry id, new?)."""
+        """Write the final state and the one result entry; returns (entry id, new?).
+
+        With ``entry_id`` the stream entry is acknowledged, and with ``lease``
+        the symbol lease released, in the same atomic step.
+        """
         if state not in FINAL_STATES:
             raise ValueError(f"not a final state: {state}")
         flat = [item for pair in fields.items() for item in pair]
         reply = await self._publish(
-            keys=[K.journal(plan_id), K.RESULT_STREAM, K.cooldown(symbol)],
+            keys=[
+                K.journal(plan_id),
+                K.RESULT_STREAM,
+                K.cooldown(symbol),
+                K.PLAN_STREAM,
+                lease.key if lease else K.symbol_lease(symbol),
+            ],
             args=[
                 state,
                 _now_ms(),
@@ -140,9 +174,14 @@ class Journal:
                 K.STREAM_MAXLEN,
                 fields.get("status", ""),
                 fields.get("error", ""),
+                self.group,
+                entry_id,
+                lease.token if lease else "",
                 *flat,
             ],
         )
+        if lease is not None:
+            lease.released = True
         return str(reply[0]), int(reply[1]) == 1
 
     def order_log(

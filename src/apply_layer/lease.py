@@ -1,11 +1,16 @@
 """One execution per symbol across every instance: a Redis lease with fencing.
 
-``quantum:apply:lease:{symbol}`` holds a random token with a PX expiry and is
+``quantum:apply:lease:{symbol}`` holds a random token with a PX expiry,
 renewed while held. A crashed holder's lease expires, so the symbol is never
 stuck. Expiry alone is not enough (a paused holder may wake up after losing
 it), so the send itself is fenced: the journal's attempt script refuses to
 record, and the executor therefore refuses to send, unless the lease still
-holds the caller's token (``journal.ATTEMPT_SCRIPT``).
+holds the caller's token (``journal.ATTEMPT_SCRIPT``). The result's publish
+script releases the lease in the same step (``journal.PUBLISH_SCRIPT``).
+
+Taking the lease is one script that also refuses when the plan already has
+its result (another instance finished it while we waited) or, for a new
+order, when the kill switch is on: one round trip on the hot path.
 """
 
 from __future__ import annotations
@@ -14,12 +19,30 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.errors import RetryLater
 
+# KEYS: lease, journal, kill switch keys (2). ARGV: token, lease ms, kill switch
+# from the environment (1/0), check the kill switch (1/0).
+# The kill switch values mirror permits.is_kill_value and gate.lua.
+ACQUIRE_SCRIPT = """
+if redis.call('HEXISTS', KEYS[2], 'result_id') == 1 then return 'FINAL' end
+if ARGV[4] == '1' then
+  if ARGV[3] == '1' then return 'KILL' end
+  for i = 3, 4 do
+    if redis.call('TYPE', KEYS[i])['ok'] == 'string' then
+      local v = string.lower(redis.call('GET', KEYS[i]))
+      if v == '1' or v == 'true' or v == 'on' then return 'KILL' end
+    end
+  end
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'OK' end
+return 'BUSY'
+"""
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -38,39 +61,75 @@ class LeaseLost(RetryLater):
     """The lease expired or was taken while we held it: the send was refused."""
 
 
+class AlreadyFinal(Exception):
+    """The plan's result is out (another instance finished it while we waited)."""
+
+
+class KillSwitchOn(Exception):
+    """The kill switch is on: no new order may be sent."""
+
+
+@dataclass
+class Lease:
+    key: str
+    token: str
+    released: bool = False  # set when the publish script released it
+
+
 class SymbolLeases:
-    def __init__(self, redis: Redis, *, lease_ms: int, owner: str) -> None:
+    def __init__(self, redis: Redis, *, lease_ms: int, owner: str, kill_switch: bool) -> None:
         self.redis = redis
         self.lease_ms = lease_ms
         self.owner = owner
+        self.kill_switch = kill_switch
+        self._acquire = redis.register_script(ACQUIRE_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
         self._renew = redis.register_script(RENEW_SCRIPT)
 
     @contextlib.asynccontextmanager
-    async def hold(self, symbol: str, wait_sec: float) -> AsyncIterator[str]:
-        """Hold the symbol's lease for the block; yields the fencing token."""
-        key = K.symbol_lease(symbol)
-        token = f"{self.owner}:{uuid.uuid4().hex[:12]}"
-        deadline = asyncio.get_running_loop().time() + wait_sec
+    async def hold(
+        self, symbol: str, plan_id: str, *, wait_sec: float, new_order: bool
+    ) -> AsyncIterator[Lease]:
+        """Hold the symbol's lease for the block.
+
+        Raises :class:`AlreadyFinal` if the plan's result is out, and (when
+        ``new_order``) :class:`KillSwitchOn` if the kill switch is on.
+        """
+        lease = Lease(K.symbol_lease(symbol), f"{self.owner}:{uuid.uuid4().hex[:12]}")
+        keys = [lease.key, K.journal(plan_id), *K.KILL_SWITCH_KEYS]
+        args: list[str | int] = [lease.token, self.lease_ms, int(self.kill_switch), int(new_order)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_sec
         pause = 0.005
-        while not await self.redis.set(key, token, nx=True, px=self.lease_ms):
-            if asyncio.get_running_loop().time() >= deadline:
+        while (answer := await self._acquire(keys=keys, args=args)) == "BUSY":
+            if loop.time() >= deadline:
                 raise LeaseBusy(f"lease on {symbol} is held by another instance")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.1)
-        renewer = asyncio.create_task(self._keep(key, token))
+        if answer == "FINAL":
+            raise AlreadyFinal(plan_id)
+        if answer == "KILL":
+            raise KillSwitchOn(symbol)
+        # Most holds last milliseconds: renew only if this one outlives a third of the lease.
+        renewer: list[asyncio.Task[None]] = []
+        timer = loop.call_later(
+            self.lease_ms / 3000, lambda: renewer.append(loop.create_task(self._keep(lease)))
+        )
         try:
-            yield token
+            yield lease
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            with contextlib.suppress(Exception):  # expiry frees it if Redis is down
-                await self._release(keys=[key], args=[token])
+            timer.cancel()
+            for task in renewer:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if not lease.released:
+                with contextlib.suppress(Exception):  # expiry frees it if Redis is down
+                    await self._release(keys=[lease.key], args=[lease.token])
 
-    async def _keep(self, key: str, token: str) -> None:
+    async def _keep(self, lease: Lease) -> None:
         while True:
-            await asyncio.sleep(self.lease_ms / 3000)
             with contextlib.suppress(Exception):
-                if not await self._renew(keys=[key], args=[token, self.lease_ms]):
+                if not await self._renew(keys=[lease.key], args=[lease.token, self.lease_ms]):
                     return  # lost: the fence stops any further send
+            await asyncio.sleep(self.lease_ms / 3000)

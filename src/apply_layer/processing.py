@@ -25,10 +25,9 @@ from apply_layer.errors import RetryLater
 from apply_layer.executors.base import Executor, OrderRequest, StepResult
 from apply_layer.gate import GateResult, PermitGate
 from apply_layer.journal import Journal
-from apply_layer.lease import SymbolLeases
+from apply_layer.lease import AlreadyFinal, KillSwitchOn, Lease, SymbolLeases
 from apply_layer.logs import get_logger
 from apply_layer.outcomes import Outcome, blocked, rejected, result_fields, skipped
-from apply_layer.permits import is_kill_value
 from apply_layer.plans import InvalidPlan, Plan, parse_plan
 from apply_layer.settings import Settings
 
@@ -38,16 +37,13 @@ PERMIT_TTL_MS = 60_000  # a consumed authorization is good for as long as the pe
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
-class AlreadyFinal(Exception):
-    """Another instance finished the plan while we waited for the symbol's lease."""
-
-
 @dataclass(frozen=True)
 class Handled:
     """How an entry ended, for the caller's counters."""
 
     kind: str  # "published", "duplicate", "done" (result already out)
     outcome: Outcome | None = None
+    acked: bool = False  # the publish script already acknowledged the entry
 
 
 def _signed_decimal(value: Any) -> Decimal | None:
@@ -82,7 +78,12 @@ class Processor:
         self.journal = journal
         self.executor = executor
         self.allowlist = frozenset(settings.allowlist)
-        self.leases = SymbolLeases(redis, lease_ms=settings.lease_ms, owner=settings.consumer_name)
+        self.leases = SymbolLeases(
+            redis,
+            lease_ms=settings.lease_ms,
+            owner=settings.consumer_name,
+            kill_switch=settings.kill_switch,
+        )
         self._symbol_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def handle(self, entry_id: str, fields: dict[str, str]) -> Handled:
@@ -96,15 +97,18 @@ class Processor:
         if not claim.owned_by(entry_id):
             return Handled("duplicate")
         try:
-            outcome = await self._advance(plan, claim.state)
+            advanced = await self._advance(plan, claim.state, entry_id)
         except AlreadyFinal:
             return Handled("done")
-        await self._publish(plan.plan_id, plan.symbol, plan.decision, outcome)
-        return Handled("published", outcome)
+        if isinstance(advanced, Handled):
+            return advanced
+        await self._publish(plan.plan_id, plan.symbol, plan.decision, advanced, entry_id)
+        return Handled("published", advanced, acked=True)
 
     # ---- the lifecycle ---------------------------------------------------------
 
-    async def _advance(self, plan: Plan, state: str) -> Outcome:
+    async def _advance(self, plan: Plan, state: str, entry_id: str) -> Outcome | Handled:
+        """The outcome to publish, or ``Handled`` when execution published it itself."""
         if state == "received":
             screened = self._screen(plan)
             if screened is not None:
@@ -120,7 +124,7 @@ class Processor:
         )
         if not decision.allowed:
             return blocked(decision.error, decision.wait_ms)
-        return await self._execute(plan, decision, sent_before=state == "submitting")
+        return await self._execute(plan, decision, entry_id, sent_before=state == "submitting")
 
     def _screen(self, plan: Plan) -> Outcome | None:
         if plan.decision != "EXECUTE":
@@ -134,22 +138,19 @@ class Processor:
             return rejected("invalid_plan:timestamp_in_future")
         return None
 
-    async def _kill_switch_on(self) -> bool:
-        if self.settings.kill_switch:
-            return True
-        values = await self.redis.mget(list(K.KILL_SWITCH_KEYS))
-        return any(is_kill_value(str(v)) for v in values if v is not None)
+    async def _execute(
+        self, plan: Plan, decision: GateResult, entry_id: str, *, sent_before: bool
+    ) -> Outcome | Handled:
+        """Place the close under the symbol's lease and publish its outcome.
 
-    async def _execute(self, plan: Plan, decision: GateResult, *, sent_before: bool) -> Outcome:
-        """Place the close. ``sent_before``: an earlier run may have sent it already,
-        so its fate must be found out (the executor looks it up); the kill switch
-        stops new orders, not the lookup of one that may be out."""
+        ``sent_before``: an earlier run may have sent it already, so its fate
+        must be found out (the executor looks it up); the kill switch stops new
+        orders, not the lookup of one that may be out.
+        """
         step = plan.close_step
         assert step is not None and step.pct is not None  # parse_plan guarantees one close step
         assert decision.safe_qty is not None  # an ALLOW always carries P3.3's quantity
         wait_ms = decision.wait_ms
-        if not sent_before and await self._kill_switch_on():
-            return blocked("kill_switch", wait_ms)
         p33 = decision.permits.get("p33")
         order = OrderRequest(
             plan_id=plan.plan_id,
@@ -160,24 +161,34 @@ class Processor:
             reported_amt=_signed_decimal(p33.fields.get("exchange_position_amt")) if p33 else None,
         )
         lease_wait = 2 * self.settings.lease_ms / 1000
-        async with (
-            self._symbol_locks[plan.symbol],
-            self.leases.hold(plan.symbol, lease_wait) as token,
-        ):
-            if (await self.journal.read(plan.plan_id)).get("result_id"):
-                raise AlreadyFinal(plan.plan_id)  # finished elsewhere while we waited
-            order_log = self.journal.order_log(
-                plan.plan_id, order.client_order_id, symbol=plan.symbol, lease_token=token
-            )
+        async with self._symbol_locks[plan.symbol]:
             try:
-                result = await self.executor.execute(order, order_log)
-            except (RedisError, OSError, RetryLater):
-                raise
-            except Exception as exc:
-                if await order_log.attempts():
-                    raise  # something may have been sent: leave it to recovery's lookup
-                log.exception("executor_error", plan_id=plan.plan_id)
-                result = StepResult(step.name, "FAILED", f"executor_error:{type(exc).__name__}")
+                async with self.leases.hold(
+                    plan.symbol, plan.plan_id, wait_sec=lease_wait, new_order=not sent_before
+                ) as lease:
+                    outcome = await self._place(plan, order, wait_ms, lease)
+                    await self._publish(
+                        plan.plan_id, plan.symbol, plan.decision, outcome, entry_id, lease
+                    )
+                    return Handled("published", outcome, acked=True)
+            except KillSwitchOn:
+                return blocked("kill_switch", wait_ms)
+
+    async def _place(self, plan: Plan, order: OrderRequest, wait_ms: int, lease: Lease) -> Outcome:
+        step = plan.close_step
+        assert step is not None
+        order_log = self.journal.order_log(
+            plan.plan_id, order.client_order_id, symbol=plan.symbol, lease_token=lease.token
+        )
+        try:
+            result = await self.executor.execute(order, order_log)
+        except (RedisError, OSError, RetryLater):
+            raise
+        except Exception as exc:
+            if await order_log.attempts():
+                raise  # something may have been sent: leave it to recovery's lookup
+            log.exception("executor_error", plan_id=plan.plan_id)
+            result = StepResult(step.name, "FAILED", f"executor_error:{type(exc).__name__}")
         metrics.ORDERS.labels(result.status).inc()
         unsupported = tuple(StepResult(s.name, "UNSUPPORTED") for s in plan.unsupported_steps)
         steps = (result, *unsupported)
@@ -200,10 +211,24 @@ class Processor:
             mode=self.settings.mode,
         )
 
-    async def _publish(self, plan_id: str, symbol: str, decision: str, outcome: Outcome) -> None:
+    async def _publish(
+        self,
+        plan_id: str,
+        symbol: str,
+        decision: str,
+        outcome: Outcome,
+        entry_id: str,
+        lease: Lease | None = None,
+    ) -> None:
         fields = self._fields(plan_id, symbol, decision, outcome)
         _, new = await self.journal.publish(
-            plan_id, symbol, outcome.state, fields, cooldown=outcome.executed
+            plan_id,
+            symbol,
+            outcome.state,
+            fields,
+            cooldown=outcome.executed,
+            entry_id=entry_id,
+            lease=lease,
         )
         if new:
             metrics.PLANS.labels(outcome.status, outcome.reason_class).inc()
@@ -225,8 +250,8 @@ class Processor:
             claim = await self.journal.claim(exc.plan_id, exc.symbol, entry_id)
             if claim.result_id or not claim.owned_by(entry_id):
                 return Handled("done" if claim.owned_by(entry_id) else "duplicate")
-            await self._publish(exc.plan_id, exc.symbol, decision, outcome)
-            return Handled("published", outcome)
+            await self._publish(exc.plan_id, exc.symbol, decision, outcome, entry_id)
+            return Handled("published", outcome, acked=True)
         # No usable plan id: nothing to journal or dedupe by; publish and move on.
         plan_id, symbol = _echo(fields.get("plan_id", "")), _echo(fields.get("symbol", ""))
         result = self._fields(plan_id, symbol, decision, outcome)

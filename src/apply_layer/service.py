@@ -63,6 +63,7 @@ class ApplyService:
             self.redis,
             dedupe_ttl_sec=settings.dedupe_ttl_sec,
             journal_ttl_sec=settings.journal_ttl_sec,
+            group=settings.consumer_group,
         )
         self.processor = Processor(settings, self.redis, self.gate, self.journal, self.executor)
         self.counts: dict[str, int] = {"published": 0, "duplicate": 0, "done": 0}
@@ -280,6 +281,8 @@ class ApplyService:
                 self.counts[handled.kind] += 1
                 if handled.kind == "duplicate":
                     metrics.DUPLICATES.inc()
+                if handled.acked:
+                    return  # acknowledged with its result, in one step
             await self.redis.xack(K.PLAN_STREAM, self.settings.consumer_group, entry_id)
         except RetryLater as exc:
             log.warning("plan_deferred", entry_id=entry_id, why=str(exc))

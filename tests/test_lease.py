@@ -1,0 +1,74 @@
+"""The symbol lease: one holder, released with the result, refusing finished plans and kills."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+
+from apply_layer import keys as K
+from apply_layer.journal import Journal
+from apply_layer.lease import AlreadyFinal, KillSwitchOn, LeaseBusy, SymbolLeases
+
+
+def leases(redis: Redis, owner: str = "me", kill: bool = False) -> SymbolLeases:
+    return SymbolLeases(redis, lease_ms=1000, owner=owner, kill_switch=kill)
+
+
+async def test_one_holder_at_a_time_and_release_on_exit(redis: Redis) -> None:
+    mine, theirs = leases(redis), leases(redis, "other")
+    async with mine.hold("BTCUSDT", "p1", wait_sec=1, new_order=True) as lease:
+        assert await redis.get(K.symbol_lease("BTCUSDT")) == lease.token
+        with pytest.raises(LeaseBusy):
+            async with theirs.hold("BTCUSDT", "p2", wait_sec=0.05, new_order=True):
+                pass
+        async with theirs.hold("ETHUSDT", "p3", wait_sec=0.05, new_order=True):
+            pass  # other symbols are free
+    assert await redis.exists(K.symbol_lease("BTCUSDT")) == 0
+
+
+async def test_a_long_hold_is_renewed(redis: Redis) -> None:
+    async with leases(redis).hold("BTCUSDT", "p1", wait_sec=1, new_order=True) as lease:
+        await asyncio.sleep(1.5)  # past the 1000 ms lease: the renewer kept it
+        assert await redis.get(K.symbol_lease("BTCUSDT")) == lease.token
+
+
+async def test_refuses_a_finished_plan(redis: Redis) -> None:
+    journal = Journal(redis, dedupe_ttl_sec=60, journal_ttl_sec=60)
+    await journal.claim("done", "BTCUSDT", "1-0")
+    await journal.publish("done", "BTCUSDT", "skipped", {"status": "SKIPPED"})
+    with pytest.raises(AlreadyFinal):
+        async with leases(redis).hold("BTCUSDT", "done", wait_sec=1, new_order=True):
+            pass
+    assert await redis.exists(K.symbol_lease("BTCUSDT")) == 0
+
+
+@pytest.mark.parametrize("source", ["env", "quantum:kill", "quantum:global:kill_switch"])
+async def test_the_kill_switch_stops_new_orders_not_lookups(redis: Redis, source: str) -> None:
+    if source != "env":
+        await redis.set(source, "ON")
+    with pytest.raises(KillSwitchOn):
+        async with leases(redis, kill=source == "env").hold(
+            "BTCUSDT", "p1", wait_sec=1, new_order=True
+        ):
+            pass
+    async with leases(redis, kill=source == "env").hold(
+        "BTCUSDT", "p1", wait_sec=1, new_order=False
+    ) as lease:
+        assert lease.token  # an order that may be out must still be looked up
+
+
+async def test_publish_releases_the_lease_and_acks_in_one_step(redis: Redis) -> None:
+    await redis.xgroup_create(K.PLAN_STREAM, "apply_layer", id="$", mkstream=True)
+    entry = await redis.xadd(K.PLAN_STREAM, {"plan_id": "p1"})
+    await redis.xreadgroup("apply_layer", "c", {K.PLAN_STREAM: ">"})
+    journal = Journal(redis, dedupe_ttl_sec=60, journal_ttl_sec=60)
+    await journal.claim("p1", "BTCUSDT", str(entry))
+    async with leases(redis).hold("BTCUSDT", "p1", wait_sec=1, new_order=True) as lease:
+        await journal.publish(
+            "p1", "BTCUSDT", "executed", {"status": "EXECUTED"}, entry_id=str(entry), lease=lease
+        )
+        assert lease.released
+        assert await redis.exists(K.symbol_lease("BTCUSDT")) == 0
+        assert (await redis.xpending(K.PLAN_STREAM, "apply_layer"))["pending"] == 0
