@@ -111,7 +111,7 @@ class Chaos:
         self.rng = random.Random(config.seed)
         self.truth = Truth()
         self.report = Report(config)
-        self.redis_server = EmbeddedRedis(appendonly=True, notify_keyspace_events="K$hg")
+        self.redis_server = EmbeddedRedis(appendonly=True, notify_keyspace_events="K$h")
         self.fake = fb.FakeBinance()
         self.daemons: list[Daemon] = []
         self.redis: Redis | None = None

@@ -337,7 +337,7 @@ async def test_watcher_survives_a_redis_restart(own_redis_server: EmbeddedRedis)
     try:
         assert await watcher.start() == "on"
         own_redis_server.restart(kill=True)
-        await client.config_set("notify-keyspace-events", "K$hg")
+        await client.config_set("notify-keyspace-events", "K$h")
         for _ in range(100):
             if watcher.active:
                 break

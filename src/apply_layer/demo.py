@@ -292,7 +292,7 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  Redis: {redact_url(url)} (configured)")
         return await run_demo(url, False, scenario, log_file, args.force)
     try:
-        server = EmbeddedRedis(notify_keyspace_events="K$hg")
+        server = EmbeddedRedis(notify_keyspace_events="K$h")
         server.start()
     except RedisUnavailable as exc:
         raise CommandError(f"no Redis configured and none could be started: {exc}") from None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -30,6 +29,7 @@ from apply_layer.logs import get_logger, permit_block_line, permit_ok_line
 from apply_layer.notify import KeyspaceWatcher
 from apply_layer.permits import PermitVerdict, evaluate_permit, governor_block_reason
 from apply_layer.settings import Settings
+from apply_layer.tokens import new_token
 
 log = get_logger()
 
@@ -206,7 +206,7 @@ class PermitGate:
         self, plan_id: str, symbol: str, *, token: str | None = None
     ) -> GateResult:
         """Consume every required permit within the deadline, or block the plan."""
-        token = token or uuid.uuid4().hex
+        token = token or new_token()
         keys = self.config.keys(plan_id)
         started = time.monotonic()
         deadline = started + self.config.wait_ms / 1000

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.errors import RetryLater
+from apply_layer.tokens import new_token
 
 # KEYS: lease, journal, kill switch keys (2). ARGV: token, lease ms, kill switch
 # from the environment (1/0), check the kill switch (1/0).
@@ -95,7 +95,7 @@ class SymbolLeases:
         Raises :class:`AlreadyFinal` if the plan's result is out, and (when
         ``new_order``) :class:`KillSwitchOn` if the kill switch is on.
         """
-        lease = Lease(K.symbol_lease(symbol), f"{self.owner}:{uuid.uuid4().hex[:12]}")
+        lease = Lease(K.symbol_lease(symbol), f"{self.owner}:{new_token()}")
         keys = [lease.key, K.journal(plan_id), *K.KILL_SWITCH_KEYS]
         args: list[str | int] = [lease.token, self.lease_ms, int(self.kill_switch), int(new_order)]
         loop = asyncio.get_running_loop()

@@ -25,8 +25,9 @@ from apply_layer.redis_client import redis_db
 
 log = get_logger()
 
-# Event classes we need: K (keyspace channel) and $ (string) h (hash) g (generic: DEL, EXPIRE).
-REQUIRED_CLASSES = "K$hg"
+# Event classes we need: K (keyspace channel), $ (string writes), h (hash writes).
+# Not g: DEL and EXPIRE events would double the traffic and never wake anyone.
+REQUIRED_CLASSES = "K$h"
 
 
 def covers(flags: str, needed: str = REQUIRED_CLASSES) -> bool:
@@ -72,7 +73,7 @@ class KeyspaceWatcher:
             if self._mode != "enable":
                 self.status = (
                     f"off on the server (notify-keyspace-events={flags!r}): polling only; "
-                    "set APPLY_KEYSPACE_EVENTS=enable or add 'K$hg' to react in ~1 ms"
+                    "set APPLY_KEYSPACE_EVENTS=enable or add 'K$h' to react in ~1 ms"
                 )
                 return self.status
             try:
