@@ -348,3 +348,13 @@ async def test_watcher_survives_a_redis_restart(own_redis_server: EmbeddedRedis)
     finally:
         await watcher.stop()
         await client.aclose()
+
+
+def test_watch_patterns_do_not_overlap() -> None:
+    config = GateConfig(issuers=(ISSUERS["governor"], ISSUERS["p33"], ISSUERS["p26"]))
+    assert config.watch_patterns() == [
+        "quantum:global:kill_switch",
+        "quantum:governor:block:*",
+        "quantum:kill",
+        "quantum:permit:*",  # covers the p33 and p26 keys: one event each, not two
+    ]

@@ -67,11 +67,17 @@ class GateConfig:
         ]
 
     def watch_patterns(self) -> list[str]:
-        """Key patterns whose writes should wake a waiter."""
+        """Key patterns whose writes should wake a waiter, none covered by another.
+
+        ``quantum:permit:*`` already matches ``quantum:permit:p33:*``; subscribing
+        to both would deliver every P3.3 event twice.
+        """
         templates = [issuer.key_template for issuer in self.issuers]
+        patterns = {K.glob_of(t) for t in [*templates, K.GOVERNOR_BLOCK_TEMPLATE]}
+        patterns |= set(K.KILL_SWITCH_KEYS)
+        wild = [p[:-1] for p in patterns if p.endswith("*")]
         return sorted(
-            {K.glob_of(t) for t in [*templates, K.GOVERNOR_BLOCK_TEMPLATE]}
-            | set(K.KILL_SWITCH_KEYS)
+            p for p in patterns if not any(p != w + "*" and p.startswith(w) for w in wild)
         )
 
 

@@ -1,0 +1,402 @@
+"""The daemon as a subprocess, and a load generator playing the exit brain, governor and P3.3.
+
+The generator publishes plans (XADD to ``quantum:stream:apply.plan`` with the
+fields ``tests/harness.py`` uses), writes each plan's two permits at their
+scheduled moments (pipelined: every write due within the same millisecond
+goes in one round trip), and reads the result stream to time each plan's
+completion. It never has more than ``window`` plans outstanding (published,
+no result yet): the plan stream is capped at ~10,000 entries, and a plan
+trimmed before the daemon reads it would be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_common import GOV_TEMPLATE, P33_TEMPLATE, proc_rss_mb, self_cpu_seconds, summary_ms
+from redis.asyncio import Redis
+
+from apply_layer.redis_client import create_redis
+
+PLAN_STREAM = "quantum:stream:apply.plan"
+RESULT_STREAM = "quantum:stream:apply.result"
+STEP = {"step": "CLOSE_PARTIAL_75", "type": "market_reduce_only", "side": "close", "pct": 75.0}
+STEPS_JSON = json.dumps([STEP])
+
+
+def symbols(n: int) -> tuple[str, ...]:
+    """``n`` synthetic symbols (the paper exchange's default lot filter: step 0.001)."""
+    return tuple(f"SYM{i:03d}USDT" for i in range(n))
+
+
+# ---- the daemon ------------------------------------------------------------------------------
+
+
+class Daemon:
+    """``python -m apply_layer.cli run`` in a child process, its log in a file."""
+
+    def __init__(self, url: str, workdir: Path, name: str, **settings: Any) -> None:
+        self.name = name
+        self.log_path = workdir / f"daemon-{name}.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLY_", "NOTIFY_"))}
+        self.env.update(
+            {
+                "APPLY_REDIS_URL": url,
+                "APPLY_MODE": "paper",
+                "APPLY_METRICS_PORT": "0",
+                "APPLY_CONSUMER_NAME": name,
+            }
+        )
+        self.env.update({f"APPLY_{k.upper()}": str(v) for k, v in settings.items()})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def settings_text(self) -> str:
+        keys = sorted(k for k in self.env if k.startswith("APPLY_") and k != "APPLY_REDIS_URL")
+        return " ".join(f"{k}={self.env[k]}" for k in keys)
+
+    def start(self) -> Daemon:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "apply_layer.cli", "run"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def ready(self, redis: Redis, within: float = 30.0) -> Daemon:
+        """Wait until the daemon has said it started and its consumer group exists."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"daemon {self.name} exited:\n{self.log()[-3000:]}")
+            if "apply_layer_started" in self.log():
+                with contextlib.suppress(Exception):
+                    if await redis.xinfo_groups(PLAN_STREAM):
+                        return self
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"daemon {self.name} not ready:\n{self.log()[-3000:]}")
+
+    def keyspace_status(self) -> str:
+        for line in self.log().splitlines():
+            if "apply_layer_started" in line and "keyspace_events=" in line:
+                return line.split("keyspace_events=", 1)[1].split(" metrics_port=")[0]
+        return "?"
+
+    def count(self, marker: str) -> int:
+        """Log lines containing ``marker`` (e.g. ``redis_unavailable``)."""
+        return sum(1 for line in self.log().splitlines() if marker in line)
+
+    def rss_mb(self) -> float:
+        return proc_rss_mb(self.pid)
+
+    def stop(self, *, graceful: bool = False) -> None:
+        """SIGKILL by default: the bench has what it measured, and a graceful stop waits
+        out the daemon's blocking read (APPLY_POLL_SEC, 5 s by default)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ---- the load --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    plans: int
+    rate: float = math.inf  # offered plans per second
+    window: int = 4000  # most plans outstanding at once
+    delay_ms: tuple[float, float] | None = (50.0, 300.0)  # None: permits before the plan
+    symbols: tuple[str, ...] = symbols(64)
+    prefix: str = "b"
+    timeout_s: float = 900.0
+    seed: int = 7
+
+
+@dataclass
+class LoadResult:
+    spec: LoadSpec
+    published: int = 0
+    completed: int = 0
+    elapsed_s: float = 0.0  # first publish -> last result seen
+    statuses: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    latency_ms: list[float] = field(default_factory=list)  # publish -> result seen
+    after_permit_ms: list[float] = field(default_factory=list)  # last permit -> result seen
+    permit_lag_ms: list[float] = field(default_factory=list)  # generator's own lateness
+    commands: Counter[str] = field(default_factory=Counter)  # what the generator sent
+    generator_cpu_s: float = 0.0
+    timed_out: bool = False
+
+    @property
+    def throughput(self) -> float:
+        return self.completed / self.elapsed_s if self.elapsed_s > 0 else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plans": self.spec.plans,
+            "rate_offered": self.spec.rate,
+            "window": self.spec.window,
+            "delay_ms": self.spec.delay_ms,
+            "symbols": len(self.spec.symbols),
+            "published": self.published,
+            "completed": self.completed,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "throughput": round(self.throughput, 2),
+            "statuses": dict(self.statuses),
+            "errors": dict(self.errors.most_common(5)),
+            "latency_ms": summary_ms(self.latency_ms),
+            "after_last_permit_ms": summary_ms(self.after_permit_ms),
+            "generator_permit_lag_ms": summary_ms(self.permit_lag_ms),
+            "generator_cpu_s": round(self.generator_cpu_s, 2),
+            "timed_out": self.timed_out,
+        }
+
+
+def _governor(symbol: str) -> str:
+    return json.dumps(
+        {"granted": True, "symbol": symbol, "decision": "EXECUTE", "created_at": time.time()}
+    )
+
+
+def _p33(symbol: str) -> str:
+    # A position far larger than the bench will ever close: every plan is an EXECUTED order.
+    return json.dumps(
+        {
+            "allow": True,
+            "symbol": symbol,
+            "safe_qty": 0.001,
+            "exchange_position_amt": 1000.0,
+            "ledger_amt": 1000.0,
+            "created_at": time.time(),
+            "reason": "sanity_checks_passed",
+        }
+    )
+
+
+def _plan_fields(plan_id: str, symbol: str) -> dict[str, str]:
+    return {
+        "plan_id": plan_id,
+        "symbol": symbol,
+        "decision": "EXECUTE",
+        "action": "PARTIAL_75",
+        "steps": STEPS_JSON,
+        "timestamp": f"{time.time():.3f}",
+        "source": "bench_exit_brain",
+    }
+
+
+class LoadGenerator:
+    """Publishes ``spec.plans`` plans and writes their permits; times every result."""
+
+    def __init__(self, url: str, spec: LoadSpec) -> None:
+        self.url = url
+        self.spec = spec
+        self.result = LoadResult(spec)
+        self.rng = random.Random(spec.seed)
+        self._published_at: dict[str, float] = {}
+        self._last_permit: dict[str, float] = {}
+        self._outstanding = 0
+        self._progress = asyncio.Event()
+        self._first = math.nan
+        self._last = math.nan
+        self.addresses: set[str] = set()  # our own connections, to tell them apart in MONITOR
+
+    async def run(self) -> LoadResult:
+        writer = create_redis(self.url, name="bench:load")
+        reader = create_redis(self.url, name="bench:results", block_sec=1.0)
+        cpu0 = self_cpu_seconds()
+        try:
+            last = await reader.xrevrange(RESULT_STREAM, count=1)
+            start_id = str(last[0][0]) if last else "0-0"
+            results = asyncio.create_task(self._read_results(reader, start_id))
+            try:
+                await asyncio.wait_for(self._publish(writer), self.spec.timeout_s)
+                await asyncio.wait_for(results, self.spec.timeout_s)
+            except TimeoutError:
+                self.result.timed_out = True
+            finally:
+                results.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await results
+            self.addresses = await client_addresses(writer, "bench:")
+        finally:
+            await writer.aclose()
+            await reader.aclose()
+        self.result.generator_cpu_s = self_cpu_seconds() - cpu0
+        self.result.elapsed_s = self._last - self._first
+        return self.result
+
+    async def _publish(self, redis: Redis) -> None:
+        spec = self.spec
+        permits: list[tuple[float, int, str, str, str]] = []  # (due, seq, kind, plan, symbol)
+        seq = 0
+        n = 0
+        start = time.perf_counter()
+        self._first = start
+        while n < spec.plans or permits:
+            now = time.perf_counter()
+            pipe = redis.pipeline(transaction=False)
+            commands = 0
+            due = spec.plans - n
+            if math.isfinite(spec.rate):
+                due = min(due, math.floor((now - start) * spec.rate) + 1 - n)
+            due = min(due, spec.window - self._outstanding, 500)
+            for _ in range(max(0, due)):
+                plan_id = f"{spec.prefix}-{n}"
+                symbol = self.rng.choice(spec.symbols)
+                if spec.delay_ms is None:
+                    pipe.set(GOV_TEMPLATE.format(plan_id=plan_id), _governor(symbol), ex=60)
+                    pipe.set(P33_TEMPLATE.format(plan_id=plan_id), _p33(symbol), ex=60)
+                    self.result.commands["set"] += 2
+                    self._last_permit[plan_id] = now
+                else:
+                    for kind in ("gov", "p33"):
+                        delay = self.rng.uniform(*spec.delay_ms) / 1000
+                        heapq.heappush(permits, (now + delay, seq, kind, plan_id, symbol))
+                        seq += 1
+                pipe.xadd(PLAN_STREAM, _plan_fields(plan_id, symbol), maxlen=10000)  # type: ignore[arg-type]
+                self.result.commands["xadd"] += 1
+                self._published_at[plan_id] = now
+                self._outstanding += 1
+                n += 1
+                commands += 1
+            while permits and permits[0][0] <= now:
+                when, _, kind, plan_id, symbol = heapq.heappop(permits)
+                if kind == "gov":
+                    pipe.set(GOV_TEMPLATE.format(plan_id=plan_id), _governor(symbol), ex=60)
+                else:
+                    pipe.set(P33_TEMPLATE.format(plan_id=plan_id), _p33(symbol), ex=60)
+                self.result.commands["set"] += 1
+                self.result.permit_lag_ms.append((now - when) * 1000)
+                self._last_permit[plan_id] = max(self._last_permit.get(plan_id, 0.0), now)
+                commands += 1
+            if commands:
+                await pipe.execute()
+            self.result.published = n
+            # Sleep until the next permit is due, the next plan is due, or a result frees a slot.
+            wake = [permits[0][0]] if permits else []
+            if n < spec.plans and self._outstanding < spec.window:
+                wake.append(start + n / spec.rate if math.isfinite(spec.rate) else now)
+            pause = (min(wake) if wake else now + 0.05) - time.perf_counter()
+            if pause > 0:
+                self._progress.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), min(pause, 0.05))
+            else:
+                await asyncio.sleep(0)
+
+    async def _read_results(self, redis: Redis, last_id: str) -> None:
+        spec = self.spec
+        while self.result.completed < spec.plans:
+            reply: Any = await redis.xread({RESULT_STREAM: last_id}, count=2000, block=200)
+            self.result.commands["xread"] += 1
+            if not reply:
+                continue
+            now = time.perf_counter()
+            for entry_id, fields in reply[0][1]:
+                last_id = entry_id
+                plan_id = fields.get("plan_id", "")
+                published = self._published_at.pop(plan_id, None)
+                if published is None:
+                    continue
+                self.result.completed += 1
+                self._outstanding -= 1
+                self.result.statuses[fields.get("status", "?")] += 1
+                if fields.get("error"):
+                    self.result.errors[fields["error"]] += 1
+                self.result.latency_ms.append((now - published) * 1000)
+                permit = self._last_permit.pop(plan_id, None)
+                if permit is not None:
+                    self.result.after_permit_ms.append((now - permit) * 1000)
+                self._last = now
+            self._progress.set()
+
+
+async def run_load(url: str, spec: LoadSpec) -> LoadResult:
+    return await LoadGenerator(url, spec).run()
+
+
+# ---- MONITOR: which commands are round trips, which run inside scripts --------------------------
+
+
+class Monitor:
+    """A raw MONITOR connection; counts commands by origin (a client address, or ``lua``)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.by_origin: Counter[tuple[str, str]] = Counter()
+        self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def start(self) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writer = writer
+        writer.write(b"MONITOR\r\n")
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"+OK")
+        self._task = asyncio.create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            # +1700000000.123456 [0 127.0.0.1:5678] "EVALSHA" ...   or   [0 lua] "GET" ...
+            text = line.decode(errors="replace")
+            try:
+                origin = text.split("[", 1)[1].split("]", 1)[0].split(" ", 1)[1]
+                command = text.split("] ", 1)[1].split(" ", 1)[0].strip().strip('"').lower()
+            except IndexError:
+                continue
+            self.by_origin[(origin, command)] += 1
+
+    async def stop(self) -> None:
+        await asyncio.sleep(0.2)  # let the last lines arrive
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await self._task
+
+
+async def client_addresses(redis: Redis, name_prefix: str) -> set[str]:
+    """``ip:port`` of every client whose name starts with ``name_prefix``."""
+    clients: list[dict[str, Any]] = await redis.client_list()
+    return {str(c["addr"]) for c in clients if str(c.get("name", "")).startswith(name_prefix)}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
