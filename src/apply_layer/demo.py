@@ -240,7 +240,8 @@ async def run_demo(
     print(stats.render_text(report))
     orders = summary.statuses.get("EXECUTED", 0)
     print(f"orders placed (paper) {orders}   plans {scenario.plans}   in {elapsed:.1f} s")
-    print(f"daemon log: {log_file}   (try: apply-layer stats --file {log_file})")
+    prog = sys.argv[0] if sys.argv[0].endswith("apply-layer") else "apply-layer"
+    print(f"daemon log: {log_file}   (try: {prog} stats --file {log_file})")
     return 0 if len(entries) >= scenario.plans else 1
 
 
