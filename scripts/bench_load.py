@@ -16,11 +16,8 @@ import contextlib
 import heapq
 import json
 import math
-import os
 import random
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -32,6 +29,12 @@ from bench_common import GOV_TEMPLATE, P33_TEMPLATE, proc_rss_mb, self_cpu_secon
 from redis.asyncio import Redis
 
 from apply_layer.redis_client import create_redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.harness
+from tests.harness import Daemon as HarnessDaemon
+
+# The shipped defaults but for what the bench must set: paper mode, no HTTP port.
+BENCH_DEFAULTS = {"APPLY_MODE": "paper", "APPLY_METRICS_PORT": "0"}
 
 PLAN_STREAM = "quantum:stream:apply.plan"
 RESULT_STREAM = "quantum:stream:apply.result"
@@ -47,23 +50,11 @@ def symbols(n: int) -> tuple[str, ...]:
 # ---- the daemon ------------------------------------------------------------------------------
 
 
-class Daemon:
-    """``python -m apply_layer.cli run`` in a child process, its log in a file."""
+class Daemon(HarnessDaemon):
+    """The tests' daemon driver, from the shipped defaults, with what the bench reads."""
 
     def __init__(self, url: str, workdir: Path, name: str, **settings: Any) -> None:
-        self.name = name
-        self.log_path = workdir / f"daemon-{name}.log"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLY_", "NOTIFY_"))}
-        self.env.update(
-            {
-                "APPLY_REDIS_URL": url,
-                "APPLY_MODE": "paper",
-                "APPLY_METRICS_PORT": "0",
-                "APPLY_CONSUMER_NAME": name,
-            }
-        )
-        self.env.update({f"APPLY_{k.upper()}": str(v) for k, v in settings.items()})
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(url, workdir, name, defaults=BENCH_DEFAULTS, **settings)
 
     @property
     def pid(self) -> int:
@@ -73,32 +64,6 @@ class Daemon:
     def settings_text(self) -> str:
         keys = sorted(k for k in self.env if k.startswith("APPLY_") and k != "APPLY_REDIS_URL")
         return " ".join(f"{k}={self.env[k]}" for k in keys)
-
-    def start(self) -> Daemon:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "apply_layer.cli", "run"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    async def ready(self, redis: Redis, within: float = 30.0) -> Daemon:
-        """Wait until the daemon has said it started and its consumer group exists."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"daemon {self.name} exited:\n{self.log()[-3000:]}")
-            if "apply_layer_started" in self.log():
-                with contextlib.suppress(Exception):
-                    if await redis.xinfo_groups(PLAN_STREAM):
-                        return self
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"daemon {self.name} not ready:\n{self.log()[-3000:]}")
 
     def keyspace_status(self) -> str:
         for line in self.log().splitlines():
@@ -116,13 +81,10 @@ class Daemon:
     def stop(self, *, graceful: bool = False) -> None:
         """SIGKILL by default: the bench has what it measured, and a graceful stop waits
         out the daemon's blocking read (APPLY_POLL_SEC, 5 s by default)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
-            try:
-                self.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if graceful:
+            super().stop()
+        elif self.proc is not None and self.proc.poll() is None:
+            self.kill()
 
 
 # ---- the load --------------------------------------------------------------------------------

@@ -33,23 +33,34 @@ STEPS = {
 }
 
 
-class Daemon:
-    """``apply-layer run`` in a child process, logging JSON to a file."""
+# The tests' settings: quick ticks, JSON logs to read back, two symbols.
+TEST_DEFAULTS = {
+    "APPLY_MODE": "paper",
+    "APPLY_METRICS_PORT": "0",
+    "APPLY_POLL_SEC": "0.5",
+    "APPLY_LOG_FORMAT": "json",
+    "APPLY_ALLOWLIST": "BTCUSDT,ETHUSDT",
+}
 
-    def __init__(self, redis_url: str, workdir: Path, name: str = "d1", **settings: Any) -> None:
+
+class Daemon:
+    """``apply-layer run`` in a child process, logging to a file (JSON in the tests)."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        workdir: Path,
+        name: str = "d1",
+        *,
+        defaults: dict[str, str] | None = None,
+        **settings: Any,
+    ) -> None:
+        """``defaults``: APPLY_* values under ``settings`` (the tests' own by default)."""
+        self.name = name
         self.log_path = workdir / f"{name}.log"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLY_", "NOTIFY_"))}
-        self.env.update(
-            {
-                "APPLY_REDIS_URL": redis_url,
-                "APPLY_MODE": "paper",
-                "APPLY_METRICS_PORT": "0",
-                "APPLY_POLL_SEC": "0.5",
-                "APPLY_CONSUMER_NAME": name,
-                "APPLY_LOG_FORMAT": "json",
-                "APPLY_ALLOWLIST": "BTCUSDT,ETHUSDT",
-            }
-        )
+        self.env.update(TEST_DEFAULTS if defaults is None else defaults)
+        self.env.update({"APPLY_REDIS_URL": redis_url, "APPLY_CONSUMER_NAME": name})
         self.env.update({f"APPLY_{k.upper()}": str(v) for k, v in settings.items()})
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -8,6 +8,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ DaemonFactory = Callable[..., Daemon]
 def daemons(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[DaemonFactory]:
     made: list[Daemon] = []
 
-    def make(url: str | None = None, name: str | None = None, **settings: object) -> Daemon:
+    def make(url: str | None = None, name: str | None = None, **settings: Any) -> Daemon:
         daemon = Daemon(url or redis_server.url, tmp_path, name or f"d{len(made) + 1}", **settings)
         made.append(daemon)
         return daemon
