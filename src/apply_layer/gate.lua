@@ -19,7 +19,8 @@
 -- with this call's token: a resend after a lost reply gets the same answer,
 -- and a racing caller learns the plan is already decided (owner 0).
 --
--- The verdict rules mirror permits.py; keep the two in step.
+-- The verdict rules mirror permits.py; keep the two in step. kill_on() comes
+-- from kill_switch.lua, which Python prepends.
 
 local journal = KEYS[1]
 local plan_id, symbol, token = ARGV[1], ARGV[2], ARGV[3]
@@ -100,12 +101,6 @@ local function read_permit(key, carries_qty)
     return kind, cjson.encode(obj), v, c
   end
   return kind, '', 'deny', 'wrong_type'
-end
-
-local function kill_on(key)
-  if redis.call('TYPE', key)['ok'] ~= 'string' then return false end
-  local l = string.lower(redis.call('GET', key))
-  return l == '1' or l == 'true' or l == 'on'
 end
 
 local status

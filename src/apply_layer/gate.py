@@ -27,13 +27,18 @@ from apply_layer import keys as K
 from apply_layer.keys import ISSUERS, Issuer
 from apply_layer.logs import get_logger, permit_block_line, permit_ok_line
 from apply_layer.notify import KeyspaceWatcher
-from apply_layer.permits import PermitVerdict, evaluate_permit, governor_block_reason
+from apply_layer.permits import (
+    KILL_SWITCH_LUA,
+    PermitVerdict,
+    evaluate_permit,
+    governor_block_reason,
+)
 from apply_layer.settings import Settings
 from apply_layer.tokens import new_token
 
 log = get_logger()
 
-GATE_SCRIPT = files("apply_layer").joinpath("gate.lua").read_text(encoding="utf-8")
+GATE_SCRIPT = KILL_SWITCH_LUA + files("apply_layer").joinpath("gate.lua").read_text("utf-8")
 _PER_ISSUER = 6  # name, kind, raw, ttl, verdict, category
 
 

@@ -24,25 +24,22 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.errors import RetryLater
+from apply_layer.permits import KILL_SWITCH_LUA
 from apply_layer.tokens import new_token
 
 # KEYS: lease, journal, kill switch keys (2). ARGV: token, lease ms, kill switch
 # from the environment (1/0), check the kill switch (1/0).
-# The kill switch values mirror permits.is_kill_value and gate.lua.
-ACQUIRE_SCRIPT = """
+ACQUIRE_SCRIPT = (
+    KILL_SWITCH_LUA
+    + """
 if redis.call('HEXISTS', KEYS[2], 'result_id') == 1 then return 'FINAL' end
-if ARGV[4] == '1' then
-  if ARGV[3] == '1' then return 'KILL' end
-  for i = 3, 4 do
-    if redis.call('TYPE', KEYS[i])['ok'] == 'string' then
-      local v = string.lower(redis.call('GET', KEYS[i]))
-      if v == '1' or v == 'true' or v == 'on' then return 'KILL' end
-    end
-  end
+if ARGV[4] == '1' and (ARGV[3] == '1' or kill_on(KEYS[3]) or kill_on(KEYS[4])) then
+  return 'KILL'
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'OK' end
 return 'BUSY'
 """
+)
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0

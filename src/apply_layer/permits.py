@@ -28,6 +28,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from importlib.resources import files
 from typing import Any, Literal
 
 from apply_layer.keys import Issuer
@@ -183,6 +184,10 @@ def governor_block_reason(raw: str | None) -> str:
     if isinstance(data, dict) and isinstance(data.get("reason"), str):
         return sanitise_reason(data["reason"])
     return "unspecified"
+
+
+# The same rule for Lua scripts (prepended to gate.lua and the lease's acquire).
+KILL_SWITCH_LUA = files("apply_layer").joinpath("kill_switch.lua").read_text(encoding="utf-8")
 
 
 def is_kill_value(value: str | None) -> bool:
