@@ -284,13 +284,8 @@ class FakeBinance:
             return _send(req, 400, {"code": -1102, "msg": f"Malformed request: {quoted}"})
         if method == "POST":
             return self._post_order(req, params, fault)
-        fault = fault or Fault(place=True)
-        if fault.delay:
-            time.sleep(fault.delay)
-        if fault.drop:
+        if fault is not None and _faulted(req, fault):
             return None
-        if fault.status:
-            return _send(req, fault.status, fault.body, fault.headers)
         if split.path == "/fapi/v1/positionSide/dual":
             return _send(req, 200, {"dualSidePosition": self.dual_side})
         if split.path == ORDER:
@@ -308,12 +303,8 @@ class FakeBinance:
             timer = threading.Timer(fault.place_after, self.place, (p, fault, stamp))
             timer.daemon = True
             timer.start()
-        if fault.delay:
-            time.sleep(fault.delay)
-        if fault.drop:
+        if _faulted(req, fault):
             return None
-        if fault.status:
-            return _send(req, fault.status, fault.body, fault.headers)
         return _send(req, *(answer or self.place(p, fault)))
 
     def _check_auth(
@@ -381,6 +372,19 @@ class FakeBinance:
             filters.append({"filterType": "MIN_NOTIONAL", "notional": "5.0"})
             symbols.append({"symbol": sym, "status": "TRADING", "filters": filters})
         return {"timezone": "UTC", "serverTime": self.now_ms(), "symbols": symbols}
+
+
+def _faulted(req: BaseHTTPRequestHandler, fault: Fault) -> bool:
+    """Hold the answer, drop the connection or answer with the fault's error;
+    True when the fault has answered (or withheld) the request."""
+    if fault.delay:
+        time.sleep(fault.delay)
+    if fault.drop:
+        return True
+    if fault.status:
+        _send(req, fault.status, fault.body, fault.headers)
+        return True
+    return False
 
 
 def _send(
