@@ -24,6 +24,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
+from apply_layer.batching import ScriptHost
 from apply_layer.keys import ISSUERS, Issuer
 from apply_layer.logs import get_logger, permit_block_line, permit_ok_line
 from apply_layer.notify import KeyspaceWatcher
@@ -183,12 +184,16 @@ class PermitGate:
     """The gate bound to one Redis client (the script is loaded once per server)."""
 
     def __init__(
-        self, redis: Redis, config: GateConfig, watcher: KeyspaceWatcher | None = None
+        self,
+        redis: Redis,
+        config: GateConfig,
+        watcher: KeyspaceWatcher | None = None,
+        scripts: ScriptHost | None = None,
     ) -> None:
         self.redis = redis
         self.config = config
         self.watcher = watcher
-        self._script = redis.register_script(GATE_SCRIPT)
+        self._script = (scripts or redis).register_script(GATE_SCRIPT)
         self._specs = [f"{i.name}:{'q' if i.carries_qty else ''}" for i in config.issuers]
 
     async def load(self) -> str:

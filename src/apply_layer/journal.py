@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from apply_layer import keys as K
+from apply_layer.batching import ScriptHost
 from apply_layer.errors import RetryLater
 from apply_layer.lease import Lease
 from apply_layer.logs import format_qty
@@ -112,14 +113,16 @@ class Journal:
         dedupe_ttl_sec: int,
         journal_ttl_sec: int,
         group: str = "apply_layer",
+        scripts: ScriptHost | None = None,
     ) -> None:
         self.redis = redis
         self.group = group
         self.dedupe_ttl_sec = dedupe_ttl_sec
         self.journal_ttl_sec = journal_ttl_sec
-        self._claim = redis.register_script(CLAIM_SCRIPT)
-        self._publish = redis.register_script(PUBLISH_SCRIPT)
-        self._attempt = redis.register_script(ATTEMPT_SCRIPT)
+        host = scripts or redis
+        self._claim = host.register_script(CLAIM_SCRIPT)
+        self._publish = host.register_script(PUBLISH_SCRIPT)
+        self._attempt = host.register_script(ATTEMPT_SCRIPT)
 
     async def claim(self, plan_id: str, symbol: str, entry_id: str) -> Claim:
         reply = await self._claim(

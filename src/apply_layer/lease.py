@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
+from apply_layer.batching import ScriptHost
 from apply_layer.errors import RetryLater
 from apply_layer.permits import KILL_SWITCH_LUA
 from apply_layer.tokens import new_token
@@ -37,6 +38,8 @@ if ARGV[4] == '1' and (ARGV[3] == '1' or kill_on(KEYS[3]) or kill_on(KEYS[4])) t
   return 'KILL'
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'OK' end
+-- Ours already: this is a resend whose first reply was lost.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 'OK' end
 return 'BUSY'
 """
 )
@@ -74,14 +77,23 @@ class Lease:
 
 
 class SymbolLeases:
-    def __init__(self, redis: Redis, *, lease_ms: int, owner: str, kill_switch: bool) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        lease_ms: int,
+        owner: str,
+        kill_switch: bool,
+        scripts: ScriptHost | None = None,
+    ) -> None:
         self.redis = redis
         self.lease_ms = lease_ms
         self.owner = owner
         self.kill_switch = kill_switch
-        self._acquire = redis.register_script(ACQUIRE_SCRIPT)
-        self._release = redis.register_script(RELEASE_SCRIPT)
-        self._renew = redis.register_script(RENEW_SCRIPT)
+        host = scripts or redis
+        self._acquire = host.register_script(ACQUIRE_SCRIPT)
+        self._release = host.register_script(RELEASE_SCRIPT)
+        self._renew = host.register_script(RENEW_SCRIPT)
 
     @contextlib.asynccontextmanager
     async def hold(

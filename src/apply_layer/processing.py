@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from apply_layer import keys as K
 from apply_layer import metrics
+from apply_layer.batching import ScriptHost
 from apply_layer.errors import RetryLater
 from apply_layer.executors.base import Executor, OrderRequest, StepResult
 from apply_layer.gate import GateResult, PermitGate
@@ -71,6 +72,7 @@ class Processor:
         gate: PermitGate,
         journal: Journal,
         executor: Executor,
+        scripts: ScriptHost | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
@@ -83,6 +85,7 @@ class Processor:
             lease_ms=settings.lease_ms,
             owner=settings.consumer_name,
             kill_switch=settings.kill_switch,
+            scripts=scripts,
         )
         self._symbol_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from apply_layer import __version__, metrics, systemd
 from apply_layer import keys as K
+from apply_layer.batching import ScriptBatcher
 from apply_layer.errors import ConfigError, RetryLater
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
@@ -58,14 +59,19 @@ class ApplyService:
         self.watcher = KeyspaceWatcher(
             self.redis, config.watch_patterns(), settings.keyspace_events
         )
-        self.gate = PermitGate(self.redis, config, self.watcher)
+        # The hot path's scripts share round trips (see batching.py).
+        self.scripts = ScriptBatcher(self.redis)
+        self.gate = PermitGate(self.redis, config, self.watcher, self.scripts)
         self.journal = Journal(
             self.redis,
             dedupe_ttl_sec=settings.dedupe_ttl_sec,
             journal_ttl_sec=settings.journal_ttl_sec,
             group=settings.consumer_group,
+            scripts=self.scripts,
         )
-        self.processor = Processor(settings, self.redis, self.gate, self.journal, self.executor)
+        self.processor = Processor(
+            settings, self.redis, self.gate, self.journal, self.executor, self.scripts
+        )
         self.counts: dict[str, int] = {"published": 0, "duplicate": 0, "done": 0}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._slot_freed = asyncio.Event()
@@ -134,6 +140,7 @@ class ApplyService:
         await self._drain()
         watchdog.cancel()
         await self.watcher.stop()
+        await self.scripts.aclose()
         await self.executor.close()
         await self.redis.aclose()
         await self.reader.aclose()

@@ -1,0 +1,169 @@
+"""Automatic pipelining of scripts (batching.py) against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from apply_layer import keys as K
+from apply_layer.batching import ScriptBatcher
+from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.gate import GateConfig, PermitGate
+from apply_layer.keys import ISSUERS
+from apply_layer.redis_client import create_redis
+from tests.proxy import DropReplyProxy
+
+ECHO = "return {KEYS[1], ARGV[1]}"
+COUNT = "return redis.call('INCR', KEYS[1])"
+FAIL_ON_X = "if ARGV[1] == 'x' then return redis.error_reply('BAD x') end return ARGV[1]"
+SPIN = "local t = redis.call('TIME') local n = 0 while n < 2000000 do n = n + 1 end return n"
+SYM = "BTCUSDT"
+GOV_OK = json.dumps({"granted": True, "symbol": SYM})
+P33_OK = json.dumps({"allow": True, "symbol": SYM, "safe_qty": 0.002})
+
+
+async def test_calls_made_in_one_loop_turn_share_one_round_trip(redis: Redis) -> None:
+    batcher = ScriptBatcher(redis)
+    echo = batcher.register_script(ECHO)
+    await redis.script_load(ECHO)  # else the first batch is followed by its reload's resend
+    replies = await asyncio.gather(*(echo(keys=[f"k{i}"], args=[i]) for i in range(40)))
+    assert replies == [[f"k{i}", str(i)] for i in range(40)]
+    assert (batcher.stats.batches, batcher.stats.calls, batcher.stats.largest) == (1, 40, 40)
+
+
+async def test_a_lone_call_leaves_at_once(redis: Redis) -> None:
+    batcher = ScriptBatcher(redis)
+    echo = batcher.register_script(ECHO)
+    for i in range(3):
+        assert await echo(keys=["k"], args=[i]) == ["k", str(i)]
+    assert (batcher.stats.batches, batcher.stats.largest) == (3, 1)
+
+
+async def test_a_batch_is_split_at_its_size_limit(redis: Redis) -> None:
+    batcher = ScriptBatcher(redis, max_batch=16)
+    echo = batcher.register_script(ECHO)
+    replies = await asyncio.gather(*(echo(keys=["k"], args=[i]) for i in range(40)))
+    assert [r[1] for r in replies] == [str(i) for i in range(40)]
+    assert batcher.stats.batches == 3 and batcher.stats.largest == 16
+
+
+async def test_a_script_error_fails_only_its_own_call(redis: Redis) -> None:
+    batcher = ScriptBatcher(redis)
+    script = batcher.register_script(FAIL_ON_X)
+    await redis.script_load(FAIL_ON_X)
+    replies = await asyncio.gather(
+        script(args=["a"]), script(args=["x"]), script(args=["b"]), return_exceptions=True
+    )
+    assert replies[0] == "a" and replies[2] == "b"
+    assert isinstance(replies[1], ResponseError) and "BAD x" in str(replies[1])
+    assert batcher.stats.batches == 1
+    assert await script(args=["c"]) == "c"  # the connection is still in step
+
+
+async def test_an_unknown_script_is_loaded_and_runs_exactly_once(redis: Redis) -> None:
+    batcher = ScriptBatcher(redis)
+    count = batcher.register_script(COUNT)
+    await redis.script_flush()
+    replies = await asyncio.gather(*(count(keys=[f"n{i}"]) for i in range(5)))
+    assert replies == [1] * 5
+    assert [int(await redis.get(f"n{i}") or 0) for i in range(5)] == [1] * 5
+    assert batcher.stats.reloads == 1
+
+
+async def test_a_cancelled_caller_leaves_the_others_their_replies(redis: Redis) -> None:
+    batcher = ScriptBatcher(redis)
+    spin = batcher.register_script(SPIN)
+    echo = batcher.register_script(ECHO)
+    tasks = [asyncio.create_task(echo(keys=["k"], args=[i])) for i in range(5)]
+    slow = asyncio.create_task(spin())
+    await asyncio.sleep(0.005)  # the batch is at the server, spinning
+    slow.cancel()
+    tasks[2].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[2], asyncio.CancelledError)
+    assert [d for i, d in enumerate(done) if i != 2] == [["k", str(i)] for i in (0, 1, 3, 4)]
+    assert await echo(keys=["k"], args=["after"]) == ["k", "after"]
+
+
+async def test_redis_down_fails_every_call_and_later_calls_recover(
+    own_redis_server: EmbeddedRedis,
+) -> None:
+    client = create_redis(own_redis_server.url, name="down")
+    batcher = ScriptBatcher(client)
+    count = batcher.register_script(COUNT)
+    try:
+        assert await count(keys=["n"]) == 1
+        own_redis_server.stop()
+        failed = await asyncio.gather(
+            *(count(keys=["n"]) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(f, RedisConnectionError) for f in failed), failed
+        own_redis_server.start()
+        # A fresh server knows no script: loaded again, and run once.
+        assert await count(keys=["m"]) == 1
+    finally:
+        await batcher.aclose()
+        await client.aclose()
+
+
+def _permits(plan_id: str) -> dict[str, str]:
+    return {ISSUERS["governor"].key(plan_id): GOV_OK, ISSUERS["p33"].key(plan_id): P33_OK}
+
+
+async def test_a_lost_batch_reply_is_resent_and_each_gate_decides_once(
+    redis_server: EmbeddedRedis, redis: Redis
+) -> None:
+    plans = [f"lost{i}" for i in range(20)]
+    for plan_id in plans:
+        await redis.mset(_permits(plan_id))
+    config = GateConfig(wait_ms=600, step_ms=20)
+    async with DropReplyProxy(redis_server.port) as proxy:
+        client = create_redis(proxy.url, name="lossy")
+        batcher = ScriptBatcher(client)
+        try:
+            gate = PermitGate(client, config, scripts=batcher)
+            await gate.load()
+            proxy.armed = b"EVALSHA"
+            results = await asyncio.gather(*(gate.wait_and_consume(p, SYM) for p in plans))
+        finally:
+            await batcher.aclose()
+            await client.aclose()
+    assert proxy.dropped == 1  # the server ran the whole batch; its reply was lost
+    assert batcher.stats.batches == 1  # resent by redis-py's retry, inside the one send
+    assert all(r.allowed and r.owner for r in results), "a resend must replay each decision"
+    for plan_id in plans:
+        assert await redis.exists(*_permits(plan_id)) == 0
+        assert (await redis.hgetall(K.journal(plan_id)))["gate_status"] == "ALLOW"
+
+
+@pytest.mark.parametrize("batchers", [1, 5])
+async def test_racing_callers_in_shared_batches_exactly_one_wins(
+    redis_server: EmbeddedRedis, redis: Redis, batchers: int
+) -> None:
+    clients = [create_redis(redis_server.url, name=f"race{i}") for i in range(batchers)]
+    shared = [ScriptBatcher(c) for c in clients]
+    config = GateConfig(wait_ms=2000, step_ms=5)
+    gates = [PermitGate(c, config, scripts=b) for c, b in zip(clients, shared, strict=True)]
+    try:
+
+        async def write_permits() -> None:
+            await asyncio.sleep(0.05)
+            await redis.mset(_permits("race"))
+
+        writer = asyncio.create_task(write_permits())
+        results = await asyncio.gather(
+            *(gates[i % batchers].wait_and_consume("race", SYM) for i in range(50))
+        )
+        await writer
+    finally:
+        for b in shared:
+            await b.aclose()
+        await asyncio.gather(*(c.aclose() for c in clients))
+    assert sum(r.owner for r in results) == 1
+    assert {r.status for r in results} == {"ALLOW"}
+    assert await redis.exists(*_permits("race")) == 0
