@@ -33,6 +33,7 @@ from typing import Any
 from bench_common import GOV_TEMPLATE, P33_TEMPLATE, SYMBOL, set_notifications, summary_ms
 from redis.asyncio import Redis
 
+from apply_layer.batching import ScriptBatcher
 from apply_layer.gate import GateConfig, PermitGate
 from apply_layer.logs import setup_logging
 from apply_layer.notify import KeyspaceWatcher
@@ -109,6 +110,7 @@ class GateUnderTest:
         self.status = ""
         self._project: PermitGate | None = None
         self._old_script: Any = None
+        self.scripts = ScriptBatcher(self.redis)
 
     async def start(self) -> None:
         await set_notifications(self.redis, self.gate == "project")
@@ -121,12 +123,13 @@ class GateUnderTest:
         config = GateConfig.from_settings(settings)
         self.watcher = KeyspaceWatcher(self.redis, config.watch_patterns(), events)
         self.status = await self.watcher.start()
-        self._project = PermitGate(self.redis, config, self.watcher)
+        self._project = PermitGate(self.redis, config, self.watcher, self.scripts)
         await self._project.load()
 
     async def close(self) -> None:
         if self.watcher is not None:
             await self.watcher.stop()
+        await self.scripts.aclose()
         await self.redis.aclose()
 
     async def decide(self, plan_id: str) -> Decision:

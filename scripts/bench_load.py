@@ -2,11 +2,13 @@
 
 The generator publishes plans (XADD to ``quantum:stream:apply.plan`` with the
 fields ``tests/harness.py`` uses), writes each plan's two permits at their
-scheduled moments (pipelined: every write due within the same millisecond
-goes in one round trip), and reads the result stream to time each plan's
-completion. It never has more than ``window`` plans outstanding (published,
-no result yet): the plan stream is capped at ~10,000 entries, and a plan
-trimmed before the daemon reads it would be lost.
+scheduled moments, and reads the result stream to time each plan's
+completion. Every write due within the same millisecond goes in one round
+trip, packed in C by ``batching.run_packed`` as the daemon's scripts are: the
+generator shares the machine's two cores with what it measures. It never has
+more than ``window`` plans outstanding (published, no result yet): the plan
+stream is capped at ~10,000 entries, and a plan trimmed before the daemon
+reads it would be lost.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from bench_common import GOV_TEMPLATE, P33_TEMPLATE, proc_rss_mb, self_cpu_seconds, summary_ms
 from redis.asyncio import Redis
 
+from apply_layer.batching import run_packed
 from apply_layer.redis_client import create_redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.harness
@@ -163,6 +166,14 @@ def _p33(symbol: str) -> str:
     )
 
 
+def _set(key: str, value: str) -> tuple[str | int, ...]:
+    return ("SET", key, value, "EX", 60)
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]
+
+
 def _plan_fields(plan_id: str, symbol: str) -> dict[str, str]:
     return {
         "plan_id": plan_id,
@@ -198,16 +209,24 @@ class LoadGenerator:
         try:
             last = await reader.xrevrange(RESULT_STREAM, count=1)
             start_id = str(last[0][0]) if last else "0-0"
-            results = asyncio.create_task(self._read_results(reader, start_id))
+            tasks = {
+                asyncio.create_task(self._publish(writer)),
+                asyncio.create_task(self._read_results(reader, start_id)),
+            }
             try:
-                await asyncio.wait_for(self._publish(writer), self.spec.timeout_s)
-                await asyncio.wait_for(results, self.spec.timeout_s)
-            except TimeoutError:
-                self.result.timed_out = True
+                # Both end, or the first failure ends the run (not the timeout, later).
+                done, pending = await asyncio.wait(
+                    tasks, timeout=self.spec.timeout_s, return_when=asyncio.FIRST_EXCEPTION
+                )
+                self.result.timed_out = bool(pending)
+                for task in done:
+                    if task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
             finally:
-                results.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await results
+                for task in tasks:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             self.addresses = await client_addresses(writer, "bench:")
         finally:
             await writer.aclose()
@@ -225,8 +244,7 @@ class LoadGenerator:
         self._first = start
         while n < spec.plans or permits:
             now = time.perf_counter()
-            pipe = redis.pipeline(transaction=False)
-            commands = 0
+            batch: list[tuple[str | int, ...]] = []
             due = spec.plans - n
             if math.isfinite(spec.rate):
                 due = min(due, math.floor((now - start) * spec.rate) + 1 - n)
@@ -235,8 +253,8 @@ class LoadGenerator:
                 plan_id = f"{spec.prefix}-{n}"
                 symbol = self.rng.choice(spec.symbols)
                 if spec.delay_ms is None:
-                    pipe.set(GOV_TEMPLATE.format(plan_id=plan_id), _governor(symbol), ex=60)
-                    pipe.set(P33_TEMPLATE.format(plan_id=plan_id), _p33(symbol), ex=60)
+                    batch.append(_set(GOV_TEMPLATE.format(plan_id=plan_id), _governor(symbol)))
+                    batch.append(_set(P33_TEMPLATE.format(plan_id=plan_id), _p33(symbol)))
                     self.result.commands["set"] += 2
                     self._last_permit[plan_id] = now
                 else:
@@ -244,24 +262,25 @@ class LoadGenerator:
                         delay = self.rng.uniform(*spec.delay_ms) / 1000
                         heapq.heappush(permits, (now + delay, seq, kind, plan_id, symbol))
                         seq += 1
-                pipe.xadd(PLAN_STREAM, _plan_fields(plan_id, symbol), maxlen=10000)  # type: ignore[arg-type]
+                fields = _plan_fields(plan_id, symbol)
+                batch.append(("XADD", PLAN_STREAM, "MAXLEN", "~", 10000, "*", *_flat(fields)))
                 self.result.commands["xadd"] += 1
                 self._published_at[plan_id] = now
                 self._outstanding += 1
                 n += 1
-                commands += 1
             while permits and permits[0][0] <= now:
                 when, _, kind, plan_id, symbol = heapq.heappop(permits)
                 if kind == "gov":
-                    pipe.set(GOV_TEMPLATE.format(plan_id=plan_id), _governor(symbol), ex=60)
+                    batch.append(_set(GOV_TEMPLATE.format(plan_id=plan_id), _governor(symbol)))
                 else:
-                    pipe.set(P33_TEMPLATE.format(plan_id=plan_id), _p33(symbol), ex=60)
+                    batch.append(_set(P33_TEMPLATE.format(plan_id=plan_id), _p33(symbol)))
                 self.result.commands["set"] += 1
                 self.result.permit_lag_ms.append((now - when) * 1000)
                 self._last_permit[plan_id] = max(self._last_permit.get(plan_id, 0.0), now)
-                commands += 1
-            if commands:
-                await pipe.execute()
+            if batch:
+                errors = [r for r in await run_packed(redis, batch) if isinstance(r, Exception)]
+                if errors:
+                    raise errors[0]
             self.result.published = n
             # Sleep until the next permit is due, the next plan is due, or a result frees a slot.
             wake = [permits[0][0]] if permits else []
@@ -278,13 +297,17 @@ class LoadGenerator:
     async def _read_results(self, redis: Redis, last_id: str) -> None:
         spec = self.spec
         while self.result.completed < spec.plans:
-            reply: Any = await redis.xread({RESULT_STREAM: last_id}, count=2000, block=200)
+            read = ("XREAD", "COUNT", 2000, "BLOCK", 200, "STREAMS", RESULT_STREAM, last_id)
+            reply: Any = (await run_packed(redis, [read]))[0]
             self.result.commands["xread"] += 1
             if not reply:
                 continue
             now = time.perf_counter()
-            for entry_id, fields in reply[0][1]:
+            # RESP3 (redis-py 8's default) answers a map of streams, RESP2 a list of pairs.
+            entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+            for entry_id, flat in entries:
                 last_id = entry_id
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
                 plan_id = fields.get("plan_id", "")
                 published = self._published_at.pop(plan_id, None)
                 if published is None:

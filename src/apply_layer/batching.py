@@ -136,21 +136,9 @@ class ScriptBatcher:
         self.stats.batches += 1
         self.stats.calls += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
-        packed = b"".join(
-            # hiredis's stub types the argument as a 1-tuple; any length is accepted.
-            hiredis.pack_command(("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
-            for c in batch
-        )
-        pool = self.redis.connection_pool
+        commands = [("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in batch]
         try:
-            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-            try:
-                replies = await conn.retry.call_with_retry(
-                    lambda: _exchange(conn, packed, len(batch)),
-                    lambda _error: conn.disconnect(),
-                )
-            finally:
-                await pool.release(conn)
+            replies = await run_packed(self.redis, commands)
         except BaseException as exc:
             for call in batch:
                 _fail(call.future, exc)
@@ -189,6 +177,29 @@ class ScriptBatcher:
                 await asyncio.wait(list(self._sending))
             else:
                 await asyncio.sleep(0)
+
+
+async def run_packed(redis: Redis, commands: Sequence[Sequence[KeyOrArg]]) -> list[Any]:
+    """Send ``commands`` in one write over one pooled connection; their replies in order.
+
+    Packed by hiredis (C) instead of redis-py (Python), read under one timer,
+    resent whole on a connection error by the client's retry policy, and
+    returned raw: no response callbacks, and an error reply is returned as
+    its ``ResponseError``, not raised. Only for commands that are safe to
+    resend (see ``redis_client``).
+    """
+    # hiredis's stub types the argument as a 1-tuple; any length is accepted.
+    packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
+    pool = redis.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        replies: list[Any] = await conn.retry.call_with_retry(
+            lambda: _exchange(conn, packed, len(commands)),
+            lambda _error: conn.disconnect(),
+        )
+        return replies
+    finally:
+        await pool.release(conn)
 
 
 async def _exchange(conn: AbstractConnection, packed: bytes, count: int) -> list[Any]:
