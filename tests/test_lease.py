@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.journal import Journal
-from apply_layer.lease import AlreadyFinal, KillSwitchOn, LeaseBusy, SymbolLeases
+from apply_layer.lease import ACQUIRE_SCRIPT, AlreadyFinal, KillSwitchOn, LeaseBusy, SymbolLeases
 
 
 def leases(redis: Redis, owner: str = "me", kill: bool = False) -> SymbolLeases:
@@ -72,3 +72,12 @@ async def test_publish_releases_the_lease_and_acks_in_one_step(redis: Redis) -> 
         assert lease.released
         assert await redis.exists(K.symbol_lease("BTCUSDT")) == 0
         assert (await redis.xpending(K.PLAN_STREAM, "apply_layer"))["pending"] == 0
+
+
+async def test_a_resent_acquisition_is_answered_ok_not_busy(redis: Redis) -> None:
+    # redis-py resends a script whose reply was lost; the lease it took is ours.
+    acquire = redis.register_script(ACQUIRE_SCRIPT)
+    keys = [K.symbol_lease("BTCUSDT"), K.journal("p1"), *K.KILL_SWITCH_KEYS]
+    assert await acquire(keys=keys, args=["me:1", 1000, 0, 1]) == "OK"
+    assert await acquire(keys=keys, args=["me:1", 1000, 0, 1]) == "OK"
+    assert await acquire(keys=keys, args=["other:1", 1000, 0, 1]) == "BUSY"
