@@ -96,3 +96,22 @@ def test_the_columns_compare_what_they_say(report: dict[str, Any]) -> None:
     assert soak["rss_mb"]["start"] > 0 and soak["redis_mb"]["baseline"] > 0
     idle = scenarios["6"]["data"]
     assert 0 <= idle["project_cpu_pct"] <= 100 and 0 <= idle["old_behaviour_cpu_pct"] <= 100
+
+
+def test_the_calls_micro_benchmark_prints_both_paths() -> None:
+    script = BENCH.with_name("bench_calls.py")
+    args = ["--tasks", "3", "--calls", "2", "--rounds", "2"]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split("  ")[0] for line in lines] == [
+        "redis-py, one command at a time",
+        "ScriptBatcher",
+    ] * 2
+    assert all("calls/s" in line and "us of CPU per call" in line for line in lines)
