@@ -115,3 +115,22 @@ def test_the_calls_micro_benchmark_prints_both_paths() -> None:
         "ScriptBatcher",
     ] * 2
     assert all("calls/s" in line and "us of CPU per call" in line for line in lines)
+
+
+def test_the_reaction_parts_diagnostic_prints_every_part() -> None:
+    script = BENCH.with_name("bench_reaction_parts.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), "--plans", "4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p50 = {
+        line.split()[0]: float(line.split()[2])
+        for line in proc.stdout.splitlines()
+        if " p50 " in line
+    }
+    assert set(p50) == {"event", "to_send", "rtt", "resume", "build", "log", "total"}
+    assert all(v >= 0 for v in p50.values()) and p50["total"] > 0
