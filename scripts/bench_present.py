@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import httpx
 from bench_common import (
     Row,
     ScenarioReport,
@@ -26,6 +27,7 @@ from bench_load import (
     LoadSpec,
     Monitor,
     client_addresses,
+    free_port,
     symbols,
 )
 
@@ -46,6 +48,21 @@ async def _present_run(
     )
     result, extra = await daemon_load(ctx, daemon, spec)
     return result, extra, Counter(extra["commands"])
+
+
+async def _script_counters(port: int) -> tuple[float, float]:
+    """The daemon's own count of hot-path script calls and the batches they shared."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    values = {
+        name: float(value)
+        for name, _, value in (line.partition(" ") for line in text.splitlines())
+        if name in ("apply_redis_script_calls_total", "apply_redis_script_batches_total")
+    }
+    return (
+        values.get("apply_redis_script_calls_total", math.nan),
+        values.get("apply_redis_script_batches_total", math.nan),
+    )
 
 
 async def _monitor_sample(ctx: Ctx, daemon: Daemon, plans: int) -> dict[str, float]:
@@ -154,9 +171,14 @@ async def scenario_present(ctx: Ctx) -> ScenarioReport:
     s = ctx.sizes
     rep = ScenarioReport("4", "Throughput with permits already present; Redis commands per plan")
     await ctx.fresh(True)
-    async with running(ctx, ctx.project_daemon("present")) as daemon:
+    port = free_port()
+    async with running(ctx, ctx.project_daemon("present", metrics_port=port)) as daemon:
+        calls0, batches0 = await _script_counters(port)
         new, new_x, new_cmds = await _present_run(ctx, daemon, s.present_plans, "pp")
+        calls1, batches1 = await _script_counters(port)
         trips = await _monitor_sample(ctx, daemon, s.monitor_plans)
+    batches = batches1 - batches0
+    per_batch = (calls1 - calls0) / batches if batches else math.nan
     await ctx.fresh(False)
     async with running(ctx, ctx.old_daemon("present-old")) as daemon:
         old, old_x, old_cmds = await _present_run(ctx, daemon, s.present_old_plans, "po")
@@ -190,6 +212,13 @@ async def scenario_present(ctx: Ctx) -> ScenarioReport:
             trips["round_trips"],
             unit="cmds",
         ),
+        Row(
+            "4 permits present",
+            "script round trips per plan (daemon's /metrics)",
+            batches / max(new.completed, 1),
+            unit="trips",
+        ),
+        Row("4 permits present", "script calls per round trip", per_batch, unit="calls"),
     ]
 
     def per_plan(cmds: Counter[str], n: int) -> str:
@@ -210,6 +239,9 @@ async def scenario_present(ctx: Ctx) -> ScenarioReport:
         + ", ".join(f"{k[5:]} {v:.2f}" for k, v in trips.items() if k.startswith("trip:"))
         + f"; inside scripts {trips['in_scripts']:.2f}: "
         + ", ".join(f"{k[4:]} {v:.2f}" for k, v in trips.items() if k.startswith("lua:")),
+        f"project's /metrics over the {s.present_plans} plans: {calls1 - calls0:.0f} script"
+        f" calls in {batches:.0f} round trips (apply_redis_script_calls_total,"
+        " apply_redis_script_batches_total; the daemon serves metrics on a free port here)",
         f"redis-benchmark: {bench.get('command', bench.get('error'))}",
         f"  {bench.get('requests')} calls, 50 clients, on fresh random plan ids;"
         f" {100 * float(bench.get('allow_share', math.nan)):.1f}% took the ALLOW path (both"
@@ -221,6 +253,8 @@ async def scenario_present(ctx: Ctx) -> ScenarioReport:
         "project": new.as_dict() | new_x | {"commands": dict(new_cmds)},
         "old_behaviour": old.as_dict() | old_x | {"commands": dict(old_cmds)},
         "monitor": trips,
+        "script_calls": calls1 - calls0,
+        "script_batches": batches,
         "redis_benchmark": bench,
     }
     return rep

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -31,9 +32,18 @@ async def test_calls_made_in_one_loop_turn_share_one_round_trip(redis: Redis) ->
     batcher = ScriptBatcher(redis)
     echo = batcher.register_script(ECHO)
     await redis.script_load(ECHO)  # else the first batch is followed by its reload's resend
+    calls0, batches0 = _exported()
     replies = await asyncio.gather(*(echo(keys=[f"k{i}"], args=[i]) for i in range(40)))
     assert replies == [[f"k{i}", str(i)] for i in range(40)]
     assert (batcher.stats.batches, batcher.stats.calls, batcher.stats.largest) == (1, 40, 40)
+    calls1, batches1 = _exported()
+    assert (calls1 - calls0, batches1 - batches0) == (40, 1)  # what /metrics shows operators
+
+
+def _exported() -> tuple[float, float]:
+    calls = REGISTRY.get_sample_value("apply_redis_script_calls_total")
+    batches = REGISTRY.get_sample_value("apply_redis_script_batches_total")
+    return calls or 0.0, batches or 0.0
 
 
 async def test_a_lone_call_leaves_at_once(redis: Redis) -> None:

@@ -38,6 +38,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from apply_layer import metrics
+
 KeyOrArg = str | int | float | bytes
 
 # Calls per pipeline: enough to amortise a round trip, small enough that one
@@ -80,7 +82,7 @@ class _Call:
 
 @dataclass
 class BatchStats:
-    """Counters for the benchmark and the metrics: round trips against calls."""
+    """This batcher's counters (the process-wide ones are in ``metrics``)."""
 
     batches: int = 0
     calls: int = 0
@@ -138,6 +140,8 @@ class ScriptBatcher:
         self.stats.batches += 1
         self.stats.calls += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
+        metrics.SCRIPT_BATCHES.inc()
+        metrics.SCRIPT_CALLS.inc(len(batch))
         commands = [("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in batch]
         try:
             replies = await run_packed(self.redis, commands)

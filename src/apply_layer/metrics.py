@@ -25,6 +25,12 @@ LAST_SUCCESS = Gauge(
     "apply_last_success_timestamp_seconds", "Time of the last executed order", ["symbol"]
 )
 REDIS_UP = Gauge("apply_redis_up", "1 while Redis answers, 0 during an outage")
+SCRIPT_CALLS = Counter(
+    "apply_redis_script_calls_total", "Hot-path script calls (claim, gate, lease, attempt, publish)"
+)
+SCRIPT_BATCHES = Counter(
+    "apply_redis_script_batches_total", "Round trips those calls shared (one batch each)"
+)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> bool:  # noqa: S104 - scraped from outside
