@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apply_layer import keys as K
-from apply_layer.batching import ScriptBatcher
+from apply_layer.batching import ScriptBatcher, run_packed
 from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.gate import GateConfig, PermitGate
 from apply_layer.keys import ISSUERS
@@ -177,3 +184,80 @@ async def test_racing_callers_in_shared_batches_exactly_one_wins(
     assert sum(r.owner for r in results) == 1
     assert {r.status for r in results} == {"ALLOW"}
     assert await redis.exists(*_permits("race")) == 0
+
+
+async def test_an_argument_that_cannot_be_packed_fails_its_own_call_only(redis: Redis) -> None:
+    batcher = ScriptBatcher(redis)
+    echo = batcher.register_script(ECHO)
+    await redis.script_load(ECHO)
+    replies = await asyncio.gather(
+        echo(keys=["k"], args=["a"]),
+        echo(keys=["k"], args=[None]),  # type: ignore[list-item]
+        echo(keys=["k"], args=["b"]),
+        return_exceptions=True,
+    )
+    assert replies[0] == ["k", "a"] and replies[2] == ["k", "b"]
+    assert isinstance(replies[1], TypeError)
+
+
+async def test_a_caller_cancelled_before_its_batch_leaves_has_nothing_sent(redis: Redis) -> None:
+    batcher = ScriptBatcher(redis, max_sending=1)
+    spin = batcher.register_script(SPIN)
+    count = batcher.register_script(COUNT)
+    await redis.script_load(SPIN)
+    await redis.script_load(COUNT)
+    busy = asyncio.create_task(spin())
+    await asyncio.sleep(0.005)  # the one sending slot is taken: the next call waits in the queue
+    waiting = asyncio.create_task(count(keys=["n"]))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.gather(busy, waiting, return_exceptions=True)
+    await batcher.aclose()
+    assert waiting.cancelled()
+    assert await redis.get("n") is None  # the INCR never ran
+
+
+async def test_a_batch_cancelled_while_reloading_its_script_leaves_no_caller_waiting(
+    redis: Redis,
+) -> None:
+    batcher = ScriptBatcher(redis)
+    echo = batcher.register_script(ECHO + " ")  # not loaded: NOSCRIPT, then a reload
+    loaded = asyncio.Event()
+    real_load = redis.script_load
+
+    async def slow_load(source: str) -> str:
+        loaded.set()
+        await asyncio.sleep(5)
+        return str(await real_load(source))
+
+    redis.script_load = slow_load  # type: ignore[method-assign,assignment]
+    caller = asyncio.create_task(echo(keys=["k"], args=["x"]))
+    await asyncio.wait_for(loaded.wait(), 2)
+    for task in list(batcher._sending):
+        task.cancel()
+    done, _ = await asyncio.wait({caller}, timeout=2)
+    assert done and caller.cancelled()
+
+
+async def test_the_batch_deadline_holds_even_if_the_write_swallows_its_timer(
+    redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = Redis.from_url(redis_server.url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    await client.ping()  # connected before the patch: the handshake must not be slowed
+    real_send = AbstractConnection.send_packed_command
+
+    async def swallowing_send(self: AbstractConnection, command: Any, check_health: bool) -> None:
+        # Python 3.11's wait_for (inside redis-py's write) can drop a cancellation that
+        # lands as the write completes: the batch's timer fired and nothing noticed.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.4)
+        await real_send(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", swallowing_send)
+    started = time.monotonic()
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await run_packed(client, [("BLPOP", "nothing-here", 3)])
+    finally:
+        await client.aclose()
+    assert time.monotonic() - started < 1.5  # not the 3 s BLPOP: the reads had a deadline too

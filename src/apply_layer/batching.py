@@ -13,12 +13,14 @@ turn, so latency is one round trip as before.
 
 What stays true, call by call:
 
-* A script's own error (the attempt script's ``FENCED``, say) fails that call
-  only; the others in the batch get their replies.
+* A script's own error (the attempt script's ``FENCED``, say), or an argument
+  that cannot be encoded, fails that call only; the others in the batch get
+  their replies.
 * A connection error fails every call of the batch, as it would have failed
-  each call alone; redis-py's retry first resends the whole batch, which is
-  safe because every script we run is idempotent per plan (see
-  ``redis_client``).
+  each call alone; redis-py's retry first resends the whole batch, calls
+  whose replies were already read included. That is safe because every
+  script we run may run twice (see ``redis_client``).
+* A caller cancelled before its batch leaves has nothing sent.
 * ``NOSCRIPT`` (a restarted or flushed server) reloads the script and resends
   that call once; a script that was not found did not run.
 """
@@ -39,6 +41,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apply_layer import metrics
+from apply_layer.redis_client import COMMAND_TIMEOUT_SEC
 
 KeyOrArg = str | int | float | bytes
 
@@ -74,8 +77,7 @@ class BatchedScript:
 @dataclass
 class _Call:
     script: BatchedScript
-    keys: Sequence[KeyOrArg]
-    args: Sequence[KeyOrArg]
+    packed: bytes  # the EVALSHA command, packed in the caller's task
     future: asyncio.Future[Any]
     reloaded: bool = False
 
@@ -112,9 +114,10 @@ class ScriptBatcher:
     async def call(
         self, script: BatchedScript, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg]
     ) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._enqueue(_Call(script, keys, args, future))
+        # Packed here, so that an argument hiredis cannot encode fails this call only.
+        packed = _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Call(script, packed, future))
         return await future
 
     def _enqueue(self, call: _Call) -> None:
@@ -137,14 +140,19 @@ class ScriptBatcher:
             self._flush()
 
     async def _send(self, batch: list[_Call]) -> None:
+        # A caller cancelled while its call waited here wants nothing sent.
+        batch = [call for call in batch if not call.future.done()]
+        if not batch:
+            return
         self.stats.batches += 1
         self.stats.calls += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
         metrics.SCRIPT_BATCHES.inc()
         metrics.SCRIPT_CALLS.inc(len(batch))
-        commands = [("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in batch]
         try:
-            replies = await run_packed(self.redis, commands)
+            replies = await exchange_packed(
+                self.redis, b"".join(call.packed for call in batch), len(batch)
+            )
         except BaseException as exc:
             for call in batch:
                 _fail(call.future, exc)
@@ -160,7 +168,12 @@ class ScriptBatcher:
             elif not call.future.done():
                 call.future.set_result(reply)
         if missing:
-            await self._reload(missing)
+            try:
+                await self._reload(missing)
+            except BaseException as exc:  # cancelled while reloading: no caller is left waiting
+                for call in missing:
+                    _fail(call.future, exc)
+                raise
 
     async def _reload(self, calls: list[_Call]) -> None:
         """Load the scripts the server did not know, then send those calls again."""
@@ -194,13 +207,17 @@ async def run_packed(redis: Redis, commands: Sequence[Sequence[KeyOrArg]]) -> li
     its ``ResponseError``, not raised. Only for commands that are safe to
     resend (see ``redis_client``).
     """
-    # hiredis's stub types the argument as a 1-tuple; any length is accepted.
-    packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
+    packed = b"".join(_pack(tuple(command)) for command in commands)
+    return await exchange_packed(redis, packed, len(commands))
+
+
+async def exchange_packed(redis: Redis, packed: bytes, count: int) -> list[Any]:
+    """:func:`run_packed` for commands already packed: ``count`` of them in ``packed``."""
     pool = redis.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         replies: list[Any] = await conn.retry.call_with_retry(
-            lambda: _exchange(conn, packed, len(commands)),
+            lambda: _exchange(conn, packed, count),
             lambda _error: conn.disconnect(),
         )
         return replies
@@ -216,9 +233,14 @@ async def _exchange(conn: AbstractConnection, packed: bytes, count: int) -> list
     read or a write), so a half-read batch never reaches the next user.
     """
     replies: list[Any] = []
+    # One deadline, two timers: on Python 3.11 the write's own wait_for inside
+    # redis-py can swallow a cancellation that lands as the write completes,
+    # and the reads must not then run without a deadline.
+    deadline = asyncio.get_running_loop().time() + (conn.socket_timeout or COMMAND_TIMEOUT_SEC)
     try:
-        async with asyncio.timeout(conn.socket_timeout):
+        async with asyncio.timeout_at(deadline):
             await conn.send_packed_command(packed, check_health=False)
+        async with asyncio.timeout_at(deadline):
             for _ in range(count):
                 try:
                     replies.append(await conn.read_response(timeout=math.inf))
@@ -228,6 +250,12 @@ async def _exchange(conn: AbstractConnection, packed: bytes, count: int) -> list
         await conn.disconnect(nowait=True)
         raise RedisTimeoutError(f"no reply to a batch of {count} scripts in time") from None
     return replies
+
+
+def _pack(command: tuple[KeyOrArg, ...]) -> bytes:
+    # hiredis's stub types the argument as a 1-tuple; any length is accepted.
+    packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]
+    return packed
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:

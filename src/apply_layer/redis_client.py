@@ -6,12 +6,14 @@ Timeouts and retries are chosen on purpose:
   ``XREADGROUP BLOCK 5000`` just as it is about to return. Blocking clients
   get the block time plus a margin; command clients get a short timeout so a
   hung server is noticed within seconds, not minutes.
-* Retries: redis-py resends a command after a connection error or timeout.
-  Every script we run is idempotent per plan (the gate replays its recorded
-  decision; results are published once per plan), so a resend after a lost
-  reply is safe. Retries are few and short (about 0.5 s in all): a longer
-  outage is the service's business (it logs it once, backs off, executes
-  nothing), not the client's.
+* Retries: redis-py resends a command after a connection error or timeout
+  (and ``batching`` a whole batch of scripts). Every script we run may run
+  twice: the claim, the gate (it replays its recorded decision), the lease
+  (a resend finds its own token) and the publish (once per plan) answer the
+  same; the attempt script appends the send time again, and only the latest
+  time is used. So a resend after a lost reply is safe. Retries are few and
+  short (about 0.5 s in all): a longer outage is the service's business (it
+  logs it once, backs off, executes nothing), not the client's.
 * No ``health_check_interval``: redis-py would check it before every command
   (6 % of the daemon's CPU in the benchmark's profile); a dead connection
   fails its command instead, and the retry above reconnects.
