@@ -10,8 +10,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from apply_layer.binance_api import (
-    BinanceClient,
+from apply_layer.binance_api import BinanceClient, sign
+from apply_layer.binance_model import (
     BinanceError,
     ExchangeRejected,
     NotProcessed,
@@ -19,7 +19,6 @@ from apply_layer.binance_api import (
     RateLimited,
     StatusUnknown,
     TimestampRejected,
-    sign,
     stricter,
 )
 from apply_layer.sizing import LotFilter

@@ -29,8 +29,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlencode
@@ -38,8 +37,23 @@ from urllib.parse import urlencode
 import httpx
 from pydantic import SecretStr
 
+from apply_layer.binance_model import (
+    INVALID_TIMESTAMP,
+    NO_SUCH_ORDER,
+    RETRYABLE_CODES,
+    UNKNOWN_STATUS_CODES,
+    BinanceError,
+    ExchangeRejected,
+    NotProcessed,
+    OrderInfo,
+    OrderNotFound,
+    RateLimited,
+    StatusUnknown,
+    SymbolRules,
+    TimestampRejected,
+    parse_exchange_info,
+)
 from apply_layer.logs import format_qty
-from apply_layer.sizing import LotFilter
 
 TIME_PATH = "/fapi/v1/time"
 EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"
@@ -48,11 +62,6 @@ POSITION_MODE_PATH = "/fapi/v1/positionSide/dual"
 ORDER_PATH = "/fapi/v1/order"
 RECV_WINDOW_MAX_MS = 60_000
 
-INVALID_TIMESTAMP = -1021
-NO_SUCH_ORDER = -2013
-UNKNOWN_STATUS_CODES = frozenset({-1006, -1007})  # "execution status unknown"
-RETRYABLE_CODES = frozenset({-1001, -1008})  # internal error / overloaded: not processed
-FINAL_STATUSES = frozenset({"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"})
 _NOT_PROCESSED_503 = ("Service Unavailable", "Internal error; unable to process your request")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _REDACTED = "<redacted>"
@@ -61,134 +70,6 @@ _REDACTED = "<redacted>"
 def sign(secret: str, total_params: str) -> str:
     """HMAC-SHA256 of ``totalParams`` (query string concatenated with body), hex."""
     return hmac.new(secret.encode(), total_params.encode(), hashlib.sha256).hexdigest()
-
-
-class BinanceError(Exception):
-    """Anything that went wrong talking to Binance; messages carry no secrets."""
-
-
-class ExchangeRejected(BinanceError):
-    """A definite refusal: the request did not execute."""
-
-    def __init__(self, code: int | None, msg: str, http_status: int) -> None:
-        self.code, self.msg, self.http_status = code, msg, http_status
-        super().__init__(f"HTTP {http_status} code {code}: {msg}")
-
-    @property
-    def tag(self) -> str:
-        """What ``exchange_rejected:<tag>`` shows: the code, else the HTTP status."""
-        return str(self.code) if self.code is not None else f"http_{self.http_status}"
-
-
-class OrderNotFound(ExchangeRejected):
-    """``-2013`` Order does not exist."""
-
-
-class TimestampRejected(ExchangeRejected):
-    """``-1021``: timestamp outside recvWindow (or 1000 ms ahead); not executed."""
-
-
-class RateLimited(BinanceError):
-    """429 (rate limit) or 418 (IP banned): rejected, resending later is safe."""
-
-    def __init__(self, http_status: int, retry_after_sec: float | None, msg: str) -> None:
-        self.http_status, self.retry_after_sec = http_status, retry_after_sec
-        super().__init__(f"HTTP {http_status} (retry after {retry_after_sec} s): {msg}")
-
-
-class NotProcessed(BinanceError):
-    """Definitely not processed (never sent, or Binance says it failed): safe to resend."""
-
-
-class StatusUnknown(BinanceError):
-    """The request may or may not have executed: look it up, never resend blindly."""
-
-
-@dataclass(frozen=True)
-class SymbolRules:
-    """A symbol's quantity filters, and the one a MARKET order must meet (the stricter)."""
-
-    symbol: str
-    lot_size: LotFilter | None
-    market_lot_size: LotFilter | None
-    lot: LotFilter
-
-    def describe(self) -> str:
-        return (
-            f"step={format_qty(self.lot.step_size)} min={format_qty(self.lot.min_qty)} "
-            f"max={format_qty(self.lot.max_qty)} (LOT_SIZE and MARKET_LOT_SIZE, stricter)"
-        )
-
-
-@dataclass(frozen=True)
-class OrderInfo:
-    """The fields of an order answer (``POST``/``GET /fapi/v1/order``) that we report."""
-
-    order_id: str
-    client_order_id: str
-    symbol: str
-    side: str
-    status: str
-    orig_qty: Decimal
-    executed_qty: Decimal
-    avg_price: Decimal | None
-
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL_STATUSES
-
-    @classmethod
-    def from_json(cls, data: Any) -> OrderInfo:
-        try:
-            return cls(
-                order_id=str(data["orderId"]),
-                client_order_id=str(data["clientOrderId"]),
-                symbol=str(data.get("symbol", "")),
-                side=str(data["side"]),
-                status=str(data["status"]),
-                orig_qty=Decimal(str(data["origQty"])),
-                executed_qty=Decimal(str(data.get("executedQty", "0"))),
-                avg_price=Decimal(str(data["avgPrice"])) if data.get("avgPrice") else None,
-            )
-        except (KeyError, TypeError, AttributeError, InvalidOperation):
-            raise StatusUnknown("order answer without the expected fields") from None
-
-
-def _lot(raw: Mapping[str, Any]) -> LotFilter | None:
-    step = Decimal(str(raw["stepSize"])).normalize()
-    if step <= 0:
-        return None  # a zero step disables the rule
-    max_qty = Decimal(str(raw["maxQty"])).normalize()
-    return LotFilter(
-        step, Decimal(str(raw["minQty"])).normalize(), max_qty if max_qty > 0 else None
-    )
-
-
-def stricter(symbol: str, *filters: LotFilter | None) -> LotFilter:
-    """The filter that satisfies all given ones: largest step and min, smallest max."""
-    present = [f for f in filters if f is not None]
-    if not present:
-        raise BinanceError(f"{symbol}: no LOT_SIZE or MARKET_LOT_SIZE filter")
-    step = max(f.step_size for f in present)
-    if any(step % f.step_size for f in present):
-        raise BinanceError(f"{symbol}: lot steps {[str(f.step_size) for f in present]} do not nest")
-    maxes = [f.max_qty for f in present if f.max_qty is not None]
-    return LotFilter(step, max(f.min_qty for f in present), min(maxes) if maxes else None)
-
-
-def parse_exchange_info(data: Any) -> dict[str, SymbolRules]:
-    """Per-symbol lot rules from ``GET /fapi/v1/exchangeInfo``."""
-    rules: dict[str, SymbolRules] = {}
-    for entry in data.get("symbols", []) if isinstance(data, dict) else []:
-        by_type = {f.get("filterType"): f for f in entry.get("filters", [])}
-        try:
-            lot = _lot(by_type["LOT_SIZE"]) if "LOT_SIZE" in by_type else None
-            market = _lot(by_type["MARKET_LOT_SIZE"]) if "MARKET_LOT_SIZE" in by_type else None
-            symbol = str(entry["symbol"])
-            rules[symbol] = SymbolRules(symbol, lot, market, stricter(symbol, lot, market))
-        except (KeyError, InvalidOperation, ValueError, BinanceError):
-            continue  # a symbol whose filters we cannot read is treated as unlisted
-    return rules
 
 
 class _RedactSignatures(logging.Filter):

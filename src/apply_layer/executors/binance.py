@@ -34,8 +34,8 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from apply_layer.binance_api import (
-    BinanceClient,
+from apply_layer.binance_api import BinanceClient
+from apply_layer.binance_model import (
     BinanceError,
     ExchangeRejected,
     NotProcessed,
