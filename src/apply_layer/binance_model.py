@@ -2,7 +2,8 @@
 
 The error classes every answer is sorted into (``binance_api`` explains the
 sorting), the error codes that decide it, a symbol's lot rules from
-``exchangeInfo``, and an order as Binance reports it.
+``exchangeInfo``, an order as Binance reports it, and the plan step's
+outcome that order means.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from apply_layer.executors.base import StepResult
 from apply_layer.logs import format_qty
 from apply_layer.sizing import LotFilter
 
@@ -148,3 +150,26 @@ def parse_exchange_info(data: Any) -> dict[str, SymbolRules]:
         except (KeyError, InvalidOperation, ValueError, BinanceError):
             continue  # a symbol whose filters we cannot read is treated as unlisted
     return rules
+
+
+def step_result(step: str, info: OrderInfo) -> StepResult:
+    """A plan step's outcome from the order Binance reports (after any settling)."""
+    executed = info.executed_qty > 0
+    fields: dict[str, Any] = {
+        "step": step,
+        "order_id": info.order_id,
+        "client_order_id": info.client_order_id,
+        "side": info.side,
+        "quantity": info.orig_qty,
+        "executed_qty": info.executed_qty,
+        "avg_price": info.avg_price if executed else None,
+    }
+    if executed:
+        note = "" if info.status == "FILLED" else f"order {info.status}, partly filled"
+        return StepResult(status="EXECUTED", message=note, **fields)
+    if info.status in ("EXPIRED", "EXPIRED_IN_MATCH"):
+        return StepResult(status="REJECTED", error="exchange_expired", **fields)
+    if info.status in ("CANCELED", "REJECTED"):
+        return StepResult(status="REJECTED", error=f"exchange_{info.status.lower()}", **fields)
+    note = f"order accepted but not filled (status {info.status})"
+    return StepResult(status="FAILED", error="order_not_final", message=note, **fields)

@@ -45,6 +45,7 @@ from apply_layer.binance_model import (
     StatusUnknown,
     SymbolRules,
     TimestampRejected,
+    step_result,
 )
 from apply_layer.errors import ConfigError
 from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepResult
@@ -363,28 +364,7 @@ class BinanceExecutor:
         return self._rules.get(symbol)
 
     def _report(self, order: OrderRequest, info: OrderInfo) -> StepResult:
-        executed = info.executed_qty > 0
-        fields: dict[str, Any] = {
-            "step": order.step,
-            "order_id": info.order_id,
-            "client_order_id": info.client_order_id,
-            "side": info.side,
-            "quantity": info.orig_qty,
-            "executed_qty": info.executed_qty,
-            "avg_price": info.avg_price if executed else None,
-        }
-        if executed:
-            note = "" if info.status == "FILLED" else f"order {info.status}, partly filled"
-            result = StepResult(status="EXECUTED", message=note, **fields)
-        elif info.status in ("EXPIRED", "EXPIRED_IN_MATCH"):
-            result = StepResult(status="REJECTED", error="exchange_expired", **fields)
-        elif info.status in ("CANCELED", "REJECTED"):
-            result = StepResult(
-                status="REJECTED", error=f"exchange_{info.status.lower()}", **fields
-            )
-        else:
-            note = f"order accepted but not filled (status {info.status})"
-            result = StepResult(status="FAILED", error="order_not_final", message=note, **fields)
+        result = step_result(order.step, info)
         _log.info(
             "binance_order_result",
             plan=order.plan_id,
