@@ -69,7 +69,7 @@ async def scenario_soak(ctx: Ctx) -> ScenarioReport:
             deadline = t1 + ttl + 90
             while time.perf_counter() < deadline:
                 left = await count_keys(
-                    ctx.admin, ["quantum:apply:journal:*", "quantum:apply:dedupe:*"]
+                    ctx.admin, ["quantum:apply:journal:*", "quantum:apply:claim:*"]
                 )
                 if not any(left.values()):
                     break
@@ -83,7 +83,7 @@ async def scenario_soak(ctx: Ctx) -> ScenarioReport:
             ctx.admin,
             [
                 "quantum:apply:journal:*",
-                "quantum:apply:dedupe:*",
+                "quantum:apply:claim:*",
                 "quantum:permit:*",
                 "quantum:cooldown:*",
                 "quantum:apply:lease:*",

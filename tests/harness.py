@@ -205,3 +205,41 @@ async def wait_result(redis: Redis, plan_id: str, timeout: float = 15.0) -> dict
 async def pending_count(redis: Redis, group: str = "apply_layer") -> int:
     info = await redis.xpending(K.PLAN_STREAM, group)
     return int(info["pending"])
+
+
+# The running system's schema for quantum:stream:apply.result (docs/CONTRACT.md,
+# "Results"), as its readers apply it.
+RESULT_REQUIRED = ("plan_id", "symbol", "executed", "timestamp", "source")
+RESULT_WHEN_EXECUTED = ("side", "qty", "order_id", "filled_qty", "order_status")
+NOT_EXECUTED_DECISIONS = ("BLOCKED", "ERROR", "SKIP")
+
+
+def check_result_schema(result: dict[str, str]) -> None:
+    """Fail unless ``result`` is a valid result entry for every reader of the system."""
+    for name in RESULT_REQUIRED:
+        assert result.get(name), f"missing {name}: {result}"
+    assert result["executed"] in ("True", "False"), result
+    float(result["timestamp"])
+    int(result["ts"])  # the reconcile engine: int(ts), a float string would raise
+    assert result["reduceOnly"] == "true" and result.get("would_execute") in ("True", "False")
+    assert "plan_decision" in result, result  # empty when the entry named none
+    steps = json.loads(result["steps_results"])
+    assert isinstance(steps, list), result
+    if result["executed"] == "True":
+        for name in RESULT_WHEN_EXECUTED:
+            assert result.get(name), f"executed result without {name}: {result}"
+        assert result["decision"] == "EXECUTE" and result["error"] == "", result
+        assert result["side"] in ("BUY", "SELL") and result["action"] in (
+            "PARTIAL_CLOSE",
+            "FULL_CLOSE",
+        )
+        for name in ("qty", "filled_qty", "avg_price", "close_qty", "close_pct"):
+            float(result[name])
+        # P3.3 and the trade-history logger read the last step.
+        last = steps[-1]
+        assert last["status"] == "EXECUTED" and last["order_id"] == result["order_id"], result
+        assert last["side"] == result["side"] and last["executed_qty"] == result["filled_qty"]
+        float(last["avg_price"])
+    else:
+        assert result.get("error"), f"a result that did not execute needs an error: {result}"
+        assert result["decision"] in NOT_EXECUTED_DECISIONS, result

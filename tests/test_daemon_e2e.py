@@ -297,7 +297,7 @@ async def test_every_key_the_service_writes_expires(redis: Redis, daemons: Daemo
         await wait_result(redis, plan_id)
     streams = {K.PLAN_STREAM, K.RESULT_STREAM}
     keys = [key async for key in redis.scan_iter(count=1000)]
-    assert {K.journal("ttl-ok"), K.dedupe("ttl-ok"), K.cooldown("BTCUSDT"), K.HEARTBEAT_KEY} <= set(
+    assert {K.journal("ttl-ok"), K.claim("ttl-ok"), K.cooldown("BTCUSDT"), K.HEARTBEAT_KEY} <= set(
         keys
     )
     for key in keys:

@@ -26,7 +26,7 @@ def db(redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 
 def _dedupe(db: sync_redis.Redis, *plans: str) -> None:
-    db.mset({K.dedupe(plan): "1" for plan in plans})
+    db.mset({K.claim(plan): "1" for plan in plans})
 
 
 def _types(db: sync_redis.Redis) -> dict[str, str]:
@@ -45,10 +45,10 @@ def _neighbours(db: sync_redis.Redis) -> dict[str, str]:
     db.set(K.KILL_SWITCH_KEYS[0], "0")
     db.xadd(K.RESULT_STREAM, {"status": "EXECUTED"})
     db.xadd(K.PLAN_STREAM, {"plan_id": "abc1"})
-    db.set(PREFIX.removesuffix(":"), "no colon")  # quantum:apply:dedupe
+    db.set(PREFIX.removesuffix(":"), "no colon")  # quantum:apply:claim
     db.set(PREFIX.removesuffix(":") + "_old:abc1", "similar prefix")
-    db.set("quantum:apply:dedupeabc1", "no separator")
-    db.set("other:quantum:apply:dedupe:abc1", "prefix elsewhere")
+    db.set("quantum:apply:claimabc1", "no separator")
+    db.set("other:quantum:apply:claim:abc1", "prefix elsewhere")
     db.set("abc1", "bare plan id")
     return _types(db)
 
@@ -59,10 +59,10 @@ def test_dry_run_by_plan_lists_and_keeps(
     _dedupe(db, "abc1", "abc2", "zzz")
     assert main(["dedupe-clear", "--plan", "abc1", "--plan", "nothere"]) == 0
     out = capsys.readouterr().out
-    assert K.dedupe("abc1") in out and K.dedupe("abc2") not in out
+    assert K.claim("abc1") in out and K.claim("abc2") not in out
     assert "no dedupe key for plan nothere" in out
     assert "would delete 1 dedupe keys (plan abc1, nothere); dry run" in out
-    assert db.exists(K.dedupe("abc1"), K.dedupe("abc2"), K.dedupe("zzz")) == 3
+    assert db.exists(K.claim("abc1"), K.claim("abc2"), K.claim("zzz")) == 3
 
 
 def test_yes_by_plan_deletes_only_those(
@@ -71,8 +71,8 @@ def test_yes_by_plan_deletes_only_those(
     _dedupe(db, "abc1", "abc2", "zzz")
     assert main(["dedupe-clear", "--plan", "abc1", "--plan", "zzz", "--plan", "abc1", "--yes"]) == 0
     assert "deleted 2 of 2 dedupe keys" in capsys.readouterr().out
-    assert db.exists(K.dedupe("abc1"), K.dedupe("zzz")) == 0
-    assert db.exists(K.dedupe("abc2")) == 1
+    assert db.exists(K.claim("abc1"), K.claim("zzz")) == 0
+    assert db.exists(K.claim("abc2")) == 1
 
 
 def test_pattern_dry_run_then_yes(db: sync_redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,12 +80,12 @@ def test_pattern_dry_run_then_yes(db: sync_redis.Redis, capsys: pytest.CaptureFi
     assert main(["dedupe-clear", "--pattern", "abc*"]) == 0
     out = capsys.readouterr().out
     listed = {line for line in out.splitlines() if line.startswith(PREFIX)}
-    assert listed == {K.dedupe("abc1"), K.dedupe("abc2")}
+    assert listed == {K.claim("abc1"), K.claim("abc2")}
     assert "would delete 2 dedupe keys (plans matching 'abc*')" in out
     assert db.dbsize() == 4
     assert main(["dedupe-clear", "--pattern", "ab[cd]?", "--yes"]) == 0
     assert "deleted 3 of 3" in capsys.readouterr().out
-    assert list(db.scan_iter()) == [K.dedupe("xabc")]
+    assert list(db.scan_iter()) == [K.claim("xabc")]
 
 
 def test_all_yes_never_touches_other_keys(
@@ -107,7 +107,7 @@ def test_thousands_of_keys_go_through_scan_and_batched_unlink(
     before = _neighbours(db)
     with db.pipeline(transaction=False) as pipe:
         for i in range(5000):
-            pipe.set(K.dedupe(f"plan-{i:05d}"), "1", ex=300)
+            pipe.set(K.claim(f"plan-{i:05d}"), "1", ex=300)
         pipe.execute()
     db.config_resetstat()
     assert main(["dedupe-clear", "--all", "--quiet"]) == 0
@@ -139,7 +139,7 @@ def test_dry_run_lists_every_key_of_a_large_set(
 
 
 async def test_clear_dedupe_core(redis: Redis) -> None:
-    await redis.mset({K.dedupe(f"x{i}"): "1" for i in range(23)})
+    await redis.mset({K.claim(f"x{i}"): "1" for i in range(23)})
     await redis.set(K.journal("x1"), "keep")
     seen: list[str] = []
     dry = await clear_dedupe(redis, Selection(pattern="x*"), delete=False, on_key=seen.append)
@@ -152,10 +152,10 @@ async def test_clear_dedupe_core(redis: Redis) -> None:
 
 
 def test_is_dedupe_key() -> None:
-    assert is_dedupe_key(K.dedupe("abc"))
+    assert is_dedupe_key(K.claim("abc"))
     assert not is_dedupe_key(PREFIX)
     assert not is_dedupe_key(K.journal("abc"))
-    assert not is_dedupe_key("x" + K.dedupe("abc"))
+    assert not is_dedupe_key("x" + K.claim("abc"))
 
 
 def test_no_selector_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -170,7 +170,7 @@ def test_no_selector_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     [
         (["--plan", "bad id!"], "is not a plan id"),
         (["--plan", "x" * 65], "is not a plan id"),
-        (["--plan", "quantum:apply:dedupe:abc"], "is not a plan id"),
+        (["--plan", "quantum:apply:claim:abc"], "is not a plan id"),
         (["--pattern", "abc:*"], "is not a plan-id glob"),
         (["--pattern", ""], "is not a plan-id glob"),
         (["--plan", "abc", "--all"], "not allowed with"),

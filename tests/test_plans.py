@@ -68,7 +68,27 @@ def test_unsupported_steps_are_reported_beside_the_close() -> None:
         ({"timestamp": "nan"}, "bad_timestamp"),
         ({"timestamp": "-5"}, "bad_timestamp"),
         ({"timestamp": "1e30"}, "bad_timestamp"),
-        ({"steps": None}, "missing_field:steps"),
+        ({"steps": None, "action": "UPDATE_SL"}, "missing_field:steps"),
+        ({"steps": None, "action": None}, "missing_field:steps"),
+        ({"steps": "", "action": "ENTRY_PROPOSED"}, "missing_field:steps"),
+        ({"steps": None, "action": "partial_75"}, "missing_field:steps"),
+        ({"timestamp": "100000000000001"}, "bad_timestamp"),
+        ({"timestamp": "0"}, "bad_timestamp"),
+        ({"timestamp": "1769301008.9\n"}, None),
+        ({"plan_id": "67e6da21fa9fe506\n"}, "bad_plan_id"),
+        ({"symbol": "BTCUSDT\n"}, "bad_symbol"),
+        ({"steps": json.dumps([{"step": "CLOSE_FULL\n"}])}, "bad_step:name"),
+        ({"steps": json.dumps([{**STEP75, "pct": 0}])}, "bad_step:CLOSE_PARTIAL_75:pct"),
+        ({"steps": json.dumps([{**STEP75, "pct": -25}])}, "bad_step:CLOSE_PARTIAL_75:pct"),
+        ({"steps": json.dumps([{**STEP75, "pct": 100.5}])}, "bad_step:CLOSE_PARTIAL_75:pct"),
+        ({"steps": json.dumps([{**STEP75, "pct": True}])}, "bad_step:CLOSE_PARTIAL_75:pct"),
+        (
+            {"steps": '[{"step": "CLOSE_FULL", "pct": ' + "9" * 400 + "}]"},
+            "bad_step:CLOSE_FULL:pct",
+        ),
+        ({"steps": '[{"step": "CLOSE_FULL", "pct": 1e999}]'}, "bad_step:CLOSE_FULL:pct"),
+        ({"steps": json.dumps([{"step": "PARTIAL_33", "pct": 33}])}, "no_close_step"),
+        ({"steps": json.dumps([{"step": "PARTIAL_75"}, STEP75])}, "multiple_close_steps"),
         ({"steps": "[not json"}, "bad_steps_json"),
         ({"steps": "{}"}, "steps_not_a_list"),
         ({"steps": "[]"}, "no_steps"),
@@ -76,7 +96,6 @@ def test_unsupported_steps_are_reported_beside_the_close() -> None:
         ({"steps": json.dumps([{"step": "close full"}])}, "bad_step:name"),
         ({"steps": json.dumps([{"step": "UPDATE_SL"}])}, "no_close_step"),
         ({"steps": json.dumps([STEP75, {"step": "CLOSE_FULL"}])}, "multiple_close_steps"),
-        ({"steps": json.dumps([{**STEP75, "pct": 50}])}, "bad_step:CLOSE_PARTIAL_75:pct_mismatch"),
         ({"steps": json.dumps([{**STEP75, "pct": "75"}])}, "bad_step:CLOSE_PARTIAL_75:pct"),
         ({"steps": json.dumps([{**STEP75, "type": "limit"}])}, "bad_step:CLOSE_PARTIAL_75:type"),
         ({"steps": json.dumps([{**STEP75, "side": "open"}])}, "bad_step:CLOSE_PARTIAL_75:side"),
@@ -84,13 +103,16 @@ def test_unsupported_steps_are_reported_beside_the_close() -> None:
         ({"reason_codes": "x" * 9000}, "oversized_field:reason_codes"),
     ],
 )
-def test_rejections(overrides: dict[str, Any], detail: str) -> None:
+def test_rejections(overrides: dict[str, Any], detail: str | None) -> None:
     fields = entry()
     for key, value in overrides.items():
         if value is None:
             fields.pop(key, None)
         else:
             fields[key] = value
+    if detail is None:  # accepted: float() itself allows surrounding whitespace
+        assert parse_plan(fields).plan_id == "67e6da21fa9fe506"
+        return
     with pytest.raises(InvalidPlan) as info:
         parse_plan(fields)
     assert info.value.detail == detail
@@ -117,3 +139,122 @@ def test_never_crashes_on_arbitrary_entries(fields: dict[str, str]) -> None:
         assert plan.decision in ("EXECUTE", "SKIP", "BLOCKED", "ERROR")
         if plan.decision == "EXECUTE":
             assert plan.close_step is not None
+
+
+# ---- the running system's writers (docs/CONTRACT.md, "Plans") ---------------------
+
+
+def rotation_close(**overrides: str) -> dict[str, str]:
+    """The governor's rotation close plan: no steps, the close named by ``action``."""
+    fields = {
+        "plan_id": "rot_1a2b3c4d_ETHUSDT",
+        "symbol": "ETHUSDT",
+        "action": "FULL_CLOSE_PROPOSED",
+        "side": "CLOSE",
+        "qty": "0",
+        "reduceOnly": "true",
+        "decision": "EXECUTE",
+        "source": "governor",
+        "kill_score": "0",
+        "rotation_trigger": "true",
+        "new_symbol": "SOLUSDT",
+        "new_plan_id": "1a2b3c4d5e6f7a8b",
+        "timestamp": "1795977136.52",
+    }
+    fields.update(overrides)
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("action", "step", "pct"),
+    [
+        ("FULL_CLOSE_PROPOSED", "CLOSE_FULL", 100),
+        ("CLOSE_FULL", "CLOSE_FULL", 100),
+        ("FULL_CLOSE", "CLOSE_FULL", 100),
+        ("PARTIAL_75", "CLOSE_PARTIAL_75", 75),
+        ("PARTIAL_50", "CLOSE_PARTIAL_50", 50),
+        ("PARTIAL_25", "CLOSE_PARTIAL_25", 25),
+    ],
+)
+def test_a_plan_without_steps_closes_what_its_action_says(action: str, step: str, pct: int) -> None:
+    plan = parse_plan(rotation_close(action=action))
+    assert plan.close_step is not None
+    assert (plan.close_step.name, plan.close_step.pct, plan.close_step.warning) == (
+        step,
+        Decimal(pct),
+        "",
+    )
+    assert plan.steps == (plan.close_step,) and plan.action == action
+    assert plan.extra["rotation_trigger"] == "true" and plan.extra["new_symbol"] == "SOLUSDT"
+
+
+def test_steps_win_over_the_action_when_present() -> None:
+    plan = parse_plan(entry(action="FULL_CLOSE_PROPOSED"))
+    assert plan.close_step is not None and plan.close_step.pct == Decimal(75)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1795977136", 1795977136.0),  # integer seconds (planner, harvest_v2)
+        ("1795977136.52", 1795977136.52),  # float seconds (governor)
+        ("1795977136520", 1795977136.52),  # milliseconds
+        ("99999999999", 99999999999.0),  # the last value read as seconds
+        ("100000000001", 100000000.001),  # the first read as milliseconds
+    ],
+)
+def test_timestamps_in_seconds_or_milliseconds(text: str, seconds: float) -> None:
+    assert parse_plan(rotation_close(timestamp=text)).timestamp == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("name", "pct"),
+    [
+        ("CLOSE_FULL", 100),
+        ("CLOSE_PARTIAL_75", 75),
+        ("CLOSE_PARTIAL_50", 50),
+        ("CLOSE_PARTIAL_25", 25),
+        ("PARTIAL_75", 75),
+        ("PARTIAL_50", 50),
+        ("PARTIAL_25", 25),
+    ],
+)
+def test_every_close_step_name_and_its_share(name: str, pct: int) -> None:
+    for given_pct in (pct, float(pct), None):
+        step: dict[str, Any] = {"step": name, "type": "market_reduce_only", "side": "close"}
+        if given_pct is not None:
+            step["pct"] = given_pct
+        plan = parse_plan(entry(steps=json.dumps([step])))
+        assert plan.close_step is not None
+        assert (plan.close_step.pct, plan.close_step.warning) == (Decimal(pct), "")
+
+
+@pytest.mark.parametrize(
+    ("name", "given", "closing"),
+    [
+        ("PARTIAL_75", 25.0, "25"),  # harvest_v2's incremental stage: pct 25 under PARTIAL_75
+        ("PARTIAL_50", 25.0, "25"),
+        ("CLOSE_PARTIAL_75", 50, "50"),
+        ("CLOSE_FULL", 99.5, "99.5"),
+        ("CLOSE_PARTIAL_25", 75, "25"),  # pct larger than the name: the name's share
+        ("CLOSE_PARTIAL_50", 100, "50"),
+    ],
+)
+def test_name_and_pct_disagree_close_the_smaller_share(
+    name: str, given: float, closing: str
+) -> None:
+    step = {"step": name, "type": "market_reduce_only", "side": "close", "pct": given}
+    plan = parse_plan(entry(steps=json.dumps([step])))
+    assert plan.close_step is not None
+    assert plan.close_step.pct == Decimal(closing)
+    implied = name.rsplit("_", 1)[-1].replace("FULL", "100")
+    assert plan.close_step.warning == (
+        f"pct_mismatch:name={implied},pct={Decimal(str(given)).normalize():f},closing={closing}"
+    )
+
+
+def test_only_non_close_steps_are_rejected_even_with_a_close_action() -> None:
+    steps = json.dumps([{"step": "UPDATE_SL", "type": "stop_loss_order", "price": 1.0}])
+    with pytest.raises(InvalidPlan) as info:
+        parse_plan(entry(steps=steps, action="FULL_CLOSE_PROPOSED"))
+    assert info.value.detail == "no_close_step"

@@ -163,6 +163,7 @@ def step_result(step: str, info: OrderInfo) -> StepResult:
         "quantity": info.orig_qty,
         "executed_qty": info.executed_qty,
         "avg_price": info.avg_price if executed else None,
+        "order_status": info.status,
     }
     if executed:
         note = "" if info.status == "FILLED" else f"order {info.status}, partly filled"

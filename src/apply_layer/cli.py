@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -19,15 +18,15 @@ from apply_layer.errors import CommandError, ConfigError
 from apply_layer.gate import GateConfig
 from apply_layer.logs import setup_logging
 from apply_layer.peek import peek_plan
+from apply_layer.plans import PLAN_ID_RE
 from apply_layer.redis_client import create_redis, redact_url
 from apply_layer.settings import Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-PLAN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 async def cmd_permits(settings: Settings, args: argparse.Namespace) -> int:
-    if not re.match(PLAN_ID_PATTERN, args.plan_id):
+    if not PLAN_ID_RE.fullmatch(args.plan_id):
         raise CommandError(f"{args.plan_id!r} is not a plan id ([A-Za-z0-9_-]{{1,64}})")
     redis = create_redis(settings.redis_url, name="apply_layer:cli")
     try:

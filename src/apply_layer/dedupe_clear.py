@@ -1,6 +1,6 @@
 """``apply-layer dedupe-clear``: forget that plans were handled (CONTRACT 2.2, 4).
 
-Deletes ``quantum:apply:dedupe:{plan_id}`` keys chosen by plan id
+Deletes ``quantum:apply:claim:{plan_id}`` keys chosen by plan id
 (``--plan``, repeatable), by a glob over the plan-id part (``--pattern``) or
 all of them (``--all``). Without ``--yes`` it only lists what it would
 delete. Keys are found with SCAN (never KEYS, which blocks the server) and
@@ -27,25 +27,25 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.errors import CommandError
+from apply_layer.plans import PLAN_ID_RE
 from apply_layer.redis_client import create_redis
 from apply_layer.settings import Settings
 
-PLAN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # A glob over plan ids: their characters plus Redis glob syntax (* ? [ ] ^ \).
-PATTERN_RE = re.compile(r"^[A-Za-z0-9_\-*?\[\]^\\]{1,128}$")
-PREFIX = K.glob_of(K.DEDUPE_TEMPLATE).removesuffix("*")
+PATTERN_RE = re.compile(r"[A-Za-z0-9_\-*?\[\]^\\]{1,128}")
+PREFIX = K.glob_of(K.CLAIM_TEMPLATE).removesuffix("*")
 SCAN_COUNT = 1000
 DELETE_BATCH = 500
 
 
 def plan_id_arg(value: str) -> str:
-    if not PLAN_ID_RE.match(value):
+    if not PLAN_ID_RE.fullmatch(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a plan id ([A-Za-z0-9_-]{{1,64}})")
     return value
 
 
 def pattern_arg(value: str) -> str:
-    if not PATTERN_RE.match(value):
+    if not PATTERN_RE.fullmatch(value):
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a plan-id glob (plan-id characters and * ? [ ] ^ \\ only)"
         )
@@ -85,7 +85,7 @@ def is_dedupe_key(key: str) -> bool:
 
 async def _candidates(redis: Redis, selection: Selection, scan_count: int) -> AsyncIterator[str]:
     if selection.plans:
-        names = list(dict.fromkeys(K.dedupe(plan) for plan in selection.plans))
+        names = list(dict.fromkeys(K.claim(plan) for plan in selection.plans))
         async with redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.exists(name)
@@ -95,7 +95,7 @@ async def _candidates(redis: Redis, selection: Selection, scan_count: int) -> As
                 yield name
         return
     assert selection.pattern is not None
-    async for key in redis.scan_iter(match=K.dedupe(selection.pattern), count=scan_count):
+    async for key in redis.scan_iter(match=K.claim(selection.pattern), count=scan_count):
         yield str(key)
 
 
@@ -177,7 +177,7 @@ def register(sub: Any) -> None:
     """Add ``dedupe-clear`` to the CLI's subparsers."""
     p = sub.add_parser(
         "dedupe-clear",
-        help=f"delete {K.DEDUPE_TEMPLATE} keys (SCAN, never KEYS); dry run without --yes",
+        help=f"delete {K.CLAIM_TEMPLATE} keys (SCAN, never KEYS); dry run without --yes",
         description="Delete dedupe keys so that republished plans are handled again. "
         "Without --yes, only list what would be deleted.",
     )

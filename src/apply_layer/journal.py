@@ -32,20 +32,25 @@ from apply_layer.logs import format_qty
 
 FINAL_STATES = frozenset({"executed", "rejected", "failed", "blocked", "skipped"})
 
-# Claim a stream entry for its plan: the dedupe key names the entry that owns
-# the plan; the journal is opened on first sight. One round trip, atomic.
+# Claim a stream entry for its plan. The journal, once open, names the entry
+# that drives the plan (it outlives the claim key); before that the claim key
+# (quantum:apply:claim:{id}, the daemon's own) decides who opens it. One round
+# trip, atomic. KEYS: claim, journal. ARGV: entry id, claim TTL, now ms,
+# journal TTL, plan id, symbol. Reply: {holder, state, result_id, outcome}.
 CLAIM_SCRIPT = """
-local claimed = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
-local holder = ARGV[1]
-if not claimed then holder = redis.call('GET', KEYS[1]) or '' end
-local j = redis.call('HMGET', KEYS[2], 'state', 'result_id')
-if holder == ARGV[1] and not j[1] then
-  redis.call('HSET', KEYS[2], 'state', 'received', 'plan_id', ARGV[5], 'symbol', ARGV[6],
-             'stream_id', ARGV[1], 'received_at_ms', ARGV[3])
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
-  j[1] = 'received'
+local j = redis.call('HMGET', KEYS[2], 'state', 'result_id', 'stream_id', 'outcome_status')
+if j[1] then
+  return {j[3] or '', j[1], j[2] or '', j[4] or ''}
 end
-return {holder, j[1] or '', j[2] or ''}
+local holder = ARGV[1]
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  holder = redis.call('GET', KEYS[1]) or ''
+end
+if holder ~= ARGV[1] then return {holder, '', '', ''} end
+redis.call('HSET', KEYS[2], 'state', 'received', 'plan_id', ARGV[5], 'symbol', ARGV[6],
+           'stream_id', ARGV[1], 'received_at_ms', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {holder, 'received', '', ''}
 """
 
 # Publish a plan's one result: XADD + final journal state + cooldown, once; and
@@ -98,6 +103,7 @@ class Claim:
     holder: str  # the stream entry id that drives the plan
     state: str  # journal state ("" if none)
     result_id: str  # set once the plan's result is published
+    first_status: str = ""  # the published result's status (EXECUTED, BLOCKED, ...)
 
     def owned_by(self, entry_id: str) -> bool:
         return self.holder == entry_id
@@ -126,7 +132,7 @@ class Journal:
 
     async def claim(self, plan_id: str, symbol: str, entry_id: str) -> Claim:
         reply = await self._claim(
-            keys=[K.dedupe(plan_id), K.journal(plan_id)],
+            keys=[K.claim(plan_id), K.journal(plan_id)],
             args=[
                 entry_id,
                 self.dedupe_ttl_sec,
@@ -136,7 +142,7 @@ class Journal:
                 symbol,
             ],
         )
-        return Claim(str(reply[0]), str(reply[1]), str(reply[2]))
+        return Claim(str(reply[0]), str(reply[1]), str(reply[2]), str(reply[3]))
 
     async def read(self, plan_id: str) -> dict[str, str]:
         data = await self.redis.hgetall(K.journal(plan_id))

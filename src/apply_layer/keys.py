@@ -1,8 +1,9 @@
 """Every Redis key and stream name the apply layer touches, in one place.
 
-Names follow CONTRACT sections 1 and 2. ``{plan_id}`` in a template is a
-placeholder, not a Redis Cluster hash tag; scripts receive every key in
-``KEYS`` so that a later template can add hash tags without touching Lua.
+Names follow docs/CONTRACT.md, which says who writes and who reads each.
+``{plan_id}`` in a template is a placeholder, not a Redis Cluster hash tag;
+scripts receive every key in ``KEYS`` so that a later template can add hash
+tags without touching Lua.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ KILL_SWITCH_KEYS = ("quantum:global:kill_switch", "quantum:kill")
 HEARTBEAT_KEY = "quantum:svc:apply_layer:heartbeat"
 
 GOVERNOR_BLOCK_TEMPLATE = "quantum:governor:block:{plan_id}"
-DEDUPE_TEMPLATE = "quantum:apply:dedupe:{plan_id}"
+# The daemon's own claim on a plan id (which stream entry drives it). Not
+# ``quantum:apply:dedupe:{plan_id}``: the planner sets that key itself before it
+# publishes, so the daemon never reads, writes or deletes it (docs/CONTRACT.md).
+CLAIM_TEMPLATE = "quantum:apply:claim:{plan_id}"
 JOURNAL_TEMPLATE = "quantum:apply:journal:{plan_id}"
 COOLDOWN_TEMPLATE = "quantum:cooldown:last_exec_ts:{symbol}"
 SYMBOL_LEASE_TEMPLATE = "quantum:apply:lease:{symbol}"
@@ -47,8 +51,8 @@ def governor_block(plan_id: str) -> str:
     return GOVERNOR_BLOCK_TEMPLATE.format(plan_id=plan_id)
 
 
-def dedupe(plan_id: str) -> str:
-    return DEDUPE_TEMPLATE.format(plan_id=plan_id)
+def claim(plan_id: str) -> str:
+    return CLAIM_TEMPLATE.format(plan_id=plan_id)
 
 
 def journal(plan_id: str) -> str:

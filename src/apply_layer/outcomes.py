@@ -1,12 +1,23 @@
-"""Outcomes (pure): what happened to a plan, and the result entry that says so."""
+"""Outcomes (pure): what happened to a plan, and the result entry that says so.
+
+The result entry follows the running system's own schema for
+``quantum:stream:apply.result`` (docs/CONTRACT.md, "Results"), because its
+readers act on it: P3.3 updates its ledger when ``executed`` is exactly
+``"True"`` and reads the *last* step of ``steps_results``; the trade-history
+logger records a closure when ``executed`` and ``reduceOnly`` are true; the
+decision-intelligence service counts by ``decision``; the reconcile engine
+reads the top-level ``filled_qty``, ``side``, ``order_id`` and integer ``ts``.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from apply_layer.executors.base import StepResult
+from apply_layer.logs import format_qty
 
 # Result status -> journal state (CONTRACT 2.1 statuses, lower-cased journal states).
 STATES = {
@@ -15,6 +26,15 @@ STATES = {
     "SKIPPED": "skipped",
     "REJECTED": "rejected",
     "FAILED": "failed",
+}
+# Result status -> the result's ``decision``: EXECUTE only when an order was
+# placed, so that a reader counting by decision never counts a block as a trade.
+RESULT_DECISIONS = {
+    "EXECUTED": "EXECUTE",
+    "BLOCKED": "BLOCKED",
+    "SKIPPED": "SKIP",
+    "REJECTED": "ERROR",
+    "FAILED": "ERROR",
 }
 
 
@@ -31,6 +51,8 @@ class Outcome:
     def __post_init__(self) -> None:
         if self.status not in STATES:
             raise ValueError(f"unknown outcome status {self.status!r}")
+        if self.status != "EXECUTED" and not self.error:
+            raise ValueError(f"a {self.status} outcome needs an error (the schema requires one)")
 
     @property
     def executed(self) -> bool:
@@ -39,6 +61,11 @@ class Outcome:
     @property
     def state(self) -> str:
         return STATES[self.status]
+
+    @property
+    def decision(self) -> str:
+        """What happened, in the result's ``decision`` field (not the plan's own)."""
+        return RESULT_DECISIONS[self.status]
 
     @property
     def reason_class(self) -> str:
@@ -62,29 +89,64 @@ def _bool(value: bool) -> str:
     return "True" if value else "False"
 
 
+def close_action(pct: Decimal) -> str:
+    """The result's ``action`` for a close of ``pct`` percent of the position."""
+    return "FULL_CLOSE" if pct == 100 else "PARTIAL_CLOSE"
+
+
+def _executed_fields(step: StepResult, close_pct: Decimal | None) -> dict[str, str]:
+    """The top-level copy of the placed order that the reconcile engine reads."""
+    filled = format_qty(step.executed_qty)
+    fields = {
+        "side": step.side,
+        "qty": format_qty(step.quantity),
+        "order_id": step.order_id,
+        "filled_qty": filled,
+        "avg_price": format_qty(step.avg_price),
+        "order_status": step.order_status,
+        "close_qty": filled,
+    }
+    if close_pct is not None:
+        fields["close_pct"] = format_qty(close_pct)
+        fields["action"] = close_action(close_pct)
+    return fields
+
+
 def result_fields(
     *,
     plan_id: str,
     symbol: str,
-    decision: str,
+    plan_decision: str,
     outcome: Outcome,
     mode: str,
+    close_pct: Decimal | None = None,
     now: float | None = None,
 ) -> dict[str, str]:
-    """The result stream entry for a plan (CONTRACT 2.1; every value a string)."""
-    return {
+    """The result stream entry for a plan (docs/CONTRACT.md; every value a string).
+
+    ``plan_decision`` is the plan's own ``decision``; ``close_pct`` the share
+    of the position its close step asked for (None for plans without one).
+    """
+    stamp = time.time() if now is None else now
+    fields = {
         "plan_id": plan_id,
         "symbol": symbol,
-        "decision": decision,
+        "decision": outcome.decision,
+        "plan_decision": plan_decision,
         "status": outcome.status,
         "executed": _bool(outcome.executed),
         "would_execute": _bool(outcome.would_execute),
         "error": outcome.error,
         "wait_ms": str(outcome.wait_ms),
+        # The close step is last: P3.3 and the trade-history logger read steps[-1].
         "steps_results": json.dumps([step.as_dict() for step in outcome.steps]),
         "reduceOnly": "true",
         "mode": mode,
         "event_type": "apply.result",
         "source": "apply_layer",
-        "timestamp": f"{time.time() if now is None else now:.3f}",
+        "timestamp": f"{stamp:.3f}",
+        "ts": str(int(stamp)),
     }
+    if outcome.executed and outcome.steps:
+        fields.update(_executed_fields(outcome.steps[-1], close_pct))
+    return fields

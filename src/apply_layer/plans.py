@@ -1,8 +1,16 @@
 """Plan model and parsing (pure): a stream entry becomes a Plan or an InvalidPlan.
 
-Only the fields CONTRACT 1.1 gives are read; informational fields (``qty``,
-``close_qty``, ``price``, ...) are kept for the record and never used for
-sizing. Anything odd is rejected with a short detail rather than guessed at.
+Only the fields docs/CONTRACT.md gives are read; informational fields
+(``qty``, ``close_qty``, ``price``, ...) are kept for the record and never
+used for sizing. Anything odd is rejected with a short detail rather than
+guessed at.
+
+The writers differ (docs/CONTRACT.md, "Plans"): the exit-brain planner sends
+``steps`` with ``CLOSE_FULL`` / ``CLOSE_PARTIAL_NN``; harvest_v2 names its
+partial steps ``PARTIAL_NN``; the governor's rotation close plans carry no
+``steps`` at all, only an ``action``. A step whose name and ``pct`` disagree
+closes the smaller share and says so (:attr:`Step.warning`): closing less than
+asked can be made up by the next plan, closing more cannot be undone.
 """
 
 from __future__ import annotations
@@ -14,19 +22,35 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-PLAN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
-STEP_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,47}$")
+PLAN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+SYMBOL_RE = re.compile(r"[A-Z0-9]{2,30}")
+STEP_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,47}")
 DECISIONS = ("EXECUTE", "SKIP", "BLOCKED", "ERROR")
 CLOSE_STEPS = {
     "CLOSE_FULL": Decimal(100),
     "CLOSE_PARTIAL_75": Decimal(75),
     "CLOSE_PARTIAL_50": Decimal(50),
     "CLOSE_PARTIAL_25": Decimal(25),
+    "PARTIAL_75": Decimal(75),  # harvest_v2
+    "PARTIAL_50": Decimal(50),
+    "PARTIAL_25": Decimal(25),
+}
+# A plan without ``steps`` (the governor's rotation close): its action names
+# the close, as the step it stands for.
+ACTION_CLOSES = {
+    "FULL_CLOSE_PROPOSED": "CLOSE_FULL",
+    "CLOSE_FULL": "CLOSE_FULL",
+    "FULL_CLOSE": "CLOSE_FULL",
+    "PARTIAL_75": "CLOSE_PARTIAL_75",
+    "PARTIAL_50": "CLOSE_PARTIAL_50",
+    "PARTIAL_25": "CLOSE_PARTIAL_25",
 }
 MAX_FIELD_BYTES = 8192
 MAX_ENTRY_BYTES = 65536
 MAX_STEPS = 16
+# Timestamps above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
+MS_THRESHOLD = 1e11
+MAX_TIMESTAMP_MS = 1e14
 
 
 class InvalidPlan(ValueError):
@@ -41,10 +65,11 @@ class InvalidPlan(ValueError):
 
 @dataclass(frozen=True)
 class Step:
-    """One plan step; ``pct`` is set for close steps only."""
+    """One plan step; ``pct`` is set for close steps only (the share to close)."""
 
     name: str
     pct: Decimal | None = None
+    warning: str = ""  # set when the step's name and pct disagreed
 
     @property
     def is_close(self) -> bool:
@@ -70,11 +95,21 @@ class Plan:
         return tuple(s for s in self.steps if not s.is_close)
 
 
+def _pct(value: object) -> Decimal | None:
+    """A percentage in (0, 100] from a JSON number, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    pct = Decimal(value) if isinstance(value, int) else Decimal(str(value))
+    return pct.normalize() if 0 < pct <= 100 else None
+
+
 def _parse_step(raw: object) -> Step:
     if not isinstance(raw, dict):
         raise InvalidPlan("bad_step:not_an_object")
     name = raw.get("step")
-    if not isinstance(name, str) or not STEP_NAME_RE.match(name):
+    if not isinstance(name, str) or not STEP_NAME_RE.fullmatch(name):
         raise InvalidPlan("bad_step:name")
     if name not in CLOSE_STEPS:
         return Step(name)
@@ -85,13 +120,15 @@ def _parse_step(raw: object) -> Step:
         raise InvalidPlan(f"bad_step:{name}:type")
     if side != "close":
         raise InvalidPlan(f"bad_step:{name}:side")
-    pct = raw.get("pct", float(implied))
-    if isinstance(pct, bool) or not isinstance(pct, int | float) or not math.isfinite(pct):
+    if "pct" not in raw:
+        return Step(name, implied)
+    given = _pct(raw["pct"])
+    if given is None:
         raise InvalidPlan(f"bad_step:{name}:pct")
-    if Decimal(str(pct)) != implied:
-        # A step that says CLOSE_PARTIAL_75 but pct 50 is ambiguous: never guess.
-        raise InvalidPlan(f"bad_step:{name}:pct_mismatch")
-    return Step(name, implied)
+    if given == implied:
+        return Step(name, implied)
+    share = min(given, implied)
+    return Step(name, share, f"pct_mismatch:name={implied:f},pct={given:f},closing={share:f}")
 
 
 def _parse_steps(text: str) -> tuple[Step, ...]:
@@ -112,14 +149,22 @@ def _parse_steps(text: str) -> tuple[Step, ...]:
     return steps
 
 
+def _steps_from_action(action: str) -> tuple[Step, ...]:
+    name = ACTION_CLOSES.get(action)
+    if name is None:
+        raise InvalidPlan("missing_field:steps")
+    return (Step(name, CLOSE_STEPS[name]),)
+
+
 def _parse_timestamp(text: str) -> float:
+    """Epoch seconds from integer or float seconds, or milliseconds."""
     try:
         value = float(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidPlan("bad_timestamp") from None
-    if not math.isfinite(value) or value <= 0 or value > 1e11:
+    if not math.isfinite(value) or value <= 0 or value > MAX_TIMESTAMP_MS:
         raise InvalidPlan("bad_timestamp")
-    return value
+    return value / 1000 if value > MS_THRESHOLD else value
 
 
 def parse_plan(fields: Mapping[str, str]) -> Plan:
@@ -136,12 +181,12 @@ def parse_plan(fields: Mapping[str, str]) -> Plan:
     plan_id = fields.get("plan_id", "")
     if not plan_id:
         raise InvalidPlan("missing_field:plan_id")
-    if not PLAN_ID_RE.match(plan_id):
+    if not PLAN_ID_RE.fullmatch(plan_id):
         raise InvalidPlan("bad_plan_id")
     symbol = fields.get("symbol", "")
     if not symbol:
         raise InvalidPlan("missing_field:symbol", plan_id)
-    if not SYMBOL_RE.match(symbol):
+    if not SYMBOL_RE.fullmatch(symbol):
         raise InvalidPlan("bad_symbol", plan_id)
     decision = fields.get("decision", "")
     if not decision:
@@ -154,9 +199,11 @@ def parse_plan(fields: Mapping[str, str]) -> Plan:
         timestamp = _parse_timestamp(fields["timestamp"])
         steps: tuple[Step, ...] = ()
         if decision == "EXECUTE":
-            if not fields.get("steps"):
-                raise InvalidPlan("missing_field:steps")
-            steps = _parse_steps(fields["steps"])
+            raw_steps = fields.get("steps")
+            if raw_steps:
+                steps = _parse_steps(raw_steps)
+            else:
+                steps = _steps_from_action(fields.get("action", ""))
     except InvalidPlan as exc:
         raise InvalidPlan(exc.detail, plan_id, symbol) from None
     known = {"plan_id", "symbol", "decision", "timestamp", "steps", "action"}
@@ -173,4 +220,4 @@ def parse_plan(fields: Mapping[str, str]) -> Plan:
 
 def _safe(fields: Mapping[str, str], name: str, pattern: re.Pattern[str]) -> str:
     value = fields.get(name, "")
-    return value if len(value) < 100 and pattern.match(value) else ""
+    return value if len(value) < 100 and pattern.fullmatch(value) else ""

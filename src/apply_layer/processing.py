@@ -1,7 +1,8 @@
 """One stream entry to one outcome: parse, claim, screen, gate, execute, publish.
 
-Every path ends in exactly one published result (or in a duplicate that
-publishes nothing), written before the caller acknowledges the entry. A
+Every path ends in exactly one published result, or, for a plan id that
+another entry already drives, in one ``duplicate plan=... first_status=...``
+log line; both are written before the caller acknowledges the entry. A
 Redis failure anywhere raises: the entry stays pending and is resumed from
 its journal state, so nothing is lost and nothing is done twice.
 """
@@ -12,7 +13,7 @@ import asyncio
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -25,7 +26,7 @@ from apply_layer.batching import ScriptHost
 from apply_layer.errors import RetryLater
 from apply_layer.executors.base import Executor, OrderRequest, StepResult
 from apply_layer.gate import GateResult, PermitGate
-from apply_layer.journal import Journal
+from apply_layer.journal import Claim, Journal
 from apply_layer.lease import AlreadyFinal, KillSwitchOn, Lease, SymbolLeases
 from apply_layer.logs import get_logger
 from apply_layer.outcomes import Outcome, blocked, rejected, result_fields, skipped
@@ -95,18 +96,30 @@ class Processor:
         except InvalidPlan as exc:
             return await self._reject_invalid(entry_id, fields, exc)
         claim = await self.journal.claim(plan.plan_id, plan.symbol, entry_id)
-        if claim.result_id:
-            return Handled("done" if claim.owned_by(entry_id) else "duplicate")
         if not claim.owned_by(entry_id):
-            return Handled("duplicate")
+            return self._duplicate(plan.plan_id, entry_id, claim)
+        if claim.result_id:
+            return Handled("done")  # this entry's result is out; only the ack was missing
         try:
             advanced = await self._advance(plan, claim.state, entry_id)
         except AlreadyFinal:
             return Handled("done")
         if isinstance(advanced, Handled):
             return advanced
-        await self._publish(plan.plan_id, plan.symbol, plan.decision, advanced, entry_id)
+        await self._publish(plan, advanced, entry_id)
         return Handled("published", advanced, acked=True)
+
+    def _duplicate(self, plan_id: str, entry_id: str, claim: Claim) -> Handled:
+        """Another entry drives this plan id: say so once, with its first decision."""
+        first = claim.first_status or "in_progress"
+        log.info(
+            f"duplicate plan={plan_id} first_status={first}",
+            plan_id=plan_id,
+            entry_id=entry_id,
+            first_entry_id=claim.holder,
+            first_status=first,
+        )
+        return Handled("duplicate")
 
     # ---- the lifecycle ---------------------------------------------------------
 
@@ -170,9 +183,7 @@ class Processor:
                     plan.symbol, plan.plan_id, wait_sec=lease_wait, new_order=not sent_before
                 ) as lease:
                     outcome = await self._place(plan, order, wait_ms, lease)
-                    await self._publish(
-                        plan.plan_id, plan.symbol, plan.decision, outcome, entry_id, lease
-                    )
+                    await self._publish(plan, outcome, entry_id, lease)
                     return Handled("published", outcome, acked=True)
             except KillSwitchOn:
                 return blocked("kill_switch", wait_ms)
@@ -193,8 +204,11 @@ class Processor:
             log.exception("executor_error", plan_id=plan.plan_id)
             result = StepResult(step.name, "FAILED", f"executor_error:{type(exc).__name__}")
         metrics.ORDERS.labels(result.status).inc()
+        if step.warning:
+            log.warning("step_pct_mismatch", plan_id=plan.plan_id, detail=step.warning)
+            result = replace(result, warning=step.warning)
         unsupported = tuple(StepResult(s.name, "UNSUPPORTED") for s in plan.unsupported_steps)
-        steps = (result, *unsupported)
+        steps = (*unsupported, result)  # the close last: readers take steps_results[-1]
         if result.status == "EXECUTED":
             metrics.LAST_SUCCESS.labels(plan.symbol).set(time.time())
             return Outcome("EXECUTED", "", True, wait_ms, steps)
@@ -205,25 +219,41 @@ class Processor:
 
     # ---- publication -------------------------------------------------------------
 
-    def _fields(self, plan_id: str, symbol: str, decision: str, outcome: Outcome) -> dict[str, str]:
-        return result_fields(
-            plan_id=plan_id,
-            symbol=symbol,
-            decision=decision,
-            outcome=outcome,
-            mode=self.settings.mode,
-        )
-
-    async def _publish(
+    def _fields(
         self,
         plan_id: str,
         symbol: str,
-        decision: str,
+        plan_decision: str,
         outcome: Outcome,
+        close_pct: Decimal | None = None,
+    ) -> dict[str, str]:
+        return result_fields(
+            plan_id=plan_id,
+            symbol=symbol,
+            plan_decision=plan_decision,
+            outcome=outcome,
+            mode=self.settings.mode,
+            close_pct=close_pct,
+        )
+
+    async def _publish(
+        self, plan: Plan, outcome: Outcome, entry_id: str, lease: Lease | None = None
+    ) -> None:
+        step = plan.close_step
+        fields = self._fields(
+            plan.plan_id, plan.symbol, plan.decision, outcome, step.pct if step else None
+        )
+        await self._publish_fields(plan.plan_id, plan.symbol, outcome, fields, entry_id, lease)
+
+    async def _publish_fields(
+        self,
+        plan_id: str,
+        symbol: str,
+        outcome: Outcome,
+        fields: dict[str, str],
         entry_id: str,
         lease: Lease | None = None,
     ) -> None:
-        fields = self._fields(plan_id, symbol, decision, outcome)
         _, new = await self.journal.publish(
             plan_id,
             symbol,
@@ -251,9 +281,12 @@ class Processor:
         decision = _echo(fields.get("decision", ""))
         if exc.plan_id:
             claim = await self.journal.claim(exc.plan_id, exc.symbol, entry_id)
-            if claim.result_id or not claim.owned_by(entry_id):
-                return Handled("done" if claim.owned_by(entry_id) else "duplicate")
-            await self._publish(exc.plan_id, exc.symbol, decision, outcome, entry_id)
+            if not claim.owned_by(entry_id):
+                return self._duplicate(exc.plan_id, entry_id, claim)
+            if claim.result_id:
+                return Handled("done")
+            fields = self._fields(exc.plan_id, exc.symbol, decision, outcome)
+            await self._publish_fields(exc.plan_id, exc.symbol, outcome, fields, entry_id)
             return Handled("published", outcome, acked=True)
         # No usable plan id: nothing to journal or dedupe by; publish and move on.
         plan_id, symbol = _echo(fields.get("plan_id", "")), _echo(fields.get("symbol", ""))

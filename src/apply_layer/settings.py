@@ -10,7 +10,6 @@ exits with status 2.
 from __future__ import annotations
 
 import os
-import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,8 +18,8 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from apply_layer.keys import ISSUERS
+from apply_layer.plans import SYMBOL_RE
 
-SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
 ENV_PREFIX = "APPLY_"
 
 Mode = Literal["dry_run", "paper", "testnet"]
@@ -120,7 +119,7 @@ class Settings(BaseSettings):
         symbols = _split_csv(value)
         if isinstance(symbols, list):
             for symbol in symbols:
-                if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
+                if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
                     raise ValueError(f"{symbol!r} is not a symbol like BTCUSDT")
         return symbols
 

@@ -24,6 +24,10 @@ _STEP_CODES = {
     "CLOSE_PARTIAL_75": "75",
     "CLOSE_PARTIAL_50": "50",
     "CLOSE_PARTIAL_25": "25",
+    # harvest_v2's names: one plan has one close step, so sharing a code is safe.
+    "PARTIAL_75": "75",
+    "PARTIAL_50": "50",
+    "PARTIAL_25": "25",
 }
 
 
@@ -72,6 +76,8 @@ class StepResult:
     avg_price: Decimal | None = None
     reduce_only: bool = True
     message: str = ""  # the exchange's own words on a rejection, for operators
+    order_status: str = ""  # the exchange's order status (FILLED, ...) when it reported one
+    warning: str = ""  # what the plan said that was not done as written (pct_mismatch:...)
 
     @property
     def executed(self) -> bool:
@@ -91,8 +97,12 @@ class StepResult:
                 avg_price=format_qty(self.avg_price),
                 reduce_only=self.reduce_only,
             )
+            if self.order_status:
+                data["order_status"] = self.order_status
         if self.message:
             data["message"] = self.message
+        if self.warning:
+            data["warning"] = self.warning
         return data
 
 

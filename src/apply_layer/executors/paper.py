@@ -85,6 +85,7 @@ class PaperExecutor:
             quantity=sizing.qty,
             executed_qty=sizing.qty,
             avg_price=SIMULATED_PRICES.get(order.symbol, Decimal(100)),
+            order_status="FILLED",
         )
         self.orders[coid] = result
         while len(self.orders) > REMEMBERED_ORDERS:

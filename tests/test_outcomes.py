@@ -1,0 +1,132 @@
+"""The result entry (pure): the system's schema, field by field."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from apply_layer.executors.base import StepResult
+from apply_layer.outcomes import Outcome, blocked, close_action, rejected, result_fields, skipped
+from tests.harness import check_result_schema
+
+NOW = 1795977136.527
+
+FILLED = StepResult(
+    step="CLOSE_PARTIAL_75",
+    status="EXECUTED",
+    order_id="8389765",
+    client_order_id="al75-p1",
+    side="SELL",
+    quantity=Decimal("0.009"),
+    executed_qty=Decimal("0.009"),
+    avg_price=Decimal("61234.5"),
+    order_status="FILLED",
+)
+
+
+def fields(outcome: Outcome, close_pct: Decimal | None = Decimal(75)) -> dict[str, str]:
+    return result_fields(
+        plan_id="p1",
+        symbol="BTCUSDT",
+        plan_decision="EXECUTE",
+        outcome=outcome,
+        mode="testnet",
+        close_pct=close_pct,
+        now=NOW,
+    )
+
+
+def test_an_executed_result_carries_the_order_at_top_level() -> None:
+    unsupported = StepResult("UPDATE_SL", "UNSUPPORTED")
+    result = fields(Outcome("EXECUTED", "", True, 3, (unsupported, FILLED)))
+    check_result_schema(result)
+    assert result == {
+        "plan_id": "p1",
+        "symbol": "BTCUSDT",
+        "decision": "EXECUTE",
+        "plan_decision": "EXECUTE",
+        "status": "EXECUTED",
+        "executed": "True",
+        "would_execute": "True",
+        "error": "",
+        "wait_ms": "3",
+        "steps_results": json.dumps([unsupported.as_dict(), FILLED.as_dict()]),
+        "reduceOnly": "true",
+        "mode": "testnet",
+        "event_type": "apply.result",
+        "source": "apply_layer",
+        "timestamp": "1795977136.527",
+        "ts": "1795977136",
+        "side": "SELL",
+        "qty": "0.009",
+        "order_id": "8389765",
+        "filled_qty": "0.009",
+        "avg_price": "61234.5",
+        "order_status": "FILLED",
+        "close_qty": "0.009",
+        "close_pct": "75",
+        "action": "PARTIAL_CLOSE",
+    }
+    assert json.loads(result["steps_results"])[-1]["order_status"] == "FILLED"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "decision", "state"),
+    [
+        (blocked("kill_switch"), "BLOCKED", "blocked"),
+        (blocked("permit_timeout_or_missing:missing_p33", 1200), "BLOCKED", "blocked"),
+        (skipped("not_execute:SKIP"), "SKIP", "skipped"),
+        (skipped("stale_plan"), "SKIP", "skipped"),
+        (Outcome("SKIPPED", "dry_run", True), "SKIP", "skipped"),
+        (rejected("invalid_plan:no_close_step"), "ERROR", "rejected"),
+        (Outcome("FAILED", "exchange_unavailable", True), "ERROR", "failed"),
+    ],
+)
+def test_a_result_that_did_not_execute_says_what_happened(
+    outcome: Outcome, decision: str, state: str
+) -> None:
+    result = fields(outcome)
+    check_result_schema(result)
+    assert (result["decision"], result["plan_decision"], result["executed"]) == (
+        decision,
+        "EXECUTE",
+        "False",
+    )
+    assert result["error"] == outcome.error and outcome.state == state
+    assert result["would_execute"] == ("True" if outcome.would_execute else "False")
+    for name in ("side", "qty", "order_id", "filled_qty", "order_status", "action", "close_pct"):
+        assert name not in result
+
+
+def test_an_outcome_that_did_not_execute_must_say_why() -> None:
+    with pytest.raises(ValueError, match="needs an error"):
+        Outcome("BLOCKED")
+    with pytest.raises(ValueError, match="unknown outcome status"):
+        Outcome("DONE", "x")
+
+
+@pytest.mark.parametrize(
+    ("pct", "action"), [(100, "FULL_CLOSE"), (75, "PARTIAL_CLOSE"), (25, "PARTIAL_CLOSE")]
+)
+def test_close_action(pct: int, action: str) -> None:
+    assert close_action(Decimal(pct)) == action
+
+
+def test_a_full_close_and_reason_classes() -> None:
+    result = fields(Outcome("EXECUTED", "", True, 0, (FILLED,)), Decimal("100.0"))
+    assert (result["close_pct"], result["action"]) == ("100", "FULL_CLOSE")
+    assert blocked("p33_permit_denied:reconcile").reason_class == "p33_permit_denied"
+    assert Outcome("EXECUTED").reason_class == "none"
+
+
+def test_the_step_warning_and_status_reach_steps_results() -> None:
+    warned = StepResult(**{**FILLED.__dict__, "warning": "pct_mismatch:name=75,pct=25,closing=25"})
+    (step,) = json.loads(fields(Outcome("EXECUTED", "", True, 0, (warned,)))["steps_results"])
+    assert step["warning"] == "pct_mismatch:name=75,pct=25,closing=25"
+    assert (step["order_status"], step["executed_qty"], step["avg_price"]) == (
+        "FILLED",
+        "0.009",
+        "61234.5",
+    )
