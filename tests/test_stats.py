@@ -107,6 +107,79 @@ def test_parses_json_lines_as_the_service_writes_them() -> None:
     assert parse_line(line) == PermitEvent("BLOCK", "x", "SOLUSDT", 9, "kill_switch")
 
 
+@pytest.mark.parametrize(
+    ("line", "event"),
+    [
+        (
+            "[PERMIT_WAIT] BLOCK plan=abc123 symbol=BTCUSDT wait_ms=1201 "
+            "info={'reason': 'missing_p33', 'gov_ttl': 50, 'p33_ttl': -2}",
+            PermitEvent("BLOCK", "abc123", "BTCUSDT", 1201, "missing_p33"),
+        ),
+        (
+            "[PERMIT_WAIT] BLOCK p33_denied plan=abc123 symbol=ETHUSDT "
+            "reason=reconcile_hold_active",
+            PermitEvent("BLOCK", "abc123", "ETHUSDT", None, "p33_denied:reconcile_hold_active"),
+        ),
+        (
+            "[PERMIT_WAIT] BLOCK invalid_p33_format plan=abc123 symbol=BTCUSDT",
+            PermitEvent("BLOCK", "abc123", "BTCUSDT", None, "invalid_p33_format"),
+        ),
+        (
+            "[PERMIT_WAIT] BLOCK invalid_safe_qty plan=abc123 symbol=BTCUSDT safe_qty=0",
+            PermitEvent("BLOCK", "abc123", "BTCUSDT", None, "invalid_safe_qty"),
+        ),
+        (
+            "Jan 25 00:46:15 vps python[1140899]: WARNING [PERMIT_WAIT] BLOCK p33_denied "
+            "plan=abc123 symbol=ETHUSDT reason=exposure cap",
+            PermitEvent("BLOCK", "abc123", "ETHUSDT", None, "p33_denied:exposure cap"),
+        ),
+    ],
+)
+def test_parses_every_block_form_of_the_old_service(line: str, event: PermitEvent) -> None:
+    assert parse_line(line) == event
+
+
+def test_a_journal_of_old_block_forms_counts_every_block_with_its_reason() -> None:
+    lines = [
+        "[PERMIT_WAIT] OK plan=a1 symbol=BTCUSDT wait_ms=340 safe_qty=0.0100",
+        "[PERMIT_WAIT] BLOCK plan=a2 symbol=BTCUSDT wait_ms=1201 "
+        "info={'reason': 'missing_p33', 'gov_ttl': 50, 'p33_ttl': -2}",
+        "[PERMIT_WAIT] BLOCK p33_denied plan=a3 symbol=BTCUSDT reason=reconcile_hold_active",
+        "[PERMIT_WAIT] BLOCK invalid_p33_format plan=a4 symbol=BTCUSDT",
+        "[PERMIT_WAIT] BLOCK invalid_safe_qty plan=a5 symbol=BTCUSDT safe_qty=0.0",
+        "[PERMIT_WAIT] BLOCK plan=a6 symbol=BTCUSDT wait_ms=1200 "
+        "info={'reason': 'missing_p33', 'gov_ttl': -2, 'p33_ttl': -2}",
+    ]
+    summary = summarize_lines(lines)
+    assert (summary.ok, summary.block, summary.unparsed) == (1, 5, 0)
+    assert summary.reasons == {
+        "missing_p33": 2,
+        "p33_denied:reconcile_hold_active": 1,
+        "invalid_p33_format": 1,
+        "invalid_safe_qty": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[PERMIT_WAIT] BLOCK Two Words plan=p1",
+        "[PERMIT_WAIT] BLOCK UPPER plan=p1",
+        "[PERMIT_WAIT] OK p33_denied plan=p1 wait_ms=3",  # a category belongs to BLOCK only
+        "[PERMIT_WAIT] BLOCK p33_denied",  # no plan
+    ],
+)
+def test_what_a_category_is_not(line: str) -> None:
+    assert parse_line(line) == "unparsed"
+
+
+def test_absurd_numbers_and_nesting_are_skipped_not_fatal() -> None:
+    huge = "9" * 400
+    assert parse_line(f"[PERMIT_WAIT] OK plan=p1 wait_ms={huge}") == "unparsed"
+    nested = '{"message": "[PERMIT_WAIT] OK plan=p1", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    assert parse_line(nested) == "unparsed"
+
+
 def test_reason_with_spaces_and_missing_reason() -> None:
     line = (
         "[PERMIT_WAIT] BLOCK plan=p symbol=BTCUSDT wait_ms=5 "

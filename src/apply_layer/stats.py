@@ -9,7 +9,10 @@ I/O (journald, files, stdin, the result stream) and the command line are in
 Lines may carry any prefix (journald's, a timestamp) before the marker, and
 may be this service's console lines, its JSON lines (the console line in
 ``message``; ``plan_id``, ``symbol``, ``wait_ms``, ``reason`` fill any gap)
-or the old service's lines (no symbol; a BLOCK may lack ``wait_ms``). Each
+or the old service's lines (no symbol; a BLOCK may lack ``wait_ms``; its
+reason may sit in ``info={'reason': ...}``, a Python dict's repr, or a bare
+category word may follow ``BLOCK``: ``BLOCK p33_denied plan=... reason=...``
+counts as ``p33_denied:<reason>``). Each
 line read counts once: as a record (OK or BLOCK), as ``unparsed`` (it has the
 marker but cannot be read) or as ``other`` (no marker: the service's other
 log lines, blank lines; not an error, a journal holds mostly those).
@@ -54,6 +57,10 @@ class PermitEvent:
 
 _FIELD = re.compile(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)=")
 NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
+CATEGORY_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# The old service's ``info={'reason': 'missing_p33', 'gov_ttl': 50, ...}`` (a dict's repr).
+_INFO_REASON = re.compile(r"""['"]reason['"]\s*:\s*['"]([^'"]{1,200})['"]""")
+MAX_WAIT_MS = 1e12
 
 
 def _fields(text: str) -> tuple[str, dict[str, str]]:
@@ -70,10 +77,11 @@ def _fields(text: str) -> tuple[str, dict[str, str]]:
 
 def _wait_ms(value: object) -> int | None:
     """A non-negative wait in ms (rounded), or None when absent or malformed."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e12:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < MAX_WAIT_MS:
         return round(value)
     if isinstance(value, str) and NUMBER_RE.fullmatch(value.strip()):
-        return round(float(value))
+        number = float(value)  # a 400-digit text is inf: out of range, not an error
+        return round(number) if number < MAX_WAIT_MS else None
     return None
 
 
@@ -93,13 +101,25 @@ def parse_marker(text: str, extra: Mapping[str, Any] | None = None) -> PermitEve
     extra = extra or {}
     plan = fields.get("plan") or _text(extra.get("plan_id"))
     wait = _wait_ms(fields["wait_ms"] if "wait_ms" in fields else extra.get("wait_ms"))
-    if head.strip() or not plan or ("wait_ms" in fields and wait is None):
+    category = head.strip()
+    if category and not (words[0] == "BLOCK" and CATEGORY_RE.fullmatch(category)):
+        return None
+    if not plan or ("wait_ms" in fields and wait is None):
         return None
     reason = None
     if words[0] == "BLOCK":
-        reason = fields.get("reason") or _text(extra.get("reason")) or NO_REASON
+        reason = fields.get("reason") or _info_reason(fields.get("info"))
+        reason = reason or _text(extra.get("reason"))
+        if category:
+            reason = f"{category}:{reason}" if reason else category
+        reason = reason or NO_REASON
     symbol = fields.get("symbol") or _text(extra.get("symbol"))
     return PermitEvent("OK" if words[0] == "OK" else "BLOCK", plan, symbol, wait, reason)
+
+
+def _info_reason(info: str | None) -> str | None:
+    match = _INFO_REASON.search(info) if info else None
+    return (match.group(1).strip() or None) if match else None
 
 
 def parse_line(line: str) -> PermitEvent | Other:
@@ -112,7 +132,7 @@ def parse_line(line: str) -> PermitEvent | Other:
         return parse_marker(line[at + len(PERMIT_WAIT) :]) or "unparsed"
     try:  # a JSON line, after whatever prefix
         obj, _ = json.JSONDecoder().raw_decode(line, brace)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "unparsed"  # truncated, say
     obj = obj if isinstance(obj, dict) else {}
     message = obj.get("message", obj.get("msg"))
