@@ -195,3 +195,14 @@ def test_unreachable_redis(
     assert main(["dedupe-clear", "--all", "--yes"]) == 1
     err = capsys.readouterr().err
     assert "cannot reach Redis at redis://127.0.0.1" in err and "Traceback" not in err
+
+
+def test_the_planners_dedupe_keys_are_never_touched(
+    db: sync_redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _dedupe(db, "abc1")
+    db.set("quantum:apply:dedupe:abc1", "1795977136", ex=300)  # the planner's, same plan
+    assert main(["dedupe-clear", "--all", "--yes"]) == 0
+    assert "deleted 1 of 1 dedupe keys (every plan)" in capsys.readouterr().out
+    assert db.get("quantum:apply:dedupe:abc1") == "1795977136"
+    assert not is_dedupe_key("quantum:apply:dedupe:abc1")

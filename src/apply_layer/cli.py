@@ -1,4 +1,4 @@
-"""The ``apply-layer`` command line (CONTRACT section 4)."""
+"""The ``apply-layer`` command line (docs/CONTRACT.md section 6)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,18 @@
-"""``apply-layer dedupe-clear``: forget that plans were handled (CONTRACT 2.2, 4).
+"""``apply-layer dedupe-clear``: forget the daemon's claims on plan ids (docs/CONTRACT.md).
 
-Deletes ``quantum:apply:claim:{plan_id}`` keys chosen by plan id
-(``--plan``, repeatable), by a glob over the plan-id part (``--pattern``) or
+Deletes the daemon's own dedupe keys, ``quantum:apply:claim:{plan_id}``,
+chosen by plan id (``--plan``, repeatable), by a glob over the plan-id part (``--pattern``) or
 all of them (``--all``). Without ``--yes`` it only lists what it would
 delete. Keys are found with SCAN (never KEYS, which blocks the server) and
 removed with UNLINK in batches; a key outside the dedupe prefix is never
 touched, whatever the pattern: every key is checked against the prefix
 before it is deleted.
 
-Clearing a dedupe key lets a republished plan through the dedupe check
-again; the plan's journal (``quantum:apply:journal:{plan_id}``) is left
-alone, so a plan the gate has already decided still replays that decision.
+Clearing a claim lets a new stream entry claim the plan id again. The plan's
+journal (``quantum:apply:journal:{plan_id}``) is left alone, so a plan that
+was already decided stays decided: a republished copy is logged as
+``duplicate plan=... first_status=...``. The planner's own
+``quantum:apply:dedupe:{plan_id}`` keys are never touched: they are not ours.
 """
 
 from __future__ import annotations
@@ -178,8 +180,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "dedupe-clear",
         help=f"delete {K.CLAIM_TEMPLATE} keys (SCAN, never KEYS); dry run without --yes",
-        description="Delete dedupe keys so that republished plans are handled again. "
-        "Without --yes, only list what would be deleted.",
+        description="Delete the daemon's claim keys (quantum:apply:claim:*) so that a "
+        "republished plan id can be claimed again; a plan already decided stays decided "
+        "(its copies are logged as duplicates). The planner's quantum:apply:dedupe:* keys "
+        "are never touched. Without --yes, only list what would be deleted.",
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument(

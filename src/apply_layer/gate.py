@@ -108,7 +108,7 @@ class GateResult:
 
     @property
     def error(self) -> str:
-        """The result stream's ``error`` field (CONTRACT 2.1)."""
+        """The result stream's ``error`` field (docs/CONTRACT.md 2)."""
         if self.status == "TIMEOUT":
             return f"permit_timeout_or_missing:{self.reason}"
         return self.reason

@@ -19,7 +19,7 @@ from decimal import Decimal
 from apply_layer.executors.base import StepResult
 from apply_layer.logs import format_qty
 
-# Result status -> journal state (CONTRACT 2.1 statuses, lower-cased journal states).
+# Result status -> journal state (docs/CONTRACT.md 2 statuses, lower-cased journal states).
 STATES = {
     "EXECUTED": "executed",
     "BLOCKED": "blocked",

@@ -6,7 +6,7 @@ service gets typed, exact values (``safe_qty`` as a Decimal from the permit's
 own text, never through a float). A property test holds the two rule sets
 together, and the gate fails closed if they ever disagree.
 
-The rules (CONTRACT 1.2), in order:
+The rules (docs/CONTRACT.md 3), in order:
 
 1. Type: a string holds JSON (or a bare ``1``); a HASH holds string fields.
    Any other type is a deny (``wrong_type``); unparseable JSON is a deny
@@ -140,7 +140,7 @@ def decode_permit(kind: str, raw: str) -> dict[str, Any] | None:
 
 
 def evaluate_permit(issuer: Issuer, kind: str, raw: str | None, symbol: str) -> PermitVerdict:
-    """Apply the CONTRACT 1.2 rules to one stored permit."""
+    """Apply the docs/CONTRACT.md 3 rules to one stored permit."""
     name = issuer.name
     if kind == "none" or raw is None:
         return PermitVerdict(name, "none", "missing")

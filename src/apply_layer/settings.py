@@ -1,4 +1,4 @@
-"""The one settings object: every ``APPLY_*`` variable of CONTRACT section 3.
+"""The one settings object: every ``APPLY_*`` variable of docs/CONTRACT.md section 4.
 
 Values come from the environment (as systemd's ``EnvironmentFile=`` gives
 them) and optionally from an env file. A bad value is fatal at start: the

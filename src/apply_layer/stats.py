@@ -1,4 +1,4 @@
-"""``apply-layer stats``: what the ``[PERMIT_WAIT]`` markers say (CONTRACT 2.3, 4).
+"""``apply-layer stats``: what the ``[PERMIT_WAIT]`` markers say (docs/CONTRACT.md 5, 6).
 
 This module is the pure core: :func:`parse_line` reads a log line,
 :class:`Summary` tallies lines or result entries, :func:`build_report` makes
@@ -143,7 +143,7 @@ def parse_line(line: str) -> PermitEvent | Other:
 
 
 def classify_result(fields: Mapping[str, str]) -> PermitEvent | Other:
-    """One ``apply.result`` entry (CONTRACT 2.1) as a permit decision.
+    """One ``apply.result`` entry (docs/CONTRACT.md 2) as a permit decision.
 
     ``BLOCKED`` is a BLOCK (``error`` is the reason); an entry that passed every
     gate (``would_execute`` ``True``, or ``EXECUTED``) is an OK whatever the

@@ -63,7 +63,7 @@ class OrderRequest:
 
 @dataclass(frozen=True)
 class StepResult:
-    """The outcome of one plan step, as ``steps_results`` reports it (CONTRACT 2.1)."""
+    """The outcome of one plan step, as ``steps_results`` reports it (docs/CONTRACT.md 2)."""
 
     step: str
     status: str  # EXECUTED, DRY_RUN, REJECTED, FAILED, UNSUPPORTED
