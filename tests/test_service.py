@@ -189,3 +189,40 @@ async def test_the_paper_exchange_remembers_a_bounded_number_of_orders() -> None
         await exchange.execute(req, Log())
     assert len(exchange.orders) == paper.REMEMBERED_ORDERS
     assert first.client_order_id not in exchange.orders  # the oldest went first
+
+
+async def test_a_duplicate_is_counted_and_logged_once(
+    redis_server: EmbeddedRedis, redis: Redis
+) -> None:
+    from prometheus_client import REGISTRY
+    from structlog.testing import capture_logs
+
+    def duplicates() -> float:
+        return REGISTRY.get_sample_value("apply_duplicates_total") or 0.0
+
+    before = duplicates()
+    service = ApplyService(settings_for(redis_server))
+    with capture_logs() as logs:
+        runner = asyncio.create_task(service.run())
+        try:
+            for _ in range(250):  # the group is created at "$": publish after it exists
+                if await redis.exists(K.PLAN_STREAM):
+                    break
+                await asyncio.sleep(0.02)
+            await grant(redis, "twice")
+            await publish_plan(redis, "twice")
+            assert (await wait_result(redis, "twice"))["status"] == "EXECUTED"
+            await publish_plan(redis, "twice")
+            for _ in range(250):
+                if duplicates() > before:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            service.request_stop()
+            assert await runner == 0
+    assert duplicates() == before + 1
+    lines = [e for e in logs if e["event"].startswith("duplicate plan=twice ")]
+    assert [(e["event"], e["log_level"], e["first_status"]) for e in lines] == [
+        ("duplicate plan=twice first_status=EXECUTED", "info", "EXECUTED")
+    ]
+    assert service.counts["duplicate"] == 1 and await redis.xlen(K.RESULT_STREAM) == 1
