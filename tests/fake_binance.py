@@ -118,6 +118,7 @@ class FakeBinance:
             "ETHUSDT": (Lot("0.001", "0.001", "10000"), Lot("0.01", "0.01", "2000")),
         }
         self.orders: list[dict[str, Any]] = []
+        self.late_answers: list[tuple[int, Any]] = []  # what each late placement got
         self.seen: list[Seen] = []
         self.faults: dict[tuple[str, str], deque[Fault]] = {}
         self.lock = threading.RLock()
@@ -300,12 +301,17 @@ class FakeBinance:
         answer: tuple[int, Any] | None = self.place(p, fault) if fault.place else None
         if fault.place_after is not None:
             stamp = int(p["timestamp"])
-            timer = threading.Timer(fault.place_after, self.place, (p, fault, stamp))
+            timer = threading.Timer(fault.place_after, self._place_late, (p, fault, stamp))
             timer.daemon = True
             timer.start()
         if _faulted(req, fault):
             return None
         return _send(req, *(answer or self.place(p, fault)))
+
+    def _place_late(self, p: dict[str, str], fault: Fault, stamp: int) -> None:
+        answer = self.place(p, fault, stamp)
+        with self.lock:
+            self.late_answers.append(answer)
 
     def _check_auth(
         self, req: BaseHTTPRequestHandler, query: str, body: str, p: dict[str, str]

@@ -304,12 +304,22 @@ async def test_a_late_placement_inside_the_window_is_found_not_doubled(
 async def test_a_late_placement_past_the_window_is_refused_by_the_engine(
     ex: BinanceExecutor, fake: FakeBinance
 ) -> None:
+    # A large position: after the resend fills, the reduce-only rule would still let a
+    # second order through, so only the engine's recvWindow check can stop the late one.
+    fake.positions["BTCUSDT"] = Decimal("1.000")
+    order = request(reported="1.000")
     fake.inject("POST", ORDER, late(place_after=0.8, delay=0.5))
     log = MemoryLog()
-    result = await ex.execute(request(), log)
-    await asyncio.sleep(0.5)  # let the late placement try (and fail: ME recvWindow)
+    result = await ex.execute(order, log)
     assert result.executed and len(log.sends) == 2
-    assert fake.order_count(request().client_order_id) == 1
+    deadline = time.monotonic() + 5
+    while not fake.late_answers:  # the late placement tries after the resend
+        assert time.monotonic() < deadline, "the late placement never reached the engine"
+        await asyncio.sleep(0.02)
+    ((status, answer),) = fake.late_answers
+    assert (status, answer["code"]) == (400, -5028)
+    assert fake.order_count(order.client_order_id) == 1
+    assert fake.positions["BTCUSDT"] == Decimal("0.990")
 
 
 async def test_429_waits_out_retry_after_then_resends(make: Make, fake: FakeBinance) -> None:

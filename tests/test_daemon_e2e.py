@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +133,17 @@ async def test_kill_switch_blocks_everything_and_consumes_nothing(
 
 
 async def test_republished_duplicates_get_one_result(redis: Redis, daemons: DaemonFactory) -> None:
-    await daemons().start().ready(redis)
+    daemon = await daemons().start().ready(redis)
     await grant(redis, "dup")
     for _ in range(3):
         await publish_plan(redis, "dup")
     await wait_result(redis, "dup")
-    await asyncio.sleep(0.5)
     await publish_plan(redis, "dup")  # after the decision too
-    await asyncio.sleep(0.5)
+    # Each copy past the first is accounted for by its duplicate line: wait for all three.
+    deadline = time.monotonic() + 15
+    while len([r for r in daemon.records() if r["message"].startswith("duplicate plan=dup ")]) < 3:
+        assert time.monotonic() < deadline, daemon.log()
+        await asyncio.sleep(0.05)
     assert [r["plan_id"] for r in await results(redis)].count("dup") == 1
     assert await pending_count(redis) == 0
 
@@ -252,9 +255,12 @@ async def test_redis_stopped_and_restarted_mid_run(
     await publish_plan(redis, "before")
     assert (await wait_result(redis, "before"))["status"] == "EXECUTED"
     await publish_plan(redis, "during")  # waits for permits when Redis dies
-    await asyncio.sleep(0.3)
+    await _until(lambda: _state(redis, "during"), "received")  # claimed, in its permit wait
     server.stop(kill=True)
-    await asyncio.sleep(1.5)
+    deadline = time.monotonic() + 15
+    while not any(r["message"] == "redis_unavailable" for r in daemon.records()):
+        assert time.monotonic() < deadline, "the daemon never noticed the outage"
+        await asyncio.sleep(0.05)
     server.start()
     await grant(redis, "during", position=1.0)
     await grant(redis, "after", position=1.0)
@@ -344,3 +350,14 @@ async def test_a_finished_but_unacknowledged_entry_is_acked_without_a_second_res
         await asyncio.sleep(0.02)
     assert await pending_count(redis) == 0
     assert len(await results(redis)) == 1
+
+
+async def _state(redis: Redis, plan_id: str) -> str:
+    return str(await redis.hget(K.journal(plan_id), "state") or "")
+
+
+async def _until(probe: Callable[[], Awaitable[str]], want: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := await probe()) != want:
+        assert time.monotonic() < deadline, f"still {got!r}, not {want!r}"
+        await asyncio.sleep(0.01)
