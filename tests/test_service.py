@@ -226,3 +226,62 @@ async def test_a_duplicate_is_counted_and_logged_once(
         ("duplicate plan=twice first_status=EXECUTED", "info", "EXECUTED")
     ]
     assert service.counts["duplicate"] == 1 and await redis.xlen(K.RESULT_STREAM) == 1
+
+
+async def test_a_kill_switch_set_between_the_gate_and_the_lease_stops_the_order(
+    redis_server: EmbeddedRedis, redis: Redis
+) -> None:
+    """The gate allowed; the switch goes on before the order: BLOCKED, nothing sent."""
+    executor = SlowExecutor()
+    service = ApplyService(settings_for(redis_server), executor=executor)
+    decide = service.gate.wait_and_consume
+
+    async def decide_then_kill(plan_id: str, symbol: str) -> Any:
+        decision = await decide(plan_id, symbol)
+        await redis.set("quantum:global:kill_switch", "true")
+        return decision
+
+    service.gate.wait_and_consume = decide_then_kill  # type: ignore[method-assign]
+    runner = asyncio.create_task(service.run())
+    try:
+        for _ in range(250):
+            if await redis.exists(K.PLAN_STREAM):
+                break
+            await asyncio.sleep(0.02)
+        await grant(redis, "flip")
+        await publish_plan(redis, "flip")
+        result = await wait_result(redis, "flip")
+    finally:
+        service.request_stop()
+        assert await runner == 0
+    assert (result["status"], result["error"], result["decision"]) == (
+        "BLOCKED",
+        "kill_switch",
+        "BLOCKED",
+    )
+    assert executor.max_total == 0  # the executor never ran
+    journal = await redis.hgetall(K.journal("flip"))
+    assert journal["gate_status"] == "ALLOW" and "order.attempts" not in journal
+
+
+async def test_a_plan_from_the_future_is_rejected(
+    redis_server: EmbeddedRedis, redis: Redis
+) -> None:
+    service = ApplyService(settings_for(redis_server, plan_max_age_sec=60))
+    runner = asyncio.create_task(service.run())
+    try:
+        for _ in range(250):
+            if await redis.exists(K.PLAN_STREAM):
+                break
+            await asyncio.sleep(0.02)
+        await grant(redis, "future")
+        await grant(redis, "soon")
+        await publish_plan(redis, "future", age=-120)  # two minutes ahead: a broken clock
+        await publish_plan(redis, "soon", age=-30)  # within the allowed skew
+        future, soon = await wait_result(redis, "future"), await wait_result(redis, "soon")
+    finally:
+        service.request_stop()
+        assert await runner == 0
+    assert (future["status"], future["error"]) == ("REJECTED", "invalid_plan:timestamp_in_future")
+    assert soon["status"] == "EXECUTED"
+    assert await redis.exists(K.ISSUERS["p33"].key("future")) == 1  # its permits untouched
