@@ -241,7 +241,7 @@ async def test_a_kill_switch_set_between_the_gate_and_the_lease_stops_the_order(
         await redis.set("quantum:global:kill_switch", "true")
         return decision
 
-    service.gate.wait_and_consume = decide_then_kill  # type: ignore[method-assign]
+    service.gate.wait_and_consume = decide_then_kill  # type: ignore[method-assign,assignment]
     runner = asyncio.create_task(service.run())
     try:
         for _ in range(250):
