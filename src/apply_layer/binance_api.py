@@ -37,6 +37,7 @@ from urllib.parse import urlencode
 import httpx
 from pydantic import SecretStr
 
+from apply_layer import metrics
 from apply_layer.binance_model import (
     INVALID_TIMESTAMP,
     NO_SUCH_ORDER,
@@ -281,6 +282,7 @@ class BinanceClient:
         else:
             msg = self._scrub(response.text.strip())
         if status in (418, 429):
+            metrics.EXCHANGE_RATE_LIMITED.labels(str(status)).inc()
             retry_after = _retry_after(response.headers.get("Retry-After"))
             raise RateLimited(status, retry_after, msg)
         if code in UNKNOWN_STATUS_CODES:
