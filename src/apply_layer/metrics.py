@@ -71,11 +71,18 @@ EXCHANGE_RATE_LIMITED = Counter(
     "Exchange answers 429 (rate limit) and 418 (IP ban)",
     ["http_status"],
 )
+# Unlabelled on purpose: a labelled series appears only at its first
+# increment, which ``increase()`` cannot see, and an alert must see the first
+# rejection. The code is in the log line (``binance_order_outcome``).
 EXCHANGE_REJECTIONS = Counter(
     "apply_exchange_rejections_total",
-    "Orders the exchange refused, by Binance error code",
-    ["code"],
+    "Orders the exchange refused (the Binance code is in the binance_order_outcome log line)",
 )
+# The same reason: every series an alert counts from exists at 0 from the start.
+for _resolution in ("found", "absent", "unresolved"):
+    EXCHANGE_UNKNOWN_FATE.labels(_resolution)
+for _status in ("429", "418"):
+    EXCHANGE_RATE_LIMITED.labels(_status)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> bool:  # noqa: S104 - scraped from outside

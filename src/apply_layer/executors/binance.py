@@ -259,7 +259,7 @@ class BinanceExecutor:
                     resyncs += 1  # rejected, so it never executed: resync and resend once
                     await self._resync()
                     continue
-                metrics.EXCHANGE_REJECTIONS.labels(exc.tag).inc()
+                metrics.EXCHANGE_REJECTIONS.inc()
                 error = f"exchange_rejected:{exc.tag}"
                 return self._result(order, "REJECTED", error, exc.msg, side, qty)
             except RateLimited as exc:
