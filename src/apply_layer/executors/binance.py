@@ -350,6 +350,14 @@ class BinanceExecutor:
         except BinanceError as exc:
             _log.warning("binance_time_sync_failed", reason=str(exc))
 
+    async def position(self, symbol: str) -> Decimal:
+        """The account's signed position in ``symbol`` now (one-way mode only)."""
+        return await self._live_amt(symbol)
+
+    def rules(self, symbol: str) -> SymbolRules | None:
+        """The symbol's lot rules as last loaded (``start`` loads them)."""
+        return self._rules.get(symbol)
+
     async def _live_amt(self, symbol: str) -> Decimal:
         rows = await self.client.position_rows(symbol)
         if any(side != "BOTH" for side, _ in rows):
