@@ -43,11 +43,15 @@ async def live(redis: Redis) -> dict[str, str]:
     """The live system's Redis, as the env file names it: a plan stream in use."""
     await redis.xadd(K.PLAN_STREAM, {"plan_id": "live-1", "symbol": "BTCUSDT"})
     await redis.set("quantum:permit:live-1", json.dumps({"granted": True}))
-    return {key: await redis.type(key) async for key in redis.scan_iter()}
+    return await keys_and_types(redis)
+
+
+async def keys_and_types(redis: Redis) -> dict[str, str]:
+    return {str(key): str(await redis.type(key)) async for key in redis.scan_iter()}
 
 
 async def untouched(redis: Redis, before: dict[str, str]) -> None:
-    assert {key: await redis.type(key) async for key in redis.scan_iter()} == before
+    assert await keys_and_types(redis) == before
     assert await redis.xlen(K.PLAN_STREAM) == 1
 
 
