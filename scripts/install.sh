@@ -107,6 +107,9 @@ DEPLOY_DIR=$PROJECT_DIR/deploy
 UNIT_SRC=$DEPLOY_DIR/systemd/$SERVICE.service
 ENV_SRC=$DEPLOY_DIR/env/apply-layer.env
 DOC_SRC=$PROJECT_DIR/docs/DEPLOY.md
+# The operator's kit: the alerts' runbook_url points at this copy of OPERATIONS.md.
+KIT_SRC=("$PROJECT_DIR/docs/OPERATIONS.md" "$DEPLOY_DIR/prometheus/apply-layer.rules.yml"
+  "$DEPLOY_DIR/grafana/apply-layer.json")
 for f in "$UNIT_SRC" "$ENV_SRC"; do
   [[ -f $f ]] || die "$f is missing: run this script from a complete checkout or sdist"
 done
@@ -206,6 +209,9 @@ build_release() {
   mkdir -p "$RELEASE/share/$SERVICE"
   install -m 0644 "$UNIT_SRC" "$ENV_SRC" "$RELEASE/share/$SERVICE/"
   [[ -f $DOC_SRC ]] && install -m 0644 "$DOC_SRC" "$RELEASE/share/$SERVICE/"
+  for kit in "${KIT_SRC[@]}"; do
+    if [[ -f $kit ]]; then install -m 0644 "$kit" "$RELEASE/share/$SERVICE/"; fi
+  done
   {
     echo "version=$VERSION"
     echo "source=$SOURCE"

@@ -573,3 +573,53 @@ async def test_key_secret_and_signatures_never_leak(make: Make, fake: FakeBinanc
     assert len(signatures) > 10
     for secret in (API_KEY, API_SECRET, "wrong-secret-", "bad-key-", *signatures):
         assert secret not in blob
+
+
+def _exported(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("fault", "resolution"),
+    [
+        pytest.param(timeout_1007(place=True), "found", id="found"),
+        pytest.param(dropped(place=False), "absent", id="absent"),
+    ],
+)
+async def test_unknown_fates_are_counted_by_resolution(
+    ex: BinanceExecutor, fake: FakeBinance, fault: Fault, resolution: str
+) -> None:
+    before = _exported("apply_exchange_unknown_fate_total", resolution=resolution)
+    fake.inject("POST", ORDER, fault)
+    assert (await ex.execute(request(), MemoryLog())).executed
+    after = _exported("apply_exchange_unknown_fate_total", resolution=resolution)
+    assert after - before == 1
+
+
+async def test_an_unresolved_fate_and_its_failed_lookups_are_counted(
+    ex: BinanceExecutor, fake: FakeBinance
+) -> None:
+    unresolved = _exported("apply_exchange_unknown_fate_total", resolution="unresolved")
+    errors = _exported("apply_exchange_lookup_errors_total")
+    fake.inject("POST", ORDER, dropped(place=False))
+    fake.inject("GET", ORDER, *[unknown_503(place=False) for _ in range(10)])
+    assert (await ex.execute(request(), MemoryLog())).error == "order_unknown"
+    assert _exported("apply_exchange_unknown_fate_total", resolution="unresolved") == unresolved + 1
+    assert _exported("apply_exchange_lookup_errors_total") - errors == POLICY.max_lookup_errors + 1
+
+
+async def test_rate_limits_and_rejections_are_counted(
+    ex: BinanceExecutor, fake: FakeBinance
+) -> None:
+    limited = _exported("apply_exchange_rate_limited_total", http_status="429")
+    banned = _exported("apply_exchange_rate_limited_total", http_status="418")
+    refused = _exported("apply_exchange_rejections_total")
+    fake.inject("POST", ORDER, rate_limited(0), rate_limited(120, status=418))
+    assert (await ex.execute(request("rl"), MemoryLog())).error == "rate_limited:418"
+    fake.inject("POST", ORDER, rejected(-2022, "ReduceOnly Order is rejected."))
+    assert (await ex.execute(request("rj"), MemoryLog())).error == "exchange_rejected:-2022"
+    assert _exported("apply_exchange_rate_limited_total", http_status="429") == limited + 1
+    assert _exported("apply_exchange_rate_limited_total", http_status="418") == banned + 1
+    assert _exported("apply_exchange_rejections_total") == refused + 1

@@ -403,6 +403,10 @@ def test_install_builds_a_release_venv_and_links_it(built_root: Path) -> None:
     shared = release / "share" / "quantum-apply-layer"
     assert (shared / UNIT.name).read_text() == UNIT.read_text()
     assert (shared / ENV_TEMPLATE.name).read_text() == ENV_TEMPLATE.read_text()
+    # The operator's kit, where the alerts' runbook_url points.
+    for kit in ("docs/OPERATIONS.md", "deploy/prometheus/apply-layer.rules.yml"):
+        assert (shared / Path(kit).name).read_text() == (REPO / kit).read_text()
+    assert (shared / "apply-layer.json").is_file()
     output = (built_root / "install-output.txt").read_text()
     assert "not creating user quantum-apply" in output
 

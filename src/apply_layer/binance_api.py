@@ -37,6 +37,7 @@ from urllib.parse import urlencode
 import httpx
 from pydantic import SecretStr
 
+from apply_layer import metrics
 from apply_layer.binance_model import (
     INVALID_TIMESTAMP,
     NO_SUCH_ORDER,
@@ -182,12 +183,32 @@ class BinanceClient:
         self, *, symbol: str, side: str, quantity: Decimal, client_order_id: str, sent_at_ms: int
     ) -> OrderInfo:
         """One reduce-only MARKET order, stamped ``sent_at_ms`` (never retried here)."""
+        return await self._market_order(symbol, side, quantity, client_order_id, sent_at_ms, True)
+
+    async def place_market_open(
+        self, *, symbol: str, side: str, quantity: Decimal, client_order_id: str
+    ) -> OrderInfo:
+        """A MARKET order that may open a position. Only ``apply-layer smoke --open`` sends
+        one, on the testnet; the daemon closes only (``place_market_close``)."""
+        return await self._market_order(
+            symbol, side, quantity, client_order_id, self.local_ms(), False
+        )
+
+    async def _market_order(
+        self,
+        symbol: str,
+        side: str,
+        quantity: Decimal,
+        client_order_id: str,
+        sent_at_ms: int,
+        reduce_only: bool,
+    ) -> OrderInfo:
         params = [
             ("symbol", symbol),
             ("side", side),
             ("type", "MARKET"),
             ("quantity", format_qty(quantity)),
-            ("reduceOnly", "true"),
+            *([("reduceOnly", "true")] if reduce_only else []),
             ("newClientOrderId", client_order_id),
             ("newOrderRespType", "RESULT"),
         ]
@@ -281,6 +302,7 @@ class BinanceClient:
         else:
             msg = self._scrub(response.text.strip())
         if status in (418, 429):
+            metrics.EXCHANGE_RATE_LIMITED.labels(str(status)).inc()
             retry_after = _retry_after(response.headers.get("Retry-After"))
             raise RateLimited(status, retry_after, msg)
         if code in UNKNOWN_STATUS_CODES:

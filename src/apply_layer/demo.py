@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from apply_layer import keys as K
 from apply_layer import stats
-from apply_layer.embedded_redis import EmbeddedRedis, RedisUnavailable
+from apply_layer.embedded_redis import private_redis
 from apply_layer.errors import CommandError
 from apply_layer.executors.paper import PaperExecutor
 from apply_layer.logs import setup_logging
@@ -53,6 +53,43 @@ class Scenario:
     deny_ratio: float = 0.08
     block_ratio: float = 0.04  # the governor blocks the plan
     seed: int | None = None
+
+
+def plan_fields(
+    plan_id: str, symbol: str, step: dict[str, Any], *, action: str, source: str
+) -> dict[str, str]:
+    """An EXECUTE plan as the exit brain publishes it, with one close step."""
+    return {
+        "plan_id": plan_id,
+        "symbol": symbol,
+        "decision": "EXECUTE",
+        "action": action,
+        "steps": json.dumps([step]),
+        "timestamp": f"{time.time():.3f}",
+        "source": source,
+    }
+
+
+def governor_permit(symbol: str) -> str:
+    """The governor's grant, as it writes it to ``quantum:permit:{plan_id}``."""
+    return json.dumps(
+        {"granted": True, "symbol": symbol, "decision": "EXECUTE", "created_at": time.time()}
+    )
+
+
+def p33_permit(symbol: str, safe_qty: Decimal, position: Decimal) -> str:
+    """P3.3's allow with the quantity it found safe and the position it read."""
+    return json.dumps(
+        {
+            "allow": True,
+            "symbol": symbol,
+            "safe_qty": float(safe_qty),
+            "exchange_position_amt": float(position),
+            "ledger_amt": float(position),
+            "created_at": time.time(),
+            "reason": "sanity_checks_passed",
+        }
+    )
 
 
 class Upstreams:
@@ -87,15 +124,7 @@ class Upstreams:
     async def _one_plan(self, plan_id: str, symbol: str) -> None:
         await self.redis.xadd(
             K.PLAN_STREAM,
-            {
-                "plan_id": plan_id,
-                "symbol": symbol,
-                "decision": "EXECUTE",
-                "action": "PARTIAL_50",
-                "steps": json.dumps([STEP]),
-                "timestamp": f"{time.time():.3f}",
-                "source": "demo_exit_brain",
-            },
+            plan_fields(plan_id, symbol, STEP, action="PARTIAL_50", source="demo_exit_brain"),  # type: ignore[arg-type]
             maxlen=K.STREAM_MAXLEN,
             approximate=True,
         )
@@ -107,13 +136,7 @@ class Upstreams:
             marker = {"reason": "exposure_limit", "ts": time.time()}
             await self.redis.set(K.governor_block(plan_id), json.dumps(marker), ex=60)
             return
-        permit = {
-            "granted": True,
-            "symbol": symbol,
-            "decision": "EXECUTE",
-            "created_at": time.time(),
-        }
-        await self.redis.set(K.ISSUERS["governor"].key(plan_id), json.dumps(permit), ex=60)
+        await self.redis.set(K.ISSUERS["governor"].key(plan_id), governor_permit(symbol), ex=60)
 
     async def _p33(self, plan_id: str, symbol: str) -> None:
         roll = self.rng.random()
@@ -132,16 +155,7 @@ class Upstreams:
             await self.redis.set(key, json.dumps(deny), ex=60)
             return
         position = self._position(symbol)
-        permit = {
-            "allow": True,
-            "symbol": symbol,
-            "safe_qty": float(position * Decimal("0.6")),
-            "exchange_position_amt": float(position),
-            "ledger_amt": float(position),
-            "created_at": time.time(),
-            "reason": "sanity_checks_passed",
-        }
-        await self.redis.set(key, json.dumps(permit), ex=60)
+        await self.redis.set(key, p33_permit(symbol, position * Decimal("0.6"), position), ex=60)
 
     def _position(self, symbol: str) -> Decimal:
         """What P3.3 reads from the exchange; the strategy reopens a position gone small."""
@@ -165,15 +179,16 @@ def _settings(url: str, embedded: bool, scenario: Scenario) -> Settings:
     )
 
 
-async def _guard_shared_redis(redis: Redis, url: str, force: bool) -> None:
+async def guard_shared_redis(redis: Redis, url: str, who: str, hint: str = "") -> None:
+    """Refuse a Redis whose plan or result stream exists: ``who`` would mix its plans in."""
     try:
         busy = [k for k in (K.PLAN_STREAM, K.RESULT_STREAM) if await redis.exists(k)]
     except (RedisError, OSError) as exc:
         raise CommandError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
-    if busy and not force:
+    if busy:
         raise CommandError(
-            f"this Redis already holds {', '.join(busy)}: the demo would mix its plans with "
-            "real ones. Use an empty database (e.g. redis://host:6379/15) or --force."
+            f"this Redis already holds {', '.join(busy)}: {who} would mix its plans with "
+            f"real ones. Use an empty database (e.g. redis://host:6379/15){hint}."
         )
 
 
@@ -202,7 +217,8 @@ async def run_demo(
         setup_logging("INFO", "console", log_stream)
         redis = create_redis(url, name="apply_layer:demo")
         try:
-            await _guard_shared_redis(redis, url, force)
+            if not force:
+                await guard_shared_redis(redis, url, "the demo", " or --force")
             exchange = PaperExecutor()
             service = ApplyService(settings, executor=exchange)
             runner = asyncio.create_task(service.run())
@@ -292,17 +308,10 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     if url:
         print(f"  Redis: {redact_url(url)} (configured)")
         return await run_demo(url, False, scenario, log_file, args.force)
-    try:
-        server = EmbeddedRedis(notify_keyspace_events="K$h")
-        server.start()
-    except RedisUnavailable as exc:
-        raise CommandError(f"no Redis configured and none could be started: {exc}") from None
-    try:
+    with private_redis() as server:
         where = f"127.0.0.1:{server.port}"
         print(f"  Redis: embedded {Path(server.binary).name} on {where} (removed after)")
         return await run_demo(server.url, True, scenario, log_file, args.force)
-    finally:
-        server.close()
 
 
 def register(sub: Any) -> None:

@@ -8,6 +8,7 @@ with SIGKILL) and started again on the same port and directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,7 +16,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from apply_layer.errors import CommandError
 
 
 class RedisUnavailable(RuntimeError):
@@ -143,3 +147,23 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[EmbeddedRedis]:
+    """A server of a command's own (``demo``, ``smoke``), keyspace notifications on; removed after.
+
+    No server that could be started is a :class:`CommandError` (exit status 1).
+    """
+    try:
+        server = EmbeddedRedis(notify_keyspace_events="K$h")
+    except RedisUnavailable as exc:
+        raise CommandError(f"no Redis configured and none could be started: {exc}") from None
+    try:
+        try:
+            server.start()
+        except RedisUnavailable as exc:
+            raise CommandError(f"no Redis configured and none could be started: {exc}") from None
+        yield server
+    finally:
+        server.close()

@@ -24,6 +24,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
+from apply_layer import metrics
 from apply_layer.batching import ScriptHost
 from apply_layer.keys import ISSUERS, Issuer
 from apply_layer.logs import get_logger, permit_block_line, permit_ok_line
@@ -112,6 +113,11 @@ class GateResult:
         if self.status == "TIMEOUT":
             return f"permit_timeout_or_missing:{self.reason}"
         return self.reason
+
+    @property
+    def reason_class(self) -> str:
+        """The reason without its free text, for metric labels: ``missing_p33``, ``kill_switch``."""
+        return self.reason.split(":", 1)[0] or "none"
 
     def log_line(self) -> str:
         if self.allowed:
@@ -251,6 +257,8 @@ class PermitGate:
             await self.redis.hset(
                 K.journal(plan_id), mapping={"state": "blocked", "gate_override": result.reason}
             )
+        if result.owner:  # a replayed decision was counted by its owner
+            metrics.GATE_DECISIONS.labels(symbol, result.status, result.reason_class).inc()
         self._log(result)
         return result
 

@@ -1,7 +1,11 @@
 """Prometheus metrics (served on ``APPLY_METRICS_PORT``; 0 turns the endpoint off).
 
 Labels are low-cardinality on purpose: a reason is its class
-(``p33_permit_denied``, not the permit's free text), never a plan id.
+(``p33_permit_denied``, not the permit's free text), never a plan id; a
+symbol label only ever carries an allowlisted symbol (the gate is reached by
+no other). The alert rules (deploy/prometheus/) and the dashboard
+(deploy/grafana/) name only the metrics defined here, and a test holds them
+to it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,15 @@ PERMIT_WAIT = Histogram(
     ["decision"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.2, 1.5, 2.5, 5.0),
 )
+PERMIT_DEADLINE = Gauge(
+    "apply_permit_wait_deadline_seconds", "The permit wait's deadline (APPLY_PERMIT_WAIT_MS)"
+)
+GATE_DECISIONS = Counter(
+    "apply_gate_decisions_total",
+    "The gate's decisions by symbol, status (ALLOW, DENY, GOV_BLOCK, KILL, TIMEOUT, MISMATCH) "
+    "and reason class (missing_p33, p33_permit_denied, ...)",
+    ["symbol", "status", "reason"],
+)
 ORDERS = Counter("apply_orders_total", "Order steps by status", ["status"])
 REDIS_ERRORS = Counter("apply_redis_errors_total", "Redis commands that failed")
 IN_FLIGHT = Gauge("apply_plans_in_flight", "Plans being processed now")
@@ -25,12 +38,51 @@ LAST_SUCCESS = Gauge(
     "apply_last_success_timestamp_seconds", "Time of the last executed order", ["symbol"]
 )
 REDIS_UP = Gauge("apply_redis_up", "1 while Redis answers, 0 during an outage")
+PENDING = Gauge(
+    "apply_pending_entries",
+    "Plan entries read by the consumer group and not yet acknowledged (all consumers)",
+)
+PENDING_OLDEST = Gauge(
+    "apply_pending_oldest_age_seconds",
+    "Age of the oldest unacknowledged plan entry (from its stream id; 0 when none)",
+)
+KEYSPACE_ACTIVE = Gauge(
+    "apply_keyspace_notifications_active",
+    "1 while keyspace notifications wake the permit wait, 0 while it only polls",
+    ["configured"],
+)
 SCRIPT_CALLS = Counter(
     "apply_redis_script_calls_total", "Hot-path script calls (claim, gate, lease, attempt, publish)"
 )
 SCRIPT_BATCHES = Counter(
     "apply_redis_script_batches_total", "Round trips those calls shared (one batch each)"
 )
+EXCHANGE_UNKNOWN_FATE = Counter(
+    "apply_exchange_unknown_fate_total",
+    "Order sends whose fate was unknown, by how the lookups ended: found (it exists), "
+    "absent (provably never executed), unresolved (still unknown: a person must look)",
+    ["resolution"],
+)
+EXCHANGE_LOOKUP_ERRORS = Counter(
+    "apply_exchange_lookup_errors_total", "Order lookups that got no usable answer"
+)
+EXCHANGE_RATE_LIMITED = Counter(
+    "apply_exchange_rate_limited_total",
+    "Exchange answers 429 (rate limit) and 418 (IP ban)",
+    ["http_status"],
+)
+# Unlabelled on purpose: a labelled series appears only at its first
+# increment, which ``increase()`` cannot see, and an alert must see the first
+# rejection. The code is in the log line (``binance_order_outcome``).
+EXCHANGE_REJECTIONS = Counter(
+    "apply_exchange_rejections_total",
+    "Orders the exchange refused (the Binance code is in the binance_order_outcome log line)",
+)
+# The same reason: every series an alert counts from exists at 0 from the start.
+for _resolution in ("found", "absent", "unresolved"):
+    EXCHANGE_UNKNOWN_FATE.labels(_resolution)
+for _status in ("429", "418"):
+    EXCHANGE_RATE_LIMITED.labels(_status)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> bool:  # noqa: S104 - scraped from outside

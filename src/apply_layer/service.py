@@ -115,7 +115,9 @@ class ApplyService:
         for name in unknown_env_vars():
             log.warning("unknown_setting", variable=name, hint="not read by apply-layer: a typo?")
         metrics_on = metrics.serve(self.settings.metrics_port)
+        metrics.PERMIT_DEADLINE.set(self.settings.permit_wait_ms / 1000)
         keyspace = await self._start_watcher()
+        metrics.REDIS_UP.set(1 if self._redis_up else 0)  # a failed read sets it to 0
         log.info(
             "apply_layer_started",
             version=__version__,
@@ -305,6 +307,9 @@ class ApplyService:
         if now < self._next_housekeeping:
             return
         self._next_housekeeping = now + self.settings.poll_sec
+        metrics.KEYSPACE_ACTIVE.labels(self.settings.keyspace_events).set(
+            1 if self.watcher.active else 0
+        )
         beat = {
             "ts": round(time.time(), 3),
             "consumer": self.settings.consumer_name,
@@ -314,10 +319,20 @@ class ApplyService:
         }
         ttl = max(15, int(self.settings.poll_sec * 3))
         await self.redis.set(K.HEARTBEAT_KEY, json.dumps(beat), ex=ttl)
+        await self._export_backlog()
         await self._claim_idle()
         if now >= self._next_forget:
             self._next_forget = now + FORGET_EVERY_SEC
             await self._forget_idle_consumers()
+
+    async def _export_backlog(self) -> None:
+        """The group's unacknowledged entries, for the pending-entries alerts (one XPENDING)."""
+        info: Any = await self.redis.xpending(K.PLAN_STREAM, self.settings.consumer_group)
+        metrics.PENDING.set(int(info["pending"]))
+        oldest = str(info.get("min") or "")
+        ms = oldest.partition("-")[0]
+        age = time.time() - int(ms) / 1000 if ms.isdigit() else 0.0
+        metrics.PENDING_OLDEST.set(max(0.0, age))
 
     async def _forget_idle_consumers(self) -> None:
         consumers: Any = await self.redis.xinfo_consumers(

@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from apply_layer import metrics
 from apply_layer.binance_api import BinanceClient
 from apply_layer.binance_model import (
     BinanceError,
@@ -84,6 +85,11 @@ class _Resolution:
     order: OrderInfo | None = None
     gone: bool = False  # provably never executed: window closed and still -2013
     detail: str = ""
+
+    @property
+    def name(self) -> str:
+        """For ``apply_exchange_unknown_fate_total{resolution}``."""
+        return "found" if self.order is not None else "absent" if self.gone else "unresolved"
 
 
 class _HedgeMode(BinanceError):
@@ -196,6 +202,7 @@ class BinanceExecutor:
             # A previous run sent (or was about to send) this order, then stopped.
             _log.warning("binance_resume", plan=order.plan_id, cid=cid, attempts=len(earlier))
             found = await self._resolve(order.symbol, cid, max(earlier))
+            metrics.EXCHANGE_UNKNOWN_FATE.labels(found.name).inc()
             if found.order is not None:
                 return self._report(order, found.order)
             if not found.gone:
@@ -252,6 +259,7 @@ class BinanceExecutor:
                     resyncs += 1  # rejected, so it never executed: resync and resend once
                     await self._resync()
                     continue
+                metrics.EXCHANGE_REJECTIONS.inc()
                 error = f"exchange_rejected:{exc.tag}"
                 return self._result(order, "REJECTED", error, exc.msg, side, qty)
             except RateLimited as exc:
@@ -274,6 +282,7 @@ class BinanceExecutor:
             except StatusUnknown as exc:
                 _log.warning("binance_order_status_unknown", cid=cid, reason=str(exc))
                 found = await self._resolve(order.symbol, cid, sent_at)
+                metrics.EXCHANGE_UNKNOWN_FATE.labels(found.name).inc()
                 if found.order is not None:
                     return self._report(order, found.order)
                 if not found.gone:
@@ -306,6 +315,7 @@ class BinanceExecutor:
                 wait = min(delay, (closes_at - started) / 1000 + 0.001)
             except BinanceError as exc:
                 errors += 1
+                metrics.EXCHANGE_LOOKUP_ERRORS.inc()
                 if errors > p.max_lookup_errors or (
                     isinstance(exc, RateLimited)
                     and (exc.retry_after_sec or 0) > p.max_retry_after_sec
@@ -339,6 +349,14 @@ class BinanceExecutor:
             await self.client.sync_time()
         except BinanceError as exc:
             _log.warning("binance_time_sync_failed", reason=str(exc))
+
+    async def position(self, symbol: str) -> Decimal:
+        """The account's signed position in ``symbol`` now (one-way mode only)."""
+        return await self._live_amt(symbol)
+
+    def rules(self, symbol: str) -> SymbolRules | None:
+        """The symbol's lot rules as last loaded (``start`` loads them)."""
+        return self._rules.get(symbol)
 
     async def _live_amt(self, symbol: str) -> Decimal:
         rows = await self.client.position_rows(symbol)
