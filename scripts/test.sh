@@ -16,4 +16,6 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/pytest "$@"
+# Branch coverage, the daemons the tests start included (pyproject's
+# [tool.coverage]); the run fails under COVERAGE_FLOOR percent.
+.venv/bin/pytest --cov --cov-report=term --cov-fail-under="${COVERAGE_FLOOR:-0}" "$@"

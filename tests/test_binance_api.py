@@ -190,6 +190,13 @@ def test_stricter_refuses_steps_that_do_not_nest() -> None:
         (Fault(status=502, body="<html>Bad Gateway</html>"), StatusUnknown),
         (Fault(status=503, body={"code": -1008, "msg": "Service Unavailable."}), NotProcessed),
         (rate_limited(2), RateLimited),
+        (rate_limited(2, status=418), RateLimited),
+        # The code alone decides, whatever the HTTP status says.
+        (Fault(status=400, body={"code": -1006, "msg": "Unexpected response"}), StatusUnknown),
+        (Fault(status=400, body={"code": -1007, "msg": "Timeout waiting"}), StatusUnknown),
+        (Fault(status=400, body={"code": -1001, "msg": "Internal error"}), NotProcessed),
+        (Fault(status=400, body={"code": -1008, "msg": "Overloaded"}), NotProcessed),
+        (Fault(status=408, body={"code": -1000, "msg": "?"}), StatusUnknown),
         (rejected(-2022, "ReduceOnly Order is rejected."), ExchangeRejected),
         (Fault(status=403, body="WAF"), ExchangeRejected),
     ],
@@ -203,7 +210,7 @@ async def test_each_answer_is_classified(
         await place(client, "0.001")
     assert type(info.value) is expected
     if isinstance(info.value, RateLimited):
-        assert info.value.retry_after_sec == 2.0 and info.value.http_status == 429
+        assert info.value.retry_after_sec == 2.0 and info.value.http_status in (418, 429)
     if isinstance(info.value, ExchangeRejected) and info.value.http_status == 403:
         assert info.value.tag == "http_403"
 

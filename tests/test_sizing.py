@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apply_layer.sizing import LotFilter, size_close
+from apply_layer.sizing import LotFilter, Sizing, close_side, size_close
 
 BTC = LotFilter(step_size=Decimal("0.001"), min_qty=Decimal("0.001"), max_qty=Decimal("120"))
 D = Decimal
@@ -85,3 +87,117 @@ def test_never_more_than_safe_qty_or_pct_and_always_on_the_step(
         assert s.qty >= lot.min_qty and s.side == ("BUY" if short else "SELL")
     else:
         assert s.error == "qty_below_min"
+
+
+# ---- every refusal, whole: no quantity, no side, a reason an operator can read -------------
+
+LOT = LotFilter(step_size=D("0.001"), min_qty=D("0.005"), max_qty=D("120"))  # min > step
+Z = D(0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"safe_qty": D(0)}, Sizing(Z, "", "invalid_safe_qty")),
+        ({"safe_qty": D("-0.01")}, Sizing(Z, "", "invalid_safe_qty")),
+        ({"safe_qty": D("NaN")}, Sizing(Z, "", "invalid_safe_qty")),
+        ({"safe_qty": D("Infinity")}, Sizing(Z, "", "invalid_safe_qty")),
+        ({"pct": D(0)}, Sizing(Z, "", "invalid_pct")),
+        ({"pct": D("-25")}, Sizing(Z, "", "invalid_pct")),
+        ({"pct": D("100.01")}, Sizing(Z, "", "invalid_pct")),
+        ({"reported_amt": None}, Sizing(Z, "", "no_position", "position size unknown")),
+        ({"reported_amt": D(0)}, Sizing(Z, "", "no_position", "position is flat")),
+        (
+            {"reported_amt": D(1), "live_amt": D(0)},
+            Sizing(Z, "", "no_position", "position is flat"),
+        ),
+        (
+            {"reported_amt": D(2), "live_amt": D(-2)},
+            Sizing(Z, "", "position_mismatch", "P3.3 saw 2, exchange has -2"),
+        ),
+        (
+            {"reported_amt": D(-2), "live_amt": D("0.5")},
+            Sizing(Z, "", "position_mismatch", "P3.3 saw -2, exchange has 0.5"),
+        ),
+        (
+            {"safe_qty": D("0.0049")},
+            Sizing(D("0.004"), "SELL", "qty_below_min", "0.0049 rounds to 0.004 < min 0.005"),
+        ),
+        (
+            {"safe_qty": D("0.0009"), "reported_amt": D(-3)},
+            Sizing(D("0.000"), "BUY", "qty_below_min", "0.0009 rounds to 0.000 < min 0.005"),
+        ),
+    ],
+)
+def test_each_refusal_exactly(kwargs: dict[str, Any], expected: Sizing) -> None:
+    args: dict[str, Any] = {"safe_qty": D(1), "pct": D(100), "reported_amt": D(2), "lot": LOT}
+    got = size_close(**(args | kwargs))
+    assert got == expected and not got.ok
+
+
+def test_exactly_the_minimum_is_sent() -> None:
+    s = size_close(safe_qty=D("0.005"), pct=D(100), reported_amt=D(2), lot=LOT)
+    assert s == Sizing(D("0.005"), "SELL") and s.ok
+
+
+def test_a_zero_minimum_still_refuses_a_zero_order() -> None:
+    lot = LotFilter(step_size=D("0.001"), min_qty=D(0))
+    s = size_close(safe_qty=D("0.0004"), pct=D(100), reported_amt=D(2), lot=lot)
+    assert (s.error, s.qty) == ("qty_below_min", D("0.000"))
+
+
+def test_a_pct_of_exactly_100_and_a_tiny_one() -> None:
+    assert size_close(safe_qty=D(9), pct=D(100), reported_amt=D(2), lot=LOT).qty == D(2)
+    small = size_close(safe_qty=D(9), pct=D("0.5"), reported_amt=D(2), lot=LOT)
+    assert small == Sizing(D("0.010"), "SELL")  # 0.5 % of 2: a pct below 1 is still a pct
+
+
+def test_the_live_position_is_used_even_when_p33_reported_none() -> None:
+    s = size_close(safe_qty=D(9), pct=D(50), reported_amt=None, live_amt=D(-4), lot=LOT)
+    assert s == Sizing(D("2.000"), "BUY")
+
+
+def test_the_smaller_position_bounds_whichever_reported_it() -> None:
+    s = size_close(safe_qty=D(9), pct=D(100), reported_amt=D("1.5"), live_amt=D(4), lot=LOT)
+    assert s == Sizing(D("1.500"), "SELL")
+    s = size_close(safe_qty=D(9), pct=D(100), reported_amt=D(-4), live_amt=D("-1.5"), lot=LOT)
+    assert s == Sizing(D("1.500"), "BUY")
+
+
+@pytest.mark.parametrize(
+    ("amt", "side"),
+    [(D("0.3"), "SELL"), (D(1), "SELL"), (D(7), "SELL"), (D("-0.3"), "BUY"), (D(-7), "BUY")],
+)
+def test_close_side_for_positions_of_every_size(amt: Decimal, side: str) -> None:
+    assert close_side(amt) == side
+    s = size_close(safe_qty=D("0.1"), pct=D(100), reported_amt=amt, live_amt=amt, lot=LOT)
+    assert s == Sizing(D("0.100"), side)
+
+
+@pytest.mark.parametrize(
+    ("step", "minimum"),
+    [(D(0), D("0.001")), (D("-0.001"), D("0.001")), (D("0.001"), D("-0.001"))],
+)
+def test_an_impossible_lot_filter_is_refused(step: Decimal, minimum: Decimal) -> None:
+    with pytest.raises(ValueError, match="bad lot filter"):
+        LotFilter(step_size=step, min_qty=minimum)
+
+
+def test_a_zero_minimum_lot_filter_is_allowed() -> None:
+    assert LotFilter(step_size=D("0.1"), min_qty=D(0)).min_qty == 0
+
+
+def test_round_down_keeps_the_step_exponent() -> None:
+    assert str(LOT.round_down(D("1.23456"))) == "1.234"
+    assert str(LotFilter(step_size=D(1), min_qty=D(1)).round_down(D("7.9"))) == "7"
+
+
+def test_sign_agreement_for_small_and_zero_positions() -> None:
+    flat_at_p33 = size_close(safe_qty=D(9), pct=D(100), reported_amt=D(0), live_amt=D(2), lot=LOT)
+    assert flat_at_p33 == Sizing(Z, "", "position_mismatch", "P3.3 saw 0, exchange has 2")
+    small = size_close(safe_qty=D(9), pct=D(100), reported_amt=D("0.5"), live_amt=D(2), lot=LOT)
+    assert small == Sizing(D("0.500"), "SELL")
+    small_short = size_close(
+        safe_qty=D(9), pct=D(100), reported_amt=D("-0.5"), live_amt=D(-2), lot=LOT
+    )
+    assert small_short == Sizing(D("0.500"), "BUY")
