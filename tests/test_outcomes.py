@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -72,21 +74,63 @@ def test_an_executed_result_carries_the_order_at_top_level() -> None:
     assert json.loads(result["steps_results"])[-1]["order_status"] == "FILLED"
 
 
+REFUSED = StepResult("CLOSE_FULL", "REJECTED", "qty_below_min", side="SELL", order_status="")
+
+
 @pytest.mark.parametrize(
-    ("outcome", "decision", "state"),
+    ("make", "expected", "decision", "state"),
     [
-        (blocked("kill_switch"), "BLOCKED", "blocked"),
-        (blocked("permit_timeout_or_missing:missing_p33", 1200), "BLOCKED", "blocked"),
-        (skipped("not_execute:SKIP"), "SKIP", "skipped"),
-        (skipped("stale_plan"), "SKIP", "skipped"),
-        (Outcome("SKIPPED", "dry_run", True), "SKIP", "skipped"),
-        (rejected("invalid_plan:no_close_step"), "ERROR", "rejected"),
-        (Outcome("FAILED", "exchange_unavailable", True), "ERROR", "failed"),
+        (
+            lambda: blocked("kill_switch"),
+            ("BLOCKED", "kill_switch", False, 0),
+            "BLOCKED",
+            "blocked",
+        ),
+        (
+            lambda: blocked("permit_timeout_or_missing:missing_p33", 1200),
+            ("BLOCKED", "permit_timeout_or_missing:missing_p33", False, 1200),
+            "BLOCKED",
+            "blocked",
+        ),
+        (
+            lambda: skipped("not_execute:SKIP"),
+            ("SKIPPED", "not_execute:SKIP", False, 0),
+            "SKIP",
+            "skipped",
+        ),
+        (lambda: skipped("stale_plan"), ("SKIPPED", "stale_plan", False, 0), "SKIP", "skipped"),
+        (
+            lambda: Outcome("SKIPPED", "dry_run", True),
+            ("SKIPPED", "dry_run", True, 0),
+            "SKIP",
+            "skipped",
+        ),
+        (
+            lambda: rejected("invalid_plan:no_close_step"),
+            ("REJECTED", "invalid_plan:no_close_step", False, 0),
+            "ERROR",
+            "rejected",
+        ),
+        (
+            lambda: Outcome("REJECTED", "qty_below_min", True, 4, (REFUSED,)),
+            ("REJECTED", "qty_below_min", True, 4),
+            "ERROR",
+            "rejected",
+        ),
+        (
+            lambda: Outcome("FAILED", "exchange_unavailable", True),
+            ("FAILED", "exchange_unavailable", True, 0),
+            "ERROR",
+            "failed",
+        ),
     ],
 )
 def test_a_result_that_did_not_execute_says_what_happened(
-    outcome: Outcome, decision: str, state: str
+    make: Any, expected: tuple[str, str, bool, int], decision: str, state: str
 ) -> None:
+    outcome: Outcome = make()  # built inside the test, so that mutation testing sees it
+    assert (outcome.status, outcome.error, outcome.would_execute, outcome.wait_ms) == expected
+    assert not outcome.executed
     result = fields(outcome)
     check_result_schema(result)
     assert (result["decision"], result["plan_decision"], result["executed"]) == (
@@ -95,9 +139,19 @@ def test_a_result_that_did_not_execute_says_what_happened(
         "False",
     )
     assert result["error"] == outcome.error and outcome.state == state
+    assert result["wait_ms"] == str(outcome.wait_ms) and result["status"] == outcome.status
     assert result["would_execute"] == ("True" if outcome.would_execute else "False")
     for name in ("side", "qty", "order_id", "filled_qty", "order_status", "action", "close_pct"):
         assert name not in result
+
+
+def test_the_timestamp_is_now_unless_given() -> None:
+    before = time.time()
+    result = result_fields(
+        plan_id="p", symbol="BTCUSDT", plan_decision="EXECUTE", outcome=blocked("x"), mode="paper"
+    )
+    assert before - 1 <= float(result["timestamp"]) <= time.time() + 1
+    assert abs(int(result["ts"]) - before) <= 2
 
 
 def test_an_outcome_that_did_not_execute_must_say_why() -> None:

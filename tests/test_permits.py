@@ -17,6 +17,7 @@ from apply_layer.gate import GATE_SCRIPT, GateConfig
 from apply_layer.keys import ISSUERS
 from apply_layer.permits import (
     DENY_CATEGORIES,
+    PermitVerdict,
     evaluate_permit,
     governor_block_reason,
     is_kill_value,
@@ -228,3 +229,149 @@ def test_lua_and_python_agree_on_arbitrary_text(sync_client: Any, raw: str) -> N
     # except that the script may allow text that Python rejects: the gate then
     # fails closed (MISMATCH), which test_gate covers.
     assert lua[0] == ours.verdict or (lua[0] == "allow" and ours.verdict == "deny")
+
+
+# ---- whole verdicts: every field, so that nothing is lost on the way to sizing ------------
+
+D = Decimal
+
+
+@pytest.mark.parametrize(
+    ("issuer", "kind", "raw", "expected"),
+    [
+        (P33, "none", None, PermitVerdict("p33", "none", "missing")),
+        (P33, "string", None, PermitVerdict("p33", "none", "missing")),
+        (GOV, "none", "ignored", PermitVerdict("governor", "none", "missing")),
+        (GOV, "list", "", PermitVerdict("governor", "list", "deny", "wrong_type")),
+        (GOV, "zset", "x", PermitVerdict("governor", "zset", "deny", "wrong_type")),
+        (P33, "string", "{oops", PermitVerdict("p33", "string", "deny", "malformed")),
+        (P33, "hash", "{oops", PermitVerdict("p33", "hash", "deny", "malformed")),
+        (P33, "hash", "[1]", PermitVerdict("p33", "hash", "deny", "malformed")),
+        (
+            P33,
+            "hash",
+            '{"allow": "true", "safe_qty": "0.5", "symbol": "BTCUSDT"}',
+            PermitVerdict(
+                "p33",
+                "hash",
+                "allow",
+                safe_qty=D("0.5"),
+                fields={"allow": "true", "safe_qty": "0.5", "symbol": "BTCUSDT"},
+            ),
+        ),
+        (
+            P33,
+            "string",
+            '{"allow": true, "safe_qty": 0.004, "exchange_position_amt": -0.012}',
+            PermitVerdict(
+                "p33",
+                "string",
+                "allow",
+                safe_qty=D("0.004"),
+                fields={
+                    "allow": True,
+                    "safe_qty": D("0.004"),
+                    "exchange_position_amt": D("-0.012"),
+                },
+            ),
+        ),
+        (
+            P33,
+            "string",
+            '{"allow": false, "context": {"a": 1}}',
+            PermitVerdict(
+                "p33",
+                "string",
+                "deny",
+                "denied",
+                "",
+                fields={"allow": False, "context": {"a": D(1)}},
+            ),
+        ),
+        (
+            P33,
+            "string",
+            '{"allow": false, "reason": 42}',
+            PermitVerdict(
+                "p33", "string", "deny", "denied", "", fields={"allow": False, "reason": D(42)}
+            ),
+        ),
+        (
+            GOV,
+            "string",
+            '{"granted": true, "symbol": "ETHUSDT"}',
+            PermitVerdict(
+                "governor",
+                "string",
+                "deny",
+                "symbol_mismatch",
+                fields={"granted": True, "symbol": "ETHUSDT"},
+            ),
+        ),
+        (P26, "string", "1", PermitVerdict("p26", "string", "allow", fields={"allow": True})),
+        (
+            P26,
+            "string",
+            "2",
+            PermitVerdict("p26", "string", "deny", "denied", "", fields={"allow": False}),
+        ),
+        (P26, "string", '"1"', PermitVerdict("p26", "string", "deny", "malformed")),
+    ],
+)
+def test_whole_verdicts(issuer: Any, kind: str, raw: str | None, expected: PermitVerdict) -> None:
+    got = evaluate_permit(issuer, kind, raw, "BTCUSDT")
+    assert got == expected
+    assert got.reason == (expected.detail or expected.category)
+
+
+def test_an_allow_keeps_p33s_position_for_sizing() -> None:
+    raw = json.dumps({"allow": True, "safe_qty": "0.01", "exchange_position_amt": -0.02})
+    verdict = evaluate_permit(P33, "string", raw, "BTCUSDT")
+    assert verdict.fields["exchange_position_amt"] == D("-0.02")
+
+
+@pytest.mark.parametrize(
+    ("raw", "qty"),
+    [
+        ('{"allow": true, "safe_qty": 1, "x": NaN}', D(1)),  # cjson reads NaN; so must we
+        ('{"allow": true, "safe_qty": 1, "x": Infinity}', D(1)),
+        ('{"allow": true, "safe_qty": 1, "x": -Infinity}', D(1)),
+    ],
+)
+def test_json_constants_elsewhere_do_not_deny(raw: str, qty: Decimal) -> None:
+    verdict = evaluate_permit(P33, "string", raw, "BTCUSDT")
+    assert (verdict.verdict, verdict.safe_qty) == ("allow", qty)
+    assert str(verdict.fields["x"]).lstrip("-") in ("NaN", "Infinity")
+
+
+@pytest.mark.parametrize(
+    ("value", "qty"),
+    [
+        ("0.5", D("0.5")),
+        ("12", D(12)),
+        ("1e-3", D("0.001")),
+        (D("0.25"), D("0.25")),
+        (3, D(3)),
+        (True, None),
+        (None, None),
+        ("-1", None),
+        ("0", None),
+        ("abc", None),
+        ("", None),
+        (D("NaN"), None),
+        (D("Infinity"), None),
+        (2.5, None),  # a float never reaches here: JSON numbers are read as Decimal
+        ([], None),
+    ],
+)
+def test_parse_qty(value: Any, qty: Decimal | None) -> None:
+    assert parse_qty(value) == qty
+
+
+def test_governor_block_reasons() -> None:
+    assert governor_block_reason(None) == "unspecified"
+    assert governor_block_reason("") == "unspecified"
+    assert governor_block_reason('{"reason": "exposure cap"}') == "exposure_cap"
+    assert governor_block_reason('{"why": "x"}') == "unspecified"
+    assert governor_block_reason("[1, 2]") == "unspecified"
+    assert governor_block_reason("plain words") == "plain_words"
