@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apply_layer.plans import InvalidPlan, parse_plan
+from apply_layer.plans import MAX_ENTRY_BYTES, MAX_FIELD_BYTES, InvalidPlan, parse_plan
 
 STEP75 = {"step": "CLOSE_PARTIAL_75", "type": "market_reduce_only", "side": "close", "pct": 75.0}
 
@@ -258,3 +258,119 @@ def test_only_non_close_steps_are_rejected_even_with_a_close_action() -> None:
     with pytest.raises(InvalidPlan) as info:
         parse_plan(entry(steps=steps, action="FULL_CLOSE_PROPOSED"))
     assert info.value.detail == "no_close_step"
+
+
+# ---- what a rejection carries, and the exact edges of every bound -------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "detail", "plan_id", "symbol"),
+    [
+        ({"plan_id": None}, "missing_field:plan_id", "", ""),
+        ({"plan_id": "bad id"}, "bad_plan_id", "", ""),
+        ({"symbol": None}, "missing_field:symbol", "67e6da21fa9fe506", ""),
+        ({"symbol": "btc"}, "bad_symbol", "67e6da21fa9fe506", ""),
+        ({"decision": None}, "missing_field:decision", "67e6da21fa9fe506", "BTCUSDT"),
+        ({"decision": "MAYBE"}, "bad_decision", "67e6da21fa9fe506", "BTCUSDT"),
+        ({"timestamp": None}, "missing_field:timestamp", "67e6da21fa9fe506", "BTCUSDT"),
+        ({"timestamp": "soon"}, "bad_timestamp", "67e6da21fa9fe506", "BTCUSDT"),
+        ({"steps": "[1]"}, "bad_step:not_an_object", "67e6da21fa9fe506", "BTCUSDT"),
+    ],
+)
+def test_a_rejection_names_what_it_could_read(
+    overrides: dict[str, Any], detail: str, plan_id: str, symbol: str
+) -> None:
+    fields = entry()
+    for key, value in overrides.items():
+        if value is None:
+            fields.pop(key)
+        else:
+            fields[key] = value
+    with pytest.raises(InvalidPlan) as info:
+        parse_plan(fields)
+    assert (info.value.detail, info.value.plan_id, info.value.symbol) == (detail, plan_id, symbol)
+    assert str(info.value) == detail
+
+
+def test_field_and_entry_size_bounds_to_the_byte() -> None:
+    # One field (key + value) of exactly MAX_FIELD_BYTES is accepted; one byte more is not.
+    at_limit = entry(reason_codes="x" * (MAX_FIELD_BYTES - len("reason_codes")))
+    assert parse_plan(at_limit).extra["reason_codes"] == "x" * (MAX_FIELD_BYTES - 12)
+    over = entry(reason_codes="x" * (MAX_FIELD_BYTES - len("reason_codes") + 1))
+    with pytest.raises(InvalidPlan) as info:
+        parse_plan(over)
+    assert (info.value.detail, info.value.plan_id) == (
+        "oversized_field:reason_codes",
+        "67e6da21fa9fe506",
+    )
+    long_key = "k" * 40
+    with pytest.raises(InvalidPlan) as info:
+        parse_plan(entry(**{long_key: "v" * MAX_FIELD_BYTES}))
+    assert info.value.detail == "oversized_field:" + "k" * 32
+    # Many fields, each small, that add up past the entry's bound.
+    base = entry()
+    used = sum(len(k.encode()) + len(v.encode()) for k, v in base.items())
+    per = 8000
+    count, rest = divmod(MAX_ENTRY_BYTES - used, per)
+    fields = dict(base)
+    for i in range(count):
+        fields[f"f{i:03d}"] = "y" * (per - 4)
+    fields["last"] = "z" * (rest - 4)
+    assert sum(len(k) + len(v) for k, v in fields.items()) == MAX_ENTRY_BYTES
+    assert parse_plan(fields).plan_id == "67e6da21fa9fe506"  # exactly at the bound
+    fields["last"] += "z"
+    with pytest.raises(InvalidPlan) as info:
+        parse_plan(fields)
+    assert (info.value.detail, info.value.plan_id) == ("oversized_entry", "67e6da21fa9fe506")
+
+
+@pytest.mark.parametrize(
+    ("plan_id", "kept"),
+    [("67e6da21fa9fe506", "67e6da21fa9fe506"), ("x" * 64, "x" * 64), ("bad id", ""), ("", "")],
+)
+def test_an_oversized_entry_keeps_only_a_valid_plan_id(plan_id: str, kept: str) -> None:
+    with pytest.raises(InvalidPlan) as info:
+        parse_plan(entry(plan_id=plan_id, reason_codes="x" * 9000))
+    assert info.value.plan_id == kept
+
+
+def test_sixty_four_character_ids_and_sixteen_steps() -> None:
+    assert parse_plan(entry(plan_id="a" * 64)).plan_id == "a" * 64
+    steps = [STEP75] + [{"step": "UPDATE_SL"}] * 15
+    plan = parse_plan(entry(steps=json.dumps(steps)))
+    assert len(plan.steps) == 16 and len(plan.unsupported_steps) == 15
+
+
+@pytest.mark.parametrize("decision", ["BLOCKED", "ERROR", "SKIP"])
+def test_every_decision_parses(decision: str) -> None:
+    plan = parse_plan(entry(decision=decision))
+    assert (plan.decision, plan.steps) == (decision, ())  # steps are read for EXECUTE only
+
+
+def test_known_fields_are_not_extra_and_action_defaults_to_empty() -> None:
+    plan = parse_plan(entry(action=None))
+    assert plan.action == ""
+    assert set(plan.extra) == {"kill_score", "qty"}
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("0.5", 0.5),
+        ("100000000000", 1e11),  # exactly the threshold: still seconds
+        ("100000000000000", 1e11),  # the largest accepted, in ms
+    ],
+)
+def test_timestamp_edges(text: str, seconds: float) -> None:
+    assert parse_plan(entry(timestamp=text)).timestamp == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("name", "pct", "share"),
+    [("CLOSE_FULL", 33.3, "33.3"), ("CLOSE_FULL", 0.5, "0.5"), ("PARTIAL_50", 50, "50")],
+)
+def test_the_share_is_the_pct_as_written(name: str, pct: float, share: str) -> None:
+    plan = parse_plan(entry(steps=json.dumps([{"step": name, "pct": pct}])))
+    assert plan.close_step is not None
+    assert (plan.close_step.name, plan.close_step.pct) == (name, Decimal(share))
+    assert str(plan.close_step.pct) == share
