@@ -151,7 +151,7 @@ def test_an_order_answer_is_read_exactly() -> None:
     ],
 )
 def test_an_unreadable_order_answer_is_of_unknown_fate(answer: Any) -> None:
-    with pytest.raises(StatusUnknown, match="without the expected fields"):
+    with pytest.raises(StatusUnknown, match=r"^order answer without the expected fields$"):
         OrderInfo.from_json(answer)
 
 
@@ -241,7 +241,9 @@ def test_an_exchange_info_without_symbols_lists_none(data: Any) -> None:
 def test_stricter_of_none_and_of_steps_that_do_not_nest() -> None:
     with pytest.raises(BinanceError, match="BTCUSDT: no LOT_SIZE or MARKET_LOT_SIZE filter"):
         stricter("BTCUSDT", None, None)
-    with pytest.raises(BinanceError, match="do not nest"):
+    with pytest.raises(
+        BinanceError, match=r"^BTCUSDT: lot steps \['0.003', '0.002'\] do not nest$"
+    ):
         stricter(
             "BTCUSDT",
             LotFilter(Decimal("0.003"), Decimal(0)),
@@ -249,3 +251,16 @@ def test_stricter_of_none_and_of_steps_that_do_not_nest() -> None:
         )
     one = LotFilter(Decimal("0.01"), Decimal("0.05"), None)
     assert stricter("BTCUSDT", one, None) == one
+
+
+def test_a_symbol_without_filters_and_a_fractional_max() -> None:
+    info = {
+        "symbols": [
+            {"symbol": "NOFILTERSUSDT"},
+            _symbol("FRACUSDT", lot("0.001", "0.001", "0.5"), None),
+        ]
+    }
+    rules = parse_exchange_info(info)
+    assert list(rules) == ["FRACUSDT"]
+    assert rules["FRACUSDT"].symbol == "FRACUSDT"
+    assert rules["FRACUSDT"].lot == LotFilter(Decimal("0.001"), Decimal("0.001"), Decimal("0.5"))

@@ -374,3 +374,22 @@ def test_the_share_is_the_pct_as_written(name: str, pct: float, share: str) -> N
     assert plan.close_step is not None
     assert (plan.close_step.name, plan.close_step.pct) == (name, Decimal(share))
     assert str(plan.close_step.pct) == share
+
+
+def test_close_steps_keep_their_names() -> None:
+    for name in ("CLOSE_FULL", "CLOSE_PARTIAL_25", "PARTIAL_50"):
+        plan = parse_plan(entry(steps=json.dumps([{"step": name}])))
+        assert plan.close_step is not None and plan.close_step.name == name
+
+
+def test_an_oversized_entry_without_a_plan_id_names_none() -> None:
+    fields = entry(reason_codes="x" * 9000)
+    del fields["plan_id"]
+    with pytest.raises(InvalidPlan) as info:
+        parse_plan(fields)
+    assert (info.value.detail, info.value.plan_id) == ("oversized_field:reason_codes", "")
+
+
+def test_the_action_is_a_known_field_not_an_extra() -> None:
+    plan = parse_plan(entry(action="PARTIAL_75"))
+    assert plan.action == "PARTIAL_75" and "action" not in plan.extra and "steps" not in plan.extra

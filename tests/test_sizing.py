@@ -201,3 +201,8 @@ def test_sign_agreement_for_small_and_zero_positions() -> None:
         safe_qty=D(9), pct=D(100), reported_amt=D("-0.5"), live_amt=D(-2), lot=LOT
     )
     assert small_short == Sizing(D("0.500"), "BUY")
+
+
+def test_p33_flat_and_the_exchange_short_disagree() -> None:
+    s = size_close(safe_qty=D(9), pct=D(100), reported_amt=D(0), live_amt=D(-2), lot=LOT)
+    assert s == Sizing(Z, "", "position_mismatch", "P3.3 saw 0, exchange has -2")
