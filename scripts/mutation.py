@@ -381,14 +381,14 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
         "executors/base.py",
         '"CLOSE_PARTIAL_25": "25",',
         '"CLOSE_PARTIAL_25": "50",',
-        ("tests/test_binance_executor.py",),
+        ("tests/test_binance_limits.py", "tests/test_binance_executor.py"),
     ),
     HandMutant(
         "constants",
         "executors/base.py",
         "CLIENT_ORDER_ID_MAX = 36",
         "CLIENT_ORDER_ID_MAX = 37",
-        ("tests/test_binance_executor.py",),
+        ("tests/test_binance_limits.py", "tests/test_binance_executor.py"),
     ),
     HandMutant(
         "constants",

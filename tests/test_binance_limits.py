@@ -305,3 +305,11 @@ def test_every_client_order_id_is_valid_for_binance(plan: str, step: str) -> Non
     cid = client_order_id(plan, step)
     assert BINANCE_CID.fullmatch(cid), cid
     assert cid == client_order_id(plan, step)  # deterministic: a resend reuses it
+
+
+def test_the_readable_form_is_kept_up_to_exactly_36_characters() -> None:
+    fits = "a" * 31  # "al75-" + 31 = 36
+    assert client_order_id(fits, "CLOSE_PARTIAL_75") == "al75-" + fits
+    too_long = "a" * 32  # 37 readable characters: hashed instead
+    hashed = client_order_id(too_long, "CLOSE_PARTIAL_75")
+    assert len(hashed) <= 36 and too_long not in hashed and hashed.startswith("al75")

@@ -134,6 +134,9 @@ async def test_a_deny_does_not_wait_for_the_other_permit(redis: Redis) -> None:
     result = await wait_and_consume_permits(redis, "p5", SYM, GateConfig(wait_ms=3000))
     assert result.error == "p33_permit_denied:no_position"
     assert result.wait_ms < 1500
+    journal = await redis.hgetall(K.journal("p5"))
+    # The deny is consumed; the governor's permit was never there, so nothing of it is.
+    assert (journal["p.p33.consumed"], journal["p.governor.consumed"]) == ("1", "0")
 
 
 async def test_wrong_key_type_is_a_deny(redis: Redis) -> None:
@@ -384,3 +387,22 @@ def test_watch_patterns_do_not_overlap() -> None:
         "quantum:kill",
         "quantum:permit:*",  # covers the p33 and p26 keys: one event each, not two
     ]
+
+
+@pytest.mark.parametrize("raw", ["2", "0.5", "0", "-1"])
+async def test_a_bare_number_other_than_1_is_a_deny_in_the_script(redis: Redis, raw: str) -> None:
+    """Python re-checks the script, but the script alone must already say deny."""
+    config = GateConfig(issuers=(ISSUERS["governor"], ISSUERS["p33"], ISSUERS["p26"]), wait_ms=500)
+    await put(redis, GOV_KEY("pn"), GOV_OK)
+    await put(redis, P33_KEY("pn"), P33_OK)
+    await redis.set(ISSUERS["p26"].key("pn"), raw, ex=60)
+    result = await wait_and_consume_permits(redis, "pn", SYM, config)
+    assert (result.status, result.error) == ("DENY", "p26_permit_denied:denied")
+
+
+@pytest.mark.parametrize("qty", ["1e999", '"1e999"'])
+async def test_an_infinite_safe_qty_is_a_deny_in_the_script(redis: Redis, qty: str) -> None:
+    await put(redis, GOV_KEY("pi"), GOV_OK)
+    await redis.set(P33_KEY("pi"), '{"allow": true, "safe_qty": ' + qty + "}", ex=60)
+    result = await wait_and_consume_permits(redis, "pi", SYM, GateConfig(wait_ms=500))
+    assert (result.status, result.error) == ("DENY", "p33_permit_denied:invalid_qty")

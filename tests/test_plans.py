@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apply_layer.plans import MAX_ENTRY_BYTES, MAX_FIELD_BYTES, InvalidPlan, parse_plan
+from apply_layer.plans import InvalidPlan, parse_plan
 
 STEP75 = {"step": "CLOSE_PARTIAL_75", "type": "market_reduce_only", "side": "close", "pct": 75.0}
 
@@ -62,6 +62,8 @@ def test_unsupported_steps_are_reported_beside_the_close() -> None:
         ({"plan_id": "x" * 65}, "bad_plan_id"),
         ({"symbol": None}, "missing_field:symbol"),
         ({"symbol": "btcusdt"}, "bad_symbol"),
+        ({"symbol": "B"}, "bad_symbol"),
+        ({"symbol": "A" * 31}, "bad_symbol"),
         ({"decision": None}, "missing_field:decision"),
         ({"decision": "YOLO"}, "bad_decision"),
         ({"timestamp": None}, "missing_field:timestamp"),
@@ -293,10 +295,11 @@ def test_a_rejection_names_what_it_could_read(
 
 
 def test_field_and_entry_size_bounds_to_the_byte() -> None:
-    # One field (key + value) of exactly MAX_FIELD_BYTES is accepted; one byte more is not.
-    at_limit = entry(reason_codes="x" * (MAX_FIELD_BYTES - len("reason_codes")))
-    assert parse_plan(at_limit).extra["reason_codes"] == "x" * (MAX_FIELD_BYTES - 12)
-    over = entry(reason_codes="x" * (MAX_FIELD_BYTES - len("reason_codes") + 1))
+    """The documented bounds, as numbers: a changed constant must fail here."""
+    # One field (key + value) of exactly 8192 is accepted; one byte more is not.
+    at_limit = entry(reason_codes="x" * (8192 - len("reason_codes")))
+    assert parse_plan(at_limit).extra["reason_codes"] == "x" * (8192 - 12)
+    over = entry(reason_codes="x" * (8192 - len("reason_codes") + 1))
     with pytest.raises(InvalidPlan) as info:
         parse_plan(over)
     assert (info.value.detail, info.value.plan_id) == (
@@ -305,18 +308,18 @@ def test_field_and_entry_size_bounds_to_the_byte() -> None:
     )
     long_key = "k" * 40
     with pytest.raises(InvalidPlan) as info:
-        parse_plan(entry(**{long_key: "v" * MAX_FIELD_BYTES}))
+        parse_plan(entry(**{long_key: "v" * 8192}))
     assert info.value.detail == "oversized_field:" + "k" * 32
     # Many fields, each small, that add up past the entry's bound.
     base = entry()
     used = sum(len(k.encode()) + len(v.encode()) for k, v in base.items())
     per = 8000
-    count, rest = divmod(MAX_ENTRY_BYTES - used, per)
+    count, rest = divmod(65536 - used, per)
     fields = dict(base)
     for i in range(count):
         fields[f"f{i:03d}"] = "y" * (per - 4)
     fields["last"] = "z" * (rest - 4)
-    assert sum(len(k) + len(v) for k, v in fields.items()) == MAX_ENTRY_BYTES
+    assert sum(len(k) + len(v) for k, v in fields.items()) == 65536
     assert parse_plan(fields).plan_id == "67e6da21fa9fe506"  # exactly at the bound
     fields["last"] += "z"
     with pytest.raises(InvalidPlan) as info:
