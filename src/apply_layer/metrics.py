@@ -33,8 +33,13 @@ SCRIPT_BATCHES = Counter(
 )
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> bool:  # noqa: S104 - scraped from outside
-    """Start the endpoint unless ``port`` is 0; returns whether it was started."""
+def serve(port: int, addr: str = "127.0.0.1") -> bool:
+    """Start the endpoint on ``addr`` (``APPLY_METRICS_BIND``) unless ``port`` is 0.
+
+    Loopback by default: the endpoint has no authentication, and the plan
+    counts, outcomes and timings it shows are nobody else's business unless
+    the operator chooses to expose them. Returns whether it was started.
+    """
     if port == 0:
         return False
     start_http_server(port, addr=addr)

@@ -114,7 +114,7 @@ class ApplyService:
                 loop.add_signal_handler(sig, self.request_stop)
         for name in unknown_env_vars():
             log.warning("unknown_setting", variable=name, hint="not read by apply-layer: a typo?")
-        metrics_on = metrics.serve(self.settings.metrics_port)
+        metrics_on = metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
         keyspace = await self._start_watcher()
         log.info(
             "apply_layer_started",
@@ -125,6 +125,7 @@ class ApplyService:
             required=",".join(self.settings.required_permits),
             keyspace_events=keyspace,
             metrics_port=self.settings.metrics_port if metrics_on else "off",
+            metrics_bind=self.settings.metrics_bind if metrics_on else "off",
         )
         systemd.notify(f"READY=1\nSTATUS=mode={self.settings.mode}")
         watchdog = asyncio.create_task(self._watchdog())

@@ -9,6 +9,7 @@ exits with status 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from apply_layer.keys import ISSUERS
 from apply_layer.plans import SYMBOL_RE
+from apply_layer.redis_client import url_problem
 
 ENV_PREFIX = "APPLY_"
 
@@ -55,7 +57,8 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
     )
 
-    redis_url: str = "redis://localhost:6379/0"
+    # repr=False: the URL may hold the password; it never appears in a repr.
+    redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
     mode: Mode = "dry_run"
     allowlist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT"])
     poll_sec: float = Field(default=5.0, gt=0, le=60)
@@ -70,6 +73,7 @@ class Settings(BaseSettings):
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "console"
     metrics_port: int = Field(default=8043, ge=0, le=65535)
+    metrics_bind: str = "127.0.0.1"
     kill_switch: bool = False
     keyspace_events: KeyspaceEvents = "detect"
     max_in_flight: int = Field(default=64, ge=1, le=10_000)
@@ -102,8 +106,24 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        problem = url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("metrics_bind")
+    @classmethod
+    def _check_bind(cls, value: str) -> str:
+        value = value.strip()
+        if value == "localhost":
+            return value
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(
+                "must be an IP address of this host: 127.0.0.1, ::1, 0.0.0.0 (every IPv4 "
+                "address), :: (every address) or one interface's address"
+            ) from None
         return value
 
     @field_validator("binance_base_url")
@@ -142,12 +162,13 @@ class Settings(BaseSettings):
 
 
 def _field_env_name(loc: tuple[int | str, ...]) -> str:
+    """The variable the operator sets: ``APPLY_`` + the field, or the alias it came from."""
     if not loc:
         return "settings"
     name = str(loc[0])
-    if name.upper().startswith(ENV_PREFIX) or name.upper().startswith("BINANCE_"):
-        return name.upper()
-    return ENV_PREFIX + name.upper()
+    if name in Settings.model_fields:
+        return ENV_PREFIX + name.upper()
+    return name.upper()  # an alias such as BINANCE_TESTNET_API_KEY, already a variable name
 
 
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:
