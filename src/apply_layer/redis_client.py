@@ -17,6 +17,9 @@ Timeouts and retries are chosen on purpose:
 * No ``health_check_interval``: redis-py would check it before every command
   (6 % of the daemon's CPU in the benchmark's profile); a dead connection
   fails its command instead, and the retry above reconnects.
+* No ``CLIENT SETINFO``: redis-py would send it on every connect, Redis 7.0
+  does not know it, and a least-privilege ACL user (deploy/redis/) need not
+  be granted it; ``CLIENT SETNAME`` already names each connection.
 * A bounded, blocking pool: with many plans in flight, tasks wait their turn
   for one of ``MAX_CONNECTIONS`` connections instead of opening hundreds at
   once (a burst of connects timed out under load and read as an outage).
@@ -24,13 +27,19 @@ Timeouts and retries are chosen on purpose:
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, Connection, parse_url
+from redis.asyncio.connection import (
+    URL_QUERY_ARGUMENT_PARSERS,
+    AbstractConnection,
+    Connection,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -42,6 +51,12 @@ BLOCK_MARGIN_SEC = 3.0
 RETRIES = 3
 MAX_CONNECTIONS = 64
 POOL_WAIT_SEC = 10.0
+# redis-py >= 7 names the library with driver_info; older versions with lib_name/lib_version.
+_NO_SETINFO: dict[str, Any] = (
+    {"driver_info": None}
+    if "driver_info" in inspect.signature(AbstractConnection.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
 
 
 def create_redis(url: str, *, name: str = "apply_layer", block_sec: float = 0.0) -> Redis:
@@ -64,6 +79,7 @@ def create_redis(url: str, *, name: str = "apply_layer", block_sec: float = 0.0)
         retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         client_name=name[:64],
+        **_NO_SETINFO,
     )
     return Redis(connection_pool=pool)
 
