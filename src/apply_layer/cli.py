@@ -70,7 +70,7 @@ def _register_permits(sub: Any) -> None:
 
 def _registrations() -> list[Callable[[Any], None]]:
     """Each command module's ``register(subparsers)``; one line per command module."""
-    from apply_layer import dedupe_clear, demo, preflight, stats_cli
+    from apply_layer import dedupe_clear, demo, preflight, sign_permit, stats_cli
     from apply_layer.commands import register_run
 
     return [
@@ -80,6 +80,7 @@ def _registrations() -> list[Callable[[Any], None]]:
         _register_permits,
         stats_cli.register,
         dedupe_clear.register,
+        sign_permit.register,
     ]
 
 

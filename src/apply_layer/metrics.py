@@ -44,3 +44,10 @@ def serve(port: int, addr: str = "127.0.0.1") -> bool:
         return False
     start_http_server(port, addr=addr)
     return True
+
+
+PERMIT_SIGNATURES = Counter(
+    "apply_permit_signatures_total",
+    "Signatures of consumed permits checked (APPLY_PERMIT_SIGNING warn/require), by result",
+    ["issuer", "result"],  # result: ok, missing, malformed, unknown_kid, mismatch, expired
+)

@@ -12,11 +12,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from apply_layer import keys as K
+from apply_layer.errors import ConfigError
 from apply_layer.executors import ExecutorUnavailable, create_executor
 from apply_layer.executors.base import CheckLine
 from apply_layer.gate import GATE_SCRIPT, GateConfig
 from apply_layer.journal import ATTEMPT_SCRIPT, CLAIM_SCRIPT, PUBLISH_SCRIPT
 from apply_layer.notify import REQUIRED_CLASSES, covers
+from apply_layer.permit_signatures import SignaturePolicy
 from apply_layer.redis_acl import (
     ACL_FILE,
     ProbeRefused,
@@ -62,7 +64,17 @@ def settings_checks(settings: Settings) -> list[CheckLine]:
         lines.append(
             CheckLine("kill switch", True, "APPLY_KILL_SWITCH=true: every plan is blocked")
         )
+    lines.append(signing_check(settings))
     return lines
+
+
+def signing_check(settings: Settings) -> CheckLine:
+    """Signed permits: the modes and key ids `run` would use, or why it could not start."""
+    try:
+        policy = SignaturePolicy.from_settings(settings)
+    except ConfigError as exc:
+        return CheckLine("permit signing", False, str(exc))
+    return CheckLine("permit signing", True, policy.describe())
 
 
 async def permission_check(redis: Redis, settings: Settings, role: Role) -> CheckLine:

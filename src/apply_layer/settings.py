@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from apply_layer.keys import ISSUERS
 from apply_layer.plans import SYMBOL_RE
 from apply_layer.redis_client import url_problem
+from apply_layer.signing import Mode as SigningMode
+from apply_layer.signing import parse_modes
 
 ENV_PREFIX = "APPLY_"
 
@@ -90,6 +92,10 @@ class Settings(BaseSettings):
     )
     binance_recv_window_ms: int = Field(default=5000, ge=1, le=60_000)
     binance_http_timeout_sec: float = Field(default=10.0, gt=0, le=60)
+    # Signed permits (signing.py): off, warn or require, for all or per issuer.
+    permit_signing: str = "off"
+    # The issuers' keys; unset: systemd's credential $CREDENTIALS_DIRECTORY/permit-keys.
+    permit_keys_file: Path | None = None
     consumer_group: str = Field(default="apply_layer", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     consumer_name: str = Field(
         default_factory=_default_consumer_name, pattern=r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -132,6 +138,19 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("permit_signing")
+    @classmethod
+    def _check_signing(cls, value: str) -> str:
+        modes = parse_modes(value)
+        on = [f"{issuer}={mode}" for issuer, mode in modes.items() if mode != "off"]
+        return ",".join(on) or "off"
+
+    @property
+    def signing_modes(self) -> dict[str, SigningMode]:
+        """Each required issuer's signing mode (``off`` unless APPLY_PERMIT_SIGNING says)."""
+        modes = parse_modes(self.permit_signing)
+        return {name: modes[name] for name in self.required_permits}
 
     @field_validator("allowlist", mode="before")
     @classmethod
