@@ -290,3 +290,34 @@ def test_the_unit_offers_the_key_credential_but_starts_without_it() -> None:
     lines = unit.read_text().splitlines()
     assert f"#LoadCredential={CREDENTIAL_NAME}:/etc/quantum/permit-keys" in lines
     assert not [line for line in lines if line.startswith("LoadCredential")]
+
+
+def test_sign_permit_command_signs_and_explains_its_refusals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from apply_layer.cli import main
+
+    keys = tmp_path / "permit-keys"
+    keys.write_text(f"p33 p33-old {SECRET_HEX}\np33 p33-new {KEY_NEW.hex()}\n")
+    keys.chmod(0o600)
+    base = ["sign-permit", "--issuer", "p33", "--plan-id", "plan-1", "--keys-file", str(keys)]
+    assert main([*base, "--kid", "p33-old", json.dumps(P33)]) == 0
+    signed = json.loads(capsys.readouterr().out)
+    assert signed["kid"] == "p33-old"
+    assert verify_permit(
+        ISSUERS["p33"], "plan-1", "BTCUSDT", _stored(signed), RING, signed["sig_exp_ms"]
+    ).ok
+    for args, says in [
+        (["--kid", "p33-gone", json.dumps(P33)], "has no key p33-gone for p33"),
+        (["not json"], "the permit is not JSON"),
+        (["[1, 2]"], "must be a JSON object"),
+        ([json.dumps({"allow": True, "symbol": "BTCUSDT"})], "needs a finite safe_qty"),
+    ]:
+        assert main([*base, *args]) == 1
+        assert says in capsys.readouterr().err
+    assert main(["sign-permit", "--issuer", "p33", "--plan-id", "p", json.dumps(P33)]) == 1
+    assert "no key file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad_plan:
+        main(["sign-permit", "--issuer", "p33", "--plan-id", "bad id!", "{}"])
+    assert bad_plan.value.code == 2
+    assert SECRET_HEX not in capsys.readouterr().err
