@@ -107,6 +107,8 @@ DEPLOY_DIR=$PROJECT_DIR/deploy
 UNIT_SRC=$DEPLOY_DIR/systemd/$SERVICE.service
 ENV_SRC=$DEPLOY_DIR/env/apply-layer.env
 DOC_SRC=$PROJECT_DIR/docs/DEPLOY.md
+# Shipped beside the unit for the operator: the Redis ACL and the threat model.
+EXTRA_SRC=("$DEPLOY_DIR/redis/apply-layer.acl" "$PROJECT_DIR/docs/SECURITY.md")
 for f in "$UNIT_SRC" "$ENV_SRC"; do
   [[ -f $f ]] || die "$f is missing: run this script from a complete checkout or sdist"
 done
@@ -206,6 +208,9 @@ build_release() {
   mkdir -p "$RELEASE/share/$SERVICE"
   install -m 0644 "$UNIT_SRC" "$ENV_SRC" "$RELEASE/share/$SERVICE/"
   [[ -f $DOC_SRC ]] && install -m 0644 "$DOC_SRC" "$RELEASE/share/$SERVICE/"
+  for extra in "${EXTRA_SRC[@]}"; do
+    if [[ -f $extra ]]; then install -m 0644 "$extra" "$RELEASE/share/$SERVICE/"; fi
+  done
   {
     echo "version=$VERSION"
     echo "source=$SOURCE"

@@ -405,6 +405,9 @@ def test_install_builds_a_release_venv_and_links_it(built_root: Path) -> None:
     shared = release / "share" / "quantum-apply-layer"
     assert (shared / UNIT.name).read_text() == UNIT.read_text()
     assert (shared / ENV_TEMPLATE.name).read_text() == ENV_TEMPLATE.read_text()
+    acl = REPO / "deploy" / "redis" / "apply-layer.acl"
+    assert (shared / acl.name).read_text() == acl.read_text()
+    assert (shared / "SECURITY.md").exists()
     output = (built_root / "install-output.txt").read_text()
     assert "not creating user quantum-apply" in output
 
