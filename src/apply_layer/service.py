@@ -124,9 +124,9 @@ class ApplyService:
             group=self.settings.consumer_group,
             required=",".join(self.settings.required_permits),
             keyspace_events=keyspace,
-            permit_signing=self.processor.signatures.describe(),
             metrics_port=self.settings.metrics_port if metrics_on else "off",
             metrics_bind=self.settings.metrics_bind if metrics_on else "off",
+            permit_signing=self.processor.signatures.describe(),
         )
         systemd.notify(f"READY=1\nSTATUS=mode={self.settings.mode}")
         watchdog = asyncio.create_task(self._watchdog())
