@@ -107,9 +107,12 @@ DEPLOY_DIR=$PROJECT_DIR/deploy
 UNIT_SRC=$DEPLOY_DIR/systemd/$SERVICE.service
 ENV_SRC=$DEPLOY_DIR/env/apply-layer.env
 DOC_SRC=$PROJECT_DIR/docs/DEPLOY.md
-# The operator's kit: the alerts' runbook_url points at this copy of OPERATIONS.md.
+# Shipped beside the unit for the operator: the runbooks (the alerts' runbook_url
+# points at this copy of OPERATIONS.md), the rules, the dashboard, the Redis ACL
+# and the threat model.
 KIT_SRC=("$PROJECT_DIR/docs/OPERATIONS.md" "$DEPLOY_DIR/prometheus/apply-layer.rules.yml"
-  "$DEPLOY_DIR/grafana/apply-layer.json")
+  "$DEPLOY_DIR/grafana/apply-layer.json" "$DEPLOY_DIR/redis/apply-layer.acl"
+  "$PROJECT_DIR/docs/SECURITY.md")
 for f in "$UNIT_SRC" "$ENV_SRC"; do
   [[ -f $f ]] || die "$f is missing: run this script from a complete checkout or sdist"
 done

@@ -407,6 +407,9 @@ def test_install_builds_a_release_venv_and_links_it(built_root: Path) -> None:
     for kit in ("docs/OPERATIONS.md", "deploy/prometheus/apply-layer.rules.yml"):
         assert (shared / Path(kit).name).read_text() == (REPO / kit).read_text()
     assert (shared / "apply-layer.json").is_file()
+    acl = REPO / "deploy" / "redis" / "apply-layer.acl"
+    assert (shared / acl.name).read_text() == acl.read_text()
+    assert (shared / "SECURITY.md").exists()
     output = (built_root / "install-output.txt").read_text()
     assert "not creating user quantum-apply" in output
 

@@ -70,7 +70,7 @@ def _register_permits(sub: Any) -> None:
 
 def _registrations() -> list[Callable[[Any], None]]:
     """Each command module's ``register(subparsers)``; one line per command module."""
-    from apply_layer import dedupe_clear, demo, preflight, smoke, stats_cli
+    from apply_layer import dedupe_clear, demo, preflight, sign_permit, smoke, stats_cli
     from apply_layer.commands import register_run
 
     return [
@@ -81,6 +81,7 @@ def _registrations() -> list[Callable[[Any], None]]:
         stats_cli.register,
         dedupe_clear.register,
         smoke.register,
+        sign_permit.register,
     ]
 
 

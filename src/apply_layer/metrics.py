@@ -85,9 +85,21 @@ for _status in ("429", "418"):
     EXCHANGE_RATE_LIMITED.labels(_status)
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> bool:  # noqa: S104 - scraped from outside
-    """Start the endpoint unless ``port`` is 0; returns whether it was started."""
+def serve(port: int, addr: str = "127.0.0.1") -> bool:
+    """Start the endpoint on ``addr`` (``APPLY_METRICS_BIND``) unless ``port`` is 0.
+
+    Loopback by default: the endpoint has no authentication, and the plan
+    counts, outcomes and timings it shows are nobody else's business unless
+    the operator chooses to expose them. Returns whether it was started.
+    """
     if port == 0:
         return False
     start_http_server(port, addr=addr)
     return True
+
+
+PERMIT_SIGNATURES = Counter(
+    "apply_permit_signatures_total",
+    "Signatures of consumed permits checked (APPLY_PERMIT_SIGNING warn/require), by result",
+    ["issuer", "result"],  # result: ok, missing, malformed, unknown_kid, mismatch, expired
+)

@@ -9,6 +9,13 @@ millisecond instead of at the next poll tick.
 Notifications are a latency optimisation, never a correctness one: waiters
 keep polling every ``APPLY_PERMIT_STEP_MS``, so a lost message, a dropped
 pub/sub connection or a server with notifications off costs latency only.
+
+The watcher counts as subscribed only once Redis has confirmed every
+pattern: redis-py's ``psubscribe`` returns as soon as the command is sent,
+and an ACL that refuses a channel answers with an error afterwards. A
+refused or failed subscribe is logged once and retried with a doubling
+pause (up to a minute for a refusal, which an operator has to fix), never
+in a tight loop.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ import contextlib
 from collections.abc import Iterable, Iterator
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apply_layer.logs import get_logger
 from apply_layer.redis_client import redis_db
@@ -28,6 +37,12 @@ log = get_logger()
 # Event classes we need: K (keyspace channel), $ (string writes), h (hash writes).
 # Not g: DEL and EXPIRE events would double the traffic and never wake anyone.
 REQUIRED_CLASSES = "K$h"
+
+FIRST_BACKOFF_SEC = 0.1
+MAX_BACKOFF_SEC = 5.0  # the connection was lost: Redis is usually back within seconds
+MAX_REFUSED_BACKOFF_SEC = 60.0  # the server said no (ACL): it says no until someone fixes it
+SUBSCRIBE_TIMEOUT_SEC = 5.0
+START_WAIT_SEC = 2.0
 
 
 def covers(flags: str, needed: str = REQUIRED_CLASSES) -> bool:
@@ -53,7 +68,10 @@ class KeyspaceWatcher:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._tried = asyncio.Event()  # the first subscribe has been confirmed or has failed
         self.status = "off" if mode == "off" else "starting"
+        self.attempts = 0  # subscribe attempts so far (each one a new connection)
+        self.error = ""  # why the last attempt failed, "" once subscribed
 
     @property
     def active(self) -> bool:
@@ -66,10 +84,13 @@ class KeyspaceWatcher:
             self.status = "off (APPLY_KEYSPACE_EVENTS=off): polling only"
             return self.status
         flags = await self._server_flags()
+        note = ""
         if flags is None:
-            self.status = "unknown (CONFIG GET refused): polling only"
-            return self.status
-        if not covers(flags):
+            # A least-privilege ACL user has no CONFIG (deploy/redis/): whether the
+            # server publishes events is unknown, so subscribe anyway; if it does
+            # not, nothing arrives and the poll is the fallback, as always.
+            note = " (CONFIG GET refused: events arrive only if the server has K$h)"
+        elif not covers(flags):
             if self._mode != "enable":
                 self.status = (
                     f"off on the server (notify-keyspace-events={flags!r}): polling only; "
@@ -83,8 +104,13 @@ class KeyspaceWatcher:
                 return self.status
         self._task = asyncio.create_task(self._run(), name="keyspace-watcher")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), timeout=2.0)
-        self.status = "on" if self.active else "subscribing (polling meanwhile)"
+            await asyncio.wait_for(self._tried.wait(), timeout=START_WAIT_SEC)
+        if self.active:
+            self.status = "on" + note
+        elif self.error:
+            self.status = f"subscribe failed ({self.error}): polling, retrying with backoff"
+        else:
+            self.status = "subscribing (polling meanwhile)" + note
         return self.status
 
     async def _server_flags(self) -> str | None:
@@ -124,32 +150,79 @@ class KeyspaceWatcher:
             for event in events:
                 event.set()
 
+    def _dispatch(self, message: dict[str, object]) -> None:
+        if message.get("type") != "pmessage":
+            return
+        key = str(message["channel"]).removeprefix(self._prefix)
+        for event in self._waiters.get(key, ()):
+            event.set()
+
+    async def _subscribe(self, pubsub: PubSub, channels: list[str]) -> None:
+        """PSUBSCRIBE and wait for Redis to confirm every pattern (or refuse one)."""
+        await pubsub.psubscribe(*channels)
+        waiting = set(channels)
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SEC):
+                while waiting:
+                    message = await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_SEC)
+                    if message is None:
+                        continue
+                    if message.get("type") == "psubscribe":
+                        waiting.discard(str(message["channel"]))
+                    else:
+                        self._dispatch(message)
+        except TimeoutError:
+            raise RedisTimeoutError("no reply to PSUBSCRIBE in time") from None
+
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = FIRST_BACKOFF_SEC
+        failing = False  # logged once per run of failures, not once per retry
         channels = [self._prefix + p for p in self._patterns]
         while True:
             pubsub = self._redis.pubsub()
+            self.attempts += 1
             try:
-                await pubsub.psubscribe(*channels)
+                await self._subscribe(pubsub, channels)
+                # Confirmed by Redis: only now is the backoff reset.
                 self._subscribed.set()
+                self._tried.set()
+                self.error = ""
+                backoff = FIRST_BACKOFF_SEC
+                if failing:
+                    log.info("keyspace_watcher_subscribed", attempts=self.attempts)
+                    failing = False
                 self._wake_all()  # re-check anything written while we were away
-                backoff = 0.1
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is None:
-                        continue
-                    key = str(message["channel"]).removeprefix(self._prefix)
-                    for event in self._waiters.get(key, ()):
-                        event.set()
+                    if message is not None:
+                        self._dispatch(message)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                if self._subscribed.is_set():
-                    log.warning("keyspace_watcher_lost", error=str(exc))
+                refused = isinstance(exc, ResponseError)
+                self.error = str(exc) or type(exc).__name__
+                if not failing:
+                    failing = True
+                    self._log_failure(refused, lost=self._subscribed.is_set())
                 self._subscribed.clear()
+                self._tried.set()
                 self._wake_all()
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, MAX_REFUSED_BACKOFF_SEC if refused else MAX_BACKOFF_SEC)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _log_failure(self, refused: bool, *, lost: bool) -> None:
+        if refused:
+            log.warning(
+                "keyspace_watcher_refused",
+                error=self.error,
+                patterns=",".join(self._prefix + p for p in self._patterns),
+                hint="the Redis user needs these channels, listed literally "
+                "(deploy/redis/apply-layer.acl); polling meanwhile, retrying with backoff",
+            )
+        elif lost:
+            log.warning("keyspace_watcher_lost", error=self.error)
+        else:
+            log.warning("keyspace_watcher_failed", error=self.error)

@@ -12,12 +12,23 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from apply_layer import keys as K
+from apply_layer.errors import ConfigError
 from apply_layer.executors import ExecutorUnavailable, create_executor
 from apply_layer.executors.base import CheckLine
-from apply_layer.gate import GATE_SCRIPT
+from apply_layer.gate import GATE_SCRIPT, GateConfig
 from apply_layer.journal import ATTEMPT_SCRIPT, CLAIM_SCRIPT, PUBLISH_SCRIPT
 from apply_layer.notify import REQUIRED_CLASSES, covers
-from apply_layer.redis_client import create_redis
+from apply_layer.permit_signatures import SignaturePolicy
+from apply_layer.redis_acl import (
+    ACL_FILE,
+    ProbeRefused,
+    Role,
+    cli_probes,
+    daemon_probes,
+    missing_permissions,
+    whoami,
+)
+from apply_layer.redis_client import create_redis, redis_db
 from apply_layer.settings import Settings, unknown_env_vars
 
 DEFAULT_ENV_FILE = Path("/etc/quantum/apply-layer.env")
@@ -53,10 +64,48 @@ def settings_checks(settings: Settings) -> list[CheckLine]:
         lines.append(
             CheckLine("kill switch", True, "APPLY_KILL_SWITCH=true: every plan is blocked")
         )
+    lines.append(signing_check(settings))
     return lines
 
 
-async def redis_checks(redis: Redis, settings: Settings) -> list[CheckLine]:
+def signing_check(settings: Settings) -> CheckLine:
+    """Signed permits: the modes and key ids `run` would use, or why it could not start."""
+    try:
+        policy = SignaturePolicy.from_settings(settings)
+    except ConfigError as exc:
+        return CheckLine("permit signing", False, str(exc))
+    return CheckLine("permit signing", True, policy.describe())
+
+
+async def permission_check(redis: Redis, settings: Settings, role: Role) -> CheckLine:
+    """Which commands, keys and channels the user lacks for ``role`` (nothing is run)."""
+    config = GateConfig.from_settings(settings)
+    db = redis_db(redis)
+    if role == "daemon":
+        probes = daemon_probes(
+            config,
+            settings.consumer_group,
+            settings.consumer_name,
+            db=db,
+            keyspace=settings.keyspace_events != "off",
+        )
+    else:
+        probes = cli_probes(config, db=db)
+    user = await whoami(redis) or "?"
+    name = f"permissions ({role})"
+    try:
+        missing = await missing_permissions(redis, probes)
+    except ProbeRefused as exc:
+        return CheckLine(name, False, f"user {user}: {exc} ({ACL_FILE})")
+    if missing:
+        return CheckLine(name, False, f"user {user} lacks {' '.join(missing)} (see {ACL_FILE})")
+    detail = f"user {user}: every command, key and channel the {role} uses is allowed"
+    if user == "default":
+        detail += f"; the default user may do anything: {ACL_FILE} has least-privilege users"
+    return CheckLine(name, True, detail)
+
+
+async def redis_checks(redis: Redis, settings: Settings, role: Role = "daemon") -> list[CheckLine]:
     lines: list[CheckLine] = []
     started = time.perf_counter()
     try:
@@ -64,10 +113,22 @@ async def redis_checks(redis: Redis, settings: Settings) -> list[CheckLine]:
     except (RedisError, OSError) as exc:
         return [CheckLine("redis", False, f"unreachable: {exc}")]
     latency = (time.perf_counter() - started) * 1000
-    info: dict[str, Any] = await redis.info("server")
+    try:
+        info: dict[str, Any] = await redis.info("server")
+    except RedisError:  # a least-privilege user may not run INFO
+        info = {"redis_version": "? (INFO refused)"}
     lines.append(
         CheckLine("redis", True, f"version {info.get('redis_version', '?')}, ping {latency:.1f} ms")
     )
+    lines.append(await permission_check(redis, settings, role))
+    if role == "daemon":
+        lines.extend(await _script_checks(redis))
+    lines.extend(await _stream_checks(redis, settings))
+    return lines
+
+
+async def _script_checks(redis: Redis) -> list[CheckLine]:
+    lines = []
     for name, script in (
         ("gate", GATE_SCRIPT),
         ("claim", CLAIM_SCRIPT),
@@ -79,6 +140,11 @@ async def redis_checks(redis: Redis, settings: Settings) -> list[CheckLine]:
             lines.append(CheckLine("script", True, f"{name} loaded ({str(sha)[:12]})"))
         except RedisError as exc:
             lines.append(CheckLine("script", False, f"{name}: {exc}"))
+    return lines
+
+
+async def _stream_checks(redis: Redis, settings: Settings) -> list[CheckLine]:
+    lines = []
     try:
         groups = await redis.xinfo_groups(K.PLAN_STREAM)
     except RedisError:
@@ -121,7 +187,13 @@ async def _keyspace_check(redis: Redis, settings: Settings) -> CheckLine:
             (await redis.config_get("notify-keyspace-events")).get("notify-keyspace-events") or ""
         )
     except RedisError:
-        return CheckLine("keyspace events", True, "CONFIG GET refused: the gate polls")
+        return CheckLine(
+            "keyspace events",
+            True,
+            "unknown (CONFIG GET refused, as for the ACL user): `run` subscribes anyway; "
+            "events arrive only if the server has notify-keyspace-events K$h, else the "
+            f"gate polls every {settings.permit_step_ms} ms",
+        )
     if covers(flags):
         return CheckLine(
             "keyspace events",
@@ -163,7 +235,7 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         lines.append(env_file_check(env_file))
     redis = create_redis(settings.redis_url, name="apply_layer:check")
     try:
-        lines.extend(await redis_checks(redis, settings))
+        lines.extend(await redis_checks(redis, settings, args.role))
     finally:
         await redis.aclose()
     lines.extend(await executor_checks(settings))
@@ -177,4 +249,10 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     check = sub.add_parser("check", help="pre-flight: settings, Redis, scripts, exchange")
+    check.add_argument(
+        "--role",
+        choices=["daemon", "cli"],
+        default="daemon",
+        help="whose Redis permissions to check: the daemon's (default) or the operators' CLI",
+    )
     check.set_defaults(func=cmd_check)

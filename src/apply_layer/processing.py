@@ -30,6 +30,7 @@ from apply_layer.journal import Claim, Journal
 from apply_layer.lease import AlreadyFinal, KillSwitchOn, Lease, SymbolLeases
 from apply_layer.logs import get_logger
 from apply_layer.outcomes import Outcome, blocked, rejected, result_fields, skipped
+from apply_layer.permit_signatures import SignaturePolicy
 from apply_layer.plans import InvalidPlan, Plan, parse_plan
 from apply_layer.settings import Settings
 
@@ -89,6 +90,7 @@ class Processor:
             scripts=scripts,
         )
         self._symbol_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.signatures = SignaturePolicy.from_settings(settings)  # ConfigError: exit 2
 
     async def handle(self, entry_id: str, fields: dict[str, str]) -> Handled:
         try:
@@ -140,6 +142,11 @@ class Processor:
         )
         if not decision.allowed:
             return blocked(decision.error, decision.wait_ms)
+        # Signed permits (APPLY_PERMIT_SIGNING), checked on the consumed permits. Not
+        # once an order may be out ("submitting"): its fate must be found, not blocked.
+        refused = "" if state == "submitting" else self.signatures.check(decision)
+        if refused:
+            return blocked(refused, decision.wait_ms)
         return await self._execute(plan, decision, entry_id, sent_before=state == "submitting")
 
     def _screen(self, plan: Plan) -> Outcome | None:

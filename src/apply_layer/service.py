@@ -114,7 +114,7 @@ class ApplyService:
                 loop.add_signal_handler(sig, self.request_stop)
         for name in unknown_env_vars():
             log.warning("unknown_setting", variable=name, hint="not read by apply-layer: a typo?")
-        metrics_on = metrics.serve(self.settings.metrics_port)
+        metrics_on = metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
         metrics.PERMIT_DEADLINE.set(self.settings.permit_wait_ms / 1000)
         keyspace = await self._start_watcher()
         metrics.REDIS_UP.set(1 if self._redis_up else 0)  # a failed read sets it to 0
@@ -127,6 +127,8 @@ class ApplyService:
             required=",".join(self.settings.required_permits),
             keyspace_events=keyspace,
             metrics_port=self.settings.metrics_port if metrics_on else "off",
+            metrics_bind=self.settings.metrics_bind if metrics_on else "off",
+            permit_signing=self.processor.signatures.describe(),
         )
         systemd.notify(f"READY=1\nSTATUS=mode={self.settings.mode}")
         watchdog = asyncio.create_task(self._watchdog())

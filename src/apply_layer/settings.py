@@ -9,6 +9,7 @@ exits with status 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -19,6 +20,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from apply_layer.keys import ISSUERS
 from apply_layer.plans import SYMBOL_RE
+from apply_layer.redis_client import url_problem
+from apply_layer.signing import Mode as SigningMode
+from apply_layer.signing import parse_modes
 
 ENV_PREFIX = "APPLY_"
 
@@ -55,7 +59,8 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
     )
 
-    redis_url: str = "redis://localhost:6379/0"
+    # repr=False: the URL may hold the password; it never appears in a repr.
+    redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
     mode: Mode = "dry_run"
     allowlist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT"])
     poll_sec: float = Field(default=5.0, gt=0, le=60)
@@ -70,6 +75,7 @@ class Settings(BaseSettings):
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "console"
     metrics_port: int = Field(default=8043, ge=0, le=65535)
+    metrics_bind: str = "127.0.0.1"
     kill_switch: bool = False
     keyspace_events: KeyspaceEvents = "detect"
     max_in_flight: int = Field(default=64, ge=1, le=10_000)
@@ -86,6 +92,10 @@ class Settings(BaseSettings):
     )
     binance_recv_window_ms: int = Field(default=5000, ge=1, le=60_000)
     binance_http_timeout_sec: float = Field(default=10.0, gt=0, le=60)
+    # Signed permits (signing.py): off, warn or require, for all or per issuer.
+    permit_signing: str = "off"
+    # The issuers' keys; unset: systemd's credential $CREDENTIALS_DIRECTORY/permit-keys.
+    permit_keys_file: Path | None = None
     consumer_group: str = Field(default="apply_layer", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     consumer_name: str = Field(
         default_factory=_default_consumer_name, pattern=r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -102,8 +112,24 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        problem = url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("metrics_bind")
+    @classmethod
+    def _check_bind(cls, value: str) -> str:
+        value = value.strip()
+        if value == "localhost":
+            return value
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(
+                "must be an IP address of this host: 127.0.0.1, ::1, 0.0.0.0 (every IPv4 "
+                "address), :: (every address) or one interface's address"
+            ) from None
         return value
 
     @field_validator("binance_base_url")
@@ -112,6 +138,19 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("permit_signing")
+    @classmethod
+    def _check_signing(cls, value: str) -> str:
+        modes = parse_modes(value)
+        on = [f"{issuer}={mode}" for issuer, mode in modes.items() if mode != "off"]
+        return ",".join(on) or "off"
+
+    @property
+    def signing_modes(self) -> dict[str, SigningMode]:
+        """Each required issuer's signing mode (``off`` unless APPLY_PERMIT_SIGNING says)."""
+        modes = parse_modes(self.permit_signing)
+        return {name: modes[name] for name in self.required_permits}
 
     @field_validator("allowlist", mode="before")
     @classmethod
@@ -142,12 +181,13 @@ class Settings(BaseSettings):
 
 
 def _field_env_name(loc: tuple[int | str, ...]) -> str:
+    """The variable the operator sets: ``APPLY_`` + the field, or the alias it came from."""
     if not loc:
         return "settings"
     name = str(loc[0])
-    if name.upper().startswith(ENV_PREFIX) or name.upper().startswith("BINANCE_"):
-        return name.upper()
-    return ENV_PREFIX + name.upper()
+    if name in Settings.model_fields:
+        return ENV_PREFIX + name.upper()
+    return name.upper()  # an alias such as BINANCE_TESTNET_API_KEY, already a variable name
 
 
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:

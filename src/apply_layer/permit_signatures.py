@@ -1,0 +1,94 @@
+"""The signing policy around the gate: which issuers must sign, and what a bad signature does.
+
+The pure rules live in ``signing.py``; this is the thin shell that loads the
+keys once at start (a missing or unusable key file stops the start, exit 2),
+checks the permits a gate decision consumed, counts every result in
+``apply_permit_signatures_total`` and logs each failure. In ``warn`` a bad
+signature is only logged and counted; in ``require`` it blocks the plan with
+``bad_signature:<issuer>``. The permits were already consumed by then, so a
+forged permit blocks its own plan and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from apply_layer import metrics
+from apply_layer.errors import ConfigError
+from apply_layer.gate import GateResult
+from apply_layer.keys import ISSUERS
+from apply_layer.logs import get_logger
+from apply_layer.settings import Settings
+from apply_layer.signing import KeyFileError, KeyRing, Mode, keys_path, read_keys, verify_permit
+
+log = get_logger()
+
+
+@dataclass(frozen=True)
+class SignaturePolicy:
+    """The issuers whose signatures are checked (mode warn or require) and their keys."""
+
+    modes: Mapping[str, Mode] = field(default_factory=dict)
+    keys: KeyRing = field(default_factory=KeyRing)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SignaturePolicy:
+        """Load the keys the settings call for; :class:`ConfigError` if they cannot be used."""
+        active = {name: mode for name, mode in settings.signing_modes.items() if mode != "off"}
+        if not active:
+            return cls()
+        path = keys_path(settings.permit_keys_file)
+        if path is None:
+            raise ConfigError(
+                f"APPLY_PERMIT_SIGNING={settings.permit_signing} needs the issuers' keys: "
+                "pass the credential permit-keys (LoadCredential=) or set APPLY_PERMIT_KEYS_FILE"
+            )
+        try:
+            keys = read_keys(path)
+        except KeyFileError as exc:
+            raise ConfigError(f"permit keys: {exc}") from None
+        for name in active:
+            if not keys.kids(name):
+                raise ConfigError(f"permit keys: {path} has no key for {name}")
+        return cls(active, keys)
+
+    def describe(self) -> str:
+        """One line for the start log and ``check``: modes and key ids, never a secret."""
+        if not self.modes:
+            return "off"
+        return ", ".join(
+            f"{name}={mode} (keys {', '.join(self.keys.kids(name))})"
+            for name, mode in self.modes.items()
+        )
+
+    def check(self, decision: GateResult) -> str:
+        """The block reason for an allowed decision (``bad_signature:<issuer>``), or ""."""
+        for name, mode in self.modes.items():
+            verdict = decision.permits.get(name)
+            if verdict is None:
+                continue
+            result = verify_permit(
+                ISSUERS[name],
+                decision.plan_id,
+                decision.symbol,
+                verdict.fields,
+                self.keys,
+                decision.decided_at_ms,
+            )
+            metrics.PERMIT_SIGNATURES.labels(name, result.reason).inc()
+            if result.ok:
+                continue
+            fields = {
+                "plan_id": decision.plan_id,
+                "issuer": name,
+                "reason": result.reason,
+                "kid": result.kid,
+                "mode": mode,
+            }
+            if mode == "warn":
+                log.warning("permit_signature_invalid", **fields)
+                continue
+            log.warning("permit_signature_rejected", **fields)
+            return f"bad_signature:{name}"
+        return ""

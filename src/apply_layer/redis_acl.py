@@ -1,0 +1,219 @@
+"""Which Redis permissions a user lacks for the daemon or the operators' CLI (``check``).
+
+The shipped ACL (deploy/redis/apply-layer.acl) gives the daemon only the
+commands, keys and channels it uses. To tell an operator exactly what a
+user is missing, every command a role sends is *queued* inside ``MULTI``
+with representative keys and channels, then the transaction is discarded:
+Redis checks the ACL when it queues a command, answers ``NOPERM`` naming the
+command, a key or a channel, and runs nothing. Unlike ``ACL DRYRUN`` (admin
+only), this works with the user's own rights; it needs ``+multi +discard``.
+
+The probe tables below are the list of what each role sends, commands run
+inside the scripts included (Redis checks those against the caller too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
+
+from apply_layer import keys as K
+from apply_layer.gate import GateConfig
+
+Role = Literal["daemon", "cli"]
+ACL_FILE = "deploy/redis/apply-layer.acl"
+PROBE_PLAN = "apply-layer-check"
+PROBE_SYMBOL = "CHECKUSDT"
+ZERO_SHA = "0" * 40  # never a loaded script: even if EXEC ran, EVALSHA would only fail
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One command as a role sends it, and the ACL rules that allow it."""
+
+    command: tuple[str, ...]
+    grant: str  # the command rule, e.g. "+hset" or "+xgroup|create"
+    key_rule: str = ""  # the key pattern it needs, e.g. "~quantum:apply:journal:*"
+    channel_rule: str = ""
+
+    def missing_rule(self, refusal: str) -> str:
+        """The rule a ``NOPERM`` answer says is missing (Redis names the kind)."""
+        if "channel" in refusal and self.channel_rule:
+            return self.channel_rule
+        if "key" in refusal and self.key_rule:
+            return self.key_rule
+        return self.grant
+
+
+class ProbeRefused(Exception):
+    """The user may not even queue a transaction: nothing can be probed."""
+
+
+def _key(name: str) -> tuple[str, str]:
+    """A key and the ACL pattern the shipped file grants for it (templates end in ``*``)."""
+    return name, "~" + name
+
+
+def _templated(template: str, **values: str) -> tuple[str, str]:
+    return template.format(**values), "~" + K.glob_of(template)
+
+
+def daemon_probes(
+    config: GateConfig, group: str, consumer: str, *, db: int = 0, keyspace: bool = True
+) -> list[Probe]:
+    """Everything ``apply-layer run`` sends: its own commands and its scripts' commands."""
+    plan, sym = PROBE_PLAN, PROBE_SYMBOL
+    stream, stream_rule = _key(K.PLAN_STREAM)
+    results, results_rule = _key(K.RESULT_STREAM)
+    claim = _templated(K.CLAIM_TEMPLATE, plan_id=plan)
+    journal = _templated(K.JOURNAL_TEMPLATE, plan_id=plan)
+    lease = _templated(K.SYMBOL_LEASE_TEMPLATE, symbol=sym)
+    cooldown = _templated(K.COOLDOWN_TEMPLATE, symbol=sym)
+    block = _templated(K.GOVERNOR_BLOCK_TEMPLATE, plan_id=plan)
+    permits = [_templated(i.key_template, plan_id=plan) for i in config.issuers]
+    kills = [_key(k) for k in K.KILL_SWITCH_KEYS]
+    heartbeat = _key(K.HEARTBEAT_KEY)
+
+    def on(key: tuple[str, str], name: str, *args: str) -> Probe:
+        return Probe((name.upper(), key[0], *args), "+" + name.lower(), key[1])
+
+    probes = [Probe(("PING",), "+ping"), Probe(("CLIENT", "SETNAME", "check"), "+client|setname")]
+    if db:
+        probes.append(Probe(("SELECT", str(db)), "+select"))
+    probes += [
+        Probe(("SCRIPT", "LOAD", "return 1"), "+script|load"),
+        # The scripts' KEYS need read and write access, whatever the script does.
+        *(
+            Probe(("EVALSHA", ZERO_SHA, "1", key), "+evalsha", rule)
+            for key, rule in [
+                (stream, stream_rule),
+                (results, results_rule),
+                claim,
+                journal,
+                lease,
+                cooldown,
+                block,
+                *permits,
+                *kills,
+            ]
+        ),
+        Probe(
+            ("XREADGROUP", "GROUP", group, consumer, "COUNT", "1", "STREAMS", stream, ">"),
+            "+xreadgroup",
+            stream_rule,
+        ),
+        Probe(("XACK", stream, group, "0-1"), "+xack", stream_rule),
+        Probe(("XADD", results, "MAXLEN", "~", "10000", "*", "probe", "1"), "+xadd", results_rule),
+        Probe(
+            ("XAUTOCLAIM", stream, group, consumer, "1000", "0-0", "COUNT", "1"),
+            "+xautoclaim",
+            stream_rule,
+        ),
+        Probe(("XGROUP", "CREATE", stream, group, "$", "MKSTREAM"), "+xgroup|create", stream_rule),
+        Probe(
+            ("XGROUP", "DELCONSUMER", stream, group, consumer), "+xgroup|delconsumer", stream_rule
+        ),
+        Probe(("XINFO", "CONSUMERS", stream, group), "+xinfo|consumers", stream_rule),
+        Probe(("XINFO", "GROUPS", stream), "+xinfo|groups", stream_rule),
+        on(heartbeat, "set", "1", "EX", "15"),
+        # Inside the claim, gate, lease, attempt and publish scripts:
+        on(claim, "set", "1", "NX", "EX", "300"),
+        on(claim, "get"),
+        on(journal, "hmget", "state"),
+        on(journal, "hget", "state"),
+        on(journal, "hset", "state", "x"),
+        on(journal, "hexists", "result_id"),
+        on(journal, "hgetall"),
+        on(journal, "expire", "60"),
+        on(block, "type"),
+        on(block, "get"),
+        *(on(kill, "get") for kill in kills),
+        on(lease, "set", "1", "NX", "PX", "1000"),
+        on(lease, "get"),
+        on(lease, "pexpire", "1000"),
+        on(lease, "del"),
+        on(cooldown, "set", "1", "EX", "3600"),
+    ]
+    for permit in permits:
+        probes += [on(permit, "type"), on(permit, "get"), on(permit, "hgetall")]
+        probes += [on(permit, "ttl"), on(permit, "del")]
+    if keyspace:
+        for pattern in config.watch_patterns():
+            channel = f"__keyspace@{db}__:{pattern}"
+            probes.append(Probe(("PSUBSCRIBE", channel), "+psubscribe", "", "&" + channel))
+    return probes
+
+
+def cli_probes(config: GateConfig, *, db: int = 0) -> list[Probe]:
+    """What ``permits``, ``stats --from-redis``, ``check`` and ``dedupe-clear`` send."""
+    plan = PROBE_PLAN
+    read = "%R~quantum:*"
+
+    def reads(key: str, name: str, *args: str) -> Probe:
+        return Probe((name.upper(), key, *args), "+" + name.lower(), read)
+
+    probes = [Probe(("PING",), "+ping"), Probe(("CLIENT", "SETNAME", "check"), "+client|setname")]
+    if db:
+        probes.append(Probe(("SELECT", str(db)), "+select"))
+    probes.append(Probe(("INFO", "server"), "+info"))
+    for key in [
+        *(issuer.key(plan) for issuer in config.issuers),
+        K.governor_block(plan),
+        *K.KILL_SWITCH_KEYS,
+    ]:
+        probes += [reads(key, "type"), reads(key, "ttl"), reads(key, "get")]
+    probes += [reads(issuer.key(plan), "hgetall") for issuer in config.issuers]
+    probes += [
+        reads(K.journal(plan), "hgetall"),
+        reads(K.RESULT_STREAM, "xrange", "-", "+", "COUNT", "1"),
+        reads(K.RESULT_STREAM, "xrevrange", "+", "-", "COUNT", "1"),
+        Probe(("XINFO", "GROUPS", K.PLAN_STREAM), "+xinfo|groups", read),
+        # dedupe-clear: find and delete the daemon's claim keys, nothing else.
+        Probe(("SCAN", "0", "MATCH", K.claim("*"), "COUNT", "10"), "+scan"),
+        Probe(("EXISTS", K.claim(plan)), "+exists", read),
+        Probe(("UNLINK", K.claim(plan)), "+unlink", "~" + K.glob_of(K.CLAIM_TEMPLATE)),
+    ]
+    return probes
+
+
+async def missing_permissions(redis: Redis, probes: Sequence[Probe]) -> list[str]:
+    """The ACL rules ``redis``'s user lacks for ``probes`` (empty: all allowed); runs nothing."""
+    pool = redis.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    clean = False
+    try:
+        await conn.send_command("MULTI")
+        try:
+            await conn.read_response()
+        except NoPermissionError:
+            raise ProbeRefused("MULTI refused: grant +multi +discard to probe") from None
+        missing: dict[str, None] = {}
+        for probe in probes:
+            await conn.send_command(*probe.command)
+            try:
+                await conn.read_response()
+            except NoPermissionError as exc:
+                missing[probe.missing_rule(str(exc))] = None
+            except ResponseError as exc:  # e.g. a command this server version lacks
+                missing[f"{probe.grant} ({exc})"] = None
+        await conn.send_command("DISCARD")
+        await conn.read_response()
+        clean = True
+        return list(missing)
+    finally:
+        if not clean:  # the connection may still be inside MULTI: never reuse it
+            await conn.disconnect()
+        await pool.release(conn)
+
+
+async def whoami(redis: Redis) -> str | None:
+    """The ACL user name of this connection, or None when the server will not say."""
+    try:
+        name = await redis.execute_command("ACL", "WHOAMI")  # type: ignore[no-untyped-call]
+    except RedisError:
+        return None
+    return str(name)
