@@ -113,6 +113,7 @@ def daemon_probes(
             "+xautoclaim",
             stream_rule,
         ),
+        Probe(("XPENDING", stream, group), "+xpending", stream_rule),
         Probe(("XGROUP", "CREATE", stream, group, "$", "MKSTREAM"), "+xgroup|create", stream_rule),
         Probe(
             ("XGROUP", "DELCONSUMER", stream, group, consumer), "+xgroup|delconsumer", stream_rule
