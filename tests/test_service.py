@@ -79,17 +79,23 @@ def settings_for(server: EmbeddedRedis, **overrides: Any) -> Settings:
     return load_settings(**base)
 
 
+async def started(service: ApplyService, redis: Redis) -> asyncio.Task[int]:
+    """Run ``service``; return once its consumer group exists (it is created at "$")."""
+    runner = asyncio.create_task(service.run())
+    for _ in range(250):
+        if await redis.exists(K.PLAN_STREAM):
+            return runner
+        await asyncio.sleep(0.02)
+    raise AssertionError("the service never created its consumer group")
+
+
 async def test_one_execution_per_symbol_at_a_time(
     redis_server: EmbeddedRedis, redis: Redis
 ) -> None:
     executor = SlowExecutor()
     service = ApplyService(settings_for(redis_server), executor=executor)
-    runner = asyncio.create_task(service.run())
+    runner = await started(service, redis)
     try:
-        for _ in range(100):
-            if await redis.exists(K.PLAN_STREAM):
-                break
-            await asyncio.sleep(0.02)
         plans = [(f"b{i}", "BTCUSDT") for i in range(3)] + [(f"e{i}", "ETHUSDT") for i in range(3)]
         for plan_id, symbol in plans:
             await grant(redis, plan_id, symbol=symbol)
@@ -203,12 +209,8 @@ async def test_a_duplicate_is_counted_and_logged_once(
     before = duplicates()
     service = ApplyService(settings_for(redis_server))
     with capture_logs() as logs:
-        runner = asyncio.create_task(service.run())
+        runner = await started(service, redis)
         try:
-            for _ in range(250):  # the group is created at "$": publish after it exists
-                if await redis.exists(K.PLAN_STREAM):
-                    break
-                await asyncio.sleep(0.02)
             await grant(redis, "twice")
             await publish_plan(redis, "twice")
             assert (await wait_result(redis, "twice"))["status"] == "EXECUTED"
@@ -242,12 +244,8 @@ async def test_a_kill_switch_set_between_the_gate_and_the_lease_stops_the_order(
         return decision
 
     service.gate.wait_and_consume = decide_then_kill  # type: ignore[method-assign,assignment]
-    runner = asyncio.create_task(service.run())
+    runner = await started(service, redis)
     try:
-        for _ in range(250):
-            if await redis.exists(K.PLAN_STREAM):
-                break
-            await asyncio.sleep(0.02)
         await grant(redis, "flip")
         await publish_plan(redis, "flip")
         result = await wait_result(redis, "flip")
@@ -268,12 +266,8 @@ async def test_a_plan_from_the_future_is_rejected(
     redis_server: EmbeddedRedis, redis: Redis
 ) -> None:
     service = ApplyService(settings_for(redis_server, plan_max_age_sec=60))
-    runner = asyncio.create_task(service.run())
+    runner = await started(service, redis)
     try:
-        for _ in range(250):
-            if await redis.exists(K.PLAN_STREAM):
-                break
-            await asyncio.sleep(0.02)
         await grant(redis, "future")
         await grant(redis, "soon")
         await publish_plan(redis, "future", age=-120)  # two minutes ahead: a broken clock
