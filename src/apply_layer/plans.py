@@ -218,6 +218,11 @@ def parse_plan(fields: Mapping[str, str]) -> Plan:
     )
 
 
+def safe_plan_id(fields: Mapping[str, str]) -> str:
+    """The entry's plan id when it is a valid one, else "" (to end a broken entry by)."""
+    return _safe(fields, "plan_id", PLAN_ID_RE)
+
+
 def _safe(fields: Mapping[str, str], name: str, pattern: re.Pattern[str]) -> str:
     value = fields.get(name, "")
     return value if len(value) < 100 and pattern.fullmatch(value) else ""
