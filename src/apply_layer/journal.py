@@ -173,6 +173,11 @@ class Journal:
         )
         return Claim(str(reply[0]), str(reply[1]), str(reply[2]), str(reply[3]), str(reply[4]))
 
+    async def sent_client_order_id(self, plan_id: str) -> str:
+        """The client order id journalled with the plan's last send ("" if none)."""
+        value = await self.redis.hget(K.journal(plan_id), "order.client_order_id")
+        return str(value) if value else ""
+
     async def read(self, plan_id: str) -> dict[str, str]:
         data = await self.redis.hgetall(K.journal(plan_id))
         return {str(k): str(v) for k, v in data.items()}

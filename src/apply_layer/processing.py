@@ -233,6 +233,9 @@ class Processor:
             pct=step.pct,
             safe_qty=decision.safe_qty,
             reported_amt=_signed_decimal(p33.fields.get("exchange_position_amt")) if p33 else None,
+            sent_client_order_id=(
+                await self.journal.sent_client_order_id(plan.plan_id) if sent_before else ""
+            ),
         )
         lease_wait = 2 * self.settings.lease_ms / 1000
         async with self._symbol_locks[plan.symbol]:
