@@ -5,8 +5,15 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from apply_layer.binance_model import OrderInfo, step_result
+from apply_layer.binance_model import (
+    ExchangeInfoInvalid,
+    OrderInfo,
+    parse_exchange_info,
+    step_result,
+)
 
 
 def _order(status: str, executed: str) -> OrderInfo:
@@ -48,3 +55,35 @@ def test_a_partial_fill_says_so() -> None:
     result = step_result("CLOSE_PARTIAL_75", _order("EXPIRED", "0.001"))
     assert result.message == "order EXPIRED, partly filled"
     assert result.executed_qty == Decimal("0.001")
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.sampled_from(["LOT_SIZE", "MARKET_LOT_SIZE", "0.001", "1e999999999", "-1", "NaN", "0"])
+    | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                ["symbol", "filters", "filterType", "stepSize", "minQty", "maxQty", "x"]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=30,
+)
+
+
+@given(st.one_of(json_values, st.builds(lambda s: {"symbols": s}, st.lists(json_values))))
+def test_any_exchange_info_answer_parses_or_is_refused_cleanly(data: object) -> None:
+    try:
+        rules = parse_exchange_info(data)
+    except ExchangeInfoInvalid:
+        return
+    for symbol, rule in rules.items():
+        assert rule.symbol == symbol and rule.lot.step_size > 0
+        assert symbol not in rules.invalid
