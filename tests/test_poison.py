@@ -84,7 +84,7 @@ async def test_a_deeply_nested_governor_marker_gets_its_result(
     """RecursionError after the gate consumed the permits: no result, ever."""
     await daemons().start().ready(redis)
     await grant(redis, "deep")
-    await redis.set(K.governor_block("deep"), "[" * 5000 + "]" * 5000)
+    await redis.set(K.governor_block("deep"), "[" * 2000 + "]" * 2000)
     await publish_plan(redis, "deep")
     result = await wait_result(redis, "deep")
     assert result["status"] == "BLOCKED" and result["error"].startswith("governor_blocked:")

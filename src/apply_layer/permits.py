@@ -9,8 +9,8 @@ together, and the gate fails closed if they ever disagree.
 The rules (docs/CONTRACT.md 3), in order:
 
 0. Size: a permit (or governor block marker) longer than
-   :data:`MAX_PERMIT_BYTES` is a deny (``oversized``); no real permit comes
-   near it. The script then journals and returns only a summary of it
+   :data:`MAX_PERMIT_BYTES` (4 KiB) is a deny (``oversized``); real permits
+   are a few hundred bytes. The script then journals and returns only a summary of it
    (:data:`OVERSIZED_PREFIX`, its length, SHA1 and a sanitised head), so
    that an 8 MB permit costs neither the journal nor the daemon 8 MB.
 1. Type: a string holds JSON (or a bare ``1``); a HASH holds string fields.
@@ -54,7 +54,7 @@ _DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
 _REASON_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 MAX_REASON_LEN = 80
 # Rule 0. gate.lua gets both constants from here (see gate.GATE_SCRIPT).
-MAX_PERMIT_BYTES = 16384
+MAX_PERMIT_BYTES = 4096
 OVERSIZED_PREFIX = "oversized:"
 
 
@@ -68,7 +68,7 @@ class PermitVerdict:
     category: str = ""  # one of DENY_CATEGORIES when verdict == "deny"
     detail: str = ""  # the permit's own reason for an explicit deny, sanitised
     safe_qty: Decimal | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)  # its top-level scalar values
 
     @property
     def reason(self) -> str:
@@ -170,8 +170,12 @@ def evaluate_permit(issuer: Issuer, kind: str, raw: str | None, symbol: str) -> 
     if data is None:
         return PermitVerdict(name, kind, "deny", "malformed")
 
+    # Only top-level values are kept (all anything reads): a plan in flight
+    # holds its verdicts, so nested garbage must not stay with them.
+    kept = {k: v for k, v in data.items() if not isinstance(v, dict | list)}
+
     def deny(category: str, detail: str = "") -> PermitVerdict:
-        return PermitVerdict(name, kind, "deny", category, detail, fields=data)
+        return PermitVerdict(name, kind, "deny", category, detail, fields=kept)
 
     flags = [data[k] for k in ("granted", "allow") if k in data]
     if not flags:
@@ -190,7 +194,7 @@ def evaluate_permit(issuer: Issuer, kind: str, raw: str | None, symbol: str) -> 
         qty = parse_qty(candidate)
         if qty is None:
             return deny("invalid_qty")
-    return PermitVerdict(name, kind, "allow", safe_qty=qty, fields=data)
+    return PermitVerdict(name, kind, "allow", safe_qty=qty, fields=kept)
 
 
 def governor_block_reason(raw: str | None) -> str:
