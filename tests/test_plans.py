@@ -258,3 +258,11 @@ def test_only_non_close_steps_are_rejected_even_with_a_close_action() -> None:
     with pytest.raises(InvalidPlan) as info:
         parse_plan(entry(steps=steps, action="FULL_CLOSE_PROPOSED"))
     assert info.value.detail == "no_close_step"
+
+
+def test_an_oversized_field_is_named_log_safe() -> None:
+    """The field name is echoed in the result's error and the log line."""
+    with pytest.raises(InvalidPlan) as exc:
+        parse_plan({"plan_id": "p1", "bad\nname {x}": "x" * 9000})
+    assert exc.value.detail == "oversized_field:bad_name__x_"
+    assert exc.value.plan_id == "p1"

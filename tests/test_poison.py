@@ -169,3 +169,15 @@ async def test_an_entry_without_a_plan_id_is_acknowledged_with_its_result(
     assert (await processor.handle(entry_id, dict(fields))).kind == "done"  # a resend
     (result,) = await results(redis)
     assert result["error"] == "invalid_plan:missing_field:plan_id"
+
+
+async def test_a_hostile_claim_key_value_is_not_logged_whole(
+    redis: Redis, redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    processor = _processor(redis, redis_server)
+    entry_id, fields = await _pending_entry(redis, "claimed")
+    await redis.set(K.claim("claimed"), "9" * 1_000_000)  # someone else's "entry id"
+    handled = await processor.handle(entry_id, fields)
+    assert handled.kind == "duplicate"
+    (record,) = [r for r in caplog.records if "duplicate plan=claimed" in r.getMessage()]
+    assert len(str(record.__dict__)) < 2000

@@ -39,18 +39,20 @@ FINAL_STATES = frozenset({"executed", "rejected", "failed", "blocked", "skipped"
 # journal TTL, plan id, symbol. Reply: {holder, state, result_id, outcome,
 # wrong}: ``wrong`` names a key that holds another type ("journal" or
 # "claim"), which no command of ours could use (WRONGTYPE, every retry).
+# Values are cut to 64 bytes (stream ids are at most 41): they are logged.
 CLAIM_SCRIPT = """
 local jt = redis.call('TYPE', KEYS[2])['ok']
 if jt ~= 'none' and jt ~= 'hash' then return {'', '', '', '', 'journal'} end
 local j = redis.call('HMGET', KEYS[2], 'state', 'result_id', 'stream_id', 'outcome_status')
 if j[1] then
-  return {j[3] or '', j[1], j[2] or '', j[4] or '', ''}
+  return {string.sub(j[3] or '', 1, 64), string.sub(j[1], 1, 64), string.sub(j[2] or '', 1, 64),
+          string.sub(j[4] or '', 1, 64), ''}
 end
 local ct = redis.call('TYPE', KEYS[1])['ok']
 if ct ~= 'none' and ct ~= 'string' then return {'', '', '', '', 'claim'} end
 local holder = ARGV[1]
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  holder = redis.call('GET', KEYS[1]) or ''
+  holder = string.sub(redis.call('GET', KEYS[1]) or '', 1, 64)  -- logged: bounded
 end
 if holder ~= ARGV[1] then return {holder, '', '', '', ''} end
 redis.call('HSET', KEYS[2], 'state', 'received', 'plan_id', ARGV[5], 'symbol', ARGV[6],
