@@ -19,7 +19,9 @@ from that (docs/RELIABILITY.md, "Staying bounded").
 
 The reply may be RESP2 or RESP3 (redis-py 8 speaks 3 where the server
 can); the connection is left clean after a complete reply, and closed after
-anything else.
+anything else. A read is not retried here: a connection lost mid-reply may
+have delivered entries we never saw, and the service's outage path re-reads
+its own pending entries before anything new.
 """
 
 from __future__ import annotations
