@@ -1,15 +1,34 @@
-"""Shared fixtures: a real redis-server per session, a clean database per test."""
+"""Shared fixtures: a real redis-server per session, a clean database per test.
+
+Hypothesis profiles (``HYPOTHESIS_PROFILE``): ``ci`` (the default) runs the
+fuzz tests (tests/test_fuzz.py) at 200 examples each; ``nightly`` at 10,000
+each (``scripts/fuzz.py``, docs/TESTING.md). Tests that set their own
+``max_examples`` keep it in both.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 from redis.asyncio import Redis
 
 from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.logs import setup_logging
 from apply_layer.redis_client import create_redis
+
+FUZZ_EXAMPLES = {"ci": 200, "nightly": 10_000}
+settings.register_profile("ci", print_blob=True)
+settings.register_profile(
+    "nightly",
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(PROFILE)
 
 
 @pytest.fixture(scope="session")

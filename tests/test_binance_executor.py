@@ -21,6 +21,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from apply_layer.binance_model import ExchangeInfoInvalid
 from apply_layer.executors.base import OrderRequest, StepResult
 from apply_layer.executors.binance import BinanceConfigError, BinanceExecutor, RetryPolicy
 from apply_layer.logs import setup_logging
@@ -204,6 +205,65 @@ async def test_exchange_info_is_refreshed_after_its_ttl(make: Make, fake: FakeBi
     await asyncio.sleep(1.05)
     await ex.execute(request("p2", reported="0.002", safe="0.001"), MemoryLog())
     assert fake.calls("/fapi/v1/exchangeInfo") == 2
+
+
+def _lot_filter(step: Any) -> dict[str, Any]:
+    return {"filterType": "LOT_SIZE", "stepSize": step, "minQty": "0.001", "maxQty": "100"}
+
+
+def _btc(**entry: Any) -> dict[str, Any]:
+    return {"symbols": [{"symbol": "BTCUSDT", "status": "TRADING", **entry}]}
+
+
+BROKEN_ENTRIES = {
+    "filter not an object": _btc(filters=[1]),
+    "filters not a list": _btc(filters="LOT_SIZE"),
+    "filter type not a string": _btc(filters=[{"filterType": ["LOT_SIZE"]}]),
+    "absurd step": _btc(filters=[_lot_filter("1e999999999")]),
+    "step not a number": _btc(filters=[_lot_filter({"x": 1})]),
+    "no lot filter": _btc(filters=[]),
+    "entry not an object": {"symbols": [["BTCUSDT"]]},
+}
+
+
+@pytest.mark.parametrize("info", BROKEN_ENTRIES.values(), ids=BROKEN_ENTRIES.keys())
+async def test_a_malformed_exchange_info_entry_ends_the_step_cleanly(
+    make: Make, fake: FakeBinance, info: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It crashed outside the error handling: FAILED executor_error and a traceback."""
+    fake.exchange_info = lambda: info  # type: ignore[method-assign]
+    ex = make()
+    await ex.start()  # the other symbols stay usable
+    log = MemoryLog()
+    result = await ex.execute(request(), log)
+    assert (result.status, result.error) == ("FAILED", "exchange_info_invalid")
+    assert posts(fake) == 0 and log.sends == []
+    line = {line.name: line for line in await ex.preflight()}["binance filters BTCUSDT"]
+    assert not line.ok and line.detail != "not listed on the exchange"
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "info", [[], {"symbols": 5}, {"symbols": None}, {"symbols": {"BTCUSDT": 1}}]
+)
+async def test_an_exchange_info_answer_without_symbols_ends_the_step_cleanly(
+    make: Make, fake: FakeBinance, info: Any
+) -> None:
+    fake.exchange_info = lambda: info  # type: ignore[method-assign]
+    ex = make()
+    with pytest.raises(ExchangeInfoInvalid):
+        await ex.start()
+    log = MemoryLog()
+    result = await ex.execute(request(), log)
+    assert (result.status, result.error) == ("FAILED", "exchange_info_invalid")
+    assert posts(fake) == 0 and log.sends == []
+
+
+async def test_an_unlisted_symbol_is_still_rejected_as_unlisted(
+    ex: BinanceExecutor, fake: FakeBinance
+) -> None:
+    result = await ex.execute(request(symbol="DOGEUSDT"), MemoryLog())
+    assert (result.status, result.error) == ("REJECTED", "symbol_not_listed")
 
 
 async def test_preflight_lines(ex: BinanceExecutor, fake: FakeBinance) -> None:

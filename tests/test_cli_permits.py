@@ -50,6 +50,20 @@ def test_permits_json_reports_a_deny_and_the_kill_switch(
     assert (gov["verdict"], gov["type"], gov["ttl"]) == ("missing", "none", -2)
 
 
+def test_oversized_permits_and_markers_are_summarised_not_printed(
+    db: sync_redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db.set("quantum:permit:p33:p3", json.dumps({"allow": True, "pad": "x" * (1 << 20)}))
+    db.hset("quantum:permit:p3", mapping={"granted": "true", "pad": "y" * 10_000})
+    db.set("quantum:governor:block:p3", "z" * (1 << 20))
+    assert main(["permits", "p3", "--symbol", "BTCUSDT", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert len(out) < 5000
+    view = json.loads(out)
+    assert {p["reason"] for p in view["permits"]} == {"oversized"}
+    assert view["would_decide"] == "BLOCK governor_blocked:oversized_marker"
+
+
 def test_bad_plan_id_and_unreachable_redis(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import time
@@ -173,6 +174,39 @@ async def test_governor_block_marker_blocks_at_once(redis: Redis) -> None:
     assert result.wait_ms < 1500
     assert await redis.exists(P33_KEY("p9")) == 0  # single-use: present permits consumed
     assert (await redis.hgetall(K.journal("p9")))["p.p33.consumed"] == "1"
+
+
+async def test_a_deeply_nested_governor_marker_still_ends_in_a_decision(redis: Redis) -> None:
+    # Found by the hostile-input run: RecursionError after the permits were consumed.
+    await put(redis, P33_KEY("deep"), P33_OK)
+    await put(redis, K.governor_block("deep"), "[" * 2000 + "]" * 2000)
+    result = await wait_and_consume_permits(redis, "deep", SYM, FAST)
+    assert result.status == "GOV_BLOCK" and result.error.startswith("governor_blocked:")
+    again = await wait_and_consume_permits(redis, "deep", SYM, FAST)  # the replay, as recovery
+    assert again.error == result.error and not again.owner
+
+
+async def test_an_oversized_permit_is_denied_and_only_its_summary_kept(redis: Redis) -> None:
+    huge = json.dumps({**P33_OK, "pad": "x" * (8 << 20)})
+    await put(redis, GOV_KEY("big"), GOV_OK)
+    await put(redis, P33_KEY("big"), huge)
+    await put(redis, K.governor_block("big2"), "y" * (8 << 20))
+    await redis.hset(GOV_KEY("big3"), mapping={"granted": "true", "pad": "z" * (1 << 20)})
+    result = await wait_and_consume_permits(redis, "big", SYM, FAST)
+    assert result.status == "DENY" and result.error == "p33_permit_denied:oversized"
+    assert await redis.exists(GOV_KEY("big"), P33_KEY("big")) == 0  # consumed: single-use
+    journal = await redis.hgetall(K.journal("big"))
+    assert journal["p.p33.verdict"] == "deny" and journal["p.p33.category"] == "oversized"
+    raw = str(journal["p.p33.raw"])
+    assert raw.startswith(f"oversized:bytes={len(huge)}:sha1=") and len(raw) < 200
+    assert hashlib.sha1(huge.encode()).hexdigest() in raw
+    assert (await redis.memory_usage(K.journal("big")) or 0) < 4096  # was 8.4 MB for 7 days
+    marker = await wait_and_consume_permits(redis, "big2", SYM, FAST)
+    assert marker.error == "governor_blocked:oversized_marker"
+    assert len((await redis.hgetall(K.journal("big2")))["gate_marker"]) < 200
+    hashed = await wait_and_consume_permits(redis, "big3", SYM, FAST)
+    assert hashed.error == "governor_permit_denied:oversized"
+    assert len((await redis.hgetall(K.journal("big3")))["p.governor.raw"]) < 200
 
 
 @pytest.mark.parametrize("source", ["quantum:global:kill_switch", "quantum:kill", "env"])

@@ -17,6 +17,8 @@ from apply_layer.gate import GATE_SCRIPT, GateConfig
 from apply_layer.keys import ISSUERS
 from apply_layer.permits import (
     DENY_CATEGORIES,
+    MAX_PERMIT_BYTES,
+    OVERSIZED_PREFIX,
     PermitVerdict,
     evaluate_permit,
     governor_block_reason,
@@ -114,6 +116,34 @@ def test_reasons_are_log_safe() -> None:
     assert governor_block_reason('{"reason": "daily loss limit"}') == "daily_loss_limit"
     assert governor_block_reason("{}") == "unspecified"
     assert governor_block_reason("not json") == "not_json"
+
+
+def test_a_deeply_nested_marker_or_permit_is_read_not_raised() -> None:
+    # ~1,000 nested brackets made json.loads raise RecursionError after the gate
+    # had consumed the permits: the plan never got its result.
+    nested = "[" * 2000 + "]" * 2000
+    assert governor_block_reason(nested) == sanitise_reason(nested)
+    assert governor_block_reason('{"reason": ' + nested + "}") != ""
+    for kind in ("string", "hash"):
+        assert judge(P33, nested, kind).category == "malformed"
+
+
+def test_quantity_text_is_matched_whole() -> None:
+    assert parse_qty("0.002") == Decimal("0.002")
+    assert parse_qty("0.002\n") is None  # "$" with .match accepted a trailing newline
+    assert judge(P33, {"allow": True, "safe_qty": "0.002\n"}).category == "invalid_qty"
+
+
+def test_oversized_permits_and_markers_are_denied_by_their_size() -> None:
+    big = json.dumps({"allow": True, "safe_qty": 1, "pad": "x" * MAX_PERMIT_BYTES})
+    assert judge(P33, big).category == "oversized"
+    assert judge(P33, big, "hash").category == "oversized"
+    summary = OVERSIZED_PREFIX + "bytes=8388608:sha1=ab:head=_allow__true"
+    assert (judge(GOV, summary).verdict, judge(GOV, summary).category) == ("deny", "oversized")
+    assert governor_block_reason(summary) == "oversized_marker"
+    assert governor_block_reason("x" * (MAX_PERMIT_BYTES + 1)) == "oversized_marker"
+    ok = json.dumps({"allow": True, "safe_qty": 1, "pad": "x" * (MAX_PERMIT_BYTES - 100)})
+    assert judge(P33, ok).verdict == "allow"  # up to the limit, a permit is read whole
 
 
 def test_kill_values() -> None:
@@ -220,7 +250,7 @@ def test_lua_and_python_agree_on_hash_permits(sync_client: Any, fields: dict[str
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(st.text(max_size=40))
+@given(st.one_of(st.text(max_size=40), st.text(max_size=20).map(lambda t: OVERSIZED_PREFIX + t)))
 def test_lua_and_python_agree_on_arbitrary_text(sync_client: Any, raw: str) -> None:
     ours = evaluate_permit(P26, "string", raw, "BTCUSDT")
     lua = lua_verdict(sync_client, P26, "string", raw)

@@ -396,3 +396,11 @@ def test_an_oversized_entry_without_a_plan_id_names_none() -> None:
 def test_the_action_is_a_known_field_not_an_extra() -> None:
     plan = parse_plan(entry(action="PARTIAL_75"))
     assert plan.action == "PARTIAL_75" and "action" not in plan.extra and "steps" not in plan.extra
+
+
+def test_an_oversized_field_is_named_log_safe() -> None:
+    """The field name is echoed in the result's error and the log line."""
+    with pytest.raises(InvalidPlan) as exc:
+        parse_plan({"plan_id": "p1", "bad\nname {x}": "x" * 9000})
+    assert exc.value.detail == "oversized_field:bad_name__x_"
+    assert exc.value.plan_id == "p1"

@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from apply_layer.executors.base import OrderRequest
+from apply_layer.executors.paper import PaperExecutor
 from apply_layer.sizing import LotFilter, Sizing, close_side, size_close
 
 BTC = LotFilter(step_size=Decimal("0.001"), min_qty=Decimal("0.001"), max_qty=Decimal("120"))
@@ -206,3 +208,50 @@ def test_sign_agreement_for_small_and_zero_positions() -> None:
 def test_p33_flat_and_the_exchange_short_disagree() -> None:
     s = size_close(safe_qty=D(9), pct=D(100), reported_amt=D(0), live_amt=D(-2), lot=LOT)
     assert s == Sizing(Z, "", "position_mismatch", "P3.3 saw 0, exchange has -2")
+
+
+@pytest.mark.parametrize("amount", ["1e999999999", "-1e999999999", "1e15", "NaN", "-Infinity"])
+def test_an_absurd_position_is_refused_not_computed_with(amount: str) -> None:
+    # 1e999999999 raised decimal.Overflow out of sizing (issue 13).
+    for reported, live in ((D(amount), None), (D("0.01"), D(amount))):
+        s = size_close(safe_qty=D("1"), pct=D(75), reported_amt=reported, live_amt=live, lot=BTC)
+        assert (s.ok, s.error, s.qty) == (False, "invalid_position_amt", D(0))
+
+
+def test_a_lot_step_too_fine_to_compute_sends_nothing() -> None:
+    fine = LotFilter(step_size=D("1e-40"), min_qty=D(0))
+    s = size_close(safe_qty=D("1"), pct=D(100), reported_amt=D("123456789"), lot=fine)
+    assert (s.ok, s.error) == (False, "unsizable")
+
+
+@given(
+    st.decimals(allow_nan=True, allow_infinity=True),
+    st.decimals(allow_nan=True, allow_infinity=True),
+    st.one_of(st.none(), st.decimals(allow_nan=True, allow_infinity=True)),
+    st.one_of(st.none(), st.decimals(allow_nan=True, allow_infinity=True)),
+)
+def test_sizing_never_raises(safe: Decimal, pct: Decimal, reported: Any, live: Any) -> None:
+    s = size_close(safe_qty=safe, pct=pct, reported_amt=reported, live_amt=live, lot=BTC)
+    assert s.ok == (s.error == "") and (not s.ok or BTC.min_qty <= s.qty <= BTC.max_qty)  # type: ignore[operator]
+
+
+async def test_an_absurd_amount_does_not_poison_the_paper_book() -> None:
+    """It became the simulated position, and every later plan failed until restart."""
+    exchange = PaperExecutor()
+
+    class Log:
+        async def attempts(self) -> list[int]:
+            return []
+
+        async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+            return None
+
+    def order(plan: str, reported: str) -> OrderRequest:
+        return OrderRequest(plan, "BTCUSDT", "CLOSE_FULL", D(100), D("0.005"), D(reported))
+
+    poison = await exchange.execute(order("p1", "1e999999999"), Log())
+    assert (poison.status, poison.error) == ("REJECTED", "invalid_position_amt")
+    assert "BTCUSDT" not in exchange.positions
+    fine = await exchange.execute(order("p2", "0.01"), Log())
+    assert (fine.status, fine.quantity) == ("EXECUTED", D("0.005"))
+    assert exchange.positions["BTCUSDT"] == D("0.005")

@@ -443,6 +443,47 @@ def test_since_with_piped_stdin_is_a_usage_error(capsys: pytest.CaptureFixture[s
     assert "--since applies to journald" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "since",
+    [
+        "9" * 400 + " days ago",  # OverflowError: int too large to convert to float
+        "@" + "9" * 400,  # OverflowError: float infinity to integer
+        "9" * 5000 + "s",  # ValueError: past the int string-conversion limit
+        "99999999999999 weeks ago",  # before 1970: Redis would refuse the stream id
+        "@99999999999999999999",  # after 9999
+        "1969-07-20",
+    ],
+)
+def test_absurd_since_values_exit_2_with_one_line(
+    since: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They crashed ``stats --from-redis`` with a traceback (exit 1)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["stats", "--from-redis", "--since", since])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--since:" in err and "Traceback" not in err and len(err) < 1000
+    with pytest.raises(ValueError, match=r"cannot read|out of range"):
+        parse_since(since, 1_769_302_800.0)
+
+
+def test_absurd_log_lines_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 309-digit wait_ms and a deeply nested JSON line are skipped, not fatal."""
+    path = tmp_path / "hostile.log"
+    nested = '{"message": "[PERMIT_WAIT] OK plan=p1", "x": ' + "[" * 100_000 + "]" * 100_000
+    lines = [
+        "[PERMIT_WAIT] OK plan=p1 symbol=BTCUSDT wait_ms=" + "9" * 309 + " safe_qty=0.01",
+        nested + "}",
+        "[PERMIT_WAIT] OK plan=p2 symbol=BTCUSDT wait_ms=12 safe_qty=0.01",
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["stats", "--file", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] == 1 and report["unparsed"] == 2
+
+
 def test_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["stats", "--file", str(tmp_path / "nope.log")]) == 1
     err = capsys.readouterr().err

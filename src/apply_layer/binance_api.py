@@ -45,12 +45,12 @@ from apply_layer.binance_model import (
     UNKNOWN_STATUS_CODES,
     BinanceError,
     ExchangeRejected,
+    ExchangeRules,
     NotProcessed,
     OrderInfo,
     OrderNotFound,
     RateLimited,
     StatusUnknown,
-    SymbolRules,
     TimestampRejected,
     parse_exchange_info,
 )
@@ -157,7 +157,7 @@ class BinanceClient:
         self.time_syncs += 1
         return self.offset_ms
 
-    async def exchange_rules(self) -> dict[str, SymbolRules]:
+    async def exchange_rules(self) -> ExchangeRules:
         return parse_exchange_info(await self._request("GET", EXCHANGE_INFO_PATH))
 
     async def position_rows(self, symbol: str) -> list[tuple[str, Decimal]]:

@@ -57,6 +57,10 @@ class RateLimited(BinanceError):
         super().__init__(f"HTTP {http_status} (retry after {retry_after_sec} s): {msg}")
 
 
+class ExchangeInfoInvalid(BinanceError):
+    """``exchangeInfo`` answered with something that is not a list of symbols."""
+
+
 class NotProcessed(BinanceError):
     """Definitely not processed (never sent, or Binance says it failed): safe to resend."""
 
@@ -115,7 +119,7 @@ class OrderInfo:
             raise StatusUnknown("order answer without the expected fields") from None
 
 
-def _lot(raw: Mapping[str, Any]) -> LotFilter | None:
+def _lot(raw: Any) -> LotFilter | None:
     step = Decimal(str(raw["stepSize"])).normalize()
     if step <= 0:
         return None  # a zero step disables the rule
@@ -137,18 +141,65 @@ def stricter(symbol: str, *filters: LotFilter | None) -> LotFilter:
     return LotFilter(step, max(f.min_qty for f in present), min(maxes) if maxes else None)
 
 
-def parse_exchange_info(data: Any) -> dict[str, SymbolRules]:
-    """Per-symbol lot rules from ``GET /fapi/v1/exchangeInfo``."""
-    rules: dict[str, SymbolRules] = {}
-    for entry in data.get("symbols", []) if isinstance(data, dict) else []:
-        by_type = {f.get("filterType"): f for f in entry.get("filters", [])}
+class ExchangeRules(dict[str, SymbolRules]):
+    """Lot rules by symbol; ``invalid`` names the symbols whose entry could not be read.
+
+    A symbol in ``invalid`` is listed but unusable (``exchange_info_invalid``);
+    ``unreadable`` counts entries that did not even name a symbol: while there
+    are any, a symbol that is absent may be one of them, so it is not called
+    unlisted either.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.invalid: dict[str, str] = {}
+        self.unreadable = 0
+
+    def problem(self, symbol: str) -> str:
+        """Why ``symbol`` has no rules although the exchange may list it ("" if unlisted)."""
+        if symbol in self.invalid:
+            return f"{symbol}: {self.invalid[symbol]}"
+        if symbol not in self and self.unreadable:
+            return f"{self.unreadable} exchangeInfo entries name no symbol"
+        return ""
+
+
+def _symbol_rules(symbol: str, entry: Mapping[str, Any]) -> SymbolRules:
+    filters = entry.get("filters", [])
+    if not isinstance(filters, list):
+        raise BinanceError("filters is not a list")
+    by_type = {
+        f["filterType"]: f
+        for f in filters
+        if isinstance(f, dict) and isinstance(f.get("filterType"), str)
+    }
+    lot = _lot(by_type["LOT_SIZE"]) if "LOT_SIZE" in by_type else None
+    market = _lot(by_type["MARKET_LOT_SIZE"]) if "MARKET_LOT_SIZE" in by_type else None
+    return SymbolRules(symbol, lot, market, stricter(symbol, lot, market))
+
+
+def parse_exchange_info(data: Any) -> ExchangeRules:
+    """Per-symbol lot rules from ``GET /fapi/v1/exchangeInfo``.
+
+    Raises :class:`ExchangeInfoInvalid` when the answer is not a list of
+    symbols; a symbol whose own entry cannot be read is recorded as invalid,
+    and the others are kept.
+    """
+    symbols = data.get("symbols") if isinstance(data, dict) else None
+    if not isinstance(symbols, list):
+        raise ExchangeInfoInvalid("exchangeInfo answer without a list of symbols")
+    rules = ExchangeRules()
+    for entry in symbols:
+        symbol = entry.get("symbol") if isinstance(entry, dict) else None
+        if not isinstance(symbol, str) or not symbol:
+            rules.unreadable += 1
+            continue
         try:
-            lot = _lot(by_type["LOT_SIZE"]) if "LOT_SIZE" in by_type else None
-            market = _lot(by_type["MARKET_LOT_SIZE"]) if "MARKET_LOT_SIZE" in by_type else None
-            symbol = str(entry["symbol"])
-            rules[symbol] = SymbolRules(symbol, lot, market, stricter(symbol, lot, market))
-        except (KeyError, InvalidOperation, ValueError, BinanceError):
-            continue  # a symbol whose filters we cannot read is treated as unlisted
+            rules[symbol] = _symbol_rules(symbol, entry)
+        except (KeyError, TypeError, AttributeError, ArithmeticError, ValueError) as exc:
+            rules.invalid[symbol] = f"unreadable lot filters ({type(exc).__name__})"
+        except BinanceError as exc:
+            rules.invalid[symbol] = str(exc).removeprefix(f"{symbol}: ")
     return rules
 
 

@@ -20,7 +20,8 @@
 -- and a racing caller learns the plan is already decided (owner 0).
 --
 -- The verdict rules mirror permits.py; keep the two in step. kill_on() comes
--- from kill_switch.lua, which Python prepends.
+-- from kill_switch.lua, and MAX_PERMIT_BYTES and OVERSIZED_PREFIX from
+-- permits.py, which Python prepends.
 
 local journal = KEYS[1]
 local plan_id, symbol, token = ARGV[1], ARGV[2], ARGV[3]
@@ -80,12 +81,33 @@ local function judge(obj, carries_qty)
   return 'allow', ''
 end
 
+-- Rule 0: a value past MAX_PERMIT_BYTES is journalled and returned as this
+-- summary, never in full (an 8 MB permit must not cost 8 MB per plan).
+local function summary(len, head, whole)
+  head = string.gsub(head, '[^%w_.-]', '_')
+  return OVERSIZED_PREFIX .. 'bytes=' .. len .. ':sha1=' .. redis.sha1hex(whole) .. ':head=' .. head
+end
+
+local function is_summary(raw)
+  return string.sub(raw, 1, #OVERSIZED_PREFIX) == OVERSIZED_PREFIX
+end
+
+-- A string key's value, or its summary when it is past the limit.
+local function read_string(key)
+  local len = redis.call('STRLEN', key)
+  if len > MAX_PERMIT_BYTES then
+    return summary(len, redis.call('GETRANGE', key, 0, 63), redis.call('GET', key)), true
+  end
+  return redis.call('GET', key), false
+end
+
 -- Read and judge one permit key: kind, raw text, verdict, category.
 local function read_permit(key, carries_qty)
   local kind = redis.call('TYPE', key)['ok']
   if kind == 'none' then return 'none', '', 'missing', '' end
   if kind == 'string' then
-    local raw = redis.call('GET', key)
+    local raw, oversized = read_string(key)
+    if oversized or is_summary(raw) then return kind, raw, 'deny', 'oversized' end
     local ok, obj = pcall(cjson.decode, raw)
     if not ok then return kind, raw, 'deny', 'malformed' end
     if type(obj) == 'number' then obj = {allow = (obj == 1)} end
@@ -97,8 +119,12 @@ local function read_permit(key, carries_qty)
     local flat = redis.call('HGETALL', key)
     local obj = {}
     for i = 1, #flat, 2 do obj[flat[i]] = flat[i + 1] end
+    local raw = cjson.encode(obj)
+    if #raw > MAX_PERMIT_BYTES then
+      return kind, summary(#raw, string.sub(raw, 1, 64), raw), 'deny', 'oversized'
+    end
     local v, c = judge(obj, carries_qty)
-    return kind, cjson.encode(obj), v, c
+    return kind, raw, v, c
   end
   return kind, '', 'deny', 'wrong_type'
 end
@@ -119,7 +145,7 @@ end
 
 local marker = ''
 if not status and redis.call('TYPE', KEYS[2])['ok'] == 'string' then
-  marker = redis.call('GET', KEYS[2])
+  marker = read_string(KEYS[2])
   status = 'GOV_BLOCK'
 end
 if not status then

@@ -31,6 +31,8 @@ from apply_layer.logs import get_logger, permit_block_line, permit_ok_line
 from apply_layer.notify import KeyspaceWatcher
 from apply_layer.permits import (
     KILL_SWITCH_LUA,
+    MAX_PERMIT_BYTES,
+    OVERSIZED_PREFIX,
     PermitVerdict,
     evaluate_permit,
     governor_block_reason,
@@ -40,7 +42,11 @@ from apply_layer.tokens import new_token
 
 log = get_logger()
 
-GATE_SCRIPT = KILL_SWITCH_LUA + files("apply_layer").joinpath("gate.lua").read_text("utf-8")
+GATE_SCRIPT = (
+    KILL_SWITCH_LUA
+    + f"local MAX_PERMIT_BYTES, OVERSIZED_PREFIX = {MAX_PERMIT_BYTES}, '{OVERSIZED_PREFIX}'\n"
+    + files("apply_layer").joinpath("gate.lua").read_text("utf-8")
+)
 _PER_ISSUER = 6  # name, kind, raw, ttl, verdict, category
 
 

@@ -36,21 +36,29 @@ FINAL_STATES = frozenset({"executed", "rejected", "failed", "blocked", "skipped"
 # that drives the plan (it outlives the claim key); before that the claim key
 # (quantum:apply:claim:{id}, the daemon's own) decides who opens it. One round
 # trip, atomic. KEYS: claim, journal. ARGV: entry id, claim TTL, now ms,
-# journal TTL, plan id, symbol. Reply: {holder, state, result_id, outcome}.
+# journal TTL, plan id, symbol. Reply: {holder, state, result_id, outcome,
+# wrong}: ``wrong`` names a key that holds another type ("journal" or
+# "claim"), which no command of ours could use (WRONGTYPE, every retry).
+# Values are cut to 64 bytes (stream ids are at most 41): they are logged.
 CLAIM_SCRIPT = """
+local jt = redis.call('TYPE', KEYS[2])['ok']
+if jt ~= 'none' and jt ~= 'hash' then return {'', '', '', '', 'journal'} end
 local j = redis.call('HMGET', KEYS[2], 'state', 'result_id', 'stream_id', 'outcome_status')
 if j[1] then
-  return {j[3] or '', j[1], j[2] or '', j[4] or ''}
+  return {string.sub(j[3] or '', 1, 64), string.sub(j[1], 1, 64), string.sub(j[2] or '', 1, 64),
+          string.sub(j[4] or '', 1, 64), ''}
 end
+local ct = redis.call('TYPE', KEYS[1])['ok']
+if ct ~= 'none' and ct ~= 'string' then return {'', '', '', '', 'claim'} end
 local holder = ARGV[1]
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  holder = redis.call('GET', KEYS[1]) or ''
+  holder = string.sub(redis.call('GET', KEYS[1]) or '', 1, 64)  -- logged: bounded
 end
-if holder ~= ARGV[1] then return {holder, '', '', ''} end
+if holder ~= ARGV[1] then return {holder, '', '', '', ''} end
 redis.call('HSET', KEYS[2], 'state', 'received', 'plan_id', ARGV[5], 'symbol', ARGV[6],
            'stream_id', ARGV[1], 'received_at_ms', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {holder, 'received', '', ''}
+return {holder, 'received', '', '', ''}
 """
 
 # Publish a plan's one result: XADD + final journal state + cooldown, once; and
@@ -58,7 +66,9 @@ return {holder, 'received', '', ''}
 # so "result out" and "entry done" can never be seen apart.
 # KEYS: journal, result stream, cooldown, plan stream, lease.
 # ARGV: state, now ms, journal TTL, cooldown (1/0), MAXLEN, status, error,
-#       group, entry id ('' = no ack), lease token ('' = none), then the fields.
+#       group, entry id ('' = no ack), lease token ('' = none), unless sent
+#       (1 = publish nothing while an order may be out: state submitting),
+#       then the fields. Reply: {result id, 1 new / 0 already out / -1 refused}.
 PUBLISH_SCRIPT = """
 local function finish()
   if ARGV[9] ~= '' then redis.call('XACK', KEYS[4], ARGV[8], ARGV[9]) end
@@ -69,12 +79,27 @@ if existing then
   finish()
   return {existing, 0}
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 11))
+if ARGV[11] == '1' and redis.call('HGET', KEYS[1], 'state') == 'submitting' then
+  return {'', -1}
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 12))
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'result_id', id, 'final_at_ms', ARGV[2],
            'outcome_status', ARGV[6], 'outcome_error', ARGV[7])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[2], 'EX', 3600) end
 finish()
+return {id, 1}
+"""
+
+# A result for an entry that has no usable journal (no valid plan id, or a key
+# of the wrong type in the way), with the entry's acknowledgement in the same
+# step. Published only while the entry is still pending, so a resend after a
+# lost reply publishes nothing twice. KEYS: result stream, plan stream.
+# ARGV: MAXLEN, group, entry id, then the fields. Reply: {result id, 1/0}.
+UNJOURNALLED_SCRIPT = """
+if #redis.call('XPENDING', KEYS[2], ARGV[2], ARGV[3], ARGV[3], 1) == 0 then return {'', 0} end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
 return {id, 1}
 """
 
@@ -96,6 +121,10 @@ return a
 """
 
 
+class OrderMayBeOut(Exception):
+    """A guarded publish found the plan ``submitting``: its fate is for recovery to find."""
+
+
 @dataclass(frozen=True)
 class Claim:
     """Who owns a plan and where it stands, as the claim script saw it."""
@@ -104,6 +133,7 @@ class Claim:
     state: str  # journal state ("" if none)
     result_id: str  # set once the plan's result is published
     first_status: str = ""  # the published result's status (EXECUTED, BLOCKED, ...)
+    wrong_type: str = ""  # "claim" or "journal": that key holds another Redis type
 
     def owned_by(self, entry_id: str) -> bool:
         return self.holder == entry_id
@@ -129,6 +159,7 @@ class Journal:
         self._claim = host.register_script(CLAIM_SCRIPT)
         self._publish = host.register_script(PUBLISH_SCRIPT)
         self._attempt = host.register_script(ATTEMPT_SCRIPT)
+        self._unjournalled = host.register_script(UNJOURNALLED_SCRIPT)
 
     async def claim(self, plan_id: str, symbol: str, entry_id: str) -> Claim:
         reply = await self._claim(
@@ -142,7 +173,12 @@ class Journal:
                 symbol,
             ],
         )
-        return Claim(str(reply[0]), str(reply[1]), str(reply[2]), str(reply[3]))
+        return Claim(str(reply[0]), str(reply[1]), str(reply[2]), str(reply[3]), str(reply[4]))
+
+    async def sent_client_order_id(self, plan_id: str) -> str:
+        """The client order id journalled with the plan's last send ("" if none)."""
+        value = await self.redis.hget(K.journal(plan_id), "order.client_order_id")
+        return str(value) if value else ""
 
     async def read(self, plan_id: str) -> dict[str, str]:
         data = await self.redis.hgetall(K.journal(plan_id))
@@ -158,11 +194,14 @@ class Journal:
         cooldown: bool = False,
         entry_id: str = "",
         lease: Lease | None = None,
+        unless_sent: bool = False,
     ) -> tuple[str, bool]:
         """Write the final state and the one result entry; returns (entry id, new?).
 
         With ``entry_id`` the stream entry is acknowledged, and with ``lease``
-        the symbol lease released, in the same atomic step.
+        the symbol lease released, in the same atomic step. With
+        ``unless_sent`` nothing is written while an order may be out (state
+        ``submitting``): :class:`OrderMayBeOut` is raised instead.
         """
         if state not in FINAL_STATES:
             raise ValueError(f"not a final state: {state}")
@@ -186,12 +225,27 @@ class Journal:
                 self.group,
                 entry_id,
                 lease.token if lease else "",
+                "1" if unless_sent else "0",
                 *flat,
             ],
         )
+        if int(reply[1]) == -1:
+            raise OrderMayBeOut(plan_id)
         if lease is not None:
             lease.released = True
         return str(reply[0]), int(reply[1]) == 1
+
+    async def publish_unjournalled(self, fields: Mapping[str, str], entry_id: str) -> bool:
+        """Publish a result and acknowledge its entry, for an entry with no usable journal.
+
+        Returns False when the entry was no longer pending (its result is out).
+        """
+        flat = [item for pair in fields.items() for item in pair]
+        reply = await self._unjournalled(
+            keys=[K.RESULT_STREAM, K.PLAN_STREAM],
+            args=[K.STREAM_MAXLEN, self.group, entry_id, *flat],
+        )
+        return int(reply[1]) == 1
 
     def order_log(
         self, plan_id: str, client_order_id: str, *, symbol: str, lease_token: str

@@ -37,6 +37,8 @@ if redis.call('HEXISTS', KEYS[2], 'result_id') == 1 then return 'FINAL' end
 if ARGV[4] == '1' and (ARGV[3] == '1' or kill_on(KEYS[3]) or kill_on(KEYS[4])) then
   return 'KILL'
 end
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= 'string' then return 'WRONGTYPE' end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'OK' end
 -- Ours already: this is a resend whose first reply was lost.
 if redis.call('GET', KEYS[1]) == ARGV[1] then return 'OK' end
@@ -67,6 +69,10 @@ class AlreadyFinal(Exception):
 
 class KillSwitchOn(Exception):
     """The kill switch is on: no new order may be sent."""
+
+
+class LeaseKeyWrongType(Exception):
+    """The symbol's lease key holds another Redis type: no lease can be taken on it."""
 
 
 @dataclass
@@ -101,8 +107,9 @@ class SymbolLeases:
     ) -> AsyncIterator[Lease]:
         """Hold the symbol's lease for the block.
 
-        Raises :class:`AlreadyFinal` if the plan's result is out, and (when
-        ``new_order``) :class:`KillSwitchOn` if the kill switch is on.
+        Raises :class:`AlreadyFinal` if the plan's result is out, (when
+        ``new_order``) :class:`KillSwitchOn` if the kill switch is on, and
+        :class:`LeaseKeyWrongType` if the lease key is not a string.
         """
         lease = Lease(K.symbol_lease(symbol), f"{self.owner}:{new_token()}")
         keys = [lease.key, K.journal(plan_id), *K.KILL_SWITCH_KEYS]
@@ -119,6 +126,8 @@ class SymbolLeases:
             raise AlreadyFinal(plan_id)
         if answer == "KILL":
             raise KillSwitchOn(symbol)
+        if answer == "WRONGTYPE":
+            raise LeaseKeyWrongType(lease.key)
         # Most holds last milliseconds: renew only if this one outlives a third of the lease.
         renewer: list[asyncio.Task[None]] = []
         timer = loop.call_later(

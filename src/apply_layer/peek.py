@@ -10,7 +10,14 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.gate import GateConfig
-from apply_layer.permits import PermitVerdict, evaluate_permit, governor_block_reason, is_kill_value
+from apply_layer.permits import (
+    MAX_PERMIT_BYTES,
+    OVERSIZED_PREFIX,
+    PermitVerdict,
+    evaluate_permit,
+    governor_block_reason,
+    is_kill_value,
+)
 
 
 @dataclass
@@ -72,13 +79,18 @@ class PlanView:
 
 
 async def _read(redis: Redis, key: str) -> tuple[str, str | None, int]:
+    """A key's type, text and TTL; a text past MAX_PERMIT_BYTES as the gate's summary."""
     kind = str(await redis.type(key))
     ttl = int(await redis.ttl(key))
     if kind == "string":
+        length = int(await redis.strlen(key))
+        if length > MAX_PERMIT_BYTES:  # as the gate sees it: a deny, never printed whole
+            return kind, f"{OVERSIZED_PREFIX}bytes={length}", ttl
         value = await redis.get(key)
         return kind, None if value is None else str(value), ttl
     if kind == "hash":
-        return kind, json.dumps(await redis.hgetall(key)), ttl
+        text = json.dumps(await redis.hgetall(key))
+        return kind, text if len(text) <= MAX_PERMIT_BYTES else f"{OVERSIZED_PREFIX}hash", ttl
     return kind, None, ttl
 
 

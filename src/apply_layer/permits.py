@@ -8,6 +8,11 @@ together, and the gate fails closed if they ever disagree.
 
 The rules (docs/CONTRACT.md 3), in order:
 
+0. Size: a permit (or governor block marker) longer than
+   :data:`MAX_PERMIT_BYTES` (4 KiB) is a deny (``oversized``); real permits
+   are a few hundred bytes. The script then journals and returns only a summary of it
+   (:data:`OVERSIZED_PREFIX`, its length, SHA1 and a sanitised head), so
+   that an 8 MB permit costs neither the journal nor the daemon 8 MB.
 1. Type: a string holds JSON (or a bare ``1``); a HASH holds string fields.
    Any other type is a deny (``wrong_type``); unparseable JSON is a deny
    (``malformed``).
@@ -36,6 +41,7 @@ from apply_layer.keys import Issuer
 Verdict = Literal["allow", "deny", "missing"]
 
 DENY_CATEGORIES = (
+    "oversized",
     "wrong_type",
     "malformed",
     "not_granted",
@@ -44,9 +50,12 @@ DENY_CATEGORIES = (
     "invalid_qty",
 )
 
-_DECIMAL_TEXT = re.compile(r"^[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?$")
+_DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
 _REASON_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 MAX_REASON_LEN = 80
+# Rule 0. gate.lua gets both constants from here (see gate.GATE_SCRIPT).
+MAX_PERMIT_BYTES = 4096
+OVERSIZED_PREFIX = "oversized:"
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ class PermitVerdict:
     category: str = ""  # one of DENY_CATEGORIES when verdict == "deny"
     detail: str = ""  # the permit's own reason for an explicit deny, sanitised
     safe_qty: Decimal | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)  # its top-level scalar values
 
     @property
     def reason(self) -> str:
@@ -93,7 +102,7 @@ def parse_qty(value: Any) -> Decimal | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, str):
-        if not _DECIMAL_TEXT.match(value):
+        if not _DECIMAL_TEXT.fullmatch(value):  # whole text: "1\n" is not a quantity
             return None
         try:
             value = Decimal(value)
@@ -116,12 +125,21 @@ def _json_constant(name: str) -> Decimal:
     return Decimal(name.replace("Infinity", "Inf"))
 
 
+def is_oversized(raw: str) -> bool:
+    """Rule 0: the script's summary of an oversized value, or a value past the limit.
+
+    The script counts bytes, this counts characters (never more than the
+    bytes they came from), so whatever the script passed in full passes here.
+    """
+    return raw.startswith(OVERSIZED_PREFIX) or len(raw) > MAX_PERMIT_BYTES
+
+
 def decode_permit(kind: str, raw: str) -> dict[str, Any] | None:
     """The permit's fields, or None when the text is not a permit at all."""
     if kind == "hash":
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return data if isinstance(data, dict) else None
     try:
@@ -146,12 +164,18 @@ def evaluate_permit(issuer: Issuer, kind: str, raw: str | None, symbol: str) -> 
         return PermitVerdict(name, "none", "missing")
     if kind not in ("string", "hash"):
         return PermitVerdict(name, kind, "deny", "wrong_type")
+    if is_oversized(raw):
+        return PermitVerdict(name, kind, "deny", "oversized")
     data = decode_permit(kind, raw)
     if data is None:
         return PermitVerdict(name, kind, "deny", "malformed")
 
+    # Only top-level values are kept (all anything reads): a plan in flight
+    # holds its verdicts, so nested garbage must not stay with them.
+    kept = {k: v for k, v in data.items() if not isinstance(v, dict | list)}
+
     def deny(category: str, detail: str = "") -> PermitVerdict:
-        return PermitVerdict(name, kind, "deny", category, detail, fields=data)
+        return PermitVerdict(name, kind, "deny", category, detail, fields=kept)
 
     flags = [data[k] for k in ("granted", "allow") if k in data]
     if not flags:
@@ -170,16 +194,22 @@ def evaluate_permit(issuer: Issuer, kind: str, raw: str | None, symbol: str) -> 
         qty = parse_qty(candidate)
         if qty is None:
             return deny("invalid_qty")
-    return PermitVerdict(name, kind, "allow", safe_qty=qty, fields=data)
+    return PermitVerdict(name, kind, "allow", safe_qty=qty, fields=kept)
 
 
 def governor_block_reason(raw: str | None) -> str:
-    """The reason a governor block marker gives, sanitised (``unspecified`` if none)."""
+    """The reason a governor block marker gives, sanitised (``unspecified`` if none).
+
+    Never raises: the marker is read after the gate has consumed the permits,
+    so an exception here would leave a decided plan without its result.
+    """
     if not raw:
         return "unspecified"
+    if is_oversized(raw):
+        return "oversized_marker"
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # ~1,000 nested brackets: RecursionError
         return sanitise_reason(raw)
     if isinstance(data, dict) and isinstance(data.get("reason"), str):
         return sanitise_reason(data["reason"])

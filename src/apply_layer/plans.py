@@ -25,6 +25,7 @@ from decimal import Decimal
 PLAN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SYMBOL_RE = re.compile(r"[A-Z0-9]{2,30}")
 STEP_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,47}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 DECISIONS = ("EXECUTE", "SKIP", "BLOCKED", "ERROR")
 CLOSE_STEPS = {
     "CLOSE_FULL": Decimal(100),
@@ -173,7 +174,8 @@ def parse_plan(fields: Mapping[str, str]) -> Plan:
     for key, value in fields.items():
         length = len(key.encode()) + len(value.encode())
         if length > MAX_FIELD_BYTES:
-            raise InvalidPlan(f"oversized_field:{key[:32]}", _safe(fields, "plan_id", PLAN_ID_RE))
+            name = _UNSAFE.sub("_", key[:32])  # echoed in the result and the log
+            raise InvalidPlan(f"oversized_field:{name}", _safe(fields, "plan_id", PLAN_ID_RE))
         size += length
     if size > MAX_ENTRY_BYTES:
         raise InvalidPlan("oversized_entry", _safe(fields, "plan_id", PLAN_ID_RE))
@@ -216,6 +218,11 @@ def parse_plan(fields: Mapping[str, str]) -> Plan:
         steps=steps,
         extra={k: v for k, v in fields.items() if k not in known},
     )
+
+
+def safe_plan_id(fields: Mapping[str, str]) -> str:
+    """The entry's plan id when it is a valid one, else "" (to end a broken entry by)."""
+    return _safe(fields, "plan_id", PLAN_ID_RE)
 
 
 def _safe(fields: Mapping[str, str], name: str, pattern: re.Pattern[str]) -> str:

@@ -5,6 +5,13 @@ another entry already drives, in one ``duplicate plan=... first_status=...``
 log line; both are written before the caller acknowledges the entry. A
 Redis failure anywhere raises: the entry stays pending and is resumed from
 its journal state, so nothing is lost and nothing is done twice.
+
+Nothing an entry holds may keep it from ending: an oversized entry is
+rejected before it is parsed, a claim or journal key of the wrong Redis type
+ends the entry REJECTED ``key_wrong_type:<key>`` (it is not an outage), and
+any other exception ends it FAILED ``internal_error:<type>``, unless an order
+may be out (journal state ``submitting``): that fate is recovery's to find,
+never guessed.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from apply_layer import keys as K
 from apply_layer import metrics
@@ -26,12 +33,12 @@ from apply_layer.batching import ScriptHost
 from apply_layer.errors import RetryLater
 from apply_layer.executors.base import Executor, OrderRequest, StepResult
 from apply_layer.gate import GateResult, PermitGate
-from apply_layer.journal import Claim, Journal
-from apply_layer.lease import AlreadyFinal, KillSwitchOn, Lease, SymbolLeases
+from apply_layer.journal import Claim, Journal, OrderMayBeOut
+from apply_layer.lease import AlreadyFinal, KillSwitchOn, Lease, LeaseKeyWrongType, SymbolLeases
 from apply_layer.logs import get_logger
 from apply_layer.outcomes import Outcome, blocked, rejected, result_fields, skipped
 from apply_layer.permit_signatures import SignaturePolicy
-from apply_layer.plans import InvalidPlan, Plan, parse_plan
+from apply_layer.plans import InvalidPlan, Plan, parse_plan, safe_plan_id
 from apply_layer.settings import Settings
 
 log = get_logger()
@@ -92,12 +99,36 @@ class Processor:
         self._symbol_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.signatures = SignaturePolicy.from_settings(settings)  # ConfigError: exit 2
 
-    async def handle(self, entry_id: str, fields: dict[str, str]) -> Handled:
+    async def handle(
+        self, entry_id: str, fields: dict[str, str], *, oversized: bool = False
+    ) -> Handled:
+        """End one entry; ``oversized``: the reader kept only its short fields.
+
+        Raises only for Redis (and ``RetryLater``): the entry then stays
+        pending and is resumed.
+        """
+        try:
+            return await self._handle(entry_id, fields, oversized)
+        except (RedisError, OSError, RetryLater):
+            raise
+        except Exception as exc:  # a bug, or an input nobody foresaw: end it once, cleanly
+            return await self._give_up(entry_id, fields, exc)
+
+    async def _handle(self, entry_id: str, fields: dict[str, str], oversized: bool) -> Handled:
+        if oversized:  # before anything else: nothing of it is parsed
+            return await self._reject_invalid(
+                entry_id, fields, InvalidPlan("oversized_entry", safe_plan_id(fields))
+            )
         try:
             plan = parse_plan(fields)
         except InvalidPlan as exc:
             return await self._reject_invalid(entry_id, fields, exc)
         claim = await self.journal.claim(plan.plan_id, plan.symbol, entry_id)
+        if claim.wrong_type:
+            outcome = self._wrong_type(plan.plan_id, claim.wrong_type, entry_id)
+            return await self._publish_unjournalled(
+                entry_id, plan.plan_id, plan.symbol, plan.decision, outcome
+            )
         if not claim.owned_by(entry_id):
             return self._duplicate(plan.plan_id, entry_id, claim)
         if claim.result_id:
@@ -122,6 +153,33 @@ class Processor:
             first_status=first,
         )
         return Handled("duplicate")
+
+    def _wrong_type(self, plan_id: str, which: str, entry_id: str) -> Outcome:
+        key = K.claim(plan_id) if which == "claim" else K.journal(plan_id)
+        log.error("key_wrong_type", key=key, plan_id=plan_id, entry_id=entry_id)
+        return rejected(f"key_wrong_type:{which}")
+
+    async def _give_up(self, entry_id: str, fields: dict[str, str], exc: Exception) -> Handled:
+        """End an entry whose handling raised: FAILED ``internal_error``, unless an order
+        may be out (then re-raise: the entry stays pending for recovery's lookup)."""
+        log.error("plan_internal_error", entry_id=entry_id, exc_info=exc)
+        outcome = Outcome("FAILED", f"internal_error:{type(exc).__name__}")
+        plan_id, symbol = safe_plan_id(fields), _echo(fields.get("symbol", ""))
+        decision = _echo(fields.get("decision", ""))
+        if plan_id:
+            result = self._fields(plan_id, symbol, decision, outcome)
+            try:
+                new = await self._publish_fields(
+                    plan_id, symbol, outcome, result, entry_id, unless_sent=True
+                )
+                return Handled("published" if new else "done", outcome, acked=True)
+            except OrderMayBeOut:
+                raise exc from None
+            except ResponseError:  # the journal key holds another type
+                pass
+        return await self._publish_unjournalled(
+            entry_id, plan_id or _echo(fields.get("plan_id", "")), symbol, decision, outcome
+        )
 
     # ---- the lifecycle ---------------------------------------------------------
 
@@ -182,6 +240,9 @@ class Processor:
             pct=step.pct,
             safe_qty=decision.safe_qty,
             reported_amt=_signed_decimal(p33.fields.get("exchange_position_amt")) if p33 else None,
+            sent_client_order_id=(
+                await self.journal.sent_client_order_id(plan.plan_id) if sent_before else ""
+            ),
         )
         lease_wait = 2 * self.settings.lease_ms / 1000
         async with self._symbol_locks[plan.symbol]:
@@ -194,6 +255,11 @@ class Processor:
                     return Handled("published", outcome, acked=True)
             except KillSwitchOn:
                 return blocked("kill_switch", wait_ms)
+            except LeaseKeyWrongType as exc:
+                log.error("key_wrong_type", key=str(exc), plan_id=plan.plan_id)
+                if sent_before:  # an order may be out: its fate is found under the lease
+                    raise RetryLater(f"{exc} holds another Redis type") from None
+                return Outcome("FAILED", "key_wrong_type:lease", wait_ms=wait_ms)
 
     async def _place(self, plan: Plan, order: OrderRequest, wait_ms: int, lease: Lease) -> Outcome:
         step = plan.close_step
@@ -260,7 +326,10 @@ class Processor:
         fields: dict[str, str],
         entry_id: str,
         lease: Lease | None = None,
-    ) -> None:
+        *,
+        unless_sent: bool = False,
+    ) -> bool:
+        """Publish once; True if this call published (False: the result was already out)."""
         _, new = await self.journal.publish(
             plan_id,
             symbol,
@@ -269,6 +338,7 @@ class Processor:
             cooldown=outcome.executed,
             entry_id=entry_id,
             lease=lease,
+            unless_sent=unless_sent,
         )
         if new:
             metrics.PLANS.labels(outcome.status, outcome.reason_class).inc()
@@ -280,6 +350,7 @@ class Processor:
                 error=outcome.error,
                 wait_ms=outcome.wait_ms,
             )
+        return new
 
     async def _reject_invalid(
         self, entry_id: str, fields: dict[str, str], exc: InvalidPlan
@@ -288,17 +359,30 @@ class Processor:
         decision = _echo(fields.get("decision", ""))
         if exc.plan_id:
             claim = await self.journal.claim(exc.plan_id, exc.symbol, entry_id)
-            if not claim.owned_by(entry_id):
-                return self._duplicate(exc.plan_id, entry_id, claim)
-            if claim.result_id:
-                return Handled("done")
-            fields = self._fields(exc.plan_id, exc.symbol, decision, outcome)
-            await self._publish_fields(exc.plan_id, exc.symbol, outcome, fields, entry_id)
-            return Handled("published", outcome, acked=True)
-        # No usable plan id: nothing to journal or dedupe by; publish and move on.
+            if not claim.wrong_type:
+                if not claim.owned_by(entry_id):
+                    return self._duplicate(exc.plan_id, entry_id, claim)
+                if claim.result_id:
+                    return Handled("done")
+                fields = self._fields(exc.plan_id, exc.symbol, decision, outcome)
+                await self._publish_fields(exc.plan_id, exc.symbol, outcome, fields, entry_id)
+                return Handled("published", outcome, acked=True)
+            self._wrong_type(exc.plan_id, claim.wrong_type, entry_id)
+            return await self._publish_unjournalled(
+                entry_id, exc.plan_id, exc.symbol, decision, outcome
+            )
+        # No usable plan id: nothing to journal or dedupe by.
         plan_id, symbol = _echo(fields.get("plan_id", "")), _echo(fields.get("symbol", ""))
+        return await self._publish_unjournalled(entry_id, plan_id, symbol, decision, outcome)
+
+    async def _publish_unjournalled(
+        self, entry_id: str, plan_id: str, symbol: str, decision: str, outcome: Outcome
+    ) -> Handled:
+        """The result of an entry with no usable journal, acknowledged in the same step."""
         result = self._fields(plan_id, symbol, decision, outcome)
-        await self.redis.xadd(K.RESULT_STREAM, result, maxlen=K.STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        if not await self.journal.publish_unjournalled(result, entry_id):
+            return Handled("done", acked=True)  # no longer pending: its result is out
         metrics.PLANS.labels(outcome.status, outcome.reason_class).inc()
-        log.warning("plan_rejected", entry_id=entry_id, error=outcome.error)
-        return Handled("published", outcome)
+        event = "plan_rejected" if outcome.status == "REJECTED" else "plan_outcome"
+        log.warning(event, entry_id=entry_id, plan_id=plan_id, error=outcome.error)
+        return Handled("published", outcome, acked=True)

@@ -8,6 +8,12 @@ never holds up the plans behind it. An entry is acknowledged only after its
 outcome is published; a Redis outage leaves it pending, and once Redis is
 back this consumer re-reads its own pending entries and resumes each from
 its journal state.
+
+Memory does not follow what the stream holds: reads are parsed as they
+arrive (``stream_reader``), an entry past 64 KiB keeps only its short echo
+fields and ends REJECTED ``invalid_plan:oversized_entry``, and each read asks
+for no more entries than :data:`HELD_ENTRIES_BUDGET` still has room for
+(docs/RELIABILITY.md, "Staying bounded").
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from apply_layer import __version__, metrics, systemd
+from apply_layer import __version__, metrics, stream_reader, systemd
 from apply_layer import keys as K
-from apply_layer.batching import ScriptBatcher
+from apply_layer.batching import ScriptBatcher, run_packed
 from apply_layer.errors import ConfigError, RetryLater
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
@@ -35,6 +41,7 @@ from apply_layer.notify import KeyspaceWatcher
 from apply_layer.processing import Processor
 from apply_layer.redis_client import create_redis
 from apply_layer.settings import Settings, unknown_env_vars
+from apply_layer.stream_reader import ENTRY_COST_MAX, StreamEntry
 
 log = get_logger()
 
@@ -44,6 +51,12 @@ DRAIN_TIMEOUT_SEC = 25.0
 FORGET_CONSUMER_MS = 3_600_000
 FORGET_EVERY_SEC = 60.0
 MAX_BACKOFF_SEC = 5.0
+# Entries held at once (read and not yet finished) cost at most this many
+# bytes, whatever the stream holds: each read asks for no more entries than
+# the room left allows at ENTRY_COST_MAX each.
+HELD_ENTRIES_BUDGET = 48 << 20
+MAX_READ_COUNT = 256
+MAX_CLAIM_COUNT = 100
 
 
 class ApplyService:
@@ -74,6 +87,7 @@ class ApplyService:
         )
         self.counts: dict[str, int] = {"published": 0, "duplicate": 0, "done": 0}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._held = 0  # bytes held by the entries in self._tasks (StreamEntry.cost)
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._redis_up = True
@@ -231,12 +245,12 @@ class ApplyService:
                 if not self._group_ready:
                     await self._ensure_group()
                 await self._housekeeping_if_due()
-                free = self.settings.max_in_flight - len(self._tasks)
-                if free <= 0:
+                count = min(self._room(), MAX_READ_COUNT)
+                if count <= 0:
                     self._slot_freed.clear()
                     await self._pause(self.settings.poll_sec, self._slot_freed)
                     continue
-                entries = await self._read(min(free, 256))
+                entries = await self._read(count)
                 self._redis_ok()
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
@@ -249,46 +263,55 @@ class ApplyService:
                 self._redis_failed(exc)
                 await self._pause_after_failure()
                 continue
-            for entry_id, fields in entries:
-                if entry_id not in self._tasks:
-                    self._spawn(entry_id, fields)
+            for entry in entries:
+                if entry.entry_id not in self._tasks:
+                    self._spawn(entry)
 
-    async def _read(self, count: int) -> list[tuple[str, dict[str, str]]]:
+    def _room(self) -> int:
+        """How many more entries may be read now: free slots, and room in the budget."""
+        free = self.settings.max_in_flight - len(self._tasks)
+        return min(free, (HELD_ENTRIES_BUDGET - self._held) // ENTRY_COST_MAX)
+
+    async def _read(self, count: int) -> list[StreamEntry]:
         group, consumer = self.settings.consumer_group, self.settings.consumer_name
         if self._backlog:
-            reply: Any = await self.reader.xreadgroup(
-                group, consumer, {K.PLAN_STREAM: self._backlog_cursor}, count=count
+            entries = await stream_reader.xreadgroup(
+                self.reader, group, consumer, K.PLAN_STREAM, self._backlog_cursor, count=count
             )
-            entries = reply[0][1] if reply else []
             if len(entries) < count:
                 self._backlog = False
             if entries:
-                self._backlog_cursor = entries[-1][0]
-            return [(eid, dict(f or {})) for eid, f in entries]
+                self._backlog_cursor = entries[-1].entry_id
+            return entries
         block_ms = int(self.settings.poll_sec * 1000)
-        reply = await self.reader.xreadgroup(
-            group, consumer, {K.PLAN_STREAM: ">"}, count=count, block=block_ms
+        return await stream_reader.xreadgroup(
+            self.reader, group, consumer, K.PLAN_STREAM, ">", count=count, block_ms=block_ms
         )
-        return [(eid, dict(f)) for eid, f in reply[0][1]] if reply else []
 
-    def _spawn(self, entry_id: str, fields: dict[str, str]) -> None:
-        task = asyncio.create_task(self._process(entry_id, fields), name=f"plan:{entry_id}")
+    def _spawn(self, entry: StreamEntry) -> None:
+        entry_id, cost = entry.entry_id, entry.cost
+        task = asyncio.create_task(self._process(entry), name=f"plan:{entry_id}")
         self._tasks[entry_id] = task
+        self._held += cost
         metrics.IN_FLIGHT.set(len(self._tasks))
 
         def _done(_: asyncio.Task[None]) -> None:
             self._tasks.pop(entry_id, None)
+            self._held -= cost
             metrics.IN_FLIGHT.set(len(self._tasks))
             self._slot_freed.set()
 
         task.add_done_callback(_done)
 
-    async def _process(self, entry_id: str, fields: dict[str, str]) -> None:
+    async def _process(self, entry: StreamEntry) -> None:
+        entry_id = entry.entry_id
         try:
-            if not fields:  # trimmed from the stream while pending: nothing left to do
+            if not entry.fields and not entry.oversized:  # trimmed while pending: nothing left
                 log.warning("pending_entry_gone", entry_id=entry_id)
             else:
-                handled = await self.processor.handle(entry_id, fields)
+                handled = await self.processor.handle(
+                    entry_id, entry.fields, oversized=entry.oversized
+                )
                 self.counts[handled.kind] += 1
                 if handled.kind == "duplicate":
                     metrics.DUPLICATES.inc()
@@ -357,19 +380,18 @@ class ApplyService:
         resumed from their journal state; ones still being worked on here are
         skipped. One page per tick keeps the tick short.
         """
-        free = self.settings.max_in_flight - len(self._tasks)
-        if free <= 0:
+        count = min(self._room(), MAX_CLAIM_COUNT)
+        if count <= 0:
             return
-        reply: Any = await self.redis.xautoclaim(
-            K.PLAN_STREAM,
-            self.settings.consumer_group,
-            self.settings.consumer_name,
-            min_idle_time=int(self.settings.claim_idle_sec * 1000),
-            start_id=self._claim_cursor,
-            count=min(free, 100),
-        )
+        # JUSTID: the entries themselves are read bounded, one by one (stream_reader).
+        command: list[str | int] = ["XAUTOCLAIM", K.PLAN_STREAM, self.settings.consumer_group]
+        command += [self.settings.consumer_name, int(self.settings.claim_idle_sec * 1000)]
+        command += [self._claim_cursor, "COUNT", count, "JUSTID"]
+        (reply,) = await run_packed(self.redis, [command])
+        if isinstance(reply, Exception):
+            raise reply
         self._claim_cursor = str(reply[0])
-        for entry_id, fields in reply[1]:
+        for entry_id in reply[1]:
             if entry_id not in self._tasks:
                 log.info("entry_claimed", entry_id=entry_id)
-                self._spawn(entry_id, dict(fields or {}))
+                self._spawn(await stream_reader.xrange_one(self.redis, K.PLAN_STREAM, entry_id))

@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 
+# No position comes near this; past it an amount is a mistake, not a position
+# (P3.3's ``exchange_position_amt`` of ``1e999999999`` overflowed the arithmetic).
+MAX_POSITION_AMT = Decimal("1e15")
+
 
 @dataclass(frozen=True)
 class LotFilter:
@@ -67,12 +71,30 @@ def size_close(
     the position the executor sees now (paper book or exchange), when it
     knows one. The live position picks the side; the quantity is bounded by
     ``pct`` percent of the smaller of the two. If they disagree in sign, or
-    neither is known, or the position is flat, nothing is sent.
+    neither is known, or the position is flat, nothing is sent. An absurd
+    amount (not finite, or past :data:`MAX_POSITION_AMT`) is refused, never
+    computed with.
     """
     if not (safe_qty.is_finite() and safe_qty > 0):
         return Sizing(Decimal(0), "", "invalid_safe_qty")
-    if not (Decimal(0) < pct <= Decimal(100)):
+    if not (pct.is_finite() and Decimal(0) < pct <= Decimal(100)):
         return Sizing(Decimal(0), "", "invalid_pct")
+    for amount in (reported_amt, live_amt):
+        if amount is not None and not (amount.is_finite() and amount.copy_abs() < MAX_POSITION_AMT):
+            return Sizing(Decimal(0), "", "invalid_position_amt", f"position {amount:.6g}")
+    try:
+        return _size(safe_qty, pct, reported_amt, live_amt, lot)
+    except ArithmeticError as exc:  # e.g. a lot step too fine for 28 digits: send nothing
+        return Sizing(Decimal(0), "", "unsizable", f"{type(exc).__name__} with lot {lot}")
+
+
+def _size(
+    safe_qty: Decimal,
+    pct: Decimal,
+    reported_amt: Decimal | None,
+    live_amt: Decimal | None,
+    lot: LotFilter,
+) -> Sizing:
     reference = live_amt if live_amt is not None else reported_amt
     if reference is None:
         return Sizing(Decimal(0), "", "no_position", "position size unknown")

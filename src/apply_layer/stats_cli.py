@@ -34,14 +34,34 @@ _SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
 _SECONDS |= {"h": 3600, "hour": 3600, "d": 86400, "day": 86400, "w": 604800, "week": 604800}
 
 
+# Stream ids are epoch ms; a --since outside 1970..9999 is a typo, not a time.
+MAX_SINCE_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
 def parse_since(text: str, now: float | None = None) -> int:
     """``--since`` for the result stream, as epoch ms (stream ids are epoch ms).
 
     Accepts ``-1h``, ``90s``, ``30 min ago``, ``2 hours ago``, ``now``,
     ``today``, ``yesterday``, ``@EPOCH`` and ISO dates or times (``2026-01-25
     00:00``; without a zone they are local time, as for ``journalctl``).
+    Anything else, or a time before 1970 or after 9999, is a ValueError
+    with a one-line message (an absurd number must not be a traceback).
     """
-    now = time.time() if now is None else now
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    try:
+        ms = _since_ms(text, time.time() if now is None else now)
+    except (ValueError, OverflowError):  # int/float limits, datetime's range
+        ms = None
+    if ms is None:
+        raise ValueError(
+            f"cannot read {shown!r}: use e.g. -1h, '30 min ago', today, '2026-01-25 00:00', @EPOCH"
+        )
+    if not 0 <= ms <= MAX_SINCE_MS:
+        raise ValueError(f"{shown!r} is out of range (before 1970 or after 9999)")
+    return ms
+
+
+def _since_ms(text: str, now: float) -> int | None:
     word = text.strip().lower()
     if (ago := _AGO.fullmatch(word)) and ago.group(2) in _SECONDS:
         return int((now - int(ago.group(1)) * _SECONDS[ago.group(2)]) * 1000)
@@ -56,9 +76,7 @@ def parse_since(text: str, now: float | None = None) -> int:
     try:
         return int(datetime.fromisoformat(text.strip()).astimezone().timestamp() * 1000)
     except ValueError:
-        raise ValueError(
-            f"cannot read {text!r}: use e.g. -1h, '30 min ago', today, '2026-01-25 00:00', @EPOCH"
-        ) from None
+        return None
 
 
 # ----------------------------------------------------------------- I/O (thin)

@@ -35,14 +35,19 @@ def client_order_id(plan_id: str, step: str) -> str:
     """Deterministic ``newClientOrderId`` for one plan step (at most 36 characters).
 
     Readable when the plan id is short (``al75-67e6da21fa9fe506``); otherwise the
-    plan id is replaced by a 24-hex-digit BLAKE2b digest of it.
+    plan id is replaced by a 24-hex-digit BLAKE2b digest of it, after a ``.``
+    instead of the ``-`` (``al75.<digest>``). A plan id never holds a ``.``,
+    so the two forms never meet: a plan whose id *is* another plan's digest
+    cannot take that plan's order for its own. (Until 0.1.0 both forms used
+    ``-``; an order sent under the old hashed form is still found, because a
+    resumed plan uses the id its journal recorded, see ``OrderRequest``.)
     """
     code = _STEP_CODES.get(step) or hashlib.blake2b(step.encode(), digest_size=2).hexdigest()
     readable = f"al{code}-{plan_id}"
-    if len(readable) <= CLIENT_ORDER_ID_MAX:
+    if len(readable) <= CLIENT_ORDER_ID_MAX and "." not in plan_id:
         return readable
     digest = hashlib.blake2b(plan_id.encode(), digest_size=12).hexdigest()
-    return f"al{code}-{digest}"
+    return f"al{code}.{digest}"
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,13 @@ class OrderRequest:
     pct: Decimal
     safe_qty: Decimal  # from P3.3's permit
     reported_amt: Decimal | None  # P3.3's signed exchange_position_amt, if it gave one
+    # The id an earlier run journalled with its send: a resumed order is looked
+    # up (and resent) under the id it was sent with, even if the form changed.
+    sent_client_order_id: str = ""
 
     @property
     def client_order_id(self) -> str:
-        return client_order_id(self.plan_id, self.step)
+        return self.sent_client_order_id or client_order_id(self.plan_id, self.step)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,9 @@ from apply_layer import metrics
 from apply_layer.binance_api import BinanceClient
 from apply_layer.binance_model import (
     BinanceError,
+    ExchangeInfoInvalid,
     ExchangeRejected,
+    ExchangeRules,
     NotProcessed,
     OrderInfo,
     OrderNotFound,
@@ -133,7 +135,7 @@ class BinanceExecutor:
         self.allowlist = tuple(allowlist)
         self.policy = policy or RetryPolicy()
         self._ttl, self._clock, self._sleep = exchange_info_ttl_sec, clock, sleep
-        self._rules: dict[str, SymbolRules] = {}
+        self._rules = ExchangeRules()
         self._rules_at: float | None = None
         self._rules_lock = asyncio.Lock()
 
@@ -191,7 +193,8 @@ class BinanceExecutor:
             return lines
         for symbol in self.allowlist:
             rules = self._rules.get(symbol)
-            detail = rules.describe() if rules else "not listed on the exchange"
+            problem = self._rules.problem(symbol) or "not listed on the exchange"
+            detail = rules.describe() if rules else problem
             lines.append(CheckLine(f"binance filters {symbol}", rules is not None, detail))
         return lines
 
@@ -210,10 +213,15 @@ class BinanceExecutor:
         try:
             rules = await self._rules_for(order.symbol)
             if rules is None:
+                problem = self._rules.problem(order.symbol)
+                if problem:  # listed, perhaps, but its filters cannot be read: never guess them
+                    return self._result(order, "FAILED", "exchange_info_invalid", problem)
                 return self._result(order, "REJECTED", "symbol_not_listed", order.symbol)
             live = await self._live_amt(order.symbol)
         except _HedgeMode as exc:
             return self._result(order, "REJECTED", "hedge_mode", str(exc))
+        except ExchangeInfoInvalid as exc:
+            return self._result(order, "FAILED", "exchange_info_invalid", str(exc))
         except BinanceError as exc:
             return self._result(order, "FAILED", "exchange_unavailable", str(exc))
         sizing = size_close(

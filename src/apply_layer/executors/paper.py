@@ -2,7 +2,8 @@
 
 Lot-step rounding, instant fills at a fixed simulated price, order ids, and a
 position per symbol. A symbol's position starts as P3.3 reported it (the
-simulation has no other source) and shrinks with every fill. Orders are kept
+simulation has no other source; an amount that sizing refuses is not kept)
+and shrinks with every fill. Orders are kept
 by client order id (the newest ``REMEMBERED_ORDERS``), so a repeated send of
 the same plan step returns the first order instead of filling twice, as the
 exchange's own duplicate check would.
@@ -61,7 +62,9 @@ class PaperExecutor:
             return self.orders[coid]
         live = self.positions.get(order.symbol)
         if not live and order.reported_amt:
-            live = self.positions[order.symbol] = order.reported_amt
+            # The simulation's only source; kept (below) only once it sized an order,
+            # so an absurd amount cannot poison the book for every later plan.
+            live = order.reported_amt
         sizing = size_close(
             safe_qty=order.safe_qty,
             pct=order.pct,
