@@ -114,6 +114,7 @@ def daemon_probes(
             stream_rule,
         ),
         Probe(("XPENDING", stream, group), "+xpending", stream_rule),
+        Probe(("XRANGE", stream, "0-1", "0-1"), "+xrange", stream_rule),
         Probe(("XGROUP", "CREATE", stream, group, "$", "MKSTREAM"), "+xgroup|create", stream_rule),
         Probe(
             ("XGROUP", "DELCONSUMER", stream, group, consumer), "+xgroup|delconsumer", stream_rule
@@ -130,9 +131,14 @@ def daemon_probes(
         on(journal, "hexists", "result_id"),
         on(journal, "hgetall"),
         on(journal, "expire", "60"),
+        on(claim, "type"),
+        on(journal, "type"),
         on(block, "type"),
         on(block, "get"),
+        on(block, "strlen"),
+        on(block, "getrange", "0", "63"),
         *(on(kill, "get") for kill in kills),
+        on(lease, "type"),
         on(lease, "set", "1", "NX", "PX", "1000"),
         on(lease, "get"),
         on(lease, "pexpire", "1000"),
@@ -141,6 +147,7 @@ def daemon_probes(
     ]
     for permit in permits:
         probes += [on(permit, "type"), on(permit, "get"), on(permit, "hgetall")]
+        probes += [on(permit, "strlen"), on(permit, "getrange", "0", "63")]
         probes += [on(permit, "ttl"), on(permit, "del")]
     if keyspace:
         for pattern in config.watch_patterns():
@@ -167,6 +174,7 @@ def cli_probes(config: GateConfig, *, db: int = 0) -> list[Probe]:
         *K.KILL_SWITCH_KEYS,
     ]:
         probes += [reads(key, "type"), reads(key, "ttl"), reads(key, "get")]
+        probes += [reads(key, "strlen"), reads(key, "getrange", "0", "63")]  # oversized ones
     probes += [reads(issuer.key(plan), "hgetall") for issuer in config.issuers]
     probes += [
         reads(K.journal(plan), "hgetall"),
