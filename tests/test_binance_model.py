@@ -9,6 +9,7 @@ import pytest
 
 from apply_layer.binance_model import (
     BinanceError,
+    ExchangeInfoInvalid,
     ExchangeRejected,
     OrderInfo,
     RateLimited,
@@ -233,9 +234,14 @@ def test_one_unreadable_symbol_hides_no_other() -> None:
     assert sorted(parse_exchange_info(info)) == ["AAAUSDT", "ZZZUSDT"]
 
 
-@pytest.mark.parametrize("data", [None, [], {}, "exchangeInfo", {"symbols": []}])
-def test_an_exchange_info_without_symbols_lists_none(data: Any) -> None:
-    assert parse_exchange_info(data) == {}
+@pytest.mark.parametrize("data", [None, [], {}, "exchangeInfo", {"symbols": "BTCUSDT"}])
+def test_an_exchange_info_without_a_list_of_symbols_is_invalid(data: Any) -> None:
+    with pytest.raises(ExchangeInfoInvalid, match="without a list of symbols"):
+        parse_exchange_info(data)
+
+
+def test_an_exchange_info_with_no_symbols_lists_none() -> None:
+    assert dict(parse_exchange_info({"symbols": []})) == {}
 
 
 def test_stricter_of_none_and_of_steps_that_do_not_nest() -> None:

@@ -383,7 +383,6 @@ def test_settings_load_or_fail_with_one_line_naming_the_variable(env: dict[str, 
     assert isinstance(loaded, Settings)
     assert loaded.mode in ("dry_run", "paper", "testnet")
     assert "p33" in loaded.required_permits
-    # Found by the nightly run: APPLY_ALLOWLIST=" " (or ",") loads as an empty
-    # allowlist (every plan then ends SKIPPED symbol_not_allowed). Fail-safe, but
-    # silent; reported for settings.py. What holds today: every entry is a symbol.
-    assert all(SYMBOL_RE.fullmatch(symbol) for symbol in loaded.allowlist)
+    # Found by the nightly run: APPLY_ALLOWLIST=" " (or ",") used to load as an
+    # empty allowlist, so every plan ended SKIPPED symbol_not_allowed, silently.
+    assert loaded.allowlist and all(SYMBOL_RE.fullmatch(s) for s in loaded.allowlist)

@@ -65,6 +65,8 @@ def test_environment_and_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         ("APPLY_PERMIT_WAIT_MS", "abc", "APPLY_PERMIT_WAIT_MS: "),
         ("APPLY_PERMIT_STEP_MS", "0", "APPLY_PERMIT_STEP_MS: "),
         ("APPLY_ALLOWLIST", "btc-usdt", "APPLY_ALLOWLIST: 'btc-usdt' is not a symbol"),
+        ("APPLY_ALLOWLIST", " ", "APPLY_ALLOWLIST: names no symbol"),
+        ("APPLY_ALLOWLIST", ",", "APPLY_ALLOWLIST: names no symbol"),
         ("APPLY_REQUIRED_PERMITS", "governor", "APPLY_REQUIRED_PERMITS: must include p33"),
         ("APPLY_REQUIRED_PERMITS", "p33,p99", "APPLY_REQUIRED_PERMITS: unknown issuer 'p99'"),
         ("APPLY_REDIS_URL", "localhost:6379", "APPLY_REDIS_URL: must start with"),

@@ -157,6 +157,8 @@ class Settings(BaseSettings):
     def _parse_allowlist(cls, value: Any) -> Any:
         symbols = _split_csv(value)
         if isinstance(symbols, list):
+            if not symbols:  # every plan would end SKIPPED symbol_not_allowed, silently
+                raise ValueError("names no symbol: give at least one, like BTCUSDT")
             for symbol in symbols:
                 if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
                     raise ValueError(f"{symbol!r} is not a symbol like BTCUSDT")
