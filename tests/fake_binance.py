@@ -6,6 +6,9 @@ positions and orders, enforces reduce-only and the lot filters, and counts
 orders per client order id so tests can assert "at most once". Like Binance,
 it accepts a second order with the client order id of a *filled* one (the id
 is only unique among open orders): a blind resend really does double-fill.
+Also like Binance, every order it placed, filled or expired, stays findable
+by ``origClientOrderId`` (Binance: 90 days, 3 for an unfilled cancel or
+expiry), which is what lets the executor adopt an order Redis forgot.
 
 Faults are queued per endpoint for the next requests (:meth:`FakeBinance.inject`):
 slow answers, dropped connections and error answers, each with or without the

@@ -29,6 +29,7 @@ from apply_layer.batching import ScriptHost
 from apply_layer.errors import RetryLater
 from apply_layer.lease import Lease
 from apply_layer.logs import format_qty
+from apply_layer.redis_identity import IdentityTracker
 
 FINAL_STATES = frozenset({"executed", "rejected", "failed", "blocked", "skipped"})
 
@@ -114,8 +115,10 @@ class Journal:
         journal_ttl_sec: int,
         group: str = "apply_layer",
         scripts: ScriptHost | None = None,
+        identity: IdentityTracker | None = None,
     ) -> None:
         self.redis = redis
+        self.identity = identity
         self.group = group
         self.dedupe_ttl_sec = dedupe_ttl_sec
         self.journal_ttl_sec = journal_ttl_sec
@@ -208,6 +211,14 @@ class JournalOrderLog:
     async def attempts(self) -> list[int]:
         raw = await self._journal.redis.hget(self._key, "order.attempts")
         return [int(x) for x in str(raw).split(",")] if raw else []
+
+    def unrecorded_until_ms(self) -> int:
+        """When the Redis behind the journal last changed (or this process first met it).
+
+        Without an identity tracker (unit tests on one server) nothing can be lost: 0.
+        """
+        identity = self._journal.identity
+        return identity.changed_at_ms if identity is not None else 0
 
     async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
         try:

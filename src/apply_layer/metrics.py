@@ -25,6 +25,14 @@ LAST_SUCCESS = Gauge(
     "apply_last_success_timestamp_seconds", "Time of the last executed order", ["symbol"]
 )
 REDIS_UP = Gauge("apply_redis_up", "1 while Redis answers, 0 during an outage")
+REDIS_IDENTITY_CHANGES = Counter(
+    "apply_redis_identity_changes_total",
+    "Times a new connection reached a different Redis (restart, restore or failover)",
+)
+ORDERS_ADOPTED = Counter(
+    "apply_orders_adopted_total",
+    "Orders found at the exchange before a first send (an earlier run's, lost from the journal)",
+)
 SCRIPT_CALLS = Counter(
     "apply_redis_script_calls_total", "Hot-path script calls (claim, gate, lease, attempt, publish)"
 )

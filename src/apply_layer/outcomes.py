@@ -71,8 +71,12 @@ def result_fields(
     mode: str,
     now: float | None = None,
 ) -> dict[str, str]:
-    """The result stream entry for a plan (CONTRACT 2.1; every value a string)."""
-    return {
+    """The result stream entry for a plan (CONTRACT 2.1; every value a string).
+
+    ``adopted`` (``True``) appears only when the order was found at the exchange
+    instead of sent: an earlier run's, which Redis had lost from the journal.
+    """
+    fields = {
         "plan_id": plan_id,
         "symbol": symbol,
         "decision": decision,
@@ -88,3 +92,6 @@ def result_fields(
         "source": "apply_layer",
         "timestamp": f"{time.time() if now is None else now:.3f}",
     }
+    if any(step.adopted for step in outcome.steps):
+        fields["adopted"] = "True"
+    return fields

@@ -33,7 +33,8 @@ from apply_layer.journal import Journal
 from apply_layer.logs import get_logger
 from apply_layer.notify import KeyspaceWatcher
 from apply_layer.processing import Processor
-from apply_layer.redis_client import create_redis
+from apply_layer.redis_client import close_redis, redis_for
+from apply_layer.redis_identity import IdentityTracker
 from apply_layer.settings import Settings, unknown_env_vars
 
 log = get_logger()
@@ -51,9 +52,12 @@ class ApplyService:
         self.settings = settings
         self.executor = executor or create_executor(settings)
         name = f"apply_layer:{settings.consumer_name}"
-        self.redis: Redis = create_redis(settings.redis_url, name=name)
-        self.reader: Redis = create_redis(
-            settings.redis_url, name=f"{name}:reader", block_sec=settings.poll_sec
+        # Every connection reports the server it reached: a different one may have lost
+        # writes, and the executor then looks orders up before sending (redis_identity).
+        self.identity = IdentityTracker()
+        self.redis: Redis = redis_for(settings, name=name, identity=self.identity)
+        self.reader: Redis = redis_for(
+            settings, name=f"{name}:reader", block_sec=settings.poll_sec, identity=self.identity
         )
         config = GateConfig.from_settings(settings)
         self.watcher = KeyspaceWatcher(
@@ -68,6 +72,7 @@ class ApplyService:
             journal_ttl_sec=settings.journal_ttl_sec,
             group=settings.consumer_group,
             scripts=self.scripts,
+            identity=self.identity,
         )
         self.processor = Processor(
             settings, self.redis, self.gate, self.journal, self.executor, self.scripts
@@ -100,8 +105,8 @@ class ApplyService:
         try:
             await self.executor.start()
         except ConfigError:
-            await self.redis.aclose()
-            await self.reader.aclose()
+            await close_redis(self.redis)
+            await close_redis(self.reader)
             raise
         except Exception as exc:
             log.error("executor_start_failed", mode=self.settings.mode, error=str(exc))
@@ -142,8 +147,8 @@ class ApplyService:
         await self.watcher.stop()
         await self.scripts.aclose()
         await self.executor.close()
-        await self.redis.aclose()
-        await self.reader.aclose()
+        await close_redis(self.redis)
+        await close_redis(self.reader)
         log.info("stopped", **self.counts)
         return 0
 
