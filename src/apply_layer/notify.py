@@ -94,6 +94,11 @@ class KeyspaceWatcher:
             return None
         return str(reply.get("notify-keyspace-events") or "")
 
+    async def _ensure_enabled(self) -> None:
+        flags = await self._server_flags()
+        if flags is not None and not covers(flags):
+            await self._redis.config_set("notify-keyspace-events", merged_flags(flags))
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -130,6 +135,8 @@ class KeyspaceWatcher:
         while True:
             pubsub = self._redis.pubsub()
             try:
+                if self._mode == "enable":
+                    await self._ensure_enabled()  # after a failover, the new primary's too
                 await pubsub.psubscribe(*channels)
                 self._subscribed.set()
                 self._wake_all()  # re-check anything written while we were away

@@ -41,7 +41,12 @@ log = get_logger()
 
 
 def parse_info(text: Any) -> dict[str, str]:
-    """``INFO`` text (``key:value`` lines, ``# Section`` headers) as a dict of strings."""
+    """``INFO`` text (``key:value`` lines, ``# Section`` headers) as a dict of strings.
+
+    A reply redis-py already parsed (``Redis.info``) is accepted too.
+    """
+    if isinstance(text, dict):
+        return {str(k): str(v) for k, v in text.items()}
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     fields: dict[str, str] = {}

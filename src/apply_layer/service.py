@@ -20,7 +20,9 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apply_layer import __version__, metrics, systemd
 from apply_layer import keys as K
@@ -285,25 +287,50 @@ class ApplyService:
         task.add_done_callback(_done)
 
     async def _process(self, entry_id: str, fields: dict[str, str]) -> None:
-        try:
-            if not fields:  # trimmed from the stream while pending: nothing left to do
-                log.warning("pending_entry_gone", entry_id=entry_id)
-            else:
-                handled = await self.processor.handle(entry_id, fields)
-                self.counts[handled.kind] += 1
-                if handled.kind == "duplicate":
-                    metrics.DUPLICATES.inc()
-                if handled.acked:
-                    return  # acknowledged with its result, in one step
-            await self.redis.xack(K.PLAN_STREAM, self.settings.consumer_group, entry_id)
-        except RetryLater as exc:
-            log.warning("plan_deferred", entry_id=entry_id, why=str(exc))
-        except (RedisError, OSError) as exc:
-            self._redis_failed(exc)  # the entry stays pending; resumed from its journal
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("plan_processing_error", entry_id=entry_id)
+        """Handle one entry; through a Redis outage, keep it and try again.
+
+        A plan read from Redis is finished here even if Redis loses it
+        afterwards: a failover to a replica that had not yet received the
+        entry (or the claim, or the result) would otherwise leave it with no
+        result at all, since the stream would never hand it out again. Every
+        step resumes from the journal, so trying again is what recovery
+        would do anyway. A refused command (not an outage) and a stop leave
+        the entry pending for recovery, as before.
+        """
+        backoff = 0.2
+        while True:
+            try:
+                await self._process_once(entry_id, fields)
+                return
+            except RetryLater as exc:
+                log.warning("plan_deferred", entry_id=entry_id, why=str(exc))
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self._redis_failed(exc)  # logged once per outage
+                if self._stopping.is_set():
+                    return  # the entry stays pending; resumed from its journal
+                await self._pause(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SEC)
+            except RedisError as exc:
+                self._redis_failed(exc)  # the entry stays pending; resumed from its journal
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("plan_processing_error", entry_id=entry_id)
+                return
+
+    async def _process_once(self, entry_id: str, fields: dict[str, str]) -> None:
+        if not fields:  # trimmed from the stream while pending: nothing left to do
+            log.warning("pending_entry_gone", entry_id=entry_id)
+        else:
+            handled = await self.processor.handle(entry_id, fields)
+            self.counts[handled.kind] += 1
+            if handled.kind == "duplicate":
+                metrics.DUPLICATES.inc()
+            if handled.acked:
+                return  # acknowledged with its result, in one step
+        await self.redis.xack(K.PLAN_STREAM, self.settings.consumer_group, entry_id)
 
     async def _housekeeping_if_due(self) -> None:
         now = time.monotonic()
