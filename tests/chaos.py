@@ -68,6 +68,7 @@ class Report:
     permits_lost: int = 0  # permits gone unrecorded where Redis loses writes (writes it lost)
     failovers: int = 0
     rollbacks: int = 0
+    lost_ids: list[str] = field(default_factory=list)  # for diagnosis
     double_orders: int = 0  # orders beyond the first, per plan
     unauthorized_orders: int = 0  # orders for plans lacking an allow permit
     outcome_mismatches: int = 0  # result vs exchange vs journal disagree
@@ -360,6 +361,7 @@ class Chaos:
                     r.orders_for_lost += placed
                 else:
                     r.lost += 1
+                    r.lost_ids.append(plan_id)
                 continue
             r.duplicates += len(results) - 1
             result = results[0]

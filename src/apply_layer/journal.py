@@ -17,6 +17,7 @@ lost reply) finds ``result_id`` and publishes nothing twice.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -93,6 +94,50 @@ return a
 
 
 @dataclass(frozen=True)
+class Published:
+    """One result this process published: enough to write it again, unchanged."""
+
+    plan_id: str
+    symbol: str
+    state: str
+    fields: tuple[tuple[str, str], ...]
+    cooldown: bool
+    entry_id: str
+    at: float  # monotonic seconds
+
+
+class RecentResults:
+    """The results this process published lately, newest last, bounded in count and age.
+
+    After Redis lost writes (``redis_identity`` noticed a restart from an
+    older state or a failover), a plan this process finished may have lost
+    its result and even its stream entry, and nothing else remembers it;
+    :meth:`Journal.republish_recent` writes these results again. The publish
+    script publishes nothing where the journal still has its ``result_id``.
+    """
+
+    def __init__(self, max_items: int = 10_000, max_age_sec: float = 600.0) -> None:
+        self.max_items, self.max_age_sec = max_items, max_age_sec
+        self._items: OrderedDict[str, Published] = OrderedDict()
+
+    def add(self, item: Published) -> None:
+        self._items.pop(item.plan_id, None)
+        self._items[item.plan_id] = item
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+    def current(self) -> list[Published]:
+        """The items younger than the age bound (older ones are dropped)."""
+        horizon = time.monotonic() - self.max_age_sec
+        while self._items and next(iter(self._items.values())).at < horizon:
+            self._items.popitem(last=False)
+        return list(self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(frozen=True)
 class Claim:
     """Who owns a plan and where it stands, as the claim script saw it."""
 
@@ -116,9 +161,11 @@ class Journal:
         group: str = "apply_layer",
         scripts: ScriptHost | None = None,
         identity: IdentityTracker | None = None,
+        recent: RecentResults | None = None,
     ) -> None:
         self.redis = redis
         self.identity = identity
+        self.recent = recent
         self.group = group
         self.dedupe_ttl_sec = dedupe_ttl_sec
         self.journal_ttl_sec = journal_ttl_sec
@@ -155,11 +202,13 @@ class Journal:
         cooldown: bool = False,
         entry_id: str = "",
         lease: Lease | None = None,
+        remember: bool = True,
     ) -> tuple[str, bool]:
         """Write the final state and the one result entry; returns (entry id, new?).
 
         With ``entry_id`` the stream entry is acknowledged, and with ``lease``
-        the symbol lease released, in the same atomic step.
+        the symbol lease released, in the same atomic step. The result is kept
+        in ``recent`` (if set) to be written again should Redis lose it.
         """
         if state not in FINAL_STATES:
             raise ValueError(f"not a final state: {state}")
@@ -188,7 +237,30 @@ class Journal:
         )
         if lease is not None:
             lease.released = True
+        if self.recent is not None and remember:
+            items = tuple(fields.items())
+            self.recent.add(
+                Published(plan_id, symbol, state, items, cooldown, entry_id, time.monotonic())
+            )
         return str(reply[0]), int(reply[1]) == 1
+
+    async def republish_recent(self) -> int:
+        """Write every recent result again where Redis lost it; returns how many were."""
+        if self.recent is None:
+            return 0
+        restored = 0
+        for item in self.recent.current():
+            _, new = await self.publish(
+                item.plan_id,
+                item.symbol,
+                item.state,
+                dict(item.fields),
+                cooldown=item.cooldown,
+                entry_id=item.entry_id,
+                remember=False,
+            )
+            restored += new
+        return restored
 
     def order_log(
         self, plan_id: str, client_order_id: str, *, symbol: str, lease_token: str

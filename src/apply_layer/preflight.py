@@ -17,8 +17,9 @@ from apply_layer.executors.base import CheckLine
 from apply_layer.gate import GATE_SCRIPT
 from apply_layer.journal import ATTEMPT_SCRIPT, CLAIM_SCRIPT, PUBLISH_SCRIPT
 from apply_layer.notify import REQUIRED_CLASSES, covers
-from apply_layer.redis_client import create_redis
+from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.settings import Settings, unknown_env_vars
+from apply_layer.topology import topology_checks
 
 DEFAULT_ENV_FILE = Path("/etc/quantum/apply-layer.env")
 
@@ -161,11 +162,14 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     env_file = Path(args.env_file) if args.env_file else DEFAULT_ENV_FILE
     if args.env_file or env_file.exists():
         lines.append(env_file_check(env_file))
-    redis = create_redis(settings.redis_url, name="apply_layer:check")
+    redis = redis_for(settings, name="apply_layer:check")
     try:
-        lines.extend(await redis_checks(redis, settings))
+        redis_lines = await redis_checks(redis, settings)
+        lines.extend(redis_lines)
+        if redis_lines[0].ok:
+            lines.extend(await topology_checks(redis, settings))
     finally:
-        await redis.aclose()
+        await close_redis(redis)
     lines.extend(await executor_checks(settings))
     width = max(len(line.name) for line in lines)
     for line in lines:
@@ -176,5 +180,7 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    check = sub.add_parser("check", help="pre-flight: settings, Redis, scripts, exchange")
+    check = sub.add_parser(
+        "check", help="pre-flight: settings, Redis (and its topology), scripts, exchange"
+    )
     check.set_defaults(func=cmd_check)

@@ -45,8 +45,11 @@ def parse_info(text: Any) -> dict[str, str]:
 
     A reply redis-py already parsed (``Redis.info``) is accepted too.
     """
-    if isinstance(text, dict):
-        return {str(k): str(v) for k, v in text.items()}
+    if isinstance(text, dict):  # redis-py parsed ``slave0:ip=..,port=..`` into a dict too
+        return {
+            str(k): ",".join(f"{a}={b}" for a, b in v.items()) if isinstance(v, dict) else str(v)
+            for k, v in text.items()
+        }
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     fields: dict[str, str] = {}
@@ -92,6 +95,12 @@ class IdentityTracker:
         self.changed_at_ms = 0  # 0: no connection yet, so nothing read from Redis either
         self.changes = 0  # changes noticed after the first sighting
         self.unknown = False  # INFO refused (an ACL): every new connection counts as a change
+        self.listeners: list[Callable[[], None]] = []  # called on a change (not I/O: no await)
+
+    def _changed(self, now: int) -> None:
+        self.changed_at_ms = now
+        for listener in self.listeners:
+            listener()
 
     def observe(self, identity: ServerIdentity | None) -> None:
         """Record what a new connection reached (``None``: it would not say)."""
@@ -103,14 +112,14 @@ class IdentityTracker:
                     hint="INFO refused: every reconnect is treated as a possible loss of writes",
                 )
             self.unknown = True
-            self.changed_at_ms = now
+            self._changed(now)
             return
         previous, self.identity = self.identity, identity
         if previous is None:
             self.changed_at_ms = now
             log.info("redis_identity", run_id=identity.run_id, replid=identity.replid)
         elif previous.key != identity.key:
-            self.changed_at_ms = now
+            self._changed(now)
             self.changes += 1
             metrics.REDIS_IDENTITY_CHANGES.inc()
             log.warning(

@@ -31,7 +31,7 @@ from apply_layer.errors import ConfigError, RetryLater
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
 from apply_layer.gate import GateConfig, PermitGate
-from apply_layer.journal import Journal
+from apply_layer.journal import Journal, RecentResults
 from apply_layer.logs import get_logger
 from apply_layer.notify import KeyspaceWatcher
 from apply_layer.processing import Processor
@@ -75,7 +75,10 @@ class ApplyService:
             group=settings.consumer_group,
             scripts=self.scripts,
             identity=self.identity,
+            recent=RecentResults(),
         )
+        self._identity_changed = asyncio.Event()
+        self.identity.listeners.append(self._identity_changed.set)
         self.processor = Processor(
             settings, self.redis, self.gate, self.journal, self.executor, self.scripts
         )
@@ -135,6 +138,7 @@ class ApplyService:
         )
         systemd.notify(f"READY=1\nSTATUS=mode={self.settings.mode}")
         watchdog = asyncio.create_task(self._watchdog())
+        republisher = asyncio.create_task(self._republish_after_changes())
         intake = asyncio.create_task(self._intake())
         await self._stopping.wait()
         # The intake loop stops by itself within one blocking read; cancelling a
@@ -146,6 +150,7 @@ class ApplyService:
             await asyncio.wait({intake}, timeout=5)
         await self._drain()
         watchdog.cancel()
+        republisher.cancel()
         await self.watcher.stop()
         await self.scripts.aclose()
         await self.executor.close()
@@ -180,6 +185,35 @@ class ApplyService:
             if time.monotonic() - self._alive < stale_after:
                 systemd.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
+
+    async def _republish_after_changes(self) -> None:
+        """After Redis lost writes, write again the results this process published lately.
+
+        A plan finished just before a failover to a lagging replica (or a
+        restore from an older snapshot) may have lost its result, and its
+        stream entry with it: then no one would ever handle it again. The
+        publish script writes nothing where the result survived.
+        """
+        while True:
+            await self._identity_changed.wait()
+            self._identity_changed.clear()
+            backoff = 0.2
+            while True:
+                try:
+                    restored = await self.journal.republish_recent()
+                    break
+                except (RedisError, OSError) as exc:
+                    self._redis_failed(exc)
+                    await self._pause(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_SEC)
+                    if self._stopping.is_set():
+                        return
+            log.warning(
+                "results_republished",
+                restored=restored,
+                remembered=len(self.journal.recent or ()),
+                why="Redis changed (restart, restore or failover); results it lost written again",
+            )
 
     # ---- Redis health ----------------------------------------------------------------
 
@@ -294,15 +328,24 @@ class ApplyService:
         entry (or the claim, or the result) would otherwise leave it with no
         result at all, since the stream would never hand it out again. Every
         step resumes from the journal, so trying again is what recovery
-        would do anyway. A refused command (not an outage) and a stop leave
-        the entry pending for recovery, as before.
+        would do anyway. A plan refused (``RetryLater``) by a Redis that
+        changed since it was read is tried again too; other refusals, a
+        command error and a stop leave the entry pending for recovery.
         """
         backoff = 0.2
+        redis_since = self.identity.changed_at_ms
         while True:
             try:
                 await self._process_once(entry_id, fields)
                 return
             except RetryLater as exc:
+                if self.identity.changed_at_ms != redis_since and not self._stopping.is_set():
+                    # Refused by a Redis that lost writes since we read the plan (the lease
+                    # or the journal state went back): the entry may be gone, try again.
+                    redis_since = self.identity.changed_at_ms
+                    log.warning("plan_retried_after_redis_change", entry_id=entry_id, why=str(exc))
+                    await self._pause(backoff)
+                    continue
                 log.warning("plan_deferred", entry_id=entry_id, why=str(exc))
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
