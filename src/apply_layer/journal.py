@@ -26,13 +26,17 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from apply_layer import keys as K
-from apply_layer.batching import ScriptHost
+from apply_layer.batching import ScriptHost, run_packed
 from apply_layer.errors import RetryLater
+from apply_layer.executors.base import NotReplicated
 from apply_layer.lease import Lease
 from apply_layer.logs import format_qty
 from apply_layer.redis_identity import IdentityTracker
 
 FINAL_STATES = frozenset({"executed", "rejected", "failed", "blocked", "skipped"})
+# How long a send record may wait for APPLY_REDIS_WAIT_REPLICAS replicas before the send
+# is given up (replicas on a LAN acknowledge in well under a millisecond).
+WAIT_TIMEOUT_MS = 1000
 
 # Claim a stream entry for its plan: the dedupe key names the entry that owns
 # the plan; the journal is opened on first sight. One round trip, atomic.
@@ -162,10 +166,12 @@ class Journal:
         scripts: ScriptHost | None = None,
         identity: IdentityTracker | None = None,
         recent: RecentResults | None = None,
+        wait_replicas: int = 0,
     ) -> None:
         self.redis = redis
         self.identity = identity
         self.recent = recent
+        self.wait_replicas = wait_replicas
         self.group = group
         self.dedupe_ttl_sec = dedupe_ttl_sec
         self.journal_ttl_sec = journal_ttl_sec
@@ -293,20 +299,39 @@ class JournalOrderLog:
         return identity.changed_at_ms if identity is not None else 0
 
     async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+        keys = [self._key, self._lease_key]
+        args: list[str | int] = [
+            sent_at_ms,
+            self._client_order_id,
+            format_qty(quantity),
+            side,
+            self._lease_token,
+        ]
+        if self._journal.wait_replicas:
+            await self._record_and_wait(keys, args)
+            return
         try:
-            await self._journal._attempt(
-                keys=[self._key, self._lease_key],
-                args=[
-                    sent_at_ms,
-                    self._client_order_id,
-                    format_qty(quantity),
-                    side,
-                    self._lease_token,
-                ],
-            )
+            await self._journal._attempt(keys=keys, args=args)
         except ResponseError as exc:
             # Refused by the fence or the state check: nothing may be sent now.
             raise RetryLater(str(exc)) from None
+
+    async def _record_and_wait(self, keys: list[str], args: list[str | int]) -> None:
+        """The attempt script, then ``WAIT`` on the same connection (WAIT covers only the
+        writes of the connection it runs on), in one round trip."""
+        wanted = self._journal.wait_replicas
+        recorded, acked = await run_packed(
+            self._journal.redis,
+            [("EVAL", ATTEMPT_SCRIPT, len(keys), *keys, *args), ("WAIT", wanted, WAIT_TIMEOUT_MS)],
+        )
+        if isinstance(recorded, ResponseError):
+            raise RetryLater(str(recorded))
+        if isinstance(acked, ResponseError) or int(acked) < wanted:
+            reached = "an error" if isinstance(acked, ResponseError) else f"{int(acked)}"
+            raise NotReplicated(
+                f"the send record reached {reached} of {wanted} replica(s) within "
+                f"{WAIT_TIMEOUT_MS} ms (APPLY_REDIS_WAIT_REPLICAS): nothing was sent"
+            )
 
 
 def _now_ms() -> int:

@@ -76,6 +76,7 @@ class ApplyService:
             scripts=self.scripts,
             identity=self.identity,
             recent=RecentResults(),
+            wait_replicas=settings.redis_wait_replicas,
         )
         self._identity_changed = asyncio.Event()
         self.identity.listeners.append(self._identity_changed.set)

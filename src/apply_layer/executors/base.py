@@ -101,6 +101,11 @@ class StepResult:
         return data
 
 
+class NotReplicated(Exception):
+    """The send record did not reach the replicas ``APPLY_REDIS_WAIT_REPLICAS`` asks for
+    in time: nothing may be sent (the executor ends the step FAILED)."""
+
+
 class OrderLog(Protocol):
     """The plan's journal as an executor sees it."""
 
@@ -109,7 +114,8 @@ class OrderLog(Protocol):
         ...
 
     async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
-        """Journal a send *before* it leaves; raises if the journal cannot be written."""
+        """Journal a send *before* it leaves; raises if the journal cannot be written
+        (:class:`NotReplicated` if it was written but not replicated as required)."""
         ...
 
     def unrecorded_until_ms(self) -> int:

@@ -58,7 +58,13 @@ from apply_layer.binance_model import (
     step_result,
 )
 from apply_layer.errors import ConfigError
-from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepResult
+from apply_layer.executors.base import (
+    CheckLine,
+    NotReplicated,
+    OrderLog,
+    OrderRequest,
+    StepResult,
+)
 from apply_layer.logs import format_qty, get_logger
 from apply_layer.settings import Settings
 from apply_layer.sizing import size_close
@@ -277,7 +283,10 @@ class BinanceExecutor:
             sent_at = self.client.local_ms()
             # If the journal refuses (Redis down, lease lost) this raises and nothing is sent;
             # the caller leaves the plan to recovery, which resumes through ``attempts()``.
-            await log.record_attempt(sent_at, quantity=qty, side=side)
+            try:
+                await log.record_attempt(sent_at, quantity=qty, side=side)
+            except NotReplicated as exc:
+                return self._result(order, "FAILED", "journal_not_replicated", str(exc), side, qty)
             unseen = log.unrecorded_until_ms()
             if unseen > checked_until:
                 # The record went to a Redis other than the one the lookup was made for:
