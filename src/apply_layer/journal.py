@@ -17,7 +17,6 @@ lost reply) finds ``result_id`` and publishes nothing twice.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -32,6 +31,7 @@ from apply_layer.executors.base import NotReplicated
 from apply_layer.lease import Lease
 from apply_layer.logs import format_qty
 from apply_layer.redis_identity import IdentityTracker
+from apply_layer.republish import Published, RecentResults
 
 FINAL_STATES = frozenset({"executed", "rejected", "failed", "blocked", "skipped"})
 # How long a send record may wait for APPLY_REDIS_WAIT_REPLICAS replicas before the send
@@ -95,50 +95,6 @@ redis.call('HSET', KEYS[1], 'state', 'submitting', 'order.attempts', a,
            'order.client_order_id', ARGV[2], 'order.quantity', ARGV[3], 'order.side', ARGV[4])
 return a
 """
-
-
-@dataclass(frozen=True)
-class Published:
-    """One result this process published: enough to write it again, unchanged."""
-
-    plan_id: str
-    symbol: str
-    state: str
-    fields: tuple[tuple[str, str], ...]
-    cooldown: bool
-    entry_id: str
-    at: float  # monotonic seconds
-
-
-class RecentResults:
-    """The results this process published lately, newest last, bounded in count and age.
-
-    After Redis lost writes (``redis_identity`` noticed a restart from an
-    older state or a failover), a plan this process finished may have lost
-    its result and even its stream entry, and nothing else remembers it;
-    :meth:`Journal.republish_recent` writes these results again. The publish
-    script publishes nothing where the journal still has its ``result_id``.
-    """
-
-    def __init__(self, max_items: int = 10_000, max_age_sec: float = 600.0) -> None:
-        self.max_items, self.max_age_sec = max_items, max_age_sec
-        self._items: OrderedDict[str, Published] = OrderedDict()
-
-    def add(self, item: Published) -> None:
-        self._items.pop(item.plan_id, None)
-        self._items[item.plan_id] = item
-        while len(self._items) > self.max_items:
-            self._items.popitem(last=False)
-
-    def current(self) -> list[Published]:
-        """The items younger than the age bound (older ones are dropped)."""
-        horizon = time.monotonic() - self.max_age_sec
-        while self._items and next(iter(self._items.values())).at < horizon:
-            self._items.popitem(last=False)
-        return list(self._items.values())
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 @dataclass(frozen=True)

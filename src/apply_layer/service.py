@@ -31,12 +31,13 @@ from apply_layer.errors import ConfigError, RetryLater
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
 from apply_layer.gate import GateConfig, PermitGate
-from apply_layer.journal import Journal, RecentResults
+from apply_layer.journal import Journal
 from apply_layer.logs import get_logger
 from apply_layer.notify import KeyspaceWatcher
 from apply_layer.processing import Processor
 from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.redis_identity import IdentityTracker
+from apply_layer.republish import RecentResults, republish_after_changes
 from apply_layer.settings import Settings, unknown_env_vars
 
 log = get_logger()
@@ -139,7 +140,16 @@ class ApplyService:
         )
         systemd.notify(f"READY=1\nSTATUS=mode={self.settings.mode}")
         watchdog = asyncio.create_task(self._watchdog())
-        republisher = asyncio.create_task(self._republish_after_changes())
+        republisher = asyncio.create_task(
+            republish_after_changes(
+                self.journal,
+                self._identity_changed,
+                on_error=self._redis_failed,
+                pause=self._pause,
+                stopping=self._stopping,
+                max_backoff=MAX_BACKOFF_SEC,
+            )
+        )
         intake = asyncio.create_task(self._intake())
         await self._stopping.wait()
         # The intake loop stops by itself within one blocking read; cancelling a
@@ -186,35 +196,6 @@ class ApplyService:
             if time.monotonic() - self._alive < stale_after:
                 systemd.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
-
-    async def _republish_after_changes(self) -> None:
-        """After Redis lost writes, write again the results this process published lately.
-
-        A plan finished just before a failover to a lagging replica (or a
-        restore from an older snapshot) may have lost its result, and its
-        stream entry with it: then no one would ever handle it again. The
-        publish script writes nothing where the result survived.
-        """
-        while True:
-            await self._identity_changed.wait()
-            self._identity_changed.clear()
-            backoff = 0.2
-            while True:
-                try:
-                    restored = await self.journal.republish_recent()
-                    break
-                except (RedisError, OSError) as exc:
-                    self._redis_failed(exc)
-                    await self._pause(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_SEC)
-                    if self._stopping.is_set():
-                        return
-            log.warning(
-                "results_republished",
-                restored=restored,
-                remembered=len(self.journal.recent or ()),
-                why="Redis changed (restart, restore or failover); results it lost written again",
-            )
 
     # ---- Redis health ----------------------------------------------------------------
 
