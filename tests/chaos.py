@@ -223,7 +223,11 @@ class Chaos:
             )
             self.report.published += 1
             tasks.append(asyncio.create_task(self._permits(plan_id, symbol)))
-            if self.rng.random() < self.c.fault_ratio:
+            # A fault waits for the next order request; one at a time, so that when orders
+            # lag behind plans they do not all meet a fault queued long before.
+            if self.rng.random() < self.c.fault_ratio and not self.fake.faults.get(
+                ("POST", fb.ORDER)
+            ):
                 self.fake.inject("POST", fb.ORDER, self._fault())
                 self.report.faults += 1
             await asyncio.sleep(interval)
