@@ -64,11 +64,15 @@ class Report:
     duplicates: int = 0  # result entries beyond the first, per plan
     lost: int = 0  # plans without a result (Redis's own losses apart, below)
     lost_by_redis: int = 0  # no result, and Redis lost the plan's entry before a daemon saw it
+    lost_with_killed_daemon: int = 0  # no result: Redis lost the entry, and the daemon that
+    # had read it was killed -9 before finishing it (a double fault; counted apart)
     orders_for_lost: int = 0  # orders at the exchange for plans counted in lost_by_redis
     permits_lost: int = 0  # permits gone unrecorded where Redis loses writes (writes it lost)
     failovers: int = 0
     rollbacks: int = 0
     lost_ids: list[str] = field(default_factory=list)  # for diagnosis
+    adopted: int = 0  # results whose order was found at the exchange, not sent
+    republished: int = 0  # results the daemons wrote again after Redis lost them
     double_orders: int = 0  # orders beyond the first, per plan
     unauthorized_orders: int = 0  # orders for plans lacking an allow permit
     outcome_mismatches: int = 0  # result vs exchange vs journal disagree
@@ -95,10 +99,12 @@ class Report:
             f"elapsed {self.elapsed:.1f} s",
             "outcomes " + "  ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())),
             "reasons  " + "  ".join(f"{k}: {v}" for k, v in self.reasons.most_common()),
-            f"orders {self.orders}",
+            f"orders {self.orders}   adopted (found, not sent) {self.adopted}   "
+            f"results written again after a loss {self.republished}",
             f"duplicates {self.duplicates} (must be 0)   lost {self.lost} (must be 0)   "
             f"lost by Redis before any daemon read them {self.lost_by_redis} "
-            f"(orders for them {self.orders_for_lost})",
+            f"(orders for them {self.orders_for_lost})   lost by Redis and with the killed "
+            f"daemon that had read them {self.lost_with_killed_daemon}",
             f"double orders {self.double_orders}   orders without every allow permit "
             f"{self.unauthorized_orders}   outcome mismatches {self.outcome_mismatches}   "
             f"unrecorded permit consumptions {self.unrecorded_consumptions}   "
@@ -351,8 +357,9 @@ class Chaos:
             by_plan.setdefault(result["plan_id"], []).append(result)
         orders = Counter(str(o["clientOrderId"]) for o in self.fake.orders)
         r.orders = sum(orders.values())
+        r.republished = self._republished()
         in_stream = await self._plans_in_stream() if self.loses_writes else set()
-        traced = self._traced_plans() if self.loses_writes else set()
+        traced = self._traced_plans() if self.loses_writes else {}
         for plan_id in self.truth.plans:
             results = by_plan.get(plan_id, [])
             placed = orders.get(f"al75-{plan_id}", 0)
@@ -363,12 +370,16 @@ class Chaos:
                 if self.loses_writes and plan_id not in in_stream and plan_id not in traced:
                     r.lost_by_redis += 1  # acknowledged by a Redis that then lost it, unread
                     r.orders_for_lost += placed
+                elif self.loses_writes and plan_id not in in_stream and traced[plan_id]:
+                    r.lost_with_killed_daemon += 1
+                    r.orders_for_lost += placed
                 else:
                     r.lost += 1
                     r.lost_ids.append(plan_id)
                 continue
             r.duplicates += len(results) - 1
             result = results[0]
+            r.adopted += result.get("adopted") == "True"
             r.outcomes[result["status"]] += 1
             if result["status"] != "EXECUTED":
                 r.reasons[f"{result['status']} {result['error'].split(':')[0]}"] += 1
@@ -398,18 +409,34 @@ class Chaos:
         entries: Any = await self.redis.xrange(K.PLAN_STREAM)
         return {str(fields.get("plan_id")) for _, fields in entries}
 
-    def _traced_plans(self) -> set[str]:
-        """Plans some daemon logged anything about (so one of them read it)."""
-        seen: set[str] = set()
+    def _republished(self) -> int:
+        total = 0
         for path in self.workdir.glob("chaos-*.log"):
             for line in path.read_text(errors="replace").splitlines():
+                if '"results_republished"' in line:
+                    total += int(json.loads(line).get("restored", 0))
+        return total
+
+    def _traced_plans(self) -> dict[str, bool]:
+        """Plans some daemon logged anything about (so one of them read it), each with
+        whether that daemon was killed (restarted) after its last line about the plan."""
+        seen: dict[str, bool] = {}
+        for path in self.workdir.glob("chaos-*.log"):
+            last: dict[str, int] = {}
+            starts: list[int] = []
+            for n, line in enumerate(path.read_text(errors="replace").splitlines()):
                 try:
                     record = json.loads(line)
                 except ValueError:
                     continue
+                if record.get("message") == "apply_layer_started":
+                    starts.append(n)
                 for key in ("plan_id", "plan"):
                     if key in record:
-                        seen.add(str(record[key]))
+                        last[str(record[key])] = n
+            for plan_id, n in last.items():
+                killed = any(start > n for start in starts)
+                seen[plan_id] = seen.get(plan_id, True) and killed
         return seen
 
 

@@ -2,15 +2,20 @@
 
 :class:`FailoverChaos` runs the daemons against a Sentinel setup (one
 primary, one replica, three sentinels; ``tests/sentinels.py``) and kills the
-primary with SIGKILL while plans flow; the daemons must follow each new
-primary without a restart. :class:`RollbackChaos` keeps taking RDB snapshots
-of a Redis without AOF and, at random moments, brings it back from the
-latest one, so the last second or two of writes are gone.
+primary with SIGKILL while plans flow, each time half a second after cutting
+its link to the replica, so that the replica lags and the last writes are
+lost; the daemons must follow each new primary without a restart.
+:class:`RollbackChaos` keeps taking RDB snapshots of a Redis without AOF
+and, at random moments, brings it back from the latest one, so the last
+second or two of writes are gone.
 
 Both check what ``tests/chaos.py`` checks, with one difference that losing
 writes forces: a plan Redis acknowledged and then lost before any daemon
 read it cannot have a result (no one knows of it any more); such plans are
-counted apart (``lost_by_redis``), and so are permits whose writes were lost.
+counted apart (``lost_by_redis``), and so are permits whose writes were lost
+and, where daemons are killed too, plans whose entry Redis lost while the
+daemon that had read them was killed before finishing them (a double fault:
+``lost_with_killed_daemon``).
 Every other plan must end with one result, and no plan may have two orders
 or an order without its permits.
 """
@@ -38,9 +43,14 @@ UNUSED_URL = "redis://127.0.0.1:1/0"
 
 
 class FailoverChaos(Chaos):
-    """Plans flowing while the Sentinel setup's primary is killed ``failovers`` times."""
+    """Plans flowing while the Sentinel setup's primary is killed ``failovers`` times.
+
+    Each kill comes ``lag_sec`` after the primary's link to its replica was cut, so
+    the writes of that moment are lost with it (a replica that lagged).
+    """
 
     loses_writes = True
+    lag_sec = 0.5
 
     def __init__(self, config: ChaosConfig, workdir: Path) -> None:
         super().__init__(config, workdir)
@@ -69,7 +79,7 @@ class FailoverChaos(Chaos):
         return self.c.failovers
 
     async def _redis_event(self, what: str) -> None:
-        self.failover_secs.append(await self.sentinels.kill_primary())
+        self.failover_secs.append(await self.sentinels.kill_primary(lag_sec=self.lag_sec))
         self.report.failovers += 1
 
 

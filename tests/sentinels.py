@@ -69,7 +69,7 @@ class RedisSentinels:
         *,
         replicas: int = 1,
         sentinels: int = 3,
-        down_after_ms: int = 1000,
+        down_after_ms: int = 2000,
         notify_keyspace_events: str = "K$h",
         node_args: tuple[str, ...] = (),
     ) -> None:
@@ -177,10 +177,26 @@ class RedisSentinels:
                 return False
         return True
 
-    async def kill_primary(self, timeout: float = 30.0) -> float:
+    async def kill_primary(self, timeout: float = 30.0, *, lag_sec: float = 0.0) -> float:
         """SIGKILL the primary, wait for a replica's promotion, bring the old one back
-        as a replica. Returns the seconds until the sentinels named the new primary."""
+        as a replica. Returns the seconds until the sentinels named the new primary.
+
+        ``lag_sec``: first cut the primary's links to its replicas (and keep them cut),
+        and kill it only that long after: what the primary acknowledged meanwhile is lost
+        with it, as with a replica lagging under load or behind a flaky network.
+        """
         old = await self.wait_healthy(timeout)
+        if lag_sec:
+            nowhere = free_port()  # nothing listens there
+            for node in self.nodes:
+                if node.port == old:
+                    continue
+                replica = Redis(port=node.port, decode_responses=True)
+                try:  # the replica stops receiving (it keeps what it has)
+                    await replica.replicaof("127.0.0.1", nowhere)
+                finally:
+                    await replica.aclose()
+            await asyncio.sleep(lag_sec)
         self.node(old).stop(kill=True)
         killed_at = time.monotonic()
         deadline = killed_at + timeout
@@ -193,13 +209,38 @@ class RedisSentinels:
             raise RedisUnavailable(f"no failover within {timeout} s: {self.describe()}")
         took = time.monotonic() - killed_at
         self.failovers += 1
+        await self._settled(port, deadline)
         # Back as a replica of the new primary, as the sentinels would make it (they
-        # would first see an empty primary and convert it some seconds later).
+        # would first see an empty primary and convert it some seconds later). Only
+        # once every sentinel is done with the failover: an empty node that a second,
+        # spurious failover promoted would wipe everything.
         node = self.node(old)
         node.extra_args = (*self.node_args, "--replicaof", "127.0.0.1", str(port))
         node.start()
         await self.wait_healthy(timeout)
         return took
+
+    async def _settled(self, port: int, deadline: float) -> None:
+        """Until every live sentinel names ``port`` with no failover in progress."""
+        while time.monotonic() < deadline:
+            states: list[Any] = []
+            for sentinel in self.sentinels:
+                client = sentinel.client()
+                try:
+                    states.append(await client.sentinel_master(SERVICE))
+                except Exception:
+                    continue
+                finally:
+                    await client.aclose()
+            if states and all(
+                int(st["port"]) == port
+                and "failover" not in str(st.get("flags", ""))
+                and not (st["is_sdown"] or st["is_odown"])
+                for st in states
+            ):
+                return
+            await asyncio.sleep(0.1)
+        raise RedisUnavailable(f"the failover to {port} did not settle: {self.describe()}")
 
     def describe(self) -> str:
         lines = []
