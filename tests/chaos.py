@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.redis_client import create_redis
+from apply_layer.redis_client import close_redis, create_redis
 from tests import fake_binance as fb
 from tests.harness import Daemon, publish_plan
 
@@ -40,6 +40,8 @@ class ChaosConfig:
     instances: int = 2
     kills: int = 20
     redis_restarts: int = 1
+    failovers: int = 0  # FailoverChaos: kill -9 of the Sentinel setup's primary
+    rollbacks: int = 0  # RollbackChaos: Redis brought back from a recent snapshot
     fault_ratio: float = 0.15  # order requests that meet an exchange fault
     deny_ratio: float = 0.1
     late_ratio: float = 0.05
@@ -60,7 +62,17 @@ class Report:
     reasons: Counter[str] = field(default_factory=Counter)  # "STATUS error" of non-executed plans
     orders: int = 0
     duplicates: int = 0  # result entries beyond the first, per plan
-    lost: int = 0  # plans without a result
+    lost: int = 0  # plans without a result (Redis's own losses apart, below)
+    lost_by_redis: int = 0  # no result, and Redis lost the plan's entry before a daemon saw it
+    lost_with_killed_daemon: int = 0  # no result: Redis lost the entry, and the daemon that
+    # had read it was killed -9 before finishing it (a double fault; counted apart)
+    orders_for_lost: int = 0  # orders at the exchange for plans counted in lost_by_redis
+    permits_lost: int = 0  # permits gone unrecorded where Redis loses writes (writes it lost)
+    failovers: int = 0
+    rollbacks: int = 0
+    lost_ids: list[str] = field(default_factory=list)  # for diagnosis
+    adopted: int = 0  # results whose order was found at the exchange, not sent
+    republished: int = 0  # results the daemons wrote again after Redis lost them
     double_orders: int = 0  # orders beyond the first, per plan
     unauthorized_orders: int = 0  # orders for plans lacking an allow permit
     outcome_mismatches: int = 0  # result vs exchange vs journal disagree
@@ -82,15 +94,21 @@ class Report:
         c = self.config
         return [
             f"plans {self.published}   instances {c.instances}   kills {self.kills}   "
-            f"redis restarts {self.redis_restarts}   exchange faults {self.faults}   "
+            f"redis restarts {self.redis_restarts}   failovers {self.failovers}   "
+            f"rollbacks {self.rollbacks}   exchange faults {self.faults}   "
             f"elapsed {self.elapsed:.1f} s",
             "outcomes " + "  ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())),
             "reasons  " + "  ".join(f"{k}: {v}" for k, v in self.reasons.most_common()),
-            f"orders {self.orders}",
-            f"duplicates {self.duplicates} (must be 0)   lost {self.lost} (must be 0)",
+            f"orders {self.orders}   adopted (found, not sent) {self.adopted}   "
+            f"results written again after a loss {self.republished}",
+            f"duplicates {self.duplicates} (must be 0)   lost {self.lost} (must be 0)   "
+            f"lost by Redis before any daemon read them {self.lost_by_redis} "
+            f"(orders for them {self.orders_for_lost})   lost by Redis and with the killed "
+            f"daemon that had read them {self.lost_with_killed_daemon}",
             f"double orders {self.double_orders}   orders without every allow permit "
             f"{self.unauthorized_orders}   outcome mismatches {self.outcome_mismatches}   "
-            f"unrecorded permit consumptions {self.unrecorded_consumptions}",
+            f"unrecorded permit consumptions {self.unrecorded_consumptions}   "
+            f"permit writes Redis lost {self.permits_lost}",
             "RESULT: " + ("PASS" if self.violations == 0 else f"FAIL ({self.violations})"),
         ]
 
@@ -117,11 +135,39 @@ class Chaos:
         self.redis: Redis | None = None
         self.run_id = f"{int(time.time()) % 100000:05d}"
 
+    # ---- where Redis lives (subclasses: Sentinel, snapshots) ---------------------------
+
+    loses_writes = False  # True where Redis may lose acknowledged writes (see verify)
+
+    async def _start_redis(self) -> Redis:
+        self.redis_server.start()
+        return create_redis(self.redis_server.url, name="chaos")
+
+    def _stop_redis(self) -> None:
+        self.redis_server.close()
+
+    def _redis_settings(self) -> dict[str, Any]:
+        return {}
+
+    def _redis_url(self) -> str:
+        return self.redis_server.url
+
+    async def _redis_event(self, what: str) -> None:
+        """A scheduled Redis event of the monkey (here: a kill -9 and restart)."""
+        self.redis_server.stop(kill=True)
+        self.report.redis_restarts += 1
+        await asyncio.sleep(self.rng.uniform(0.5, 1.5))
+        self.redis_server.start()
+
+    def _redis_events(self) -> int:
+        return self.c.redis_restarts
+
     def _daemon(self, slot: int) -> Daemon:
         return Daemon(
-            self.redis_server.url,
+            self._redis_url(),
             self.workdir,
             f"chaos-{slot}",
+            **self._redis_settings(),
             mode="testnet",
             binance_base_url=self.fake.url,
             binance_api_key=fb.API_KEY,
@@ -143,12 +189,11 @@ class Chaos:
 
     async def run(self) -> Report:
         started = time.monotonic()
-        self.redis_server.start()
         self.fake.__enter__()
         for symbol in SYMBOLS:
             self.fake.positions[symbol] = Decimal(1000)
-        self.redis = create_redis(self.redis_server.url, name="chaos")
         try:
+            self.redis = await self._start_redis()
             for slot in range(self.c.instances):
                 daemon = self._daemon(slot)
                 self.daemons.append(daemon)
@@ -162,9 +207,10 @@ class Chaos:
         finally:
             for daemon in self.daemons:
                 daemon.stop()
-            await self.redis.aclose()
+            if self.redis is not None:
+                await close_redis(self.redis)
             self.fake.__exit__()
-            self.redis_server.close()
+            self._stop_redis()
         self.report.elapsed = time.monotonic() - started
         return self.report
 
@@ -183,7 +229,11 @@ class Chaos:
             )
             self.report.published += 1
             tasks.append(asyncio.create_task(self._permits(plan_id, symbol)))
-            if self.rng.random() < self.c.fault_ratio:
+            # A fault waits for the next order request; one at a time, so that when orders
+            # lag behind plans they do not all meet a fault queued long before.
+            if self.rng.random() < self.c.fault_ratio and not self.fake.faults.get(
+                ("POST", fb.ORDER)
+            ):
                 self.fake.inject("POST", fb.ORDER, self._fault())
                 self.report.faults += 1
             await asyncio.sleep(interval)
@@ -251,7 +301,7 @@ class Chaos:
         duration = self.c.plans / self.c.rate
         kill_at = sorted(self.rng.uniform(0.05, 0.95) * duration for _ in range(self.c.kills))
         restart_at = sorted(
-            self.rng.uniform(0.3, 0.7) * duration for _ in range(self.c.redis_restarts)
+            self.rng.uniform(0.3, 0.7) * duration for _ in range(self._redis_events())
         )
         events = sorted([(t, "kill") for t in kill_at] + [(t, "redis") for t in restart_at])
         start = time.monotonic()
@@ -265,21 +315,32 @@ class Chaos:
                 self.daemons[slot] = self._daemon(slot)
                 self.daemons[slot].start()
             else:
-                self.redis_server.stop(kill=True)
-                self.report.redis_restarts += 1
-                await asyncio.sleep(self.rng.uniform(0.5, 1.5))
-                self.redis_server.start()
+                await self._redis_event(what)
 
     async def _settle(self) -> None:
         """With every instance up and no more faults, wait for every plan's result."""
         assert self.redis is not None
         deadline = time.monotonic() + self.c.settle_sec
+        quiet_since, last_done = time.monotonic(), -1
         while time.monotonic() < deadline:
             done = {f["plan_id"] for f in await self._results()}
             if set(self.truth.plans) <= done:
                 await asyncio.sleep(1.0)  # let acks and stray duplicates land
                 return
+            if len(done) != last_done:
+                quiet_since, last_done = time.monotonic(), len(done)
+            elif self.loses_writes and time.monotonic() - quiet_since > 5 and await self._idle():
+                return  # the rest were lost by Redis: no daemon has anything left to do
             await asyncio.sleep(0.25)
+
+    async def _idle(self) -> bool:
+        """Nothing pending in the group and nothing unread in the plan stream."""
+        assert self.redis is not None
+        try:
+            groups: Any = await self.redis.xinfo_groups(K.PLAN_STREAM)
+        except RedisError:
+            return False
+        return all(int(g.get("pending", 1)) == 0 and not g.get("lag") for g in groups)
 
     async def _results(self) -> list[dict[str, str]]:
         assert self.redis is not None
@@ -296,20 +357,32 @@ class Chaos:
             by_plan.setdefault(result["plan_id"], []).append(result)
         orders = Counter(str(o["clientOrderId"]) for o in self.fake.orders)
         r.orders = sum(orders.values())
+        r.republished = self._republished()
+        in_stream = await self._plans_in_stream() if self.loses_writes else set()
+        traced = self._traced_plans() if self.loses_writes else {}
         for plan_id in self.truth.plans:
             results = by_plan.get(plan_id, [])
-            if not results:
-                r.lost += 1
-                continue
-            r.duplicates += len(results) - 1
-            result = results[0]
-            r.outcomes[result["status"]] += 1
-            if result["status"] != "EXECUTED":
-                r.reasons[f"{result['status']} {result['error'].split(':')[0]}"] += 1
             placed = orders.get(f"al75-{plan_id}", 0)
             r.double_orders += max(0, placed - 1)
             if placed and plan_id not in self.truth.allowed:
                 r.unauthorized_orders += 1
+            if not results:
+                if self.loses_writes and plan_id not in in_stream and plan_id not in traced:
+                    r.lost_by_redis += 1  # acknowledged by a Redis that then lost it, unread
+                    r.orders_for_lost += placed
+                elif self.loses_writes and plan_id not in in_stream and traced[plan_id]:
+                    r.lost_with_killed_daemon += 1
+                    r.orders_for_lost += placed
+                else:
+                    r.lost += 1
+                    r.lost_ids.append(plan_id)
+                continue
+            r.duplicates += len(results) - 1
+            result = results[0]
+            r.adopted += result.get("adopted") == "True"
+            r.outcomes[result["status"]] += 1
+            if result["status"] != "EXECUTED":
+                r.reasons[f"{result['status']} {result['error'].split(':')[0]}"] += 1
             journal = await self.redis.hgetall(K.journal(plan_id))
             executed = result["status"] == "EXECUTED"
             if (
@@ -324,8 +397,47 @@ class Chaos:
                 if written is None or await self.redis.exists(key):
                     continue  # never written, or still there (not consumed)
                 recorded = journal.get(f"p.{issuer}.consumed") == "1"
-                if not recorded or journal.get(f"p.{issuer}.raw") != written:
+                if not recorded and self.loses_writes:
+                    # Consumption and its record are one atomic write: gone without a
+                    # record means the permit's own write was lost.
+                    r.permits_lost += 1
+                elif not recorded or journal.get(f"p.{issuer}.raw") != written:
                     r.unrecorded_consumptions += 1
+
+    async def _plans_in_stream(self) -> set[str]:
+        assert self.redis is not None
+        entries: Any = await self.redis.xrange(K.PLAN_STREAM)
+        return {str(fields.get("plan_id")) for _, fields in entries}
+
+    def _republished(self) -> int:
+        total = 0
+        for path in self.workdir.glob("chaos-*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if '"results_republished"' in line:
+                    total += int(json.loads(line).get("restored", 0))
+        return total
+
+    def _traced_plans(self) -> dict[str, bool]:
+        """Plans some daemon logged anything about (so one of them read it), each with
+        whether that daemon was killed (restarted) after its last line about the plan."""
+        seen: dict[str, bool] = {}
+        for path in self.workdir.glob("chaos-*.log"):
+            last: dict[str, int] = {}
+            starts: list[int] = []
+            for n, line in enumerate(path.read_text(errors="replace").splitlines()):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("message") == "apply_layer_started":
+                    starts.append(n)
+                for key in ("plan_id", "plan"):
+                    if key in record:
+                        last[str(record[key])] = n
+            for plan_id, n in last.items():
+                killed = any(start > n for start in starts)
+                seen[plan_id] = seen.get(plan_id, True) and killed
+        return seen
 
 
 async def run_chaos(config: ChaosConfig, workdir: Path) -> Report:

@@ -6,6 +6,9 @@ positions and orders, enforces reduce-only and the lot filters, and counts
 orders per client order id so tests can assert "at most once". Like Binance,
 it accepts a second order with the client order id of a *filled* one (the id
 is only unique among open orders): a blind resend really does double-fill.
+Also like Binance, every order it placed, filled or expired, stays findable
+by ``origClientOrderId`` (Binance: 90 days, 3 for an unfilled cancel or
+expiry), which is what lets the executor adopt an order Redis forgot.
 
 Faults are queued per endpoint for the next requests (:meth:`FakeBinance.inject`):
 slow answers, dropped connections and error answers, each with or without the
@@ -107,8 +110,13 @@ class Seen:
 class FakeBinance:
     """The exchange; ``url`` is its base URL. Use as a context manager."""
 
-    def __init__(self, *, api_key: str = API_KEY, api_secret: str = API_SECRET) -> None:
+    def __init__(
+        self, *, api_key: str = API_KEY, api_secret: str = API_SECRET, keep_alive: bool = False
+    ) -> None:
+        """``keep_alive``: HTTP/1.1 persistent connections, as Binance keeps them (for
+        measurements; the tests' default, HTTP/1.0, opens a connection per request)."""
         self.api_key, self.api_secret = api_key, api_secret
+        self.keep_alive = keep_alive
         self.skew_ms = 0  # the server's clock minus the real one
         self.dual_side = False
         self.positions: dict[str, Decimal] = {}
@@ -386,6 +394,7 @@ def _faulted(req: BaseHTTPRequestHandler, fault: Fault) -> bool:
     if fault.delay:
         time.sleep(fault.delay)
     if fault.drop:
+        req.close_connection = True
         return True
     if fault.status:
         _send(req, fault.status, fault.body, fault.headers)
@@ -411,6 +420,9 @@ def _send(
 
 def _handler_for(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1" if fake.keep_alive else "HTTP/1.0"
+        disable_nagle_algorithm = fake.keep_alive  # headers and body go out as two writes
+
         def do_GET(self) -> None:
             fake.handle(self, "GET")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
+from apply_layer.embedded_redis import EmbeddedRedis
 
 SYM = "BTCUSDT"
 STEPS = {
@@ -243,3 +245,30 @@ def check_result_schema(result: dict[str, str]) -> None:
     else:
         assert result.get("error"), f"a result that did not execute needs an error: {result}"
         assert result["decision"] in NOT_EXECUTED_DECISIONS, result
+
+
+class Snapshots:
+    """Take an RDB snapshot of an ``EmbeddedRedis`` and bring the server back from it.
+
+    ``restore`` kills the server (SIGKILL: nothing is saved on the way down),
+    puts the snapshot in place of ``dump.rdb`` and starts it again on the same
+    port: everything written after the snapshot is gone, as after a restart
+    from an old backup or a failover to a replica that lagged.
+    """
+
+    def __init__(self, server: EmbeddedRedis, workdir: Path) -> None:
+        self.server = server
+        self.path = workdir / "snapshot.rdb"
+
+    async def take(self, redis: Redis) -> None:
+        await redis.save()
+        shutil.copyfile(Path(self.server.directory) / "dump.rdb", self.path)
+
+    def stop(self) -> None:
+        self.server.stop(kill=True)
+
+    def restore(self) -> None:
+        """Bring the (stopped or running) server back from the snapshot."""
+        self.server.stop(kill=True)
+        shutil.copyfile(self.path, Path(self.server.directory) / "dump.rdb")
+        self.server.start()

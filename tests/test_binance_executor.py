@@ -12,6 +12,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
@@ -25,6 +26,7 @@ from apply_layer.binance_model import ExchangeInfoInvalid
 from apply_layer.executors.base import OrderRequest, StepResult
 from apply_layer.executors.binance import BinanceConfigError, BinanceExecutor, RetryPolicy
 from apply_layer.logs import setup_logging
+from apply_layer.outcomes import Outcome, result_fields
 from apply_layer.settings import Settings
 from tests.fake_binance import (
     API_KEY,
@@ -57,9 +59,12 @@ POLICY = RetryPolicy(
 class MemoryLog:
     """The OrderLog protocol in memory: what a plan's journal would hold."""
 
-    def __init__(self, attempts: list[int] | None = None, *, broken: str = "") -> None:
+    def __init__(
+        self, attempts: list[int] | None = None, *, broken: str = "", unseen_ms: int = 0
+    ) -> None:
         self.sends: list[tuple[int, Decimal, str]] = [(t, Decimal(0), "") for t in attempts or []]
         self.broken = broken
+        self.unseen_ms = unseen_ms  # Redis "changed" then: a send may be missing from `sends`
 
     async def attempts(self) -> list[int]:
         if self.broken == "read":
@@ -70,6 +75,9 @@ class MemoryLog:
         if self.broken == "write":
             raise ConnectionError("journal down")
         self.sends.append((sent_at_ms, quantity, side))
+
+    def unrecorded_until_ms(self) -> int:
+        return self.unseen_ms
 
 
 def request(
@@ -133,6 +141,16 @@ async def ex(make: Make) -> BinanceExecutor:
 
 def posts(fake: FakeBinance) -> int:
     return len(fake.requests("POST", ORDER))
+
+
+def lookups_after_send(fake: FakeBinance) -> int:
+    """Order lookups after the first send (the one before it is the adoption check)."""
+    with fake.lock:
+        seen = list(fake.seen)
+    first = next((n for n, s in enumerate(seen) if s.method == "POST" and s.path == ORDER), None)
+    if first is None:
+        return 0
+    return sum(1 for s in seen[first:] if s.method == "GET" and s.path == ORDER)
 
 
 async def test_happy_path_reports_the_result_fields(ex: BinanceExecutor, fake: FakeBinance) -> None:
@@ -415,7 +433,7 @@ async def test_service_unavailable_is_resent_without_a_lookup(
     )
     log = MemoryLog()
     result = await ex.execute(request(), log)
-    assert result.executed and len(log.sends) == 2 and fake.requests("GET", ORDER) == []
+    assert result.executed and len(log.sends) == 2 and lookups_after_send(fake) == 0
 
 
 @pytest.mark.parametrize(
@@ -439,7 +457,7 @@ async def test_definite_rejections(
         f"exchange_rejected:{code}",
         msg,
     )
-    assert len(log.sends) == 1 and fake.orders == [] and fake.requests("GET", ORDER) == []
+    assert len(log.sends) == 1 and fake.orders == [] and lookups_after_send(fake) == 0
 
 
 async def test_expired_market_order_without_fills_is_rejected(
@@ -492,7 +510,8 @@ async def test_when_lookups_keep_failing_the_fate_stays_unknown(
     ex: BinanceExecutor, fake: FakeBinance
 ) -> None:
     fake.inject("POST", ORDER, dropped(place=False))
-    fake.inject("GET", ORDER, *[unknown_503(place=False) for _ in range(10)])
+    # The first lookup (before the send) is answered; every one after the send fails.
+    fake.inject("GET", ORDER, Fault(), *[unknown_503(place=False) for _ in range(10)])
     log = MemoryLog()
     result = await ex.execute(request(), log)
     assert (result.status, result.error) == ("FAILED", "order_unknown")
@@ -575,6 +594,104 @@ async def test_resume_without_a_definite_lookup_sends_nothing(
     fake.inject("GET", ORDER, *[dropped(place=False) for _ in range(10)])
     result = await ex.execute(request(), MemoryLog([int(time.time() * 1000)]))
     assert (result.status, result.error) == ("FAILED", "order_unknown") and posts(fake) == 0
+
+
+# -- Redis lost the record of a send -------------------------------------------
+
+
+async def test_a_first_send_adopts_an_order_the_journal_lost(
+    ex: BinanceExecutor, fake: FakeBinance
+) -> None:
+    """The journal shows no send, but the exchange has the (filled) order: adopt it."""
+    cid = request().client_order_id
+    placed = fake.add_order("BTCUSDT", "SELL", "0.010", cid)  # an earlier run's, now forgotten
+    log = MemoryLog()
+    result = await ex.execute(request(), log)
+    assert result.executed and result.adopted and result.order_id == str(placed["orderId"])
+    assert result.as_dict()["adopted"] is True and "adopted" in result.message
+    fields = result_fields(
+        plan_id="p1",
+        symbol="BTCUSDT",
+        plan_decision="EXECUTE",
+        outcome=Outcome("EXECUTED", steps=(result,)),
+        mode="testnet",
+    )
+    assert fields["adopted"] == "True" and '"adopted": true' in fields["steps_results"]
+    assert posts(fake) == 0 and log.sends == [] and fake.order_count(cid) == 1
+    assert fake.positions["BTCUSDT"] == 0  # filled once, by the earlier run
+
+
+async def test_an_order_sent_normally_is_not_adopted(
+    ex: BinanceExecutor, fake: FakeBinance
+) -> None:
+    result = await ex.execute(request(), MemoryLog())
+    assert result.executed and not result.adopted and "adopted" not in result.as_dict()
+    fields = result_fields(
+        plan_id="p1",
+        symbol="BTCUSDT",
+        plan_decision="EXECUTE",
+        outcome=Outcome("EXECUTED", steps=(result,)),
+        mode="testnet",
+    )
+    assert "adopted" not in fields
+    assert len(fake.requests("GET", ORDER)) == 1  # the one check before the send
+
+
+async def test_a_lost_send_still_in_flight_is_found_not_doubled(
+    ex: BinanceExecutor, fake: FakeBinance
+) -> None:
+    """Redis changed just now: a send it lost may still reach the engine in its window."""
+    cid = request().client_order_id
+    changed_at = int(time.time() * 1000)
+    timer = threading.Timer(0.25, fake.add_order, ("BTCUSDT", "SELL", "0.010", cid))
+    timer.start()  # the lost send lands 250 ms later, inside its recvWindow (400 ms)
+    result = await ex.execute(request(), MemoryLog(unseen_ms=changed_at))
+    timer.join()
+    assert result.executed and result.adopted
+    assert posts(fake) == 0 and fake.order_count(cid) == 1
+    assert len(fake.requests("GET", ORDER)) >= 2  # "no such order" first, then found
+
+
+async def test_after_a_redis_change_a_first_send_waits_out_the_window(
+    ex: BinanceExecutor, fake: FakeBinance
+) -> None:
+    changed_at = int(time.time() * 1000)
+    log = MemoryLog(unseen_ms=changed_at)
+    result = await ex.execute(request(), log)
+    assert result.executed and not result.adopted and posts(fake) == 1
+    assert fake.requests("POST", ORDER)[0].at_ms >= changed_at + RECV_WINDOW + MARGIN
+
+
+async def test_a_check_that_cannot_complete_sends_nothing(
+    ex: BinanceExecutor, fake: FakeBinance
+) -> None:
+    fake.inject("GET", ORDER, *[unknown_503(place=False) for _ in range(10)])
+    log = MemoryLog()
+    result = await ex.execute(request(), log)
+    assert (result.status, result.error) == ("FAILED", "exchange_unavailable")
+    assert "nothing was sent" in result.message
+    assert posts(fake) == 0 and log.sends == []
+
+
+async def test_a_redis_change_between_the_check_and_the_send_checks_again(
+    ex: BinanceExecutor, fake: FakeBinance
+) -> None:
+    """The record went to a Redis that came back from an older state: look again."""
+    cid = request().client_order_id
+
+    class ChangesOnRecord(MemoryLog):
+        async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+            await super().record_attempt(sent_at_ms, quantity=quantity, side=side)
+            if len(self.sends) == 1:
+                self.unseen_ms = int(time.time() * 1000)
+                # ... and a send that Redis lost lands a moment later.
+                threading.Timer(0.2, fake.add_order, ("BTCUSDT", "SELL", "0.010", cid)).start()
+
+    log = ChangesOnRecord()
+    result = await ex.execute(request(), log)
+    assert result.executed and result.adopted
+    assert posts(fake) == 0 and fake.order_count(cid) == 1
+    assert len(log.sends) == 1  # recorded, then not sent
 
 
 # -- secrets ----------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""A small chaos run in CI: kills, a Redis restart and exchange faults; no invariant may break."""
+"""Small chaos runs in CI: kills, a Redis restart, exchange faults, failovers, rollbacks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from tests.chaos import ChaosConfig, run_chaos
+from tests.chaos_redis import run_failover_chaos, run_rollback_chaos
 
 
 async def test_chaos_small(tmp_path: Path) -> None:
@@ -19,5 +20,45 @@ async def test_chaos_small(tmp_path: Path) -> None:
     assert report.lost == 0
     assert report.double_orders == 0
     assert report.unauthorized_orders == 0
+    assert report.outcome_mismatches == 0
+    assert report.unrecorded_consumptions == 0
+
+
+def outage_lines(workdir: Path) -> int:
+    return sum(log.read_text().count('"redis_unavailable"') for log in workdir.glob("chaos-*.log"))
+
+
+async def test_failover_chaos_small(tmp_path: Path) -> None:
+    """One primary, one replica, three sentinels; the primary killed -9 three times."""
+    config = ChaosConfig(
+        plans=80, rate=5, instances=2, kills=0, failovers=3, fault_ratio=0.1, seed=12
+    )
+    report = await run_failover_chaos(config, tmp_path)
+    print("\n".join(report.lines()))
+    assert report.published == 80 and report.failovers == 3
+    assert sum(report.outcomes.values()) + report.lost_by_redis == 80
+    assert report.outcomes["EXECUTED"] > 0
+    assert report.double_orders == 0
+    assert report.unauthorized_orders == 0
+    assert report.lost == 0  # only plans Redis lost before a daemon read them lack a result
+    assert report.lost_with_killed_daemon == 0  # no daemon is killed in this run
+    assert report.duplicates == 0
+    assert report.outcome_mismatches == 0
+    assert report.unrecorded_consumptions == 0
+    # The outage is logged once per failover by each daemon, not once per failed command.
+    assert 0 < outage_lines(tmp_path) <= report.failovers * config.instances
+
+
+async def test_rollback_chaos_small(tmp_path: Path) -> None:
+    """Redis brought back twice from a snapshot up to 1.5 s old while plans flow."""
+    config = ChaosConfig(plans=60, rate=10, instances=2, kills=0, rollbacks=2, seed=13)
+    report = await run_rollback_chaos(config, tmp_path)
+    print("\n".join(report.lines()))
+    assert report.published == 60 and report.rollbacks == 2
+    assert sum(report.outcomes.values()) + report.lost_by_redis == 60
+    assert report.double_orders == 0
+    assert report.unauthorized_orders == 0
+    assert report.lost == 0 and report.lost_with_killed_daemon == 0
+    assert report.duplicates == 0
     assert report.outcome_mismatches == 0
     assert report.unrecorded_consumptions == 0

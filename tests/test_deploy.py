@@ -38,7 +38,7 @@ ENV_DST = Path("etc/quantum/apply-layer.env")
 UNIT_DST = Path("etc/systemd/system/quantum-apply-layer.service")
 EXEC_START = "/opt/quantum-apply-layer/current/bin/apply-layer run"
 MAX_EXPOSURE = 1.5
-SECRETS = {"APPLY_BINANCE_API_KEY", "APPLY_BINANCE_API_SECRET"}
+SECRETS = {"APPLY_BINANCE_API_KEY", "APPLY_BINANCE_API_SECRET", "APPLY_REDIS_SENTINEL_PASSWORD"}
 SETTING_LINE = re.compile(r"^(#?)(APPLY_[A-Z0-9_]+)=(.*)$")
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")

@@ -184,6 +184,9 @@ async def test_the_paper_exchange_remembers_a_bounded_number_of_orders() -> None
         async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
             return None
 
+        def unrecorded_until_ms(self) -> int:
+            return 0
+
     exchange = paper.PaperExecutor()
     exchange.positions["BTCUSDT"] = Decimal(10**9)
     first = OrderRequest("p0", "BTCUSDT", "CLOSE_FULL", Decimal(100), Decimal("0.001"), None)

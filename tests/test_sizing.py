@@ -246,6 +246,9 @@ async def test_an_absurd_amount_does_not_poison_the_paper_book() -> None:
         async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
             return None
 
+        def unrecorded_until_ms(self) -> int:
+            return 0
+
     def order(plan: str, reported: str) -> OrderRequest:
         return OrderRequest(plan, "BTCUSDT", "CLOSE_FULL", D(100), D("0.005"), D(reported))
 

@@ -19,7 +19,7 @@ from apply_layer.gate import GateConfig
 from apply_layer.logs import setup_logging
 from apply_layer.peek import peek_plan
 from apply_layer.plans import PLAN_ID_RE
-from apply_layer.redis_client import create_redis, redact_url
+from apply_layer.redis_client import close_redis, redact_url, redis_for
 from apply_layer.settings import Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -28,11 +28,11 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 async def cmd_permits(settings: Settings, args: argparse.Namespace) -> int:
     if not PLAN_ID_RE.fullmatch(args.plan_id):
         raise CommandError(f"{args.plan_id!r} is not a plan id ([A-Za-z0-9_-]{{1,64}})")
-    redis = create_redis(settings.redis_url, name="apply_layer:cli")
+    redis = redis_for(settings, name="apply_layer:cli")
     try:
         view = await peek_plan(redis, args.plan_id, args.symbol, GateConfig.from_settings(settings))
     finally:
-        await redis.aclose()
+        await close_redis(redis)
     if args.json:
         print(json.dumps(view.as_dict(), indent=2, sort_keys=True))
         return EXIT_OK
@@ -120,10 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the final flush
         return EXIT_OK
     except (RedisError, OSError) as exc:
-        print(
-            f"apply-layer: cannot reach Redis at {redact_url(settings.redis_url)}: {exc}",
-            file=sys.stderr,
+        where = (
+            f"service {settings.redis_sentinel_service!r} via sentinels "
+            + ",".join(settings.redis_sentinels)
+            if settings.redis_sentinels
+            else redact_url(settings.redis_url)
         )
+        print(f"apply-layer: cannot reach Redis at {where}: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130

@@ -25,12 +25,18 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from apply_layer import keys as K
-from apply_layer.batching import ScriptHost
+from apply_layer.batching import ScriptHost, run_packed
 from apply_layer.errors import RetryLater
+from apply_layer.executors.base import NotReplicated
 from apply_layer.lease import Lease
 from apply_layer.logs import format_qty
+from apply_layer.redis_identity import IdentityTracker
+from apply_layer.republish import Published, RecentResults
 
 FINAL_STATES = frozenset({"executed", "rejected", "failed", "blocked", "skipped"})
+# How long a send record may wait for APPLY_REDIS_WAIT_REPLICAS replicas before the send
+# is given up (replicas on a LAN acknowledge in well under a millisecond).
+WAIT_TIMEOUT_MS = 1000
 
 # Claim a stream entry for its plan. The journal, once open, names the entry
 # that drives the plan (it outlives the claim key); before that the claim key
@@ -150,8 +156,14 @@ class Journal:
         journal_ttl_sec: int,
         group: str = "apply_layer",
         scripts: ScriptHost | None = None,
+        identity: IdentityTracker | None = None,
+        recent: RecentResults | None = None,
+        wait_replicas: int = 0,
     ) -> None:
         self.redis = redis
+        self.identity = identity
+        self.recent = recent
+        self.wait_replicas = wait_replicas
         self.group = group
         self.dedupe_ttl_sec = dedupe_ttl_sec
         self.journal_ttl_sec = journal_ttl_sec
@@ -195,13 +207,15 @@ class Journal:
         entry_id: str = "",
         lease: Lease | None = None,
         unless_sent: bool = False,
+        remember: bool = True,
     ) -> tuple[str, bool]:
         """Write the final state and the one result entry; returns (entry id, new?).
 
         With ``entry_id`` the stream entry is acknowledged, and with ``lease``
         the symbol lease released, in the same atomic step. With
         ``unless_sent`` nothing is written while an order may be out (state
-        ``submitting``): :class:`OrderMayBeOut` is raised instead.
+        ``submitting``): :class:`OrderMayBeOut` is raised instead. The result is
+        kept in ``recent`` (if set) to be written again should Redis lose it.
         """
         if state not in FINAL_STATES:
             raise ValueError(f"not a final state: {state}")
@@ -233,6 +247,11 @@ class Journal:
             raise OrderMayBeOut(plan_id)
         if lease is not None:
             lease.released = True
+        if self.recent is not None and remember:
+            items = tuple(fields.items())
+            self.recent.add(
+                Published(plan_id, symbol, state, items, cooldown, entry_id, time.monotonic())
+            )
         return str(reply[0]), int(reply[1]) == 1
 
     async def publish_unjournalled(self, fields: Mapping[str, str], entry_id: str) -> bool:
@@ -246,6 +265,24 @@ class Journal:
             args=[K.STREAM_MAXLEN, self.group, entry_id, *flat],
         )
         return int(reply[1]) == 1
+
+    async def republish_recent(self) -> int:
+        """Write every recent result again where Redis lost it; returns how many were."""
+        if self.recent is None:
+            return 0
+        restored = 0
+        for item in self.recent.current():
+            _, new = await self.publish(
+                item.plan_id,
+                item.symbol,
+                item.state,
+                dict(item.fields),
+                cooldown=item.cooldown,
+                entry_id=item.entry_id,
+                remember=False,
+            )
+            restored += new
+        return restored
 
     def order_log(
         self, plan_id: str, client_order_id: str, *, symbol: str, lease_token: str
@@ -269,21 +306,48 @@ class JournalOrderLog:
         raw = await self._journal.redis.hget(self._key, "order.attempts")
         return [int(x) for x in str(raw).split(",")] if raw else []
 
+    def unrecorded_until_ms(self) -> int:
+        """When the Redis behind the journal last changed (or this process first met it).
+
+        Without an identity tracker (unit tests on one server) nothing can be lost: 0.
+        """
+        identity = self._journal.identity
+        return identity.changed_at_ms if identity is not None else 0
+
     async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+        keys = [self._key, self._lease_key]
+        args: list[str | int] = [
+            sent_at_ms,
+            self._client_order_id,
+            format_qty(quantity),
+            side,
+            self._lease_token,
+        ]
+        if self._journal.wait_replicas:
+            await self._record_and_wait(keys, args)
+            return
         try:
-            await self._journal._attempt(
-                keys=[self._key, self._lease_key],
-                args=[
-                    sent_at_ms,
-                    self._client_order_id,
-                    format_qty(quantity),
-                    side,
-                    self._lease_token,
-                ],
-            )
+            await self._journal._attempt(keys=keys, args=args)
         except ResponseError as exc:
             # Refused by the fence or the state check: nothing may be sent now.
             raise RetryLater(str(exc)) from None
+
+    async def _record_and_wait(self, keys: list[str], args: list[str | int]) -> None:
+        """The attempt script, then ``WAIT`` on the same connection (WAIT covers only the
+        writes of the connection it runs on), in one round trip."""
+        wanted = self._journal.wait_replicas
+        recorded, acked = await run_packed(
+            self._journal.redis,
+            [("EVAL", ATTEMPT_SCRIPT, len(keys), *keys, *args), ("WAIT", wanted, WAIT_TIMEOUT_MS)],
+        )
+        if isinstance(recorded, ResponseError):
+            raise RetryLater(str(recorded))
+        if isinstance(acked, ResponseError) or int(acked) < wanted:
+            reached = "an error" if isinstance(acked, ResponseError) else f"{int(acked)}"
+            raise NotReplicated(
+                f"the send record reached {reached} of {wanted} replica(s) within "
+                f"{WAIT_TIMEOUT_MS} ms (APPLY_REDIS_WAIT_REPLICAS): nothing was sent"
+            )
 
 
 def _now_ms() -> int:

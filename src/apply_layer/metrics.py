@@ -51,6 +51,14 @@ KEYSPACE_ACTIVE = Gauge(
     "1 while keyspace notifications wake the permit wait, 0 while it only polls",
     ["configured"],
 )
+REDIS_IDENTITY_CHANGES = Counter(
+    "apply_redis_identity_changes_total",
+    "Times a new connection reached a different Redis (restart, restore or failover)",
+)
+ORDERS_ADOPTED = Counter(
+    "apply_orders_adopted_total",
+    "Orders found at the exchange before a first send (an earlier run's, lost from the journal)",
+)
 SCRIPT_CALLS = Counter(
     "apply_redis_script_calls_total", "Hot-path script calls (claim, gate, lease, attempt, publish)"
 )

@@ -120,6 +120,11 @@ class KeyspaceWatcher:
             return None
         return str(reply.get("notify-keyspace-events") or "")
 
+    async def _ensure_enabled(self) -> None:
+        flags = await self._server_flags()
+        if flags is not None and not covers(flags):
+            await self._redis.config_set("notify-keyspace-events", merged_flags(flags))
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -182,6 +187,8 @@ class KeyspaceWatcher:
             pubsub = self._redis.pubsub()
             self.attempts += 1
             try:
+                if self._mode == "enable":
+                    await self._ensure_enabled()  # after a failover, the new primary's too
                 await self._subscribe(pubsub, channels)
                 # Confirmed by Redis: only now is the backoff reset.
                 self._subscribed.set()

@@ -126,6 +126,8 @@ def result_fields(
 
     ``plan_decision`` is the plan's own ``decision``; ``close_pct`` the share
     of the position its close step asked for (None for plans without one).
+    ``adopted`` (``True``) appears only when the order was found at the exchange
+    instead of sent: an earlier run's, which Redis had lost from the journal.
     """
     stamp = time.time() if now is None else now
     fields = {
@@ -149,4 +151,6 @@ def result_fields(
     }
     if outcome.executed and outcome.steps:
         fields.update(_executed_fields(outcome.steps[-1], close_pct))
+    if any(step.adopted for step in outcome.steps):
+        fields["adopted"] = "True"
     return fields

@@ -28,8 +28,9 @@ from apply_layer.redis_acl import (
     missing_permissions,
     whoami,
 )
-from apply_layer.redis_client import create_redis, redis_db
+from apply_layer.redis_client import close_redis, redis_db, redis_for
 from apply_layer.settings import Settings, unknown_env_vars
+from apply_layer.topology import topology_checks
 
 DEFAULT_ENV_FILE = Path("/etc/quantum/apply-layer.env")
 
@@ -233,11 +234,14 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     env_file = Path(args.env_file) if args.env_file else DEFAULT_ENV_FILE
     if args.env_file or env_file.exists():
         lines.append(env_file_check(env_file))
-    redis = create_redis(settings.redis_url, name="apply_layer:check")
+    redis = redis_for(settings, name="apply_layer:check")
     try:
-        lines.extend(await redis_checks(redis, settings, args.role))
+        redis_lines = await redis_checks(redis, settings, args.role)
+        lines.extend(redis_lines)
+        if redis_lines[0].ok:
+            lines.extend(await topology_checks(redis, settings))
     finally:
-        await redis.aclose()
+        await close_redis(redis)
     lines.extend(await executor_checks(settings))
     width = max(len(line.name) for line in lines)
     for line in lines:
@@ -248,7 +252,9 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    check = sub.add_parser("check", help="pre-flight: settings, Redis, scripts, exchange")
+    check = sub.add_parser(
+        "check", help="pre-flight: settings, Redis (and its topology), scripts, exchange"
+    )
     check.add_argument(
         "--role",
         choices=["daemon", "cli"],

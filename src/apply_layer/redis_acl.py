@@ -86,6 +86,9 @@ def daemon_probes(
         probes.append(Probe(("SELECT", str(db)), "+select"))
     probes += [
         Probe(("SCRIPT", "LOAD", "return 1"), "+script|load"),
+        # Each new connection reads the server's identity (redis_identity.py); a send
+        # record with APPLY_REDIS_WAIT_REPLICAS goes by EVAL, then WAIT (not probed here).
+        Probe(("INFO", "server"), "+info"),
         # The scripts' KEYS need read and write access, whatever the script does.
         *(
             Probe(("EVALSHA", ZERO_SHA, "1", key), "+evalsha", rule)

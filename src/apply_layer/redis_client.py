@@ -23,6 +23,12 @@ Timeouts and retries are chosen on purpose:
 * A bounded, blocking pool: with many plans in flight, tasks wait their turn
   for one of ``MAX_CONNECTIONS`` connections instead of opening hundreds at
   once (a burst of connects timed out under load and read as an outage).
+* Sentinel (``APPLY_REDIS_SENTINELS``): the same client settings over
+  redis-py's Sentinel pool, which finds the primary through the sentinels
+  whenever it opens a connection and drops connections to a primary that was
+  demoted (a ``READONLY`` answer). The blocking reads, the keyspace watcher's
+  pub/sub and the script batcher all take their connections from such pools,
+  so after a failover every one of them reconnects to the new primary.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from __future__ import annotations
 import inspect
 import ipaddress
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -38,12 +44,18 @@ from redis.asyncio.connection import (
     URL_QUERY_ARGUMENT_PARSERS,
     AbstractConnection,
     Connection,
+    SSLConnection,
     parse_url,
 )
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+if TYPE_CHECKING:
+    from apply_layer.redis_identity import IdentityTracker
+    from apply_layer.settings import Settings
 
 COMMAND_TIMEOUT_SEC = 3.0
 CONNECT_TIMEOUT_SEC = 2.0
@@ -51,6 +63,7 @@ BLOCK_MARGIN_SEC = 3.0
 RETRIES = 3
 MAX_CONNECTIONS = 64
 POOL_WAIT_SEC = 10.0
+SENTINEL_TIMEOUT_SEC = 1.0  # one sentinel's answer; the next one is asked after it
 # redis-py >= 7 names the library with driver_info; older versions with lib_name/lib_version.
 _NO_SETINFO: dict[str, Any] = (
     {"driver_info": None}
@@ -59,29 +72,121 @@ _NO_SETINFO: dict[str, Any] = (
 )
 
 
-def create_redis(url: str, *, name: str = "apply_layer", block_sec: float = 0.0) -> Redis:
+def _client_kwargs(name: str, block_sec: float, identity: IdentityTracker | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "max_connections": MAX_CONNECTIONS,
+        "timeout": POOL_WAIT_SEC,
+        "decode_responses": True,
+        # A permit holding invalid UTF-8 must become a deny, not a crash.
+        "encoding_errors": "replace",
+        "socket_timeout": max(COMMAND_TIMEOUT_SEC, block_sec + BLOCK_MARGIN_SEC),
+        "socket_connect_timeout": CONNECT_TIMEOUT_SEC,
+        "socket_keepalive": True,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), RETRIES),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "client_name": name[:64],
+        **_NO_SETINFO,
+    }
+    if identity is not None:
+        kwargs["redis_connect_func"] = identity.on_connect
+    return kwargs
+
+
+def create_redis(
+    url: str,
+    *,
+    name: str = "apply_layer",
+    block_sec: float = 0.0,
+    identity: IdentityTracker | None = None,
+) -> Redis:
     """A client for ``url`` (``redis://``, ``rediss://``, ``unix://``; ACL user and password).
 
     ``block_sec`` is the longest blocking command this client will issue
-    (``XREADGROUP BLOCK``); its socket timeout is set above it.
+    (``XREADGROUP BLOCK``); its socket timeout is set above it. With
+    ``identity``, every new connection reports the server it reached to it
+    (see ``redis_identity``).
     """
-    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), RETRIES)
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=MAX_CONNECTIONS,
-        timeout=POOL_WAIT_SEC,
-        decode_responses=True,
-        # A permit holding invalid UTF-8 must become a deny, not a crash.
-        encoding_errors="replace",
-        socket_timeout=max(COMMAND_TIMEOUT_SEC, block_sec + BLOCK_MARGIN_SEC),
-        socket_connect_timeout=CONNECT_TIMEOUT_SEC,
-        socket_keepalive=True,
-        retry=retry,
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        client_name=name[:64],
-        **_NO_SETINFO,
-    )
+    pool = BlockingConnectionPool.from_url(url, **_client_kwargs(name, block_sec, identity))
     return Redis(connection_pool=pool)
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool (it asks the sentinels for the primary on every new
+    connection and drops connections to a demoted one) with the blocking,
+    bounded checkout of ``BlockingConnectionPool``, as for a plain URL."""
+
+
+def create_sentinel_redis(
+    sentinels: list[tuple[str, int]],
+    service: str,
+    *,
+    url: str,
+    sentinel_password: str | None = None,
+    name: str = "apply_layer",
+    block_sec: float = 0.0,
+    identity: IdentityTracker | None = None,
+) -> Redis:
+    """A client for the primary of ``service`` as the sentinels name it, followed
+    across failovers without a restart (redis-py's own Sentinel support).
+
+    ``url`` still gives the user, password, database and TLS (``rediss://``)
+    of the data nodes; its host and port are not used.
+    """
+    node = dict(parse_url(url))
+    for unused in ("host", "port", "path"):
+        node.pop(unused, None)
+    if node.pop("connection_class", None) is SSLConnection:
+        node["ssl"] = True
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": SENTINEL_TIMEOUT_SEC,
+        "socket_connect_timeout": SENTINEL_TIMEOUT_SEC,
+        "retry": Retry(NoBackoff(), 0),  # a dead sentinel: ask the next one at once
+        "client_name": f"{name[:55]}:sentinel",
+    }
+    if sentinel_password:
+        sentinel_kwargs["password"] = sentinel_password
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    options: dict[str, Any] = node | _client_kwargs(name, block_sec, identity)
+    client: Redis = manager.master_for(
+        service, connection_pool_class=BlockingSentinelPool, **options
+    )
+    return client
+
+
+def redis_for(
+    settings: Settings,
+    *,
+    name: str = "apply_layer",
+    block_sec: float = 0.0,
+    identity: IdentityTracker | None = None,
+) -> Redis:
+    """The client the settings ask for: through the sentinels if any are set, else the URL."""
+    if settings.redis_sentinels:
+        password = settings.redis_sentinel_password
+        return create_sentinel_redis(
+            settings.sentinel_addresses(),
+            settings.redis_sentinel_service,
+            url=settings.redis_url,
+            sentinel_password=password.get_secret_value() if password else None,
+            name=name,
+            block_sec=block_sec,
+            identity=identity,
+        )
+    return create_redis(settings.redis_url, name=name, block_sec=block_sec, identity=identity)
+
+
+def sentinel_of(client: Redis) -> Sentinel | None:
+    """The Sentinel manager behind a client made by :func:`create_sentinel_redis`."""
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    return manager if isinstance(manager, Sentinel) else None
+
+
+async def close_redis(client: Redis) -> None:
+    """Close a client and, for a Sentinel client, its connections to the sentinels."""
+    await client.aclose()
+    manager = sentinel_of(client)
+    if manager is not None:
+        await manager.aclose()
 
 
 def redis_db(client: Redis) -> int:

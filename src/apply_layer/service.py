@@ -26,7 +26,9 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apply_layer import __version__, metrics, stream_reader, systemd
 from apply_layer import keys as K
@@ -39,7 +41,9 @@ from apply_layer.journal import Journal
 from apply_layer.logs import get_logger
 from apply_layer.notify import KeyspaceWatcher
 from apply_layer.processing import Processor
-from apply_layer.redis_client import create_redis
+from apply_layer.redis_client import close_redis, redis_for
+from apply_layer.redis_identity import IdentityTracker
+from apply_layer.republish import RecentResults, republish_after_changes
 from apply_layer.settings import Settings, unknown_env_vars
 from apply_layer.stream_reader import ENTRY_COST_MAX, StreamEntry
 
@@ -64,9 +68,12 @@ class ApplyService:
         self.settings = settings
         self.executor = executor or create_executor(settings)
         name = f"apply_layer:{settings.consumer_name}"
-        self.redis: Redis = create_redis(settings.redis_url, name=name)
-        self.reader: Redis = create_redis(
-            settings.redis_url, name=f"{name}:reader", block_sec=settings.poll_sec
+        # Every connection reports the server it reached: a different one may have lost
+        # writes, and the executor then looks orders up before sending (redis_identity).
+        self.identity = IdentityTracker()
+        self.redis: Redis = redis_for(settings, name=name, identity=self.identity)
+        self.reader: Redis = redis_for(
+            settings, name=f"{name}:reader", block_sec=settings.poll_sec, identity=self.identity
         )
         config = GateConfig.from_settings(settings)
         self.watcher = KeyspaceWatcher(
@@ -81,7 +88,12 @@ class ApplyService:
             journal_ttl_sec=settings.journal_ttl_sec,
             group=settings.consumer_group,
             scripts=self.scripts,
+            identity=self.identity,
+            recent=RecentResults(),
+            wait_replicas=settings.redis_wait_replicas,
         )
+        self._identity_changed = asyncio.Event()
+        self.identity.listeners.append(self._identity_changed.set)
         self.processor = Processor(
             settings, self.redis, self.gate, self.journal, self.executor, self.scripts
         )
@@ -114,8 +126,8 @@ class ApplyService:
         try:
             await self.executor.start()
         except ConfigError:
-            await self.redis.aclose()
-            await self.reader.aclose()
+            await close_redis(self.redis)
+            await close_redis(self.reader)
             raise
         except Exception as exc:
             log.error("executor_start_failed", mode=self.settings.mode, error=str(exc))
@@ -146,6 +158,16 @@ class ApplyService:
         )
         systemd.notify(f"READY=1\nSTATUS=mode={self.settings.mode}")
         watchdog = asyncio.create_task(self._watchdog())
+        republisher = asyncio.create_task(
+            republish_after_changes(
+                self.journal,
+                self._identity_changed,
+                on_error=self._redis_failed,
+                pause=self._pause,
+                stopping=self._stopping,
+                max_backoff=MAX_BACKOFF_SEC,
+            )
+        )
         intake = asyncio.create_task(self._intake())
         await self._stopping.wait()
         # The intake loop stops by itself within one blocking read; cancelling a
@@ -157,11 +179,12 @@ class ApplyService:
             await asyncio.wait({intake}, timeout=5)
         await self._drain()
         watchdog.cancel()
+        republisher.cancel()
         await self.watcher.stop()
         await self.scripts.aclose()
         await self.executor.close()
-        await self.redis.aclose()
-        await self.reader.aclose()
+        await close_redis(self.redis)
+        await close_redis(self.reader)
         log.info("stopped", **self.counts)
         return 0
 
@@ -304,28 +327,61 @@ class ApplyService:
         task.add_done_callback(_done)
 
     async def _process(self, entry: StreamEntry) -> None:
+        """Handle one entry; through a Redis outage, keep it and try again.
+
+        A plan read from Redis is finished here even if Redis loses it
+        afterwards: a failover to a replica that had not yet received the
+        entry (or the claim, or the result) would otherwise leave it with no
+        result at all, since the stream would never hand it out again. Every
+        step resumes from the journal, so trying again is what recovery
+        would do anyway. A plan refused (``RetryLater``) by a Redis that
+        changed since it was read is tried again too; other refusals, a
+        command error and a stop leave the entry pending for recovery.
+        """
         entry_id = entry.entry_id
-        try:
-            if not entry.fields and not entry.oversized:  # trimmed while pending: nothing left
-                log.warning("pending_entry_gone", entry_id=entry_id)
-            else:
-                handled = await self.processor.handle(
-                    entry_id, entry.fields, oversized=entry.oversized
-                )
-                self.counts[handled.kind] += 1
-                if handled.kind == "duplicate":
-                    metrics.DUPLICATES.inc()
-                if handled.acked:
-                    return  # acknowledged with its result, in one step
-            await self.redis.xack(K.PLAN_STREAM, self.settings.consumer_group, entry_id)
-        except RetryLater as exc:
-            log.warning("plan_deferred", entry_id=entry_id, why=str(exc))
-        except (RedisError, OSError) as exc:
-            self._redis_failed(exc)  # the entry stays pending; resumed from its journal
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("plan_processing_error", entry_id=entry_id)
+        backoff = 0.2
+        redis_since = self.identity.changed_at_ms
+        while True:
+            try:
+                await self._process_once(entry)
+                return
+            except RetryLater as exc:
+                if self.identity.changed_at_ms != redis_since and not self._stopping.is_set():
+                    # Refused by a Redis that lost writes since we read the plan (the lease
+                    # or the journal state went back): the entry may be gone, try again.
+                    redis_since = self.identity.changed_at_ms
+                    log.warning("plan_retried_after_redis_change", entry_id=entry_id, why=str(exc))
+                    await self._pause(backoff)
+                    continue
+                log.warning("plan_deferred", entry_id=entry_id, why=str(exc))
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self._redis_failed(exc)  # logged once per outage
+                if self._stopping.is_set():
+                    return  # the entry stays pending; resumed from its journal
+                await self._pause(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SEC)
+            except RedisError as exc:
+                self._redis_failed(exc)  # the entry stays pending; resumed from its journal
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("plan_processing_error", entry_id=entry_id)
+                return
+
+    async def _process_once(self, entry: StreamEntry) -> None:
+        entry_id = entry.entry_id
+        if not entry.fields and not entry.oversized:  # trimmed while pending: nothing left
+            log.warning("pending_entry_gone", entry_id=entry_id)
+        else:
+            handled = await self.processor.handle(entry_id, entry.fields, oversized=entry.oversized)
+            self.counts[handled.kind] += 1
+            if handled.kind == "duplicate":
+                metrics.DUPLICATES.inc()
+            if handled.acked:
+                return  # acknowledged with its result, in one step
+        await self.redis.xack(K.PLAN_STREAM, self.settings.consumer_group, entry_id)
 
     async def _housekeeping_if_due(self) -> None:
         now = time.monotonic()

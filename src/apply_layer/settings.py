@@ -15,7 +15,14 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from apply_layer.keys import ISSUERS
@@ -61,6 +68,11 @@ class Settings(BaseSettings):
 
     # repr=False: the URL may hold the password; it never appears in a repr.
     redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
+    # Sentinel: host:port of each sentinel; the primary of the service is asked of them.
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    redis_sentinel_service: str = Field(default="", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
+    redis_sentinel_password: SecretStr | None = None
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
     mode: Mode = "dry_run"
     allowlist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT"])
     poll_sec: float = Field(default=5.0, gt=0, le=60)
@@ -131,6 +143,38 @@ class Settings(BaseSettings):
                 "address), :: (every address) or one interface's address"
             ) from None
         return value
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _parse_sentinels(cls, value: Any) -> Any:
+        addresses = _split_csv(value)
+        if isinstance(addresses, list):
+            for address in addresses:
+                host, sep, port = str(address).rpartition(":")
+                if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+                    raise ValueError(f"{address!r} is not host:port")
+        return addresses
+
+    @model_validator(mode="after")
+    def _sentinel_needs_service(self) -> Settings:
+        if self.redis_sentinels and not self.redis_sentinel_service:
+            raise ValueError(
+                "APPLY_REDIS_SENTINEL_SERVICE: needed with APPLY_REDIS_SENTINELS "
+                "(the name the sentinels monitor, e.g. quantum)"
+            )
+        if self.redis_sentinels and self.redis_url.startswith("unix://"):
+            raise ValueError(
+                "APPLY_REDIS_URL: a unix:// socket cannot be used with APPLY_REDIS_SENTINELS"
+            )
+        return self
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``APPLY_REDIS_SENTINELS`` as (host, port) pairs."""
+        pairs = []
+        for address in self.redis_sentinels:
+            host, _, port = address.rpartition(":")
+            pairs.append((host.strip("[]"), int(port)))
+        return pairs
 
     @field_validator("binance_base_url")
     @classmethod
@@ -207,6 +251,8 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
     except ValidationError as exc:
         first = exc.errors()[0]
         message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across settings: its message names the variable
+            raise SettingsError(message) from None
         raise SettingsError(f"{_field_env_name(first['loc'])}: {message}") from None
 
 

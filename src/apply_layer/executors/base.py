@@ -6,7 +6,9 @@ knows of the symbol, records each send in the plan's journal *before* the
 request leaves (``OrderLog.record_attempt``), and returns one
 :class:`StepResult`. An order whose fate is unknown is looked up, never
 blindly resent: ``OrderLog.attempts`` tells an executor, even after a crash,
-whether and when an earlier run already sent this order.
+whether and when an earlier run already sent this order, and
+``OrderLog.unrecorded_until_ms`` until when a send may have been made that the
+journal lost (Redis lost writes).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class StepResult:
     message: str = ""  # the exchange's own words on a rejection, for operators
     order_status: str = ""  # the exchange's order status (FILLED, ...) when it reported one
     warning: str = ""  # what the plan said that was not done as written (pct_mismatch:...)
+    adopted: bool = False  # an earlier run's order, found at the exchange: nothing was sent
 
     @property
     def executed(self) -> bool:
@@ -107,11 +110,18 @@ class StepResult:
             )
             if self.order_status:
                 data["order_status"] = self.order_status
+        if self.adopted:
+            data["adopted"] = True
         if self.message:
             data["message"] = self.message
         if self.warning:
             data["warning"] = self.warning
         return data
+
+
+class NotReplicated(Exception):
+    """The send record did not reach the replicas ``APPLY_REDIS_WAIT_REPLICAS`` asks for
+    in time: nothing may be sent (the executor ends the step FAILED)."""
 
 
 class OrderLog(Protocol):
@@ -122,7 +132,20 @@ class OrderLog(Protocol):
         ...
 
     async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
-        """Journal a send *before* it leaves; raises if the journal cannot be written."""
+        """Journal a send *before* it leaves; raises if the journal cannot be written
+        (:class:`NotReplicated` if it was written but not replicated as required)."""
+        ...
+
+    def unrecorded_until_ms(self) -> int:
+        """Epoch ms until which a send of this order may have been made unseen.
+
+        ``attempts`` shows every send the journal kept; Redis may have lost
+        some (restarted from an older state, failed over to a lagging
+        replica), and this process, once started, cannot tell what happened
+        before. An executor treats this moment as a send it cannot see: a
+        lookup answering "no such order" proves nothing until its window has
+        closed. 0 when nothing can have been lost.
+        """
         ...
 
 

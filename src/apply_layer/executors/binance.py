@@ -16,7 +16,16 @@ The exactly-once rules (docs/BINANCE.md explains them against Binance's docs):
 3. ``execute`` starts by reading earlier attempts: after a crash mid-send the
    order is looked up first and, if absent, sent only once the window of the
    last attempt has closed.
-4. Definite rejections end the step as ``REJECTED``; 429/418 wait out
+4. Before the first send the journal knows of, the order is looked up too:
+   Redis may have lost the record of an earlier send (a restart from an
+   older state, a failover), and Binance accepts a client order id again
+   once its first order is filled. An order found is *adopted* (reported,
+   with ``adopted``, never sent again). The journal says until when a send
+   may have been made unseen (``OrderLog.unrecorded_until_ms``); a
+   "no such order" answer counts only once that moment's window has closed,
+   and if the journal's Redis changes between the lookup and the send, the
+   lookup is made again.
+5. Definite rejections end the step as ``REJECTED``; 429/418 wait out
    ``Retry-After``; nothing is ever guessed: what cannot be determined ends
    ``FAILED order_unknown``; sends that provably never executed, given up on
    after a bounded number, end ``FAILED order_not_placed``.
@@ -27,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -51,7 +60,13 @@ from apply_layer.binance_model import (
     step_result,
 )
 from apply_layer.errors import ConfigError
-from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepResult
+from apply_layer.executors.base import (
+    CheckLine,
+    NotReplicated,
+    OrderLog,
+    OrderRequest,
+    StepResult,
+)
 from apply_layer.logs import format_qty, get_logger
 from apply_layer.settings import Settings
 from apply_layer.sizing import size_close
@@ -201,15 +216,20 @@ class BinanceExecutor:
     async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
         cid = order.client_order_id
         earlier = await log.attempts()  # journal errors propagate: the service retries later
+        unseen = log.unrecorded_until_ms()
         if earlier:
             # A previous run sent (or was about to send) this order, then stopped.
             _log.warning("binance_resume", plan=order.plan_id, cid=cid, attempts=len(earlier))
-            found = await self._resolve(order.symbol, cid, max(earlier))
+            found = await self._resolve(order.symbol, cid, max(*earlier, unseen))
             metrics.EXCHANGE_UNKNOWN_FATE.labels(found.name).inc()
             if found.order is not None:
                 return self._report(order, found.order)
             if not found.gone:
                 return self._result(order, "FAILED", "order_unknown", found.detail)
+        else:
+            adopted = await self._adopt_existing(order, unseen)
+            if adopted is not None:
+                return adopted
         try:
             rules = await self._rules_for(order.symbol)
             if rules is None:
@@ -233,19 +253,67 @@ class BinanceExecutor:
         )
         if not sizing.ok:
             return self._result(order, "REJECTED", sizing.error, sizing.detail)
-        return await self._send(order, log, sizing.qty, sizing.side)
+        return await self._send(order, log, sizing.qty, sizing.side, checked_until=unseen)
+
+    async def _adopt_existing(self, order: OrderRequest, unseen_ms: int) -> StepResult | None:
+        """Before a first send: an order with this client order id must not exist already.
+
+        The journal shows no send, but Redis may have lost one (see
+        ``OrderLog.unrecorded_until_ms``): Binance refuses a duplicate client
+        order id only while the first order is open, so a filled one would be
+        doubled. If the order exists, it is adopted: reported, never sent
+        again. "No such order" counts only once a send stamped at ``unseen_ms``
+        could no longer execute; a lookup that cannot be completed sends
+        nothing.
+        """
+        cid = order.client_order_id
+        found = await self._resolve(order.symbol, cid, unseen_ms)
+        if found.order is not None:
+            metrics.ORDERS_ADOPTED.inc()
+            _log.warning(
+                "binance_order_adopted",
+                plan=order.plan_id,
+                cid=cid,
+                order_id=found.order.order_id,
+                status=found.order.status,
+                why="the order exists at the exchange but not in the journal (Redis lost writes)",
+            )
+            return self._report(order, found.order, adopted=True)
+        if not found.gone:
+            detail = f"could not check whether {cid} exists, so nothing was sent: {found.detail}"
+            return self._result(order, "FAILED", "exchange_unavailable", detail)
+        return None
 
     async def _send(
-        self, order: OrderRequest, log: OrderLog, qty: Decimal, side: str
+        self, order: OrderRequest, log: OrderLog, qty: Decimal, side: str, *, checked_until: int
     ) -> StepResult:
-        """The send loop: one journalled attempt per request, bounded, never blind."""
+        """The send loop: one journalled attempt per request, bounded, never blind.
+
+        ``checked_until``: the unseen-send moment the last lookup accounted for.
+        """
         p, cid = self.policy, order.client_order_id
         resends = rate_waits = not_processed = resyncs = 0
         while True:
             sent_at = self.client.local_ms()
             # If the journal refuses (Redis down, lease lost) this raises and nothing is sent;
             # the caller leaves the plan to recovery, which resumes through ``attempts()``.
-            await log.record_attempt(sent_at, quantity=qty, side=side)
+            try:
+                await log.record_attempt(sent_at, quantity=qty, side=side)
+            except NotReplicated as exc:
+                return self._result(order, "FAILED", "journal_not_replicated", str(exc), side, qty)
+            unseen = log.unrecorded_until_ms()
+            if unseen > checked_until:
+                # The record went to a Redis other than the one the lookup was made for:
+                # look again (this attempt is not sent; the next one is stamped afresh).
+                checked_until = unseen
+                _log.warning("binance_recheck_after_redis_change", plan=order.plan_id, cid=cid)
+                found = await self._resolve(order.symbol, cid, unseen)
+                if found.order is not None:
+                    metrics.ORDERS_ADOPTED.inc()
+                    return self._report(order, found.order, adopted=True)
+                if not found.gone:
+                    return self._result(order, "FAILED", "order_unknown", found.detail, side, qty)
+                continue
             _log.info(
                 "binance_order_send",
                 plan=order.plan_id,
@@ -389,14 +457,19 @@ class BinanceExecutor:
                 _log.warning("binance_exchange_info_stale", reason=str(exc))
         return self._rules.get(symbol)
 
-    def _report(self, order: OrderRequest, info: OrderInfo) -> StepResult:
+    def _report(self, order: OrderRequest, info: OrderInfo, *, adopted: bool = False) -> StepResult:
         result = step_result(order.step, info)
+        if adopted:
+            note = "adopted: an earlier run's order, found at the exchange; nothing was sent"
+            message = f"{note}; {result.message}" if result.message else note
+            result = replace(result, adopted=True, message=message)
         _log.info(
             "binance_order_result",
             plan=order.plan_id,
             cid=info.client_order_id,
             status=info.status,
             executed_qty=format_qty(info.executed_qty),
+            adopted=adopted,
         )
         return result
 

@@ -16,7 +16,13 @@ import time
 from collections import OrderedDict
 from decimal import Decimal
 
-from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepResult
+from apply_layer.executors.base import (
+    CheckLine,
+    NotReplicated,
+    OrderLog,
+    OrderRequest,
+    StepResult,
+)
 from apply_layer.sizing import LotFilter, size_close
 
 DEFAULT_FILTER = LotFilter(
@@ -76,7 +82,16 @@ class PaperExecutor:
             return StepResult(
                 order.step, "REJECTED", sizing.error, client_order_id=coid, message=sizing.detail
             )
-        await log.record_attempt(int(time.time() * 1000), quantity=sizing.qty, side=sizing.side)
+        try:
+            await log.record_attempt(int(time.time() * 1000), quantity=sizing.qty, side=sizing.side)
+        except NotReplicated as exc:
+            return StepResult(
+                order.step,
+                "FAILED",
+                "journal_not_replicated",
+                client_order_id=coid,
+                message=str(exc),
+            )
         signed = sizing.qty if sizing.side == "BUY" else -sizing.qty
         self.positions[order.symbol] = (live or Decimal(0)) + signed
         result = StepResult(
