@@ -781,7 +781,7 @@ async def test_an_unresolved_fate_and_its_failed_lookups_are_counted(
     unresolved = _exported("apply_exchange_unknown_fate_total", resolution="unresolved")
     errors = _exported("apply_exchange_lookup_errors_total")
     fake.inject("POST", ORDER, dropped(place=False))
-    fake.inject("GET", ORDER, *[unknown_503(place=False) for _ in range(10)])
+    fake.inject("GET", ORDER, Fault(), *[unknown_503(place=False) for _ in range(10)])
     assert (await ex.execute(request(), MemoryLog())).error == "order_unknown"
     assert _exported("apply_exchange_unknown_fate_total", resolution="unresolved") == unresolved + 1
     assert _exported("apply_exchange_lookup_errors_total") - errors == POLICY.max_lookup_errors + 1

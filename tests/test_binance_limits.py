@@ -152,7 +152,7 @@ async def test_rate_limited_lookups_wait_retry_after_and_then_find_the_order(
     ex: BinanceExecutor, fake: FakeBinance, redis: Redis, journal: Journal
 ) -> None:
     fake.inject("POST", ORDER, unknown_503(place=True))
-    fake.inject("GET", ORDER, rate_limited(2))
+    fake.inject("GET", ORDER, Fault(), rate_limited(2))  # the first: the look before sending
     result = await ex.execute(request(), await order_log(redis, journal))
     assert result.executed and 2.0 in sleeps(ex)
     assert fake.order_count(request().client_order_id) == 1 and len(fake.orders) == 1
@@ -162,7 +162,9 @@ async def test_rate_limited_lookups_past_the_bound_leave_the_fate_unknown(
     ex: BinanceExecutor, fake: FakeBinance, redis: Redis, journal: Journal
 ) -> None:
     fake.inject("POST", ORDER, unknown_503(place=False))
-    fake.inject("GET", ORDER, *[rate_limited(1) for _ in range(POLICY.max_lookup_errors + 1)])
+    fake.inject(
+        "GET", ORDER, Fault(), *[rate_limited(1) for _ in range(POLICY.max_lookup_errors + 1)]
+    )
     log = await order_log(redis, journal)
     result = await ex.execute(request(), log)
     assert (result.status, result.error) == ("FAILED", "order_unknown")

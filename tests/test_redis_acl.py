@@ -235,7 +235,9 @@ async def test_the_daemon_user_reaches_nothing_else(acl_server: EmbeddedRedis) -
             client.keys("*"),
             client.flushall(),
             client.execute_command("ACL", "LIST"),  # type: ignore[no-untyped-call]
-            client.eval("return 1", 0),
+            # EVAL is granted (a send record with APPLY_REDIS_WAIT_REPLICAS goes by EVAL
+            # then WAIT on one connection); a script still reaches only the keys above.
+            client.eval("return redis.call('GET', KEYS[1])", 1, "quantum:ledger:BTCUSDT"),
         ):
             with pytest.raises(NoPermissionError):
                 await forbidden
