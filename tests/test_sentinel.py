@@ -8,10 +8,12 @@ with plans flowing, is in ``test_chaos.py``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Iterator
 
 import pytest
+import redis as sync_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -182,3 +184,26 @@ def test_replication_lines_from_info() -> None:
 def test_persistence_line(config: dict[str, str], words: str) -> None:
     line = persistence_line(config)
     assert line.ok and words in line.detail
+
+
+def test_the_operators_commands_go_through_the_sentinels(
+    setup: RedisSentinels, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stats --from-redis and dedupe-clear reach the primary the sentinels name, not the URL."""
+    port = asyncio.run(setup.primary_port())
+    primary = sync_redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+    primary.xadd(
+        "quantum:stream:apply.result",
+        {"plan_id": "s1", "symbol": "BTCUSDT", "status": "BLOCKED", "error": "kill_switch"},
+    )
+    primary.set("quantum:apply:claim:s1", "1-0", ex=60)
+    monkeypatch.setenv("APPLY_REDIS_URL", UNUSED_URL)
+    monkeypatch.setenv("APPLY_REDIS_SENTINELS", setup.addresses)
+    monkeypatch.setenv("APPLY_REDIS_SENTINEL_SERVICE", SERVICE)
+    assert main(["stats", "--from-redis", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert json.dumps(report).count("kill_switch") >= 1
+    assert main(["dedupe-clear", "--plan", "s1", "--yes"]) == 0
+    assert "deleted 1 of 1 dedupe keys" in capsys.readouterr().out
+    assert primary.exists("quantum:apply:claim:s1") == 0
+    primary.close()

@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from apply_layer import keys as K
 from apply_layer.errors import CommandError
 from apply_layer.plans import PLAN_ID_RE
-from apply_layer.redis_client import create_redis
+from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.settings import Settings
 
 # A glob over plan ids: their characters plus Redis glob syntax (* ? [ ] ^ \).
@@ -148,7 +148,7 @@ def selection_from(plans: Sequence[str] | None, pattern: str | None, everything:
 
 async def cmd_dedupe_clear(settings: Settings, args: argparse.Namespace) -> int:
     selection = selection_from(args.plan, args.pattern, args.all)
-    redis = create_redis(settings.redis_url, name="apply_layer:dedupe-clear")
+    redis = redis_for(settings, name="apply_layer:dedupe-clear")  # sentinels too
     try:
         outcome = await clear_dedupe(
             redis,
@@ -161,7 +161,7 @@ async def cmd_dedupe_clear(settings: Settings, args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
-        await redis.aclose()
+        await close_redis(redis)
     for plan in outcome.missing:
         print(f"no dedupe key for plan {plan}")
     what = f"dedupe keys ({selection.describe()})"

@@ -20,7 +20,7 @@ from typing import Any
 
 from apply_layer import keys as K
 from apply_layer.errors import CommandError
-from apply_layer.redis_client import create_redis
+from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.settings import Settings
 from apply_layer.stats import NUMBER_RE, Summary, build_report, render_text, summarize_lines
 
@@ -130,11 +130,14 @@ async def read_journal(unit: str, since: str | None) -> Summary:
     return summary
 
 
-async def read_results(url: str, since_ms: int | None, count: int | None) -> Summary:
-    """Tally ``apply.result`` entries from ``since_ms`` (all, or only the last ``count``)."""
+async def read_results(settings: Settings, since_ms: int | None, count: int | None) -> Summary:
+    """Tally ``apply.result`` entries from ``since_ms`` (all, or only the last ``count``).
+
+    Through the sentinels when ``APPLY_REDIS_SENTINELS`` is set, like the daemon.
+    """
     low = f"{since_ms}-0" if since_ms is not None else "-"
     summary = Summary()
-    redis = create_redis(url, name="apply_layer:stats")
+    redis = redis_for(settings, name="apply_layer:stats")
     try:
         if count is not None:
             rows: Any = await redis.xrevrange(K.RESULT_STREAM, max="+", min=low, count=count)
@@ -150,7 +153,7 @@ async def read_results(url: str, since_ms: int | None, count: int | None) -> Sum
             ms, _, seq = str(page[-1][0]).partition("-")
             low = f"{ms}-{int(seq or 0) + 1}"  # the next id ("(" needs Redis 6.2)
     finally:
-        await redis.aclose()
+        await close_redis(redis)
 
 
 def stdin_is_piped() -> bool:
@@ -198,7 +201,7 @@ async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     if source == "redis":
         info |= {"stream": K.RESULT_STREAM, "since": args.since, "count": args.count}
         info["label"] = f"redis stream {K.RESULT_STREAM}"
-        summary = await read_results(settings.redis_url, since_ms, args.count)
+        summary = await read_results(settings, since_ms, args.count)
     elif source == "journal":
         unit = args.unit or DEFAULT_UNIT
         info |= {"unit": unit, "since": args.since, "label": f"journald unit {unit}"}
