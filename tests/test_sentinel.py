@@ -191,6 +191,7 @@ def test_the_operators_commands_go_through_the_sentinels(
 ) -> None:
     """stats --from-redis and dedupe-clear reach the primary the sentinels name, not the URL."""
     port = asyncio.run(setup.primary_port())
+    assert port is not None
     primary = sync_redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
     primary.xadd(
         "quantum:stream:apply.result",
