@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +273,27 @@ class Snapshots:
         self.server.stop(kill=True)
         shutil.copyfile(self.path, Path(self.server.directory) / "dump.rdb")
         self.server.start()
+
+
+class MemoryLog:
+    """The OrderLog protocol in memory: what a plan's journal would hold."""
+
+    def __init__(
+        self, attempts: list[int] | None = None, *, broken: str = "", unseen_ms: int = 0
+    ) -> None:
+        self.sends: list[tuple[int, Decimal, str]] = [(t, Decimal(0), "") for t in attempts or []]
+        self.broken = broken
+        self.unseen_ms = unseen_ms  # Redis "changed" then: a send may be missing from `sends`
+
+    async def attempts(self) -> list[int]:
+        if self.broken == "read":
+            raise ConnectionError("journal down")
+        return [t for t, _, _ in self.sends]
+
+    async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+        if self.broken == "write":
+            raise ConnectionError("journal down")
+        self.sends.append((sent_at_ms, quantity, side))
+
+    def unrecorded_until_ms(self) -> int:
+        return self.unseen_ms

@@ -42,6 +42,7 @@ from tests.fake_binance import (
     timeout_1007,
     unknown_503,
 )
+from tests.harness import MemoryLog
 
 RECV_WINDOW = 400
 MARGIN = 100
@@ -54,30 +55,6 @@ POLICY = RetryPolicy(
     max_retry_after_sec=5.0,
     final_status_polls=3,
 )
-
-
-class MemoryLog:
-    """The OrderLog protocol in memory: what a plan's journal would hold."""
-
-    def __init__(
-        self, attempts: list[int] | None = None, *, broken: str = "", unseen_ms: int = 0
-    ) -> None:
-        self.sends: list[tuple[int, Decimal, str]] = [(t, Decimal(0), "") for t in attempts or []]
-        self.broken = broken
-        self.unseen_ms = unseen_ms  # Redis "changed" then: a send may be missing from `sends`
-
-    async def attempts(self) -> list[int]:
-        if self.broken == "read":
-            raise ConnectionError("journal down")
-        return [t for t, _, _ in self.sends]
-
-    async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
-        if self.broken == "write":
-            raise ConnectionError("journal down")
-        self.sends.append((sent_at_ms, quantity, side))
-
-    def unrecorded_until_ms(self) -> int:
-        return self.unseen_ms
 
 
 def request(

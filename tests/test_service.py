@@ -20,7 +20,7 @@ from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepRe
 from apply_layer.journal import Journal
 from apply_layer.service import ApplyService
 from apply_layer.settings import Settings, load_settings
-from tests.harness import grant, publish_plan, wait_result
+from tests.harness import MemoryLog, grant, publish_plan, wait_result
 
 
 class SlowExecutor:
@@ -177,25 +177,15 @@ async def test_sd_notify_ready_watchdog_stopping(
 async def test_the_paper_exchange_remembers_a_bounded_number_of_orders() -> None:
     from apply_layer.executors import paper
 
-    class Log:
-        async def attempts(self) -> list[int]:
-            return []
-
-        async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
-            return None
-
-        def unrecorded_until_ms(self) -> int:
-            return 0
-
     exchange = paper.PaperExecutor()
     exchange.positions["BTCUSDT"] = Decimal(10**9)
     first = OrderRequest("p0", "BTCUSDT", "CLOSE_FULL", Decimal(100), Decimal("0.001"), None)
-    assert (await exchange.execute(first, Log())).status == "EXECUTED"
-    again = await exchange.execute(first, Log())  # a resend: the same order, no second fill
+    assert (await exchange.execute(first, MemoryLog())).status == "EXECUTED"
+    again = await exchange.execute(first, MemoryLog())  # a resend: the same order, no second fill
     assert again.order_id == exchange.orders[first.client_order_id].order_id
     for n in range(1, paper.REMEMBERED_ORDERS + 5):
         req = OrderRequest(f"p{n}", "BTCUSDT", "CLOSE_FULL", Decimal(100), Decimal("0.001"), None)
-        await exchange.execute(req, Log())
+        await exchange.execute(req, MemoryLog())
     assert len(exchange.orders) == paper.REMEMBERED_ORDERS
     assert first.client_order_id not in exchange.orders  # the oldest went first
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from apply_layer.executors.base import OrderRequest
 from apply_layer.executors.paper import PaperExecutor
 from apply_layer.sizing import LotFilter, Sizing, close_side, size_close
+from tests.harness import MemoryLog
 
 BTC = LotFilter(step_size=Decimal("0.001"), min_qty=Decimal("0.001"), max_qty=Decimal("120"))
 D = Decimal
@@ -239,22 +240,12 @@ async def test_an_absurd_amount_does_not_poison_the_paper_book() -> None:
     """It became the simulated position, and every later plan failed until restart."""
     exchange = PaperExecutor()
 
-    class Log:
-        async def attempts(self) -> list[int]:
-            return []
-
-        async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
-            return None
-
-        def unrecorded_until_ms(self) -> int:
-            return 0
-
     def order(plan: str, reported: str) -> OrderRequest:
         return OrderRequest(plan, "BTCUSDT", "CLOSE_FULL", D(100), D("0.005"), D(reported))
 
-    poison = await exchange.execute(order("p1", "1e999999999"), Log())
+    poison = await exchange.execute(order("p1", "1e999999999"), MemoryLog())
     assert (poison.status, poison.error) == ("REJECTED", "invalid_position_amt")
     assert "BTCUSDT" not in exchange.positions
-    fine = await exchange.execute(order("p2", "0.01"), Log())
+    fine = await exchange.execute(order("p2", "0.01"), MemoryLog())
     assert (fine.status, fine.quantity) == ("EXECUTED", D("0.005"))
     assert exchange.positions["BTCUSDT"] == D("0.005")
