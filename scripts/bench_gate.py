@@ -35,8 +35,8 @@ from redis.asyncio import Redis
 
 from apply_layer.batching import ScriptBatcher
 from apply_layer.gate import GateConfig, PermitGate
+from apply_layer.keyspace import KeyspaceWatcher
 from apply_layer.logs import setup_logging
-from apply_layer.notify import KeyspaceWatcher
 from apply_layer.redis_client import create_redis
 from apply_layer.settings import load_settings
 

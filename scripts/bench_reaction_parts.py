@@ -36,8 +36,8 @@ from apply_layer.batching import ScriptBatcher
 from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.gate import GateConfig, PermitGate
 from apply_layer.keys import ISSUERS
+from apply_layer.keyspace import KeyspaceWatcher
 from apply_layer.logs import setup_logging
-from apply_layer.notify import KeyspaceWatcher
 from apply_layer.redis_client import create_redis
 
 SYMBOL = "BTCUSDT"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The nightly fuzz run: tests/test_fuzz.py at 10,000 examples a property.
+"""The nightly fuzz run: tests/unit/test_fuzz.py at 10,000 examples a property.
 
     .venv/bin/python scripts/fuzz.py [--profile nightly|ci] [extra pytest args]
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STATS = re.compile(r"(\d+) passing, (\d+) failing, and (\d+) invalid")
-DURATION = re.compile(r"([\d.]+)s call\s+tests/test_fuzz\.py::(\w+)")
+DURATION = re.compile(r"([\d.]+)s call\s+tests/unit/test_fuzz\.py::(\w+)")
 
 
 def main() -> int:
@@ -31,7 +31,15 @@ def main() -> int:
     parser.add_argument("--profile", default="nightly", choices=("nightly", "ci"))
     args, extra = parser.parse_known_args()
     env = {**os.environ, "HYPOTHESIS_PROFILE": args.profile}
-    command = [sys.executable, "-m", "pytest", "tests/test_fuzz.py", "-q", "-p", "no:cacheprovider"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/unit/test_fuzz.py",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
     command += ["--hypothesis-show-statistics", "--durations=0", *extra]
     run = subprocess.run(  # noqa: S603 - this interpreter's pytest, on our own tests
         command, cwd=ROOT, env=env, capture_output=True, text=True, check=False
@@ -42,7 +50,7 @@ def main() -> int:
     print(f"\n== fuzz summary (profile {args.profile})")
     print("| property | passing | failing | invalid | time |")
     print("|---|---|---|---|---|")
-    for block in run.stdout.split("tests/test_fuzz.py::")[1:]:
+    for block in run.stdout.split("tests/unit/test_fuzz.py::")[1:]:
         name = block.split(":", 1)[0].strip()
         stats = STATS.search(block)
         if stats is None or not name.startswith("test_"):

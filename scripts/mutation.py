@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "apply_layer"
 MUTANTS = ROOT / "mutants" / "src" / "apply_layer"
-MODULES = ("sizing", "permits", "plans", "binance_model", "outcomes", "stats")
+MODULES = ("sizing", "permits", "plans", "executors.binance.model", "outcomes", "stats")
 KILLED = {1, 3, 36, 37, 24, -24, 152, 255}  # failed, pytest error, timeout, type check
 SURVIVED = {0}
 NO_TESTS = {5, 33}
@@ -49,131 +49,143 @@ class HandMutant:
     tests: tuple[str, ...]
 
 
-GATE_TESTS = ("tests/test_gate.py", "tests/test_permits.py")
-KILL_TESTS = ("tests/test_gate.py", "tests/test_permits.py", "tests/test_lease.py")
-PLAN_TESTS = ("tests/test_plans.py",)
-MODEL_TESTS = ("tests/test_binance_model.py", "tests/test_binance_api.py")
+GATE_TESTS = ("tests/redis/test_gate.py", "tests/unit/test_permits.py")
+KILL_TESTS = ("tests/redis/test_gate.py", "tests/unit/test_permits.py", "tests/unit/test_lease.py")
+PLAN_TESTS = ("tests/unit/test_plans.py",)
+MODEL_TESTS = ("tests/unit/test_binance_model.py", "tests/exchange/test_binance_api.py")
 
 HAND_MUTANTS: tuple[HandMutant, ...] = (
     # gate.lua: the verdict rules
     HandMutant(
-        "lua", "gate.lua", "if v == true or v == 1 then", "if v == true or v ~= 0 then", GATE_TESTS
+        "lua",
+        "lua/gate.lua",
+        "if v == true or v == 1 then",
+        "if v == true or v ~= 0 then",
+        GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "return l == 'true' or l == '1'",
         "return l == 'true' or l ~= '0'",
         GATE_TESTS,
     ),
     HandMutant(
-        "lua", "gate.lua", "obj = {allow = (obj == 1)}", "obj = {allow = (obj ~= 0)}", GATE_TESTS
+        "lua",
+        "lua/gate.lua",
+        "obj = {allow = (obj == 1)}",
+        "obj = {allow = (obj ~= 0)}",
+        GATE_TESTS,
     ),
-    HandMutant("lua", "gate.lua", "q == q and q > 0 and", "q == q and q >= 0 and", GATE_TESTS),
+    HandMutant("lua", "lua/gate.lua", "q == q and q > 0 and", "q == q and q >= 0 and", GATE_TESTS),
     HandMutant(
-        "lua", "gate.lua", "q > 0 and q < math.huge", "q > 0 and q <= math.huge", GATE_TESTS
-    ),
-    HandMutant(
-        "lua", "gate.lua", "return 'deny', 'not_granted' end", "return 'allow', '' end", GATE_TESTS
+        "lua", "lua/gate.lua", "q > 0 and q < math.huge", "q > 0 and q <= math.huge", GATE_TESTS
     ),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
+        "return 'deny', 'not_granted' end",
+        "return 'allow', '' end",
+        GATE_TESTS,
+    ),
+    HandMutant(
+        "lua",
+        "lua/gate.lua",
         "s ~= cjson.null and s ~= symbol then",
         "s ~= cjson.null and false then",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "if q == nil or q == cjson.null then q = obj['safe_close_qty'] end",
         "",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "if not ok then return kind, raw, 'deny', 'malformed' end",
         "if not ok then return kind, raw, 'missing', '' end",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "return kind, '', 'deny', 'wrong_type'",
         "return kind, '', 'missing', ''",
         GATE_TESTS,
     ),
-    HandMutant("lua", "gate.lua", "(g ~= nil and not is_true(g)) or ", "", GATE_TESTS),
+    HandMutant("lua", "lua/gate.lua", "(g ~= nil and not is_true(g)) or ", "", GATE_TESTS),
     # gate.lua: the decision and what it consumes
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "if any_deny then status = 'DENY'",
         "if false then status = 'DENY'",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "elseif final then status = 'TIMEOUT'",
         "elseif true then status = 'TIMEOUT'",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "elseif not any_missing then status = 'ALLOW'",
         "elseif true then status = 'ALLOW'",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "or status == 'DENY' or status == 'GOV_BLOCK'",
         "or status == 'DENY'",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "local consume = status == 'ALLOW' or",
         "local consume = status == 'KILL' or status == 'ALLOW' or",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "if consume and p.verdict ~= 'missing' then",
         "if consume then",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "if not status and redis.call('TYPE', KEYS[2])['ok'] == 'string' then",
         "if false then",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "if kill_env or kill_on(KEYS[3]) or kill_on(KEYS[4]) then",
         "if kill_env or kill_on(KEYS[3]) then",
         GATE_TESTS,
     ),
-    HandMutant("lua", "gate.lua", "if recorded then", "if false then", GATE_TESTS),
-    HandMutant("lua", "gate.lua", "head[1] == token and 1 or 0", "1", GATE_TESTS),
+    HandMutant("lua", "lua/gate.lua", "if recorded then", "if false then", GATE_TESTS),
+    HandMutant("lua", "lua/gate.lua", "head[1] == token and 1 or 0", "1", GATE_TESTS),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "'state', status == 'ALLOW' and 'permitted' or 'blocked',",
         "'state', 'permitted',",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "gate.lua",
+        "lua/gate.lua",
         "redis.call('EXPIRE', journal, ttl)\nreturn reply",
         "return reply",
         GATE_TESTS,
@@ -181,28 +193,28 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
     # kill_switch.lua (gate and lease)
     HandMutant(
         "lua",
-        "kill_switch.lua",
+        "lua/kill_switch.lua",
         "return l == '1' or l == 'true' or l == 'on'",
         "return l == '1' or l == 'true'",
         KILL_TESTS,
     ),
     HandMutant(
         "lua",
-        "kill_switch.lua",
+        "lua/kill_switch.lua",
         "return l == '1' or l == 'true' or l == 'on'",
         "return l ~= '0'",
         KILL_TESTS,
     ),
     HandMutant(
         "lua",
-        "kill_switch.lua",
+        "lua/kill_switch.lua",
         "~= 'string' then return false end",
         "~= 'string' then return true end",
         KILL_TESTS,
     ),
     HandMutant(
         "lua",
-        "kill_switch.lua",
+        "lua/kill_switch.lua",
         "local l = string.lower(redis.call('GET', key))",
         "local l = redis.call('GET', key)",
         KILL_TESTS,
@@ -271,70 +283,70 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
     # binance_model.py constants
     HandMutant(
         "constants",
-        "binance_model.py",
+        "executors/binance/model.py",
         "frozenset({-1006, -1007})",
         "frozenset({-1006})",
         MODEL_TESTS,
     ),
     HandMutant(
         "constants",
-        "binance_model.py",
+        "executors/binance/model.py",
         "frozenset({-1006, -1007})",
         "frozenset({-1007})",
         MODEL_TESTS,
     ),
     HandMutant(
         "constants",
-        "binance_model.py",
+        "executors/binance/model.py",
         "frozenset({-1001, -1008})",
         "frozenset({-1001})",
         MODEL_TESTS,
     ),
     HandMutant(
         "constants",
-        "binance_model.py",
+        "executors/binance/model.py",
         "frozenset({-1001, -1008})",
         "frozenset({-1008})",
         MODEL_TESTS,
     ),
     HandMutant(
         "constants",
-        "binance_model.py",
+        "executors/binance/model.py",
         '"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"',
         '"FILLED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"',
         MODEL_TESTS,
     ),
     HandMutant(
         "constants",
-        "binance_model.py",
+        "executors/binance/model.py",
         '"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"',
         '"FILLED", "CANCELED", "EXPIRED_IN_MATCH", "REJECTED"',
         MODEL_TESTS,
     ),
     HandMutant(
         "constants",
-        "binance_model.py",
+        "executors/binance/model.py",
         '"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"',
         '"FILLED", "CANCELED", "EXPIRED", "REJECTED"',
         MODEL_TESTS,
     ),
     HandMutant(
         "constants",
-        "binance_model.py",
+        "executors/binance/model.py",
         '"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"',
         '"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH"',
         MODEL_TESTS,
     ),
     HandMutant(
         "constants",
-        "binance_model.py",
+        "executors/binance/model.py",
         "INVALID_TIMESTAMP = -1021",
         "INVALID_TIMESTAMP = -1022",
         MODEL_TESTS,
     ),
     HandMutant(
         "constants",
-        "binance_model.py",
+        "executors/binance/model.py",
         "NO_SUCH_ORDER = -2013",
         "NO_SUCH_ORDER = -2011",
         MODEL_TESTS,
@@ -345,35 +357,35 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
         "outcomes.py",
         '"BLOCKED": "BLOCKED",\n    "SKIPPED": "SKIP",',
         '"BLOCKED": "ERROR",\n    "SKIPPED": "SKIP",',
-        ("tests/test_outcomes.py",),
+        ("tests/unit/test_outcomes.py",),
     ),
     HandMutant(
         "constants",
         "outcomes.py",
         '"SKIPPED": "SKIP",',
         '"SKIPPED": "SKIPPED",',
-        ("tests/test_outcomes.py",),
+        ("tests/unit/test_outcomes.py",),
     ),
     HandMutant(
         "constants",
         "outcomes.py",
         '"FAILED": "ERROR",',
         '"FAILED": "FAILED",',
-        ("tests/test_outcomes.py",),
+        ("tests/unit/test_outcomes.py",),
     ),
     HandMutant(
         "constants",
         "outcomes.py",
         '"EXECUTED": "EXECUTE",',
         '"EXECUTED": "EXECUTED",',
-        ("tests/test_outcomes.py",),
+        ("tests/unit/test_outcomes.py",),
     ),
     HandMutant(
         "constants",
         "outcomes.py",
         '"REJECTED": "rejected",',
         '"REJECTED": "failed",',
-        ("tests/test_outcomes.py",),
+        ("tests/unit/test_outcomes.py",),
     ),
     # the client order id and the claim namespace
     HandMutant(
@@ -381,14 +393,14 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
         "executors/base.py",
         '"CLOSE_PARTIAL_25": "25",',
         '"CLOSE_PARTIAL_25": "50",',
-        ("tests/test_binance_limits.py", "tests/test_binance_executor.py"),
+        ("tests/exchange/test_binance_limits.py", "tests/exchange/test_binance_executor.py"),
     ),
     HandMutant(
         "constants",
         "executors/base.py",
         "CLIENT_ORDER_ID_MAX = 36",
         "CLIENT_ORDER_ID_MAX = 37",
-        ("tests/test_binance_limits.py", "tests/test_binance_executor.py"),
+        ("tests/exchange/test_binance_limits.py", "tests/exchange/test_binance_executor.py"),
     ),
     HandMutant(
         "constants",
@@ -396,7 +408,7 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
         'CLAIM_TEMPLATE = "quantum:apply:claim:{plan_id}"',
         'CLAIM_TEMPLATE = "quantum:apply:dedupe:{plan_id}"',
         (
-            "tests/test_conformance.py::test_the_planners_dedupe_key_is_left_alone_and_its_plans_execute",
+            "tests/daemon/test_conformance.py::test_the_planners_dedupe_key_is_left_alone_and_its_plans_execute",
         ),
     ),
     # stats.py constants
@@ -405,21 +417,21 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
         "stats.py",
         "BUCKET_EDGES = (1, 5, 20, 50, 100, 250, 500, 1000, 1500)",
         "BUCKET_EDGES = (1, 5, 20, 50, 100, 250, 500, 1000, 1200)",
-        ("tests/test_stats.py",),
+        ("tests/unit/test_stats.py",),
     ),
     HandMutant(
         "constants",
         "stats.py",
         'CATEGORY_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")',
         'CATEGORY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")',
-        ("tests/test_stats.py",),
+        ("tests/unit/test_stats.py",),
     ),
     HandMutant(
         "constants",
         "stats.py",
         "PERCENTILES = (50, 95, 99)",
         "PERCENTILES = (50, 90, 99)",
-        ("tests/test_stats.py",),
+        ("tests/unit/test_stats.py",),
     ),
 )
 
@@ -439,7 +451,7 @@ def mutmut_scores(modules: list[str]) -> dict[str, tuple[Counter[str], list[str]
     """Per module: counts by verdict, and the survivors' names (from mutmut's .meta files)."""
     out: dict[str, tuple[Counter[str], list[str]]] = {}
     for module in modules:
-        meta = MUTANTS / f"{module}.py.meta"
+        meta = MUTANTS / f"{module.replace('.', '/')}.py.meta"
         if not meta.exists():
             continue
         codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]

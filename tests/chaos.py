@@ -1,6 +1,6 @@
 """The chaos run: plans flowing, daemons killed, Redis restarted, exchange faults.
 
-Used by ``tests/test_chaos.py`` (small, in CI) and ``scripts/chaos.py`` (the
+Used by ``tests/daemon/test_chaos.py`` (small, in CI) and ``scripts/chaos.py`` (the
 full run whose figures are in docs/RELIABILITY.md). Everything is real: a
 redis-server with AOF (``appendfsync always``), daemons as subprocesses in
 testnet mode, and the fake Binance over HTTP. The simulated upstreams record

@@ -1,7 +1,7 @@
 """Shared fixtures: a real redis-server per session, a clean database per test.
 
 Hypothesis profiles (``HYPOTHESIS_PROFILE``): ``ci`` (the default) runs the
-fuzz tests (tests/test_fuzz.py) at 200 examples each; ``nightly`` at 10,000
+fuzz tests (tests/unit/test_fuzz.py) at 200 examples each; ``nightly`` at 10,000
 each (``scripts/fuzz.py``, docs/TESTING.md). Tests that set their own
 ``max_examples`` keep it in both.
 """

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepResult
+from apply_layer.settings import Settings, load_settings
 
 SYM = "BTCUSDT"
 STEPS = {
@@ -70,7 +73,7 @@ class Daemon:
     def start(self) -> Daemon:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "apply_layer.cli", "run"],
+                [sys.executable, "-m", "apply_layer", "run"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -297,3 +300,70 @@ class MemoryLog:
 
     def unrecorded_until_ms(self) -> int:
         return self.unseen_ms
+
+
+# ---- in-process services -----------------------------------------------------
+
+
+class SlowExecutor:
+    """Fills after a pause, recording how many orders per symbol overlap."""
+
+    mode = "paper"
+
+    def __init__(self) -> None:
+        self.active: defaultdict[str, int] = defaultdict(int)
+        self.max_per_symbol: defaultdict[str, int] = defaultdict(int)
+        self.total = 0
+        self.max_total = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def preflight(self) -> list[CheckLine]:
+        return []
+
+    async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
+        await log.record_attempt(0, quantity=order.safe_qty, side="SELL")
+        self.active[order.symbol] += 1
+        self.total += 1
+        self.max_per_symbol[order.symbol] = max(
+            self.max_per_symbol[order.symbol], self.active[order.symbol]
+        )
+        self.max_total = max(self.max_total, self.total)
+        await asyncio.sleep(0.2)
+        self.active[order.symbol] -= 1
+        self.total -= 1
+        return StepResult(
+            order.step,
+            "EXECUTED",
+            order_id="1",
+            client_order_id=order.client_order_id,
+            side="SELL",
+            quantity=order.safe_qty,
+            executed_qty=order.safe_qty,
+            avg_price=Decimal(1),
+        )
+
+
+def settings_for(server: EmbeddedRedis, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "redis_url": server.url,
+        "mode": "paper",
+        "metrics_port": 0,
+        "poll_sec": 0.5,
+        "allowlist": "BTCUSDT,ETHUSDT",
+        "consumer_name": "inproc",
+    }
+    base.update(overrides)
+    return load_settings(**base)
+
+
+async def pending_entry(redis: Redis, plan_id: str) -> tuple[str, dict[str, str]]:
+    await redis.xgroup_create(K.PLAN_STREAM, "apply_layer", id="$", mkstream=True)
+    await publish_plan(redis, plan_id)
+    reply: Any = await redis.xreadgroup("apply_layer", "c", {K.PLAN_STREAM: ">"}, count=1)
+    entry_id, fields = reply[0][1][0]
+    return str(entry_id), dict(fields)

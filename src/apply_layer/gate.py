@@ -2,7 +2,7 @@
 
 Within a deadline the gate either consumes every required permit in one
 atomic step (``gate.lua``) or blocks the plan. It wakes on a permit's arrival
-(keyspace notifications, see ``notify.py``) and polls every step as a
+(keyspace notifications, see ``keyspace.py``) and polls every step as a
 fallback; a deny, a governor block marker or the kill switch ends the wait at
 once. The script records the decision and the permits it saw in the plan's
 journal in the same step, and replays that record to any later call, so a
@@ -18,17 +18,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
-from apply_layer import metrics
+from apply_layer import lua, metrics
 from apply_layer.batching import ScriptHost
+from apply_layer.caller_tokens import new_token
 from apply_layer.keys import ISSUERS, Issuer
+from apply_layer.keyspace import KeyspaceWatcher
 from apply_layer.logs import get_logger, permit_block_line, permit_ok_line
-from apply_layer.notify import KeyspaceWatcher
 from apply_layer.permits import (
     KILL_SWITCH_LUA,
     MAX_PERMIT_BYTES,
@@ -38,14 +38,13 @@ from apply_layer.permits import (
     governor_block_reason,
 )
 from apply_layer.settings import Settings
-from apply_layer.tokens import new_token
 
 log = get_logger()
 
 GATE_SCRIPT = (
     KILL_SWITCH_LUA
     + f"local MAX_PERMIT_BYTES, OVERSIZED_PREFIX = {MAX_PERMIT_BYTES}, '{OVERSIZED_PREFIX}'\n"
-    + files("apply_layer").joinpath("gate.lua").read_text("utf-8")
+    + lua.source("gate")
 )
 _PER_ISSUER = 6  # name, kind, raw, ttl, verdict, category
 

@@ -24,9 +24,9 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.batching import ScriptHost
+from apply_layer.caller_tokens import new_token
 from apply_layer.errors import RetryLater
 from apply_layer.permits import KILL_SWITCH_LUA
-from apply_layer.tokens import new_token
 
 # KEYS: lease, journal, kill switch keys (2). ARGV: token, lease ms, kill switch
 # from the environment (1/0), check the kill switch (1/0).

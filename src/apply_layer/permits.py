@@ -33,9 +33,9 @@ import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from importlib.resources import files
 from typing import Any, Literal
 
+from apply_layer import lua
 from apply_layer.keys import Issuer
 
 Verdict = Literal["allow", "deny", "missing"]
@@ -217,7 +217,7 @@ def governor_block_reason(raw: str | None) -> str:
 
 
 # The same rule for Lua scripts (prepended to gate.lua and the lease's acquire).
-KILL_SWITCH_LUA = files("apply_layer").joinpath("kill_switch.lua").read_text(encoding="utf-8")
+KILL_SWITCH_LUA = lua.source("kill_switch")
 
 
 def is_kill_value(value: str | None) -> bool:

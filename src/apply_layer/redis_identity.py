@@ -16,7 +16,7 @@ process cannot tell what its predecessor talked to), and the executor treats
 that moment as a send it cannot see: an order lookup answering "no such
 order" proves nothing until that moment's ``recvWindow`` has closed, because a
 lost send stamped before the change could still reach the matching engine
-until then (``executors/binance.py``).
+until then (``executors/binance/executor.py``).
 
 A connection to a replica is refused (its reads may be stale and it cannot
 take the journal's writes): with Sentinel the pool then asks the sentinels

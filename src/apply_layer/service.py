@@ -38,8 +38,8 @@ from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
 from apply_layer.gate import GateConfig, PermitGate
 from apply_layer.journal import Journal
+from apply_layer.keyspace import KeyspaceWatcher
 from apply_layer.logs import get_logger
-from apply_layer.notify import KeyspaceWatcher
 from apply_layer.processing import Processor
 from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.redis_identity import IdentityTracker

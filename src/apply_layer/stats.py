@@ -4,7 +4,7 @@ This module is the pure core: :func:`parse_line` reads a log line,
 :class:`Summary` tallies lines or result entries, :func:`build_report` makes
 the JSON-ready report and :func:`render_text` the operator's text. The thin
 I/O (journald, files, stdin, the result stream) and the command line are in
-``stats_cli.py``.
+``commands/stats.py``.
 
 Lines may carry any prefix (journald's, a timestamp) before the marker, and
 may be this service's console lines, its JSON lines (the console line in

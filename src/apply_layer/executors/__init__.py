@@ -21,7 +21,7 @@ def create_executor(settings: Settings) -> Executor:
 
         return DryRunExecutor()
     if settings.mode == "testnet":
-        from apply_layer.executors.binance import BinanceExecutor
+        from apply_layer.executors.binance.executor import BinanceExecutor
 
         return BinanceExecutor.from_settings(settings)
     raise ExecutorUnavailable(f"APPLY_MODE={settings.mode}: no such executor")

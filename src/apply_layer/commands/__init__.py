@@ -1,0 +1,108 @@
+"""The ``apply-layer`` command line: one module per subcommand, and this dispatcher.
+
+Each module in this package is named after its subcommand (``dedupe-clear`` is
+``dedupe_clear``) and has a ``register(subparsers)`` that adds its parser and
+sets ``func``, a coroutine ``(settings, args) -> exit status``. The dispatcher
+loads the settings once, sets up logging once, and maps the errors every
+command shares to an exit status: 0 ok, 1 failed (``CommandError``, Redis
+unreachable), 2 usage or configuration (docs/CONTRACT.md section 6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from apply_layer import __version__
+from apply_layer.errors import CommandError, ConfigError
+from apply_layer.logs import setup_logging
+from apply_layer.redis_client import redact_url
+from apply_layer.settings import Settings, SettingsError, load_settings
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def _registrations() -> list[Callable[[Any], None]]:
+    """Each command module's ``register(subparsers)``; one line per command module."""
+    from apply_layer.commands import (
+        check,
+        dedupe_clear,
+        demo,
+        permits,
+        run,
+        sign_permit,
+        smoke,
+        stats,
+    )
+
+    return [
+        run.register,
+        check.register,
+        demo.register,
+        permits.register,
+        stats.register,
+        dedupe_clear.register,
+        smoke.register,
+        sign_permit.register,
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="apply-layer", description="The apply layer: atomic permit gate and executor."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--env-file", help="read APPLY_* settings from this file too")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in _registrations():
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.env_file)
+    except SettingsError as exc:
+        print(f"apply-layer: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(settings.log_level, settings.log_format)
+    func: Command = args.func
+    try:
+        return asyncio.run(func(settings, args))
+    except ConfigError as exc:
+        print(f"apply-layer: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CommandError as exc:
+        print(f"apply-layer: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except BrokenPipeError:  # `apply-layer stats | head`: the reader left, nothing failed
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the final flush
+        return EXIT_OK
+    except (RedisError, OSError) as exc:
+        where = (
+            f"service {settings.redis_sentinel_service!r} via sentinels "
+            + ",".join(settings.redis_sentinels)
+            if settings.redis_sentinels
+            else redact_url(settings.redis_url)
+        )
+        print(f"apply-layer: cannot reach Redis at {where}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

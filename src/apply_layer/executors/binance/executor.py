@@ -1,0 +1,501 @@
+"""``testnet``: a reduce-only MARKET close on Binance USD-M futures, sent exactly once.
+
+The exactly-once rules (docs/BINANCE.md explains them against Binance's docs):
+
+1. Every send is journalled first (``OrderLog.record_attempt``); if the journal
+   cannot be written, nothing is sent and the journal's exception propagates
+   (the service leaves the plan pending for recovery; it is not an exchange
+   answer, so it is not turned into a final result here).
+2. A send whose fate is unknown (timeout, dropped connection, 503 "Unknown
+   error", ``-1006``/``-1007``, other 5xx) is never repeated blindly: the order is
+   looked up by its client order id until it is found, or until the last
+   send's ``recvWindow`` (plus a clock margin) has closed and Binance still
+   says ``-2013``. Binance rejects a request once ``serverTime - timestamp >
+   recvWindow``, so only then can that send no longer execute, and only then
+   is the same client order id sent again (a bounded number of times).
+3. ``execute`` starts by reading earlier attempts: after a crash mid-send the
+   order is looked up first and, if absent, sent only once the window of the
+   last attempt has closed.
+4. Before the first send the journal knows of, the order is looked up too:
+   Redis may have lost the record of an earlier send (a restart from an
+   older state, a failover), and Binance accepts a client order id again
+   once its first order is filled. An order found is *adopted* (reported,
+   with ``adopted``, never sent again). The journal says until when a send
+   may have been made unseen (``OrderLog.unrecorded_until_ms``); a
+   "no such order" answer counts only once that moment's window has closed,
+   and if the journal's Redis changes between the lookup and the send, the
+   lookup is made again.
+5. Definite rejections end the step as ``REJECTED``; 429/418 wait out
+   ``Retry-After``; nothing is ever guessed: what cannot be determined ends
+   ``FAILED order_unknown``; sends that provably never executed, given up on
+   after a bounded number, end ``FAILED order_not_placed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from apply_layer import metrics
+from apply_layer.errors import ConfigError
+from apply_layer.executors.base import (
+    CheckLine,
+    NotReplicated,
+    OrderLog,
+    OrderRequest,
+    StepResult,
+)
+from apply_layer.executors.binance.client import BinanceClient
+from apply_layer.executors.binance.model import (
+    BinanceError,
+    ExchangeInfoInvalid,
+    ExchangeRejected,
+    ExchangeRules,
+    NotProcessed,
+    OrderInfo,
+    OrderNotFound,
+    RateLimited,
+    StatusUnknown,
+    SymbolRules,
+    TimestampRejected,
+    step_result,
+)
+from apply_layer.logs import format_qty, get_logger
+from apply_layer.settings import Settings
+from apply_layer.sizing import size_close
+
+_log = get_logger("apply_layer.binance")
+HEDGE_REFUSED = (
+    "hedge mode (dualSidePosition=true) is refused: reduce-only closes need one-way mode; "
+    "switch the account to one-way"
+)
+
+
+class BinanceConfigError(ConfigError):
+    """The executor cannot start as configured (e.g. no API key in testnet mode)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds on waiting and resending; the defaults suit the real testnet."""
+
+    clock_margin_ms: int = 1000  # added to recvWindow before a send counts as expired
+    lookup_backoff_sec: float = 0.25
+    lookup_backoff_max_sec: float = 2.0
+    max_lookup_errors: int = 8  # failed lookups (5xx, timeouts) before giving up
+    max_resend_cycles: int = 2  # resends after sends that provably never executed
+    max_rate_limit_waits: int = 3
+    max_retry_after_sec: float = 30.0  # a longer ban fails the step instead of blocking
+    max_not_processed_retries: int = 3
+    final_status_polls: int = 5  # lookups of an order found still NEW
+
+
+@dataclass(frozen=True)
+class _Resolution:
+    order: OrderInfo | None = None
+    gone: bool = False  # provably never executed: window closed and still -2013
+    detail: str = ""
+
+    @property
+    def name(self) -> str:
+        """For ``apply_exchange_unknown_fate_total{resolution}``."""
+        return "found" if self.order is not None else "absent" if self.gone else "unresolved"
+
+
+class _HedgeMode(BinanceError):
+    pass
+
+
+class BinanceExecutor:
+    """Executor protocol over :class:`BinanceClient` (see the module docstring)."""
+
+    mode = "testnet"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: SecretStr | None,
+        api_secret: SecretStr | None,
+        recv_window_ms: int = 5000,
+        allowlist: Iterable[str] = ("BTCUSDT",),
+        http_timeout_sec: float | httpx.Timeout = 10.0,
+        exchange_info_ttl_sec: float = 900.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        policy: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        timeout = (
+            http_timeout_sec
+            if isinstance(http_timeout_sec, httpx.Timeout)
+            else httpx.Timeout(http_timeout_sec, connect=min(http_timeout_sec, 5.0))
+        )
+        self.client = BinanceClient(
+            base_url=base_url,
+            api_key=api_key,
+            api_secret=api_secret,
+            recv_window_ms=recv_window_ms,
+            timeout=timeout,
+            clock=clock,
+            transport=transport,
+        )
+        self.allowlist = tuple(allowlist)
+        self.policy = policy or RetryPolicy()
+        self._ttl, self._clock, self._sleep = exchange_info_ttl_sec, clock, sleep
+        self._rules = ExchangeRules()
+        self._rules_at: float | None = None
+        self._rules_lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> BinanceExecutor:
+        kwargs: dict[str, Any] = {
+            "base_url": settings.binance_base_url,
+            "api_key": settings.binance_api_key,
+            "api_secret": settings.binance_api_secret,
+            "recv_window_ms": settings.binance_recv_window_ms,
+            "http_timeout_sec": settings.binance_http_timeout_sec,
+            "allowlist": tuple(settings.allowlist),
+        }
+        return cls(**(kwargs | overrides))
+
+    async def start(self) -> None:
+        if not self.client.has_credentials:
+            raise BinanceConfigError(
+                "testnet mode needs APPLY_BINANCE_API_KEY and APPLY_BINANCE_API_SECRET "
+                "(or BINANCE_TESTNET_API_KEY / BINANCE_TESTNET_API_SECRET)"
+            )
+        await self.client.open()
+        await self.client.sync_time()
+        await self._load_rules()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def preflight(self) -> list[CheckLine]:
+        await self.client.open()
+        lines: list[CheckLine] = []
+        try:
+            offset = await self.client.sync_time()
+            detail = f"{offset:+d} ms (round trip {self.client.rtt_ms} ms), compensated"
+            lines.append(CheckLine("binance clock offset", True, detail))
+        except BinanceError as exc:
+            lines.append(CheckLine("binance clock offset", False, f"GET /fapi/v1/time: {exc}"))
+        if not self.client.has_credentials:
+            lines.append(
+                CheckLine("binance credentials", False, "APPLY_BINANCE_API_KEY/SECRET not set")
+            )
+        else:
+            try:
+                dual = await self.client.dual_side_position()
+            except BinanceError as exc:
+                lines.append(CheckLine("binance credentials", False, f"signed call: {exc}"))
+            else:
+                lines.append(CheckLine("binance credentials", True, "signed call accepted"))
+                detail = HEDGE_REFUSED if dual else "one-way"
+                lines.append(CheckLine("binance position mode", not dual, detail))
+        try:
+            await self._load_rules()
+        except BinanceError as exc:
+            lines.append(CheckLine("binance exchangeInfo", False, str(exc)))
+            return lines
+        for symbol in self.allowlist:
+            rules = self._rules.get(symbol)
+            problem = self._rules.problem(symbol) or "not listed on the exchange"
+            detail = rules.describe() if rules else problem
+            lines.append(CheckLine(f"binance filters {symbol}", rules is not None, detail))
+        return lines
+
+    async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
+        cid = order.client_order_id
+        earlier = await log.attempts()  # journal errors propagate: the service retries later
+        unseen = log.unrecorded_until_ms()
+        if earlier:
+            # A previous run sent (or was about to send) this order, then stopped.
+            _log.warning("binance_resume", plan=order.plan_id, cid=cid, attempts=len(earlier))
+            found = await self._resolve(order.symbol, cid, max(*earlier, unseen))
+            metrics.EXCHANGE_UNKNOWN_FATE.labels(found.name).inc()
+            if found.order is not None:
+                return self._report(order, found.order)
+            if not found.gone:
+                return self._result(order, "FAILED", "order_unknown", found.detail)
+        else:
+            adopted = await self._adopt_existing(order, unseen)
+            if adopted is not None:
+                return adopted
+        try:
+            rules = await self._rules_for(order.symbol)
+            if rules is None:
+                problem = self._rules.problem(order.symbol)
+                if problem:  # listed, perhaps, but its filters cannot be read: never guess them
+                    return self._result(order, "FAILED", "exchange_info_invalid", problem)
+                return self._result(order, "REJECTED", "symbol_not_listed", order.symbol)
+            live = await self._live_amt(order.symbol)
+        except _HedgeMode as exc:
+            return self._result(order, "REJECTED", "hedge_mode", str(exc))
+        except ExchangeInfoInvalid as exc:
+            return self._result(order, "FAILED", "exchange_info_invalid", str(exc))
+        except BinanceError as exc:
+            return self._result(order, "FAILED", "exchange_unavailable", str(exc))
+        sizing = size_close(
+            safe_qty=order.safe_qty,
+            pct=order.pct,
+            reported_amt=order.reported_amt,
+            live_amt=live,
+            lot=rules.lot,
+        )
+        if not sizing.ok:
+            return self._result(order, "REJECTED", sizing.error, sizing.detail)
+        return await self._send(order, log, sizing.qty, sizing.side, checked_until=unseen)
+
+    async def _adopt_existing(self, order: OrderRequest, unseen_ms: int) -> StepResult | None:
+        """Before a first send: an order with this client order id must not exist already.
+
+        The journal shows no send, but Redis may have lost one (see
+        ``OrderLog.unrecorded_until_ms``): Binance refuses a duplicate client
+        order id only while the first order is open, so a filled one would be
+        doubled. If the order exists, it is adopted: reported, never sent
+        again. "No such order" counts only once a send stamped at ``unseen_ms``
+        could no longer execute; a lookup that cannot be completed sends
+        nothing.
+        """
+        cid = order.client_order_id
+        found = await self._resolve(order.symbol, cid, unseen_ms)
+        if found.order is not None:
+            metrics.ORDERS_ADOPTED.inc()
+            _log.warning(
+                "binance_order_adopted",
+                plan=order.plan_id,
+                cid=cid,
+                order_id=found.order.order_id,
+                status=found.order.status,
+                why="the order exists at the exchange but not in the journal (Redis lost writes)",
+            )
+            return self._report(order, found.order, adopted=True)
+        if not found.gone:
+            detail = f"could not check whether {cid} exists, so nothing was sent: {found.detail}"
+            return self._result(order, "FAILED", "exchange_unavailable", detail)
+        return None
+
+    async def _send(
+        self, order: OrderRequest, log: OrderLog, qty: Decimal, side: str, *, checked_until: int
+    ) -> StepResult:
+        """The send loop: one journalled attempt per request, bounded, never blind.
+
+        ``checked_until``: the unseen-send moment the last lookup accounted for.
+        """
+        p, cid = self.policy, order.client_order_id
+        resends = rate_waits = not_processed = resyncs = 0
+        while True:
+            sent_at = self.client.local_ms()
+            # If the journal refuses (Redis down, lease lost) this raises and nothing is sent;
+            # the caller leaves the plan to recovery, which resumes through ``attempts()``.
+            try:
+                await log.record_attempt(sent_at, quantity=qty, side=side)
+            except NotReplicated as exc:
+                return self._result(order, "FAILED", "journal_not_replicated", str(exc), side, qty)
+            unseen = log.unrecorded_until_ms()
+            if unseen > checked_until:
+                # The record went to a Redis other than the one the lookup was made for:
+                # look again (this attempt is not sent; the next one is stamped afresh).
+                checked_until = unseen
+                _log.warning("binance_recheck_after_redis_change", plan=order.plan_id, cid=cid)
+                found = await self._resolve(order.symbol, cid, unseen)
+                if found.order is not None:
+                    metrics.ORDERS_ADOPTED.inc()
+                    return self._report(order, found.order, adopted=True)
+                if not found.gone:
+                    return self._result(order, "FAILED", "order_unknown", found.detail, side, qty)
+                continue
+            _log.info(
+                "binance_order_send",
+                plan=order.plan_id,
+                cid=cid,
+                side=side,
+                qty=format_qty(qty),
+                attempt_ms=sent_at,
+            )
+            try:
+                info = await self.client.place_market_close(
+                    symbol=order.symbol,
+                    side=side,
+                    quantity=qty,
+                    client_order_id=cid,
+                    sent_at_ms=sent_at,
+                )
+            except ExchangeRejected as exc:
+                if isinstance(exc, TimestampRejected) and not resyncs:
+                    resyncs += 1  # rejected, so it never executed: resync and resend once
+                    await self._resync()
+                    continue
+                metrics.EXCHANGE_REJECTIONS.inc()
+                error = f"exchange_rejected:{exc.tag}"
+                return self._result(order, "REJECTED", error, exc.msg, side, qty)
+            except RateLimited as exc:
+                rate_waits += 1
+                wait = exc.retry_after_sec if exc.retry_after_sec is not None else 1.0
+                if rate_waits > p.max_rate_limit_waits or wait > p.max_retry_after_sec:
+                    error = f"rate_limited:{exc.http_status}"
+                    return self._result(order, "FAILED", error, str(exc), side, qty)
+                _log.warning("binance_rate_limited", cid=cid, status=exc.http_status, wait=wait)
+                await self._sleep(wait)
+                continue
+            except NotProcessed as exc:
+                not_processed += 1
+                if not_processed > p.max_not_processed_retries:
+                    return self._result(
+                        order, "FAILED", "exchange_unavailable", str(exc), side, qty
+                    )
+                await self._sleep(p.lookup_backoff_sec * not_processed)
+                continue
+            except StatusUnknown as exc:
+                _log.warning("binance_order_status_unknown", cid=cid, reason=str(exc))
+                found = await self._resolve(order.symbol, cid, sent_at)
+                metrics.EXCHANGE_UNKNOWN_FATE.labels(found.name).inc()
+                if found.order is not None:
+                    return self._report(order, found.order)
+                if not found.gone:
+                    return self._result(order, "FAILED", "order_unknown", found.detail, side, qty)
+                resends += 1
+                if resends > p.max_resend_cycles:
+                    # Known, not unknown: every send provably never executed.
+                    detail = f"{resends} sends provably never executed; giving up"
+                    return self._result(order, "FAILED", "order_not_placed", detail, side, qty)
+                _log.warning("binance_order_resend", cid=cid, after_ms=sent_at)
+                continue
+            return self._report(order, await self._settle(order.symbol, info))
+
+    def window_closes_at(self, sent_at_ms: int) -> int:
+        """Local ms after which a request stamped at ``sent_at_ms`` can no longer execute."""
+        margin = self.policy.clock_margin_ms + self.client.rtt_ms
+        return sent_at_ms + self.client.recv_window_ms + margin
+
+    async def _resolve(self, symbol: str, cid: str, last_sent_ms: int) -> _Resolution:
+        """Look ``cid`` up until found, or until provably gone, or until lookups fail."""
+        p, closes_at = self.policy, self.window_closes_at(last_sent_ms)
+        errors, delay = 0, p.lookup_backoff_sec
+        while True:
+            started = self.client.local_ms()
+            try:
+                info = await self.client.query_order(symbol, cid)
+            except OrderNotFound:
+                if started >= closes_at:
+                    return _Resolution(gone=True)
+                wait = min(delay, (closes_at - started) / 1000 + 0.001)
+            except BinanceError as exc:
+                errors += 1
+                metrics.EXCHANGE_LOOKUP_ERRORS.inc()
+                if errors > p.max_lookup_errors or (
+                    isinstance(exc, RateLimited)
+                    and (exc.retry_after_sec or 0) > p.max_retry_after_sec
+                ):
+                    detail = f"fate of {cid} unknown after {errors} failed lookups: {exc}"
+                    return _Resolution(detail=detail)
+                wait = delay
+                if isinstance(exc, RateLimited) and exc.retry_after_sec is not None:
+                    wait = max(wait, exc.retry_after_sec)
+                _log.warning("binance_lookup_failed", cid=cid, reason=str(exc), errors=errors)
+            else:
+                return _Resolution(order=await self._settle(symbol, info))
+            await self._sleep(wait)
+            delay = min(delay * 2, p.lookup_backoff_max_sec)
+
+    async def _settle(self, symbol: str, info: OrderInfo) -> OrderInfo:
+        """A MARKET order found NEW is looked at a few more times for its fills."""
+        delay = self.policy.lookup_backoff_sec
+        for _ in range(self.policy.final_status_polls):
+            if info.final:
+                break
+            await self._sleep(delay)
+            try:
+                info = await self.client.query_order(symbol, info.client_order_id)
+            except BinanceError:
+                continue
+        return info
+
+    async def _resync(self) -> None:
+        try:
+            await self.client.sync_time()
+        except BinanceError as exc:
+            _log.warning("binance_time_sync_failed", reason=str(exc))
+
+    async def position(self, symbol: str) -> Decimal:
+        """The account's signed position in ``symbol`` now (one-way mode only)."""
+        return await self._live_amt(symbol)
+
+    def rules(self, symbol: str) -> SymbolRules | None:
+        """The symbol's lot rules as last loaded (``start`` loads them)."""
+        return self._rules.get(symbol)
+
+    async def _live_amt(self, symbol: str) -> Decimal:
+        rows = await self.client.position_rows(symbol)
+        if any(side != "BOTH" for side, _ in rows):
+            raise _HedgeMode("account is in hedge mode; only one-way mode is supported")
+        return sum((amt for _, amt in rows), Decimal(0))
+
+    async def _load_rules(self) -> None:
+        async with self._rules_lock:
+            self._rules = await self.client.exchange_rules()
+            self._rules_at = self._clock()
+
+    async def _rules_for(self, symbol: str) -> SymbolRules | None:
+        """Cached filters, refreshed when older than the TTL (stale ones beat none)."""
+        stale = self._rules_at is None or self._clock() - self._rules_at >= self._ttl
+        if stale:
+            try:
+                await self._load_rules()
+            except BinanceError as exc:
+                if not self._rules:
+                    raise
+                _log.warning("binance_exchange_info_stale", reason=str(exc))
+        return self._rules.get(symbol)
+
+    def _report(self, order: OrderRequest, info: OrderInfo, *, adopted: bool = False) -> StepResult:
+        result = step_result(order.step, info)
+        if adopted:
+            note = "adopted: an earlier run's order, found at the exchange; nothing was sent"
+            message = f"{note}; {result.message}" if result.message else note
+            result = replace(result, adopted=True, message=message)
+        _log.info(
+            "binance_order_result",
+            plan=order.plan_id,
+            cid=info.client_order_id,
+            status=info.status,
+            executed_qty=format_qty(info.executed_qty),
+            adopted=adopted,
+        )
+        return result
+
+    def _result(
+        self,
+        order: OrderRequest,
+        status: str,
+        error: str,
+        message: str = "",
+        side: str = "",
+        qty: Decimal | None = None,
+    ) -> StepResult:
+        if status != "EXECUTED":
+            _log.warning(
+                "binance_order_outcome",
+                plan=order.plan_id,
+                status=status,
+                error=error,
+                detail=message,
+            )
+        return StepResult(
+            step=order.step,
+            status=status,
+            error=error,
+            client_order_id=order.client_order_id,
+            side=side,
+            quantity=qty,
+            message=message,
+        )

@@ -1,0 +1,136 @@
+"""Smoke test of scripts/bench.py: every scenario at tiny sizes, a table with sane numbers.
+
+It checks that the benchmark runs and reports what it should, never how fast
+anything is: the sizes are far too small for the figures to mean anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
+SCENARIOS = {"1", "2", "3", "4", "5", "6"}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench")
+    args = ["--tiny", "--json", str(out / "bench.json"), "--workdir", str(out / "work")]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "== all scenarios" in proc.stdout
+    data: dict[str, Any] = json.loads((out / "bench.json").read_text())
+    data["stdout"] = proc.stdout
+    return data
+
+
+@pytest.mark.slow
+def test_every_scenario_has_rows_with_numbers(report: dict[str, Any]) -> None:
+    scenarios = {s["key"]: s for s in report["scenarios"]}
+    assert set(scenarios) == SCENARIOS
+    for scenario in scenarios.values():
+        assert scenario["rows"], scenario["key"]
+        for row in scenario["rows"]:
+            if row["metric"].startswith("redis-benchmark") and not _finite(row["project"]):
+                continue  # redis-tools not installed: reported, not measured
+            assert _finite(row["project"]) and row["project"] >= 0, row
+    table = report["stdout"].split("== all scenarios", 1)[1]
+    for key, name in [
+        ("1", "1 reaction"),
+        ("2", "2 denial"),
+        ("3", "3 end to end"),
+        ("4", "4 permits present"),
+        ("5", "5 soak"),
+        ("6", "6 idle"),
+    ]:
+        assert f"| {name}" in table, key
+    assert report["machine"]["nproc"] and report["machine"]["redis"].startswith("Redis server")
+
+
+@pytest.mark.slow
+def test_the_columns_compare_what_they_say(report: dict[str, Any]) -> None:
+    scenarios = {s["key"]: s for s in report["scenarios"]}
+    # 1 and 2: all three gates decided every plan, and decided it the expected way.
+    for key, want in (("1", "ALLOW"), ("2", "BLOCK")):
+        data = scenarios[key]["data"]
+        for gate in ("project", "old_behaviour", "old_gate"):
+            outcomes = data[gate]["outcomes"]
+            assert sum(outcomes.values()) == data[gate]["plans"] > 0
+            assert all(k.startswith(want) for k in outcomes), (key, gate, outcomes)
+            assert _finite(data[gate]["reaction_ms"]["p50"])
+            assert 0 <= data[gate]["reaction_ms"]["p50"] < 5000
+    # The old gate waits out its deadline on a deny; the project does not.
+    assert scenarios["2"]["data"]["old_gate"]["total_ms"]["p50"] >= 1100
+    reaction = next(r for r in scenarios["1"]["rows"] if r["metric"].startswith("p50"))
+    assert all(_finite(reaction[c]) for c in ("project", "old_behaviour", "old_gate"))
+    # 3 and 4: every published plan got its result, executed, through the real daemon.
+    for key, runs in (("3", ("max", "lat", "old")), ("4", ("project", "old_behaviour"))):
+        for run in runs:
+            load = scenarios[key]["data"][run]
+            assert load["completed"] == load["plans"] > 0, (key, run)
+            assert load["statuses"] == {"EXECUTED": load["plans"]}, (key, run)
+            assert load["throughput"] > 0 and load["commands_per_plan"] > 0
+    assert scenarios["3"]["data"]["max"]["keyspace_events"] == "on"
+    assert "off" in scenarios["3"]["data"]["old"]["keyspace_events"]
+    assert scenarios["4"]["data"]["monitor"]["round_trips"] > 0
+    # 5: memory figures from /proc and INFO; 6: a CPU share.
+    soak = scenarios["5"]["data"]
+    assert soak["load"]["completed"] == soak["load"]["plans"]
+    assert soak["rss_mb"]["start"] > 0 and soak["redis_mb"]["baseline"] > 0
+    idle = scenarios["6"]["data"]
+    assert 0 <= idle["project_cpu_pct"] <= 100 and 0 <= idle["old_behaviour_cpu_pct"] <= 100
+
+
+def test_the_calls_micro_benchmark_prints_both_paths() -> None:
+    script = BENCH.with_name("bench_calls.py")
+    args = ["--tasks", "3", "--calls", "2", "--rounds", "2"]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split("  ")[0] for line in lines] == [
+        "redis-py, one command at a time",
+        "ScriptBatcher",
+    ] * 2
+    assert all("calls/s" in line and "us of CPU per call" in line for line in lines)
+
+
+def test_the_reaction_parts_diagnostic_prints_every_part() -> None:
+    script = BENCH.with_name("bench_reaction_parts.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), "--plans", "4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p50 = {
+        line.split()[0]: float(line.split()[2])
+        for line in proc.stdout.splitlines()
+        if " p50 " in line
+    }
+    assert set(p50) == {"event", "to_send", "rtt", "resume", "build", "log", "total"}
+    assert all(v >= 0 for v in p50.values()) and p50["total"] > 0

