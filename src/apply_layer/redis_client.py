@@ -107,7 +107,8 @@ def create_redis(
     (see ``redis_identity``).
     """
     pool = BlockingConnectionPool.from_url(url, **_client_kwargs(name, block_sec, identity))
-    return Redis(connection_pool=pool)
+    # from_pool: the client owns the pool, so aclose() closes its connections too.
+    return Redis.from_pool(pool)
 
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):

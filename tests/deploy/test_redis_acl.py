@@ -141,7 +141,7 @@ def _apply_acl_file(server: EmbeddedRedis) -> None:
     if Path(cli).exists():
         proc = subprocess.run(
             [cli, "-p", str(server.port)],
-            stdin=ACL_FILE.open(),
+            input=ACL_FILE.read_text(),
             capture_output=True,
             text=True,
             timeout=30,
