@@ -19,7 +19,8 @@ from bench.load import (
 from bench.measure import CpuMeter, client_memory, commandstats, count_keys, used_memory
 from bench.report import Row, ScenarioReport
 
-# What a daemon leaves behind, by kind (SCAN patterns); the streams are counted apart.
+# What a run leaves behind, by kind (SCAN patterns of apply_layer.keys): what TTLs expire,
+# then everything else the daemon writes.
 TTL_KEYS = [K.glob_of(K.JOURNAL_TEMPLATE), K.glob_of(K.CLAIM_TEMPLATE)]
 LEFT_KEYS = [
     *TTL_KEYS,
