@@ -1,18 +1,22 @@
 """The chaos run: plans flowing, daemons killed, Redis restarted, exchange faults.
 
-Used by ``tests/daemon/test_chaos.py`` (small, in CI) and ``scripts/chaos.py`` (the
-full run whose figures are in docs/RELIABILITY.md). Everything is real: a
-redis-server with AOF (``appendfsync always``), daemons as subprocesses in
-testnet mode, and the fake Binance over HTTP. The simulated upstreams record
-the ground truth (which plans got both allow permits, every permit written),
-and :func:`verify` checks every plan against it.
+Used by ``tests/daemon/test_chaos.py`` (small, in CI) and ``scripts/chaos.sh``
+(``python -m tests.chaos``, :func:`main`: the full run whose figures are in
+docs/RELIABILITY.md). Everything is real: a redis-server with AOF
+(``appendfsync always``), daemons as subprocesses in testnet mode, and the
+fake Binance over HTTP. The simulated upstreams record the ground truth
+(which plans got both allow permits, every permit written), and
+:func:`verify` checks every plan against it.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import random
+import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -442,3 +446,60 @@ class Chaos:
 
 async def run_chaos(config: ChaosConfig, workdir: Path) -> Report:
     return await Chaos(config, workdir).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The full run from the command line (scripts/chaos.sh): prints plans, kills,
+    outcomes, duplicates, lost; exit status 1 if any invariant broke.
+
+    Everything runs on this machine: a redis-server with AOF (or, with
+    ``--failovers``, a primary, a replica and three sentinels whose primary is
+    killed; with ``--rollbacks``, a redis-server brought back from a recent
+    snapshot), the daemons in testnet mode against the fake Binance.
+    """
+    from tests.chaos_redis import run_failover_chaos, run_rollback_chaos  # it imports this
+
+    parser = argparse.ArgumentParser(
+        prog="scripts/chaos.sh", description="The chaos suite's full run (docs/RELIABILITY.md)."
+    )
+    defaults = ChaosConfig()
+    parser.add_argument("--plans", type=int, default=defaults.plans)
+    parser.add_argument("--rate", type=float, default=defaults.rate, help="plans per second")
+    parser.add_argument("--instances", type=int, default=defaults.instances)
+    parser.add_argument("--kills", type=int, default=defaults.kills, help="kill -9 of a daemon")
+    parser.add_argument("--redis-restarts", type=int, default=defaults.redis_restarts)
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--failovers", type=int, default=0, help="Sentinel setup; kill -9 of its primary"
+    )
+    kind.add_argument(
+        "--rollbacks", type=int, default=0, help="Redis brought back from a recent snapshot"
+    )
+    parser.add_argument("--fault-ratio", type=float, default=defaults.fault_ratio)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    args = parser.parse_args(argv)
+    config = ChaosConfig(
+        plans=args.plans,
+        rate=args.rate,
+        instances=args.instances,
+        kills=args.kills,
+        redis_restarts=args.redis_restarts,
+        failovers=args.failovers,
+        rollbacks=args.rollbacks,
+        fault_ratio=args.fault_ratio,
+        seed=args.seed,
+    )
+    run = run_failover_chaos if args.failovers else run_chaos
+    run = run_rollback_chaos if args.rollbacks else run
+    with tempfile.TemporaryDirectory(prefix="apply-layer-chaos-") as workdir:
+        report = asyncio.run(run(config, Path(workdir)))
+    print("\n".join(report.lines()))
+    return 0 if report.violations == 0 else 1
+
+
+if __name__ == "__main__":
+    # Run as ``python -m tests.chaos``, this file is ``__main__``; tests.chaos_redis imports
+    # it again as ``tests.chaos``. Go through that one module so every run shares its classes.
+    import tests.chaos
+
+    sys.exit(tests.chaos.main())

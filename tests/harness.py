@@ -367,3 +367,49 @@ async def pending_entry(redis: Redis, plan_id: str) -> tuple[str, dict[str, str]
     reply: Any = await redis.xreadgroup("apply_layer", "c", {K.PLAN_STREAM: ">"}, count=1)
     entry_id, fields = reply[0][1][0]
     return str(entry_id), dict(fields)
+
+
+# ---- a primary and its replica (tests/redis/test_wait_replicas.py, bench/wait_replicas.py) ----
+
+
+class PrimaryAndReplica:
+    """A private primary and a replica of it (``REPLICAOF``), in sync once entered.
+
+    ``async with PrimaryAndReplica() as (primary, replica):``; both servers are
+    closed on the way out (a replica the caller killed included).
+    """
+
+    def __init__(self, sync_timeout: float = 10.0) -> None:
+        # No delay before a full sync: the replica is up in a fraction of a second.
+        self.primary = EmbeddedRedis(extra_args=("--repl-diskless-sync-delay", "0"))
+        self.replica = EmbeddedRedis()
+        self.sync_timeout = sync_timeout
+
+    async def __aenter__(self) -> tuple[EmbeddedRedis, EmbeddedRedis]:
+        try:
+            self.primary.start()
+            self.replica.start()
+            await self._replicate()
+        except BaseException:
+            self.close()
+            raise
+        return self.primary, self.replica
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    async def _replicate(self) -> None:
+        to_replica = Redis(port=self.replica.port, decode_responses=True)
+        try:
+            await to_replica.replicaof("127.0.0.1", self.primary.port)
+            deadline = time.monotonic() + self.sync_timeout
+            while (await to_replica.info("replication")).get("master_link_status") != "up":
+                if time.monotonic() >= deadline:
+                    raise AssertionError("replica never in sync")
+                await asyncio.sleep(0.05)
+        finally:
+            await to_replica.aclose()
+
+    def close(self) -> None:
+        self.replica.close()
+        self.primary.close()

@@ -7,7 +7,7 @@ Python), which made the daemon's CPU the bound on throughput.
 :class:`ScriptBatcher` queues the calls made during one turn of the event
 loop and sends them in one write, packed by hiredis, on one pooled connection,
 read under one timer (no ``MULTI``: each script is atomic by itself, the batch
-is not a transaction). ``scripts/bench_calls.py`` measures about 5.5 us of CPU
+is not a transaction). ``bench/script_calls.py`` measures about 5.5 us of CPU
 per call this way under load; a lone call still leaves within the same loop
 turn, so latency is one round trip as before.
 

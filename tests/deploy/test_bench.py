@@ -1,4 +1,5 @@
-"""Smoke test of scripts/bench.py: every scenario at tiny sizes, a table with sane numbers.
+"""Smoke test of the benchmarks (``python -m bench``): every scenario at tiny sizes, a table
+with sane numbers; and the stand-alone ones at tiny sizes.
 
 It checks that the benchmark runs and reports what it should, never how fast
 anything is: the sizes are far too small for the figures to mean anything.
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
+ROOT = Path(__file__).resolve().parents[2]  # where ``bench`` and ``tests`` are packages
 SCENARIOS = {"1", "2", "3", "4", "5", "6"}
 
 
@@ -23,17 +24,23 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+def _bench(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> args`` from the repository root, as docs/PERFORMANCE.md runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench")
     args = ["--tiny", "--json", str(out / "bench.json"), "--workdir", str(out / "work")]
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _bench("bench", *args, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== all scenarios" in proc.stdout
     data: dict[str, Any] = json.loads((out / "bench.json").read_text())
@@ -99,15 +106,7 @@ def test_the_columns_compare_what_they_say(report: dict[str, Any]) -> None:
 
 
 def test_the_calls_micro_benchmark_prints_both_paths() -> None:
-    script = BENCH.with_name("bench_calls.py")
-    args = ["--tasks", "3", "--calls", "2", "--rounds", "2"]
-    proc = subprocess.run(
-        [sys.executable, str(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = _bench("bench.script_calls", "--tasks", "3", "--calls", "2", "--rounds", "2", timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert [line.split("  ")[0] for line in lines] == [
@@ -118,14 +117,7 @@ def test_the_calls_micro_benchmark_prints_both_paths() -> None:
 
 
 def test_the_reaction_parts_diagnostic_prints_every_part() -> None:
-    script = BENCH.with_name("bench_reaction_parts.py")
-    proc = subprocess.run(
-        [sys.executable, str(script), "--plans", "4"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = _bench("bench.reaction_parts", "--plans", "4", timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     p50 = {
         line.split()[0]: float(line.split()[2])
@@ -134,3 +126,31 @@ def test_the_reaction_parts_diagnostic_prints_every_part() -> None:
     }
     assert set(p50) == {"event", "to_send", "rtt", "resume", "build", "log", "total"}
     assert all(v >= 0 for v in p50.values()) and p50["total"] > 0
+
+
+def test_the_order_lookup_benchmark_prints_its_three_lines() -> None:
+    proc = _bench("bench.order_lookup", "--orders", "3", "--rounds", "1", timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 orders each way, 1 alternating rounds" in proc.stdout
+    for label in ("execute, with the check", "execute, without it", "the lookup alone (-2013)"):
+        assert label in proc.stdout and "ms/order" in proc.stdout, label
+    assert "cost of the check:" in proc.stdout
+
+
+def test_the_wait_replicas_benchmark_prints_both_ways() -> None:
+    proc = _bench("bench.wait_replicas", "--records", "5", "--rounds", "1", timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "5 records each way, primary and replica on loopback" in proc.stdout
+    assert "no WAIT (batched script)" in proc.stdout and "WAIT 1 after the record" in proc.stdout
+    assert "cost of WAIT 1:" in proc.stdout
+
+
+def test_the_benchmarks_do_not_import_pytest() -> None:
+    """``tests.harness`` and ``tests.fake_binance`` are shared with the benchmarks, which
+    run without pytest: importing them must not pull it in."""
+    modules = ["bench.__main__", "bench.order_lookup", "bench.wait_replicas"]
+    code = f"import sys, {', '.join(modules)}; assert 'pytest' not in sys.modules"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]

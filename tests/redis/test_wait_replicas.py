@@ -6,7 +6,6 @@ testnet executor against the fake Binance.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -23,32 +22,19 @@ from apply_layer.executors.paper import PaperExecutor
 from apply_layer.journal import WAIT_TIMEOUT_MS, Journal, JournalOrderLog
 from apply_layer.redis_client import create_redis
 from tests.fake_binance import API_KEY, API_SECRET, ORDER, FakeBinance
+from tests.harness import PrimaryAndReplica
 
 TOKEN = "holder:token"
 
 
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[EmbeddedRedis, EmbeddedRedis, Redis]]:
-    primary = EmbeddedRedis(extra_args=("--repl-diskless-sync-delay", "0"))  # sync at once
-    replica = EmbeddedRedis()
-    primary.start()
-    replica.start()
-    client = create_redis(primary.url, name="tests")
-    to_replica = Redis(port=replica.port, decode_responses=True)
-    try:
-        await to_replica.replicaof("127.0.0.1", primary.port)
-        for _ in range(200):
-            if (await to_replica.info("replication")).get("master_link_status") == "up":
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("replica never in sync")
-        yield primary, replica, client
-    finally:
-        await to_replica.aclose()
-        await client.aclose()
-        replica.close()
-        primary.close()
+    async with PrimaryAndReplica() as (primary, replica):
+        client = create_redis(primary.url, name="tests")
+        try:
+            yield primary, replica, client
+        finally:
+            await client.aclose()
 
 
 @pytest.fixture

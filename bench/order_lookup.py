@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """What the lookup before a first send costs per order (testnet executor, fake Binance).
 
-    .venv/bin/python scripts/bench_lookup.py [--orders 400] [--rounds 3]
+    .venv/bin/python -m bench.order_lookup [--orders 400] [--rounds 3]   # from the repo root
 
 The fake Binance of the tests runs in a child process on loopback (so this
 process's CPU is the executor's alone), with persistent HTTP/1.1
@@ -25,19 +24,17 @@ import subprocess
 import sys
 import time
 from decimal import Decimal
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from pydantic import SecretStr
 
-from pydantic import SecretStr  # noqa: E402
+from apply_layer.executors.base import OrderRequest, StepResult
+from apply_layer.executors.binance.executor import BinanceExecutor
+from apply_layer.executors.binance.model import OrderNotFound
+from apply_layer.logs import setup_logging
+from tests.fake_binance import API_KEY, API_SECRET
+from tests.harness import MemoryLog
 
-from apply_layer.executors.base import OrderRequest, StepResult  # noqa: E402
-from apply_layer.executors.binance.executor import BinanceExecutor  # noqa: E402
-from apply_layer.executors.binance.model import OrderNotFound  # noqa: E402
-from apply_layer.logs import setup_logging  # noqa: E402
-from tests.fake_binance import API_KEY, API_SECRET  # noqa: E402
-
+# The child finds ``tests`` as this process does: same working directory, same environment.
 SERVER = """
 import sys, time
 from decimal import Decimal
@@ -54,17 +51,6 @@ class NoCheck(BinanceExecutor):
 
     async def _adopt_existing(self, order: OrderRequest, unseen_ms: int) -> StepResult | None:
         return None
-
-
-class Log:
-    async def attempts(self) -> list[int]:
-        return []
-
-    async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
-        return None
-
-    def unrecorded_until_ms(self) -> int:
-        return 0
 
 
 def pct(values: list[float], q: float) -> float:
@@ -89,7 +75,7 @@ async def run_orders(
             f"{tag}{i}", "BTCUSDT", "CLOSE_FULL", Decimal(100), Decimal("0.001"), Decimal(10**9)
         )
         t0 = time.perf_counter()
-        result = await ex.execute(order, Log())
+        result = await ex.execute(order, MemoryLog())  # an empty journal
         times.append((time.perf_counter() - t0) * 1000)
         assert result.executed, result
     cpu = (time.process_time() - cpu0) / n * 1000
@@ -144,14 +130,15 @@ async def main_async(args: argparse.Namespace, url: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.order_lookup", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--orders", type=int, default=400, help="orders per round and way")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     setup_logging("WARNING", "console")
     server = subprocess.Popen(  # noqa: S603 - our own interpreter and code
         [sys.executable, "-c", SERVER],
-        cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -1,7 +1,7 @@
 """The daemon as a subprocess, and a load generator playing the exit brain, governor and P3.3.
 
-The generator publishes plans (XADD to ``quantum:stream:apply.plan`` with the
-fields ``tests/harness.py`` uses), writes each plan's two permits at their
+The generator publishes plans (XADD to the plan stream with the fields
+``tests/harness.py`` uses), writes each plan's two permits at their
 scheduled moments, and reads the result stream to time each plan's
 completion. Every write due within the same millisecond goes in one round
 trip, packed in C by ``batching.run_packed`` as the daemon's scripts are: the
@@ -20,29 +20,26 @@ import json
 import math
 import random
 import socket
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_common import GOV_TEMPLATE, P33_TEMPLATE, proc_rss_mb, self_cpu_seconds, summary_ms
 from redis.asyncio import Redis
 
 from apply_layer.batching import run_packed
+from apply_layer.keys import ISSUERS, PLAN_STREAM, RESULT_STREAM, STREAM_MAXLEN
 from apply_layer.redis_client import create_redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.harness
+from bench.measure import proc_rss_mb, self_cpu_seconds, summary_ms
+from tests.harness import STEPS
 from tests.harness import Daemon as HarnessDaemon
 
 # The shipped defaults but for what the bench must set: paper mode, no HTTP port.
 BENCH_DEFAULTS = {"APPLY_MODE": "paper", "APPLY_METRICS_PORT": "0"}
 
-PLAN_STREAM = "quantum:stream:apply.plan"
-RESULT_STREAM = "quantum:stream:apply.result"
-STEP = {"step": "CLOSE_PARTIAL_75", "type": "market_reduce_only", "side": "close", "pct": 75.0}
-STEPS_JSON = json.dumps([STEP])
+GOVERNOR, P33 = ISSUERS["governor"], ISSUERS["p33"]
+STEPS_JSON = json.dumps([STEPS["CLOSE_PARTIAL_75"]])
 
 
 def symbols(n: int) -> tuple[str, ...]:
@@ -253,8 +250,8 @@ class LoadGenerator:
                 plan_id = f"{spec.prefix}-{n}"
                 symbol = self.rng.choice(spec.symbols)
                 if spec.delay_ms is None:
-                    batch.append(_set(GOV_TEMPLATE.format(plan_id=plan_id), _governor(symbol)))
-                    batch.append(_set(P33_TEMPLATE.format(plan_id=plan_id), _p33(symbol)))
+                    batch.append(_set(GOVERNOR.key(plan_id), _governor(symbol)))
+                    batch.append(_set(P33.key(plan_id), _p33(symbol)))
                     self.result.commands["set"] += 2
                     self._last_permit[plan_id] = now
                 else:
@@ -263,7 +260,9 @@ class LoadGenerator:
                         heapq.heappush(permits, (now + delay, seq, kind, plan_id, symbol))
                         seq += 1
                 fields = _plan_fields(plan_id, symbol)
-                batch.append(("XADD", PLAN_STREAM, "MAXLEN", "~", 10000, "*", *_flat(fields)))
+                batch.append(
+                    ("XADD", PLAN_STREAM, "MAXLEN", "~", STREAM_MAXLEN, "*", *_flat(fields))
+                )
                 self.result.commands["xadd"] += 1
                 self._published_at[plan_id] = now
                 self._outstanding += 1
@@ -271,9 +270,9 @@ class LoadGenerator:
             while permits and permits[0][0] <= now:
                 when, _, kind, plan_id, symbol = heapq.heappop(permits)
                 if kind == "gov":
-                    batch.append(_set(GOV_TEMPLATE.format(plan_id=plan_id), _governor(symbol)))
+                    batch.append(_set(GOVERNOR.key(plan_id), _governor(symbol)))
                 else:
-                    batch.append(_set(P33_TEMPLATE.format(plan_id=plan_id), _p33(symbol)))
+                    batch.append(_set(P33.key(plan_id), _p33(symbol)))
                 self.result.commands["set"] += 1
                 self.result.permit_lag_ms.append((now - when) * 1000)
                 self._last_permit[plan_id] = max(self._last_permit.get(plan_id, 0.0), now)

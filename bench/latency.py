@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from bench_common import (
-    Row,
-    ScenarioReport,
-    summary_ms,
-)
-from bench_context import Ctx
-from bench_gate import GATES, GateRun, gate_logging, notify_rtt, ping_rtt, run_floor, run_gate
+from bench.context import Ctx
+from bench.gates import GATES, GateRun, gate_logging, notify_rtt, ping_rtt, run_floor, run_gate
+from bench.measure import summary_ms
+from bench.report import Row, ScenarioReport
 
 # ---- 1 and 2: the gate in this process ------------------------------------------------------
 

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Where a reaction's time goes, one plan at a time (scenario 1's slow row).
 
-    .venv/bin/python scripts/bench_reaction_parts.py [--plans 100]
+    .venv/bin/python -m bench.reaction_parts [--plans 100]   # from the repo root
 
 A diagnostic, not a scenario: it wraps three of the project's functions with
 timestamps (the batcher's exchange, ``gate.build_result`` and
@@ -39,8 +38,8 @@ from apply_layer.keys import ISSUERS
 from apply_layer.keyspace import KeyspaceWatcher
 from apply_layer.logs import setup_logging
 from apply_layer.redis_client import create_redis
+from tests.harness import SYM as SYMBOL
 
-SYMBOL = "BTCUSDT"
 marks: dict[str, float] = {}
 
 
@@ -135,7 +134,10 @@ async def main_async(plans: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="where a one-at-a-time reaction's time goes")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.reaction_parts",
+        description="where a one-at-a-time reaction's time goes",
+    )
     parser.add_argument("--plans", type=int, default=100)
     asyncio.run(main_async(parser.parse_args().plans))
 

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """CPU per script call: redis-py one command at a time against ``ScriptBatcher``.
 
-    .venv/bin/python scripts/bench_calls.py [--tasks 96] [--calls 5] [--rounds 40]
+    .venv/bin/python -m bench.script_calls [--tasks 96] [--calls 5] [--rounds 40]
 
 The micro-benchmark behind ``batching.py``: ``--tasks`` tasks each run
 ``--calls`` scripts one after the other, ``--rounds`` times, on a private
@@ -53,7 +52,9 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="CPU per script call, batched or not")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.script_calls", description="CPU per script call, batched or not"
+    )
     parser.add_argument("--tasks", type=int, default=96)
     parser.add_argument("--calls", type=int, default=5, help="scripts per task per round")
     parser.add_argument("--rounds", type=int, default=40)

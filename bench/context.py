@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_common import (
-    set_notifications,
-)
-from bench_load import (
-    Daemon,
-    symbols,
-)
 from redis.asyncio import Redis
 
 from apply_layer.embedded_redis import EmbeddedRedis
+from bench.load import (
+    Daemon,
+    symbols,
+)
+from bench.measure import (
+    set_notifications,
+)
 
 MB = 1024 * 1024
 # Most plans the generator keeps outstanding in the saturated runs: below the

@@ -12,15 +12,12 @@ from collections import Counter
 from typing import Any
 
 import httpx
-from bench_common import (
-    Row,
-    ScenarioReport,
-    commandstats,
-    count_keys,
-)
-from bench_context import BENCH_COMMANDS, WINDOW, Ctx, rnd, running
-from bench_e2e import daemon_load, load_line
-from bench_load import (
+
+from apply_layer import keys as K
+from apply_layer.gate import GATE_SCRIPT
+from bench.context import BENCH_COMMANDS, WINDOW, Ctx, rnd, running
+from bench.e2e import daemon_load, load_line
+from bench.load import (
     Daemon,
     LoadGenerator,
     LoadResult,
@@ -30,8 +27,8 @@ from bench_load import (
     free_port,
     symbols,
 )
-
-from apply_layer.gate import GATE_SCRIPT
+from bench.measure import commandstats, count_keys
+from bench.report import Row, ScenarioReport
 
 # ---- 4: permits already present -------------------------------------------------------------
 
@@ -119,22 +116,22 @@ async def _redis_benchmark(ctx: Ctx) -> dict[str, Any]:
     fill = """
 for i = tonumber(ARGV[1]), tonumber(ARGV[2]) - 1 do
   local n = string.format('%012d', i)
-  redis.call('SET', 'quantum:permit:' .. n, ARGV[3], 'EX', 3600)
-  redis.call('SET', 'quantum:permit:p33:' .. n, ARGV[4], 'EX', 3600)
+  redis.call('SET', ARGV[5] .. n, ARGV[3], 'EX', 3600)
+  redis.call('SET', ARGV[6] .. n, ARGV[4], 'EX', 3600)
 end
 return 1
 """
+    gov_key, p33_key = K.ISSUERS["governor"].key, K.ISSUERS["p33"].key
     for lo in range(0, s.rb_keyspace, 50_000):
         hi = min(lo + 50_000, s.rb_keyspace)
-        await ctx.admin.eval(fill, 0, lo, hi, gov, p33)
+        await ctx.admin.eval(fill, 0, lo, hi, gov, p33, gov_key(""), p33_key(""))
     command = [
         "EVALSHA", sha, "6",
-        "quantum:apply:journal:bench-__rand_int__",
-        "quantum:governor:block:__rand_int__",
-        "quantum:global:kill_switch",
-        "quantum:kill",
-        "quantum:permit:__rand_int__",
-        "quantum:permit:p33:__rand_int__",
+        K.journal("bench-__rand_int__"),
+        K.governor_block("__rand_int__"),
+        *K.KILL_SWITCH_KEYS,
+        gov_key("__rand_int__"),
+        p33_key("__rand_int__"),
         "bench-plan", "BTCUSDT", "token", str(int(time.time() * 1000)), "0", "0", "60",
         "governor:", "p33:q",
     ]  # fmt: skip
@@ -151,9 +148,7 @@ return 1
         cells = [c.strip('"') for c in line.split('","')]
         if cells and cells[0].upper().startswith("EVALSHA") and len(cells) > 1:
             rps = float(cells[1])
-    allowed = (await count_keys(ctx.admin, ["quantum:apply:journal:bench-*"]))[
-        "quantum:apply:journal:bench-*"
-    ]
+    allowed = (await count_keys(ctx.admin, [K.journal("bench-*")]))[K.journal("bench-*")]
     calls = after["evalsha"] - before["evalsha"]
     await ctx.admin.flushall()
     return {

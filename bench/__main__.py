@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Benchmarks of the apply layer against the polling gate, on a real Redis.
 
-    .venv/bin/python scripts/bench.py [--quick] [--only N,...] [--json out.json]
+    .venv/bin/python -m bench [--quick] [--only N,...] [--json out.json]   # from the repo root
 
 Starts its own ``redis-server`` on a free port (``EmbeddedRedis``) and prints
 one table: for each scenario, the project in its default configuration
@@ -35,20 +34,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from bench_common import (
-    ScenarioReport,
-    loadavg,
-    render_table,
-)
-from bench_context import FULL, MB, QUICK, TINY, Ctx
-from bench_e2e import scenario_e2e
-from bench_latency import scenario_denial, scenario_reaction
-from bench_present import scenario_present
-from bench_soak import scenario_idle, scenario_soak
-
 import apply_layer
 from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.redis_client import create_redis
+from bench.context import FULL, MB, QUICK, TINY, Ctx
+from bench.e2e import scenario_e2e
+from bench.latency import scenario_denial, scenario_reaction
+from bench.measure import loadavg
+from bench.present import scenario_present
+from bench.report import ScenarioReport, render_table
+from bench.soak import scenario_idle, scenario_soak
 
 # ---- driver --------------------------------------------------------------------------------
 
@@ -80,7 +75,7 @@ def machine(server: EmbeddedRedis) -> dict[str, str]:
     ram = "?"
     with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as f:
         ram = f"{int(f.readline().split()[1]) / MB:.1f} GiB"
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent  # the checkout whose commit is measured
     commit = _cmd("git", "-C", str(root), "rev-parse", "--short", "HEAD")
     dirty = _cmd("git", "-C", str(root), "status", "--porcelain", "--", "src")
     return {
@@ -124,7 +119,7 @@ async def main_async(args: argparse.Namespace) -> int:
         profile=args.profile,
     )
     info = machine(server)
-    command = " ".join([".venv/bin/python", "scripts/bench.py", *sys.argv[1:]])
+    command = " ".join([".venv/bin/python", "-m", "bench", *sys.argv[1:]])
     print(f"apply-layer bench ({sizes.name}): {command}")
     for key, value in info.items():
         print(f"  {key:<16} {value}")
@@ -175,7 +170,9 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.split("\n\n")[0] if __doc__ else ""
+    )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="fewer plans, shorter soak and idle")
     size.add_argument("--tiny", action="store_true", help="smoke-test sizes (numbers meaningless)")

@@ -8,22 +8,29 @@ import time
 from collections import Counter
 from typing import Any
 
-from bench_common import (
-    CpuMeter,
-    Row,
-    ScenarioReport,
-    client_memory,
-    commandstats,
-    count_keys,
-    used_memory,
-)
-from bench_context import MB, WINDOW, Ctx, daemon_commands, rnd, running
-from bench_load import (
+from apply_layer import keys as K
+from bench.context import MB, WINDOW, Ctx, daemon_commands, rnd, running
+from bench.load import (
     Daemon,
     LoadGenerator,
     LoadSpec,
     symbols,
 )
+from bench.measure import CpuMeter, client_memory, commandstats, count_keys, used_memory
+from bench.report import Row, ScenarioReport
+
+# What a run leaves behind, by kind (SCAN patterns of apply_layer.keys): what TTLs expire,
+# then everything else the daemon writes.
+TTL_KEYS = [K.glob_of(K.JOURNAL_TEMPLATE), K.glob_of(K.CLAIM_TEMPLATE)]
+LEFT_KEYS = [
+    *TTL_KEYS,
+    K.glob_of(K.ISSUERS["governor"].key_template),  # every issuer's permits
+    K.glob_of(K.COOLDOWN_TEMPLATE),
+    K.glob_of(K.SYMBOL_LEASE_TEMPLATE),
+    K.HEARTBEAT_KEY,
+    K.PLAN_STREAM,
+    K.RESULT_STREAM,
+]
 
 # ---- 5: soak -------------------------------------------------------------------------------
 
@@ -68,9 +75,7 @@ async def scenario_soak(ctx: Ctx) -> ScenarioReport:
             t1 = time.perf_counter()
             deadline = t1 + ttl + 90
             while time.perf_counter() < deadline:
-                left = await count_keys(
-                    ctx.admin, ["quantum:apply:journal:*", "quantum:apply:claim:*"]
-                )
+                left = await count_keys(ctx.admin, TTL_KEYS)
                 if not any(left.values()):
                     break
                 await asyncio.sleep(5)
@@ -79,20 +84,9 @@ async def scenario_soak(ctx: Ctx) -> ScenarioReport:
         mem_after = await used_memory(ctx.admin)
         rss_after = daemon.rss_mb()
         keys_after = int(await ctx.admin.dbsize())
-        classes = await count_keys(
-            ctx.admin,
-            [
-                "quantum:apply:journal:*",
-                "quantum:apply:claim:*",
-                "quantum:permit:*",
-                "quantum:cooldown:*",
-                "quantum:apply:lease:*",
-                "quantum:svc:*",
-                "quantum:stream:*",
-            ],
-        )
+        classes = await count_keys(ctx.admin, LEFT_KEYS)
         streams = {}
-        for name in ("quantum:stream:apply.plan", "quantum:stream:apply.result"):
+        for name in (K.PLAN_STREAM, K.RESULT_STREAM):
             streams[name] = {
                 "entries": int(await ctx.admin.xlen(name)),
                 "mb": rnd(float(await ctx.admin.memory_usage(name, samples=0) or 0) / MB),

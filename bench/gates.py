@@ -1,4 +1,4 @@
-"""Scenarios 1 and 2 of ``scripts/bench.py``: the gate in this process, timed with perf_counter.
+"""The gates scenarios 1 and 2 drive in this process, timed with perf_counter.
 
 Three gates are driven the same way:
 
@@ -30,15 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_common import GOV_TEMPLATE, P33_TEMPLATE, SYMBOL, set_notifications, summary_ms
 from redis.asyncio import Redis
 
 from apply_layer.batching import ScriptBatcher
 from apply_layer.gate import GateConfig, PermitGate
+from apply_layer.keys import ISSUERS
 from apply_layer.keyspace import KeyspaceWatcher
 from apply_layer.logs import setup_logging
 from apply_layer.redis_client import create_redis
 from apply_layer.settings import load_settings
+from bench.measure import set_notifications, summary_ms
+from tests.harness import SYM as SYMBOL
 
 # The seed's _LUA_CONSUME_BOTH_PERMITS as its report gives it (the TTLs feed its BLOCK line).
 OLD_GATE_LUA = """
@@ -140,7 +142,7 @@ class GateUnderTest:
 
     async def _old_wait_and_consume(self, plan_id: str) -> Decision:
         """The seed's loop: call the script, sleep a step, until 1200 ms have passed."""
-        keys = [GOV_TEMPLATE.format(plan_id=plan_id), P33_TEMPLATE.format(plan_id=plan_id)]
+        keys = [ISSUERS["governor"].key(plan_id), ISSUERS["p33"].key(plan_id)]
         t0 = time.time()
         reason = "timeout"
         while (time.time() - t0) * 1000 < OLD_WAIT_MS:
@@ -209,13 +211,13 @@ async def run_gate(
             started = time.perf_counter()
             decision = asyncio.create_task(under_test.decide(plan_id))
             await _sleep_until(started + first)
-            await writer.set(GOV_TEMPLATE.format(plan_id=plan_id), governor_permit(), ex=60)
+            await writer.set(ISSUERS["governor"].key(plan_id), governor_permit(), ex=60)
             await _sleep_until(started + last)
             written = time.perf_counter()
             if deny and gate == "old_gate":
                 pass  # the old P3.3 wrote no key for a deny: "written" is when it decided
             else:
-                await writer.set(P33_TEMPLATE.format(plan_id=plan_id), p33_permit(not deny), ex=60)
+                await writer.set(ISSUERS["p33"].key(plan_id), p33_permit(not deny), ex=60)
             result = await decision
         run.reaction_ms.append((result.decided_at - written) * 1000)
         run.total_ms.append((result.decided_at - started) * 1000)
@@ -243,8 +245,8 @@ async def run_floor(url: str, plans: int) -> list[float]:
         await under_test.start()
         for i in range(plans):
             plan_id = f"floor-{int(time.time() * 1000) % 10**8}-{i}"
-            await writer.set(GOV_TEMPLATE.format(plan_id=plan_id), governor_permit(), ex=60)
-            await writer.set(P33_TEMPLATE.format(plan_id=plan_id), p33_permit(True), ex=60)
+            await writer.set(ISSUERS["governor"].key(plan_id), governor_permit(), ex=60)
+            await writer.set(ISSUERS["p33"].key(plan_id), p33_permit(True), ex=60)
             t0 = time.perf_counter()
             decision = await under_test.decide(plan_id)
             out.append((decision.decided_at - t0) * 1000)
@@ -277,13 +279,13 @@ async def notify_rtt(url: str, n: int) -> list[float]:
     pubsub = redis.pubsub()
     out: list[float] = []
     try:
-        await pubsub.psubscribe("__keyspace@0__:quantum:permit:p33:bench-notify-*")
+        await pubsub.psubscribe(f"__keyspace@0__:{ISSUERS['p33'].key('bench-notify-*')}")
         while await pubsub.get_message(timeout=0.2) is not None:
             pass  # the subscribe confirmation
         for i in range(n):
             await asyncio.sleep(0.005 + (i % 7) / 1000)
             t0 = time.perf_counter()
-            await redis.set(P33_TEMPLATE.format(plan_id=f"bench-notify-{i}"), "1", px=200)
+            await redis.set(ISSUERS["p33"].key(f"bench-notify-{i}"), "1", px=200)
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message is not None and message["data"] == "set":

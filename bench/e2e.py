@@ -9,24 +9,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from bench_common import (
-    CpuMeter,
-    Row,
-    ScenarioReport,
-    commandstats,
-    percentile,
-    summary_ms,
-)
-from bench_context import WINDOW, Ctx, daemon_commands, rnd, running
-from bench_gate import gate_logging, run_gate
-from bench_load import (
+from bench.context import WINDOW, Ctx, daemon_commands, rnd, running
+from bench.gates import gate_logging, run_gate
+from bench.load import (
     Daemon,
     LoadResult,
     LoadSpec,
     run_load,
     symbols,
 )
-from bench_profile import profiled, summarise_profile
+from bench.measure import CpuMeter, commandstats, percentile, summary_ms
+from bench.profiling import profiled, summarise_profile
+from bench.report import Row, ScenarioReport
 
 
 async def daemon_load(

@@ -8,8 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from bench_context import Ctx
-from bench_load import (
+from bench.context import Ctx
+from bench.load import (
     Daemon,
 )
 
