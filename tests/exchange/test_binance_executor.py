@@ -23,7 +23,8 @@ import pytest
 from pydantic import SecretStr
 
 from apply_layer.executors.base import OrderRequest, StepResult
-from apply_layer.executors.binance.executor import BinanceConfigError, BinanceExecutor, RetryPolicy
+from apply_layer.executors.binance.executor import BinanceConfigError, BinanceExecutor
+from apply_layer.executors.binance.lookup import RetryPolicy
 from apply_layer.executors.binance.model import ExchangeInfoInvalid
 from apply_layer.logs import setup_logging
 from apply_layer.outcomes import Outcome, result_fields
