@@ -21,6 +21,7 @@ from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepResult
 from apply_layer.settings import Settings, load_settings
+from tests.fake_binance import API_KEY, API_SECRET
 
 SYM = "BTCUSDT"
 STEPS = {
@@ -136,6 +137,37 @@ class Daemon:
             except ValueError:
                 continue
         return out
+
+
+class FakeBinanceDaemons:
+    """Makes daemons in testnet mode against one fake Binance, and stops them all.
+
+    Settings given here apply to every daemon made, those given to a call to
+    that daemon alone. ``stop`` is for the test's teardown.
+    """
+
+    def __init__(self, redis_url: str, workdir: Path, binance_url: str, **settings: Any) -> None:
+        self.redis_url, self.workdir, self.binance_url = redis_url, workdir, binance_url
+        self.settings = settings
+        self.made: list[Daemon] = []
+
+    def __call__(self, name: str, **settings: Any) -> Daemon:
+        daemon = Daemon(
+            self.redis_url,
+            self.workdir,
+            name,
+            mode="testnet",
+            binance_base_url=self.binance_url,
+            binance_api_key=API_KEY,
+            binance_api_secret=API_SECRET,
+            **(self.settings | settings),
+        )
+        self.made.append(daemon)
+        return daemon
+
+    def stop(self) -> None:
+        for daemon in self.made:
+            daemon.stop()
 
 
 async def publish_plan(

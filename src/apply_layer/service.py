@@ -2,7 +2,8 @@
 
 One intake loop reads the plan stream with a blocking ``XREADGROUP`` that
 returns at once when plans arrive and otherwise wakes every
-``APPLY_POLL_SEC`` for housekeeping (heartbeat). Each entry becomes a task,
+``APPLY_POLL_SEC`` for ``housekeeping`` (heartbeat, claims of idle
+entries). Each entry becomes a task,
 at most ``APPLY_MAX_IN_FLIGHT`` at once, so a plan waiting 1200 ms for P3.3
 never holds up the plans behind it. An entry is acknowledged only after its
 outcome is published; a Redis outage leaves it pending, and once Redis is
@@ -20,10 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import time
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,11 +31,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apply_layer import __version__, metrics, stream_reader, systemd
 from apply_layer import keys as K
-from apply_layer.batching import ScriptBatcher, run_packed
+from apply_layer.batching import ScriptBatcher
 from apply_layer.errors import ConfigError, RetryLater
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
 from apply_layer.gate import GateConfig, PermitGate
+from apply_layer.housekeeping import Housekeeping
 from apply_layer.journal import Journal
 from apply_layer.keyspace import KeyspaceWatcher
 from apply_layer.logs import get_logger
@@ -50,17 +50,12 @@ from apply_layer.stream_reader import ENTRY_COST_MAX, StreamEntry
 log = get_logger()
 
 DRAIN_TIMEOUT_SEC = 25.0
-# A consumer with nothing pending and not seen for this long is forgotten
-# (names carry the pid, so every restart adds one; the group must not grow).
-FORGET_CONSUMER_MS = 3_600_000
-FORGET_EVERY_SEC = 60.0
 MAX_BACKOFF_SEC = 5.0
 # Entries held at once (read and not yet finished) cost at most this many
 # bytes, whatever the stream holds: each read asks for no more entries than
 # the room left allows at ENTRY_COST_MAX each.
 HELD_ENTRIES_BUDGET = 48 << 20
 MAX_READ_COUNT = 256
-MAX_CLAIM_COUNT = 100
 
 
 class ApplyService:
@@ -99,6 +94,14 @@ class ApplyService:
         )
         self.counts: dict[str, int] = {"published": 0, "duplicate": 0, "done": 0}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.housekeeping = Housekeeping(
+            settings,
+            self.redis,
+            self.watcher,
+            in_flight=self._tasks.keys(),
+            room=self._room,
+            spawn=self._spawn,
+        )
         self._held = 0  # bytes held by the entries in self._tasks (StreamEntry.cost)
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -108,9 +111,6 @@ class ApplyService:
         self._backlog_cursor = "0"
         self._group_ready = False
         self._alive = time.monotonic()
-        self._next_housekeeping = 0.0
-        self._claim_cursor = "0-0"
-        self._next_forget = 0.0
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -267,7 +267,7 @@ class ApplyService:
             try:
                 if not self._group_ready:
                     await self._ensure_group()
-                await self._housekeeping_if_due()
+                await self.housekeeping.run_if_due()
                 count = min(self._room(), MAX_READ_COUNT)
                 if count <= 0:
                     self._slot_freed.clear()
@@ -382,72 +382,3 @@ class ApplyService:
             if handled.acked:
                 return  # acknowledged with its result, in one step
         await self.redis.xack(K.PLAN_STREAM, self.settings.consumer_group, entry_id)
-
-    async def _housekeeping_if_due(self) -> None:
-        now = time.monotonic()
-        if now < self._next_housekeeping:
-            return
-        self._next_housekeeping = now + self.settings.poll_sec
-        metrics.KEYSPACE_ACTIVE.labels(self.settings.keyspace_events).set(
-            1 if self.watcher.active else 0
-        )
-        beat = {
-            "ts": round(time.time(), 3),
-            "consumer": self.settings.consumer_name,
-            "mode": self.settings.mode,
-            "version": __version__,
-            "in_flight": len(self._tasks),
-        }
-        ttl = max(15, int(self.settings.poll_sec * 3))
-        await self.redis.set(K.HEARTBEAT_KEY, json.dumps(beat), ex=ttl)
-        await self._export_backlog()
-        await self._claim_idle()
-        if now >= self._next_forget:
-            self._next_forget = now + FORGET_EVERY_SEC
-            await self._forget_idle_consumers()
-
-    async def _export_backlog(self) -> None:
-        """The group's unacknowledged entries, for the pending-entries alerts (one XPENDING)."""
-        info: Any = await self.redis.xpending(K.PLAN_STREAM, self.settings.consumer_group)
-        metrics.PENDING.set(int(info["pending"]))
-        oldest = str(info.get("min") or "")
-        ms = oldest.partition("-")[0]
-        age = time.time() - int(ms) / 1000 if ms.isdigit() else 0.0
-        metrics.PENDING_OLDEST.set(max(0.0, age))
-
-    async def _forget_idle_consumers(self) -> None:
-        consumers: Any = await self.redis.xinfo_consumers(
-            K.PLAN_STREAM, self.settings.consumer_group
-        )
-        for consumer in consumers:
-            name = str(consumer.get("name"))
-            idle = int(consumer.get("idle", 0))
-            mine = name == self.settings.consumer_name
-            if not mine and not int(consumer.get("pending", 0)) and idle > FORGET_CONSUMER_MS:
-                await self.redis.xgroup_delconsumer(
-                    K.PLAN_STREAM, self.settings.consumer_group, name
-                )
-                log.info("consumer_forgotten", consumer=name, idle_ms=idle)
-
-    async def _claim_idle(self) -> None:
-        """Take over entries idle past APPLY_CLAIM_IDLE_SEC in any consumer's pending list.
-
-        A crashed instance's plans (and our own, if a try was deferred) are
-        resumed from their journal state; ones still being worked on here are
-        skipped. One page per tick keeps the tick short.
-        """
-        count = min(self._room(), MAX_CLAIM_COUNT)
-        if count <= 0:
-            return
-        # JUSTID: the entries themselves are read bounded, one by one (stream_reader).
-        command: list[str | int] = ["XAUTOCLAIM", K.PLAN_STREAM, self.settings.consumer_group]
-        command += [self.settings.consumer_name, int(self.settings.claim_idle_sec * 1000)]
-        command += [self._claim_cursor, "COUNT", count, "JUSTID"]
-        (reply,) = await run_packed(self.redis, [command])
-        if isinstance(reply, Exception):
-            raise reply
-        self._claim_cursor = str(reply[0])
-        for entry_id in reply[1]:
-            if entry_id not in self._tasks:
-                log.info("entry_claimed", entry_id=entry_id)
-                self._spawn(await stream_reader.xrange_one(self.redis, K.PLAN_STREAM, entry_id))

@@ -33,8 +33,8 @@ from redis.exceptions import RedisError
 from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.redis_client import create_redis
-from tests.fake_binance import API_KEY, API_SECRET, ORDER, FakeBinance, Fault, late
-from tests.harness import Daemon, Snapshots, grant, publish_plan
+from tests.fake_binance import ORDER, FakeBinance, Fault, late
+from tests.harness import Daemon, FakeBinanceDaemons, Snapshots, grant, publish_plan
 
 POSITION_RISK = "/fapi/v3/positionRisk"
 HOLD = 1.5  # how long the fake exchange holds an answer back, to snapshot mid-way
@@ -56,6 +56,15 @@ def fake() -> Iterator[FakeBinance]:
     with FakeBinance() as exchange:
         exchange.positions["BTCUSDT"] = Decimal("0.012")
         yield exchange
+
+
+@pytest.fixture
+def testnet(
+    own_redis_server: EmbeddedRedis, tmp_path: Path, fake: FakeBinance
+) -> Iterator[FakeBinanceDaemons]:
+    daemons = FakeBinanceDaemons(own_redis_server.url, tmp_path, fake.url, lease_ms=2000)
+    yield daemons
+    daemons.stop()
 
 
 @pytest.fixture
@@ -114,102 +123,87 @@ async def test_rolled_back_redis_never_doubles_an_order(
     own_redis_server: EmbeddedRedis,
     client: Redis,
     fake: FakeBinance,
+    testnet: FakeBinanceDaemons,
     tmp_path: Path,
     snapshot_at: str,
     rollback_at: str,
     killed: bool,
 ) -> None:
     snapshots = Snapshots(own_redis_server, tmp_path)
-    made: list[Daemon] = []
+    # Restarted under the same name, so it reads its own pending entries.
+    daemon = testnet(
+        "rb1", binance_recv_window_ms=500, binance_http_timeout_sec=5, claim_idle_sec=1
+    )
+    await client.xgroup_create(K.PLAN_STREAM, "apply_layer", id="0", mkstream=True)
+    await grant(client, PLAN, safe_qty=0.01, position=0.012)
+    await publish_plan(client, PLAN)
+    if snapshot_at == "after_send" or rollback_at == "in_flight":
+        fake.inject("POST", ORDER, Fault(place=True, delay=HOLD))  # placed, answer held
+    if snapshot_at == "after_gate":
+        fake.inject("GET", POSITION_RISK, Fault(delay=HOLD))  # sizing, after the gate
+    if snapshot_at == "before_gate":
+        await snapshots.take(client)
+    await daemon.start().ready(client)
 
-    def daemon() -> Daemon:
-        made.append(
-            Daemon(
-                own_redis_server.url,
-                tmp_path,
-                "rb1",  # a restart keeps the name, so it reads its own pending entries
-                mode="testnet",
-                binance_base_url=fake.url,
-                binance_api_key=API_KEY,
-                binance_api_secret=API_SECRET,
-                binance_recv_window_ms=500,
-                binance_http_timeout_sec=5,
-                lease_ms=2000,
-                claim_idle_sec=1,
-            )
-        )
-        return made[-1]
+    if snapshot_at == "after_gate":
+        await until(state_is(client, "permitted"))
+        assert fake.orders == []
+        await snapshots.take(client)
+    elif snapshot_at == "after_send":
+        await until(lambda: fake.order_count(CID) == 1)
+        assert await journal_state(client) == "submitting"
+        await snapshots.take(client)
 
-    try:
-        await client.xgroup_create(K.PLAN_STREAM, "apply_layer", id="0", mkstream=True)
-        await grant(client, PLAN, safe_qty=0.01, position=0.012)
-        await publish_plan(client, PLAN)
-        if snapshot_at == "after_send" or rollback_at == "in_flight":
-            fake.inject("POST", ORDER, Fault(place=True, delay=HOLD))  # placed, answer held
-        if snapshot_at == "after_gate":
-            fake.inject("GET", POSITION_RISK, Fault(delay=HOLD))  # sizing, after the gate
-        if snapshot_at == "before_gate":
-            await snapshots.take(client)
-        first = await daemon().start().ready(client)
-
-        if snapshot_at == "after_gate":
-            await until(state_is(client, "permitted"))
-            assert fake.orders == []
-            await snapshots.take(client)
-        elif snapshot_at == "after_send":
-            await until(lambda: fake.order_count(CID) == 1)
-            assert await journal_state(client) == "submitting"
-            await snapshots.take(client)
-
-        if rollback_at == "in_flight":
-            await until(lambda: fake.order_count(CID) == 1)
-            if killed:
-                first.kill()
-            snapshots.stop()  # Redis dies while the order's answer is on its way
-            await asyncio.sleep(HOLD + 2.0)  # the answer arrives: its publish fails (retries too)
-            snapshots.restore()
-        else:
-            await until(lambda: plan_results(client), timeout=30)
-            if snapshot_at == "after_result":
-                await snapshots.take(client)
-            if killed:
-                first.kill()
-            snapshots.restore()
+    if rollback_at == "in_flight":
+        await until(lambda: fake.order_count(CID) == 1)
         if killed:
-            daemon().start()
+            daemon.kill()
+        snapshots.stop()  # Redis dies while the order's answer is on its way
+        await asyncio.sleep(HOLD + 2.0)  # the answer arrives: its publish fails (retries too)
+        snapshots.restore()
+    else:
+        await until(lambda: plan_results(client), timeout=30)
+        if snapshot_at == "after_result":
+            await snapshots.take(client)
+        if killed:
+            daemon.kill()
+        snapshots.restore()
+    if killed:
+        daemon.start()
 
-        await until(lambda: plan_results(client), timeout=40)
-        await asyncio.sleep(1.0)  # time for a second order or result, if one were coming
-        results = await plan_results(client)
-        assert fake.order_count(CID) == 1, [d.log() for d in made]
-        assert len(results) == 1, results
-        (result,) = results
-        assert (result["status"], result["executed"]) == ("EXECUTED", "True"), result
-        (step,) = json.loads(result["steps_results"])
-        assert step["order_id"] == str(fake.orders[0]["orderId"])
-        lost_the_send = snapshot_at in ("before_gate", "after_gate")
-        adopted = result.get("adopted") == "True"
-        assert step.get("adopted", False) is adopted
-        if lost_the_send and not killed and rollback_at == "after_result":
-            # The daemon still remembers the result it published and writes it again
-            # (results_republished), unless handling the plan anew adopted the order
-            # first; either way one result, and one of the two happened.
-            republished = await restored_results(made[0])
-            assert adopted != (republished == 1), (result, republished)
-        else:
-            assert adopted is lost_the_send, result
-        assert fake.positions["BTCUSDT"] == Decimal("0.003")  # filled once
-        assert await journal_state(client) == "executed"
-        if not killed and snapshot_at != "after_result":
-            messages = [r.get("message") for r in made[0].records()]
-            assert "redis_identity_changed" in messages
-    finally:
-        for d in made:
-            d.stop()
+    await until(lambda: plan_results(client), timeout=40)
+    await asyncio.sleep(1.0)  # time for a second order or result, if one were coming
+    results = await plan_results(client)
+    assert fake.order_count(CID) == 1, daemon.log()
+    assert len(results) == 1, results
+    (result,) = results
+    assert (result["status"], result["executed"]) == ("EXECUTED", "True"), result
+    (step,) = json.loads(result["steps_results"])
+    assert step["order_id"] == str(fake.orders[0]["orderId"])
+    lost_the_send = snapshot_at in ("before_gate", "after_gate")
+    adopted = result.get("adopted") == "True"
+    assert step.get("adopted", False) is adopted
+    if lost_the_send and not killed and rollback_at == "after_result":
+        # The daemon still remembers the result it published and writes it again
+        # (results_republished), unless handling the plan anew adopted the order
+        # first; either way one result, and one of the two happened.
+        republished = await restored_results(daemon)
+        assert adopted != (republished == 1), (result, republished)
+    else:
+        assert adopted is lost_the_send, result
+    assert fake.positions["BTCUSDT"] == Decimal("0.003")  # filled once
+    assert await journal_state(client) == "executed"
+    if not killed and snapshot_at != "after_result":
+        messages = [r.get("message") for r in daemon.records()]
+        assert "redis_identity_changed" in messages
 
 
 async def test_a_lost_send_still_in_flight_when_the_daemon_restarts_is_adopted(
-    own_redis_server: EmbeddedRedis, client: Redis, fake: FakeBinance, tmp_path: Path
+    own_redis_server: EmbeddedRedis,
+    client: Redis,
+    fake: FakeBinance,
+    testnet: FakeBinanceDaemons,
+    tmp_path: Path,
 ) -> None:
     """The send reaches the engine only after the restarted daemon first looks it up.
 
@@ -220,49 +214,25 @@ async def test_a_lost_send_still_in_flight_when_the_daemon_restarts_is_adopted(
     closed, and the late order is found and adopted, not doubled.
     """
     snapshots = Snapshots(own_redis_server, tmp_path)
-    made: list[Daemon] = []
-
-    def daemon() -> Daemon:
-        made.append(
-            Daemon(
-                own_redis_server.url,
-                tmp_path,
-                "rb2",
-                mode="testnet",
-                binance_base_url=fake.url,
-                binance_api_key=API_KEY,
-                binance_api_secret=API_SECRET,
-                binance_recv_window_ms=3000,
-                binance_http_timeout_sec=20,
-                lease_ms=2000,
-            )
-        )
-        return made[-1]
-
-    try:
-        await client.xgroup_create(K.PLAN_STREAM, "apply_layer", id="0", mkstream=True)
-        await grant(client, PLAN, safe_qty=0.01, position=0.012)
-        await publish_plan(client, PLAN)
-        await snapshots.take(client)
-        # The order reaches the engine 2.5 s after it was sent (inside its 3 s window).
-        fake.inject("POST", ORDER, late(place_after=2.5, delay=15.0))
-        first = await daemon().start().ready(client)
-        await until(lambda: fake.requests("POST", ORDER), timeout=30)
-        first.kill()
-        snapshots.restore()
-        daemon().start()
-        await until(lambda: plan_results(client), timeout=40)
-        await asyncio.sleep(1.0)
-        (result,) = await plan_results(client)
-        assert fake.order_count(CID) == 1, made[-1].log()
-        assert len(fake.requests("POST", ORDER)) == 1  # the restarted daemon sent nothing
-        assert (result["status"], result.get("adopted")) == ("EXECUTED", "True")
-        lookups = [
-            s
-            for s in fake.requests("GET", ORDER)
-            if s.at_ms > fake.requests("POST", ORDER)[0].at_ms
-        ]
-        assert len(lookups) >= 2  # "no such order" first, not believed; then found
-    finally:
-        for d in made:
-            d.stop()
+    daemon = testnet("rb2", binance_recv_window_ms=3000, binance_http_timeout_sec=20)
+    await client.xgroup_create(K.PLAN_STREAM, "apply_layer", id="0", mkstream=True)
+    await grant(client, PLAN, safe_qty=0.01, position=0.012)
+    await publish_plan(client, PLAN)
+    await snapshots.take(client)
+    # The order reaches the engine 2.5 s after it was sent (inside its 3 s window).
+    fake.inject("POST", ORDER, late(place_after=2.5, delay=15.0))
+    await daemon.start().ready(client)
+    await until(lambda: fake.requests("POST", ORDER), timeout=30)
+    daemon.kill()
+    snapshots.restore()
+    daemon.start()
+    await until(lambda: plan_results(client), timeout=40)
+    await asyncio.sleep(1.0)
+    (result,) = await plan_results(client)
+    assert fake.order_count(CID) == 1, daemon.log()
+    assert len(fake.requests("POST", ORDER)) == 1  # the restarted daemon sent nothing
+    assert (result["status"], result.get("adopted")) == ("EXECUTED", "True")
+    lookups = [
+        s for s in fake.requests("GET", ORDER) if s.at_ms > fake.requests("POST", ORDER)[0].at_ms
+    ]
+    assert len(lookups) >= 2  # "no such order" first, not believed; then found

@@ -14,7 +14,15 @@ from redis.asyncio import Redis
 from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
 from tests.fake_binance import API_KEY, API_SECRET, ORDER, FakeBinance, slow
-from tests.harness import Daemon, grant, pending_count, publish_plan, results, wait_result
+from tests.harness import (
+    Daemon,
+    FakeBinanceDaemons,
+    grant,
+    pending_count,
+    publish_plan,
+    results,
+    wait_result,
+)
 
 COID = "al75-{}"
 
@@ -30,26 +38,15 @@ def fake() -> Iterator[FakeBinance]:
 def testnet(
     redis_server: EmbeddedRedis, tmp_path: Path, fake: FakeBinance
 ) -> Iterator[Callable[[str], Daemon]]:
-    made: list[Daemon] = []
-
-    def make(name: str) -> Daemon:
-        daemon = Daemon(
-            redis_server.url,
-            tmp_path,
-            name,
-            mode="testnet",
-            binance_base_url=fake.url,
-            binance_api_key=API_KEY,
-            binance_api_secret=API_SECRET,
-            binance_recv_window_ms=1000,
-            lease_ms=3000,  # a killed holder's lease must expire before the restart may send
-        )
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.stop()
+    daemons = FakeBinanceDaemons(
+        redis_server.url,
+        tmp_path,
+        fake.url,
+        binance_recv_window_ms=1000,
+        lease_ms=3000,  # a killed holder's lease must expire before the restart may send
+    )
+    yield daemons
+    daemons.stop()
 
 
 async def until(predicate: Callable[[], object], timeout: float = 15.0) -> None:

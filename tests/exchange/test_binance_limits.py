@@ -23,7 +23,8 @@ from redis.asyncio import Redis
 from apply_layer import keys as K
 from apply_layer.errors import RetryLater
 from apply_layer.executors.base import CLIENT_ORDER_ID_MAX, OrderRequest, client_order_id
-from apply_layer.executors.binance.executor import BinanceExecutor, RetryPolicy
+from apply_layer.executors.binance.executor import BinanceExecutor
+from apply_layer.executors.binance.lookup import RetryPolicy
 from apply_layer.journal import Journal
 from tests.fake_binance import (
     API_KEY,

@@ -2,5 +2,9 @@
 
 - ``model``: what Binance's answers mean, as values (pure; no I/O).
 - ``client``: the signed HTTP client for the few endpoints used.
+- ``lookup``: what became of an order, found by its client order id (rule 2's
+  window), and ``RetryPolicy``, the bounds on every wait and resend.
+- ``market``: the lot rules (``exchangeInfo``, cached) and the position an
+  order is sized against.
 - ``executor``: places one reduce-only MARKET close, exactly once.
 """

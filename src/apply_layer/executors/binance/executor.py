@@ -1,6 +1,8 @@
 """``testnet``: a reduce-only MARKET close on Binance USD-M futures, sent exactly once.
 
-The exactly-once rules (docs/BINANCE.md explains them against Binance's docs):
+The exactly-once rules, decided here (docs/BINANCE.md explains them against
+Binance's docs; the lookups they rely on are in ``lookup``, the lot rules and
+the position an order is sized against in ``market``):
 
 1. Every send is journalled first (``OrderLog.record_attempt``); if the journal
    cannot be written, nothing is sent and the journal's exception propagates
@@ -36,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -53,14 +55,14 @@ from apply_layer.executors.base import (
     StepResult,
 )
 from apply_layer.executors.binance.client import BinanceClient
+from apply_layer.executors.binance.lookup import OrderLookup, RetryPolicy
+from apply_layer.executors.binance.market import HedgeMode, Market
 from apply_layer.executors.binance.model import (
     BinanceError,
     ExchangeInfoInvalid,
     ExchangeRejected,
-    ExchangeRules,
     NotProcessed,
     OrderInfo,
-    OrderNotFound,
     RateLimited,
     StatusUnknown,
     SymbolRules,
@@ -80,37 +82,6 @@ HEDGE_REFUSED = (
 
 class BinanceConfigError(ConfigError):
     """The executor cannot start as configured (e.g. no API key in testnet mode)."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounds on waiting and resending; the defaults suit the real testnet."""
-
-    clock_margin_ms: int = 1000  # added to recvWindow before a send counts as expired
-    lookup_backoff_sec: float = 0.25
-    lookup_backoff_max_sec: float = 2.0
-    max_lookup_errors: int = 8  # failed lookups (5xx, timeouts) before giving up
-    max_resend_cycles: int = 2  # resends after sends that provably never executed
-    max_rate_limit_waits: int = 3
-    max_retry_after_sec: float = 30.0  # a longer ban fails the step instead of blocking
-    max_not_processed_retries: int = 3
-    final_status_polls: int = 5  # lookups of an order found still NEW
-
-
-@dataclass(frozen=True)
-class _Resolution:
-    order: OrderInfo | None = None
-    gone: bool = False  # provably never executed: window closed and still -2013
-    detail: str = ""
-
-    @property
-    def name(self) -> str:
-        """For ``apply_exchange_unknown_fate_total{resolution}``."""
-        return "found" if self.order is not None else "absent" if self.gone else "unresolved"
-
-
-class _HedgeMode(BinanceError):
-    pass
 
 
 class BinanceExecutor:
@@ -149,10 +120,9 @@ class BinanceExecutor:
         )
         self.allowlist = tuple(allowlist)
         self.policy = policy or RetryPolicy()
-        self._ttl, self._clock, self._sleep = exchange_info_ttl_sec, clock, sleep
-        self._rules = ExchangeRules()
-        self._rules_at: float | None = None
-        self._rules_lock = asyncio.Lock()
+        self._sleep = sleep
+        self.lookup = OrderLookup(self.client, self.policy, sleep)
+        self.market = Market(self.client, ttl_sec=exchange_info_ttl_sec, clock=clock)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> BinanceExecutor:
@@ -174,7 +144,7 @@ class BinanceExecutor:
             )
         await self.client.open()
         await self.client.sync_time()
-        await self._load_rules()
+        await self.market.load_rules()
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -202,13 +172,13 @@ class BinanceExecutor:
                 detail = HEDGE_REFUSED if dual else "one-way"
                 lines.append(CheckLine("binance position mode", not dual, detail))
         try:
-            await self._load_rules()
+            await self.market.load_rules()
         except BinanceError as exc:
             lines.append(CheckLine("binance exchangeInfo", False, str(exc)))
             return lines
         for symbol in self.allowlist:
-            rules = self._rules.get(symbol)
-            problem = self._rules.problem(symbol) or "not listed on the exchange"
+            rules = self.market.rules.get(symbol)
+            problem = self.market.rules.problem(symbol) or "not listed on the exchange"
             detail = rules.describe() if rules else problem
             lines.append(CheckLine(f"binance filters {symbol}", rules is not None, detail))
         return lines
@@ -220,7 +190,7 @@ class BinanceExecutor:
         if earlier:
             # A previous run sent (or was about to send) this order, then stopped.
             _log.warning("binance_resume", plan=order.plan_id, cid=cid, attempts=len(earlier))
-            found = await self._resolve(order.symbol, cid, max(*earlier, unseen))
+            found = await self.lookup.resolve(order.symbol, cid, max(*earlier, unseen))
             metrics.EXCHANGE_UNKNOWN_FATE.labels(found.name).inc()
             if found.order is not None:
                 return self._report(order, found.order)
@@ -231,14 +201,14 @@ class BinanceExecutor:
             if adopted is not None:
                 return adopted
         try:
-            rules = await self._rules_for(order.symbol)
+            rules = await self.market.rules_for(order.symbol)
             if rules is None:
-                problem = self._rules.problem(order.symbol)
+                problem = self.market.rules.problem(order.symbol)
                 if problem:  # listed, perhaps, but its filters cannot be read: never guess them
                     return self._result(order, "FAILED", "exchange_info_invalid", problem)
                 return self._result(order, "REJECTED", "symbol_not_listed", order.symbol)
-            live = await self._live_amt(order.symbol)
-        except _HedgeMode as exc:
+            live = await self.market.position(order.symbol)
+        except HedgeMode as exc:
             return self._result(order, "REJECTED", "hedge_mode", str(exc))
         except ExchangeInfoInvalid as exc:
             return self._result(order, "FAILED", "exchange_info_invalid", str(exc))
@@ -267,7 +237,7 @@ class BinanceExecutor:
         nothing.
         """
         cid = order.client_order_id
-        found = await self._resolve(order.symbol, cid, unseen_ms)
+        found = await self.lookup.resolve(order.symbol, cid, unseen_ms)
         if found.order is not None:
             metrics.ORDERS_ADOPTED.inc()
             _log.warning(
@@ -307,7 +277,7 @@ class BinanceExecutor:
                 # look again (this attempt is not sent; the next one is stamped afresh).
                 checked_until = unseen
                 _log.warning("binance_recheck_after_redis_change", plan=order.plan_id, cid=cid)
-                found = await self._resolve(order.symbol, cid, unseen)
+                found = await self.lookup.resolve(order.symbol, cid, unseen)
                 if found.order is not None:
                     metrics.ORDERS_ADOPTED.inc()
                     return self._report(order, found.order, adopted=True)
@@ -357,7 +327,7 @@ class BinanceExecutor:
                 continue
             except StatusUnknown as exc:
                 _log.warning("binance_order_status_unknown", cid=cid, reason=str(exc))
-                found = await self._resolve(order.symbol, cid, sent_at)
+                found = await self.lookup.resolve(order.symbol, cid, sent_at)
                 metrics.EXCHANGE_UNKNOWN_FATE.labels(found.name).inc()
                 if found.order is not None:
                     return self._report(order, found.order)
@@ -370,55 +340,7 @@ class BinanceExecutor:
                     return self._result(order, "FAILED", "order_not_placed", detail, side, qty)
                 _log.warning("binance_order_resend", cid=cid, after_ms=sent_at)
                 continue
-            return self._report(order, await self._settle(order.symbol, info))
-
-    def window_closes_at(self, sent_at_ms: int) -> int:
-        """Local ms after which a request stamped at ``sent_at_ms`` can no longer execute."""
-        margin = self.policy.clock_margin_ms + self.client.rtt_ms
-        return sent_at_ms + self.client.recv_window_ms + margin
-
-    async def _resolve(self, symbol: str, cid: str, last_sent_ms: int) -> _Resolution:
-        """Look ``cid`` up until found, or until provably gone, or until lookups fail."""
-        p, closes_at = self.policy, self.window_closes_at(last_sent_ms)
-        errors, delay = 0, p.lookup_backoff_sec
-        while True:
-            started = self.client.local_ms()
-            try:
-                info = await self.client.query_order(symbol, cid)
-            except OrderNotFound:
-                if started >= closes_at:
-                    return _Resolution(gone=True)
-                wait = min(delay, (closes_at - started) / 1000 + 0.001)
-            except BinanceError as exc:
-                errors += 1
-                metrics.EXCHANGE_LOOKUP_ERRORS.inc()
-                if errors > p.max_lookup_errors or (
-                    isinstance(exc, RateLimited)
-                    and (exc.retry_after_sec or 0) > p.max_retry_after_sec
-                ):
-                    detail = f"fate of {cid} unknown after {errors} failed lookups: {exc}"
-                    return _Resolution(detail=detail)
-                wait = delay
-                if isinstance(exc, RateLimited) and exc.retry_after_sec is not None:
-                    wait = max(wait, exc.retry_after_sec)
-                _log.warning("binance_lookup_failed", cid=cid, reason=str(exc), errors=errors)
-            else:
-                return _Resolution(order=await self._settle(symbol, info))
-            await self._sleep(wait)
-            delay = min(delay * 2, p.lookup_backoff_max_sec)
-
-    async def _settle(self, symbol: str, info: OrderInfo) -> OrderInfo:
-        """A MARKET order found NEW is looked at a few more times for its fills."""
-        delay = self.policy.lookup_backoff_sec
-        for _ in range(self.policy.final_status_polls):
-            if info.final:
-                break
-            await self._sleep(delay)
-            try:
-                info = await self.client.query_order(symbol, info.client_order_id)
-            except BinanceError:
-                continue
-        return info
+            return self._report(order, await self.lookup.settle(order.symbol, info))
 
     async def _resync(self) -> None:
         try:
@@ -428,34 +350,11 @@ class BinanceExecutor:
 
     async def position(self, symbol: str) -> Decimal:
         """The account's signed position in ``symbol`` now (one-way mode only)."""
-        return await self._live_amt(symbol)
+        return await self.market.position(symbol)
 
     def rules(self, symbol: str) -> SymbolRules | None:
         """The symbol's lot rules as last loaded (``start`` loads them)."""
-        return self._rules.get(symbol)
-
-    async def _live_amt(self, symbol: str) -> Decimal:
-        rows = await self.client.position_rows(symbol)
-        if any(side != "BOTH" for side, _ in rows):
-            raise _HedgeMode("account is in hedge mode; only one-way mode is supported")
-        return sum((amt for _, amt in rows), Decimal(0))
-
-    async def _load_rules(self) -> None:
-        async with self._rules_lock:
-            self._rules = await self.client.exchange_rules()
-            self._rules_at = self._clock()
-
-    async def _rules_for(self, symbol: str) -> SymbolRules | None:
-        """Cached filters, refreshed when older than the TTL (stale ones beat none)."""
-        stale = self._rules_at is None or self._clock() - self._rules_at >= self._ttl
-        if stale:
-            try:
-                await self._load_rules()
-            except BinanceError as exc:
-                if not self._rules:
-                    raise
-                _log.warning("binance_exchange_info_stale", reason=str(exc))
-        return self._rules.get(symbol)
+        return self.market.rules.get(symbol)
 
     def _report(self, order: OrderRequest, info: OrderInfo, *, adopted: bool = False) -> StepResult:
         result = step_result(order.step, info)

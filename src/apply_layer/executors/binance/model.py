@@ -1,6 +1,6 @@
 """What Binance's USD-M answers mean, as values: no I/O here.
 
-The error classes every answer is sorted into (``binance_api`` explains the
+The error classes every answer is sorted into (``client`` explains the
 sorting), the error codes that decide it, a symbol's lot rules from
 ``exchangeInfo``, an order as Binance reports it, and the plan step's
 outcome that order means.

@@ -1,0 +1,137 @@
+"""What the service's intake loop does between reads, once per ``APPLY_POLL_SEC``.
+
+- The heartbeat (``quantum:svc:apply_layer:heartbeat``, expiring after three
+  ticks, 15 s at least): operators see which daemons are alive.
+- The group's pending entries, exported for the alerts (one ``XPENDING``).
+- ``XAUTOCLAIM`` of entries idle past ``APPLY_CLAIM_IDLE_SEC`` in *any*
+  consumer's pending list: a crashed instance's plans (and ours, if a try was
+  deferred) are resumed from their journal state. This, with the service's
+  re-read of its own pending entries, is how no plan is lost
+  (docs/RELIABILITY.md).
+- Once a minute, consumers gone for an hour with nothing pending are
+  forgotten: names carry the pid, so every restart adds one, and the group
+  must not grow without end.
+
+It runs inside the intake loop, not beside it, so a Redis error here is
+handled like a failed read (the loop backs off and tries again).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Collection
+from typing import Any
+
+from redis.asyncio import Redis
+
+from apply_layer import __version__, metrics, stream_reader
+from apply_layer import keys as K
+from apply_layer.batching import run_packed
+from apply_layer.keyspace import KeyspaceWatcher
+from apply_layer.logs import get_logger
+from apply_layer.settings import Settings
+from apply_layer.stream_reader import StreamEntry
+
+log = get_logger()
+
+# A consumer with nothing pending and not seen for this long is forgotten
+# (names carry the pid, so every restart adds one; the group must not grow).
+FORGET_CONSUMER_MS = 3_600_000
+FORGET_EVERY_SEC = 60.0
+MAX_CLAIM_COUNT = 100
+
+
+class Housekeeping:
+    """The periodic chores of one consumer.
+
+    ``in_flight`` is the service's live view of the entry ids it is working
+    on, ``room`` how many more it may take now, and ``spawn`` starts work on
+    one (claimed entries go through the same slots and budget as read ones).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        watcher: KeyspaceWatcher,
+        *,
+        in_flight: Collection[str],
+        room: Callable[[], int],
+        spawn: Callable[[StreamEntry], None],
+    ) -> None:
+        self.settings, self.redis = settings, redis
+        self.watcher, self._in_flight = watcher, in_flight
+        self._room, self._spawn = room, spawn
+        self._next_run = 0.0
+        self._claim_cursor = "0-0"
+        self._next_forget = 0.0
+
+    async def run_if_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_run:
+            return
+        self._next_run = now + self.settings.poll_sec
+        metrics.KEYSPACE_ACTIVE.labels(self.settings.keyspace_events).set(
+            1 if self.watcher.active else 0
+        )
+        beat = {
+            "ts": round(time.time(), 3),
+            "consumer": self.settings.consumer_name,
+            "mode": self.settings.mode,
+            "version": __version__,
+            "in_flight": len(self._in_flight),
+        }
+        ttl = max(15, int(self.settings.poll_sec * 3))
+        await self.redis.set(K.HEARTBEAT_KEY, json.dumps(beat), ex=ttl)
+        await self._export_backlog()
+        await self._claim_idle()
+        if now >= self._next_forget:
+            self._next_forget = now + FORGET_EVERY_SEC
+            await self._forget_idle_consumers()
+
+    async def _export_backlog(self) -> None:
+        """The group's unacknowledged entries, for the pending-entries alerts (one XPENDING)."""
+        info: Any = await self.redis.xpending(K.PLAN_STREAM, self.settings.consumer_group)
+        metrics.PENDING.set(int(info["pending"]))
+        oldest = str(info.get("min") or "")
+        ms = oldest.partition("-")[0]
+        age = time.time() - int(ms) / 1000 if ms.isdigit() else 0.0
+        metrics.PENDING_OLDEST.set(max(0.0, age))
+
+    async def _forget_idle_consumers(self) -> None:
+        consumers: Any = await self.redis.xinfo_consumers(
+            K.PLAN_STREAM, self.settings.consumer_group
+        )
+        for consumer in consumers:
+            name = str(consumer.get("name"))
+            idle = int(consumer.get("idle", 0))
+            mine = name == self.settings.consumer_name
+            if not mine and not int(consumer.get("pending", 0)) and idle > FORGET_CONSUMER_MS:
+                await self.redis.xgroup_delconsumer(
+                    K.PLAN_STREAM, self.settings.consumer_group, name
+                )
+                log.info("consumer_forgotten", consumer=name, idle_ms=idle)
+
+    async def _claim_idle(self) -> None:
+        """Take over entries idle past APPLY_CLAIM_IDLE_SEC in any consumer's pending list.
+
+        A crashed instance's plans (and our own, if a try was deferred) are
+        resumed from their journal state; ones still being worked on here are
+        skipped. One page per tick keeps the tick short.
+        """
+        count = min(self._room(), MAX_CLAIM_COUNT)
+        if count <= 0:
+            return
+        # JUSTID: the entries themselves are read bounded, one by one (stream_reader).
+        command: list[str | int] = ["XAUTOCLAIM", K.PLAN_STREAM, self.settings.consumer_group]
+        command += [self.settings.consumer_name, int(self.settings.claim_idle_sec * 1000)]
+        command += [self._claim_cursor, "COUNT", count, "JUSTID"]
+        (reply,) = await run_packed(self.redis, [command])
+        if isinstance(reply, Exception):
+            raise reply
+        self._claim_cursor = str(reply[0])
+        for entry_id in reply[1]:
+            if entry_id not in self._in_flight:
+                log.info("entry_claimed", entry_id=entry_id)
+                self._spawn(await stream_reader.xrange_one(self.redis, K.PLAN_STREAM, entry_id))
