@@ -18,7 +18,7 @@ from apply_layer.permits import (
     PermitVerdict,
     evaluate_permit,
     governor_block_reason,
-    is_kill_value,
+    kill_on,
 )
 from apply_layer.plans import PLAN_ID_RE
 from apply_layer.redis_client import close_redis, redis_for
@@ -117,7 +117,7 @@ async def peek_plan(redis: Redis, plan_id: str, symbol: str | None, config: Gate
     kill = {"APPLY_KILL_SWITCH": config.kill_switch}
     for key in K.KILL_SWITCH_KEYS:
         kind, raw, _ = await _read(redis, key)
-        kill[key] = kind == "string" and is_kill_value(raw)
+        kill[key] = kill_on(kind, raw)
     return PlanView(
         plan_id=plan_id,
         symbol=symbol,
