@@ -7,18 +7,15 @@ rule is written once: ``kill_switch.lua`` (``kill_on``) for the gate and the
 lease's acquire script, ``lease.lua`` (``lease_held``, ``lease_release``) for
 every script that fences on the symbol lease or releases it.
 
-=========================  ============================  =====================
-file                       run by                        prelude
-=========================  ============================  =====================
-gate.lua                   gate.PermitGate               kill_switch, limits
-claim.lua                  journal.Journal.claim         -
-publish.lua                journal.Journal.publish       lease
-publish_unjournalled.lua   journal.Journal               -
-record_attempt.lua         journal.JournalOrderLog       lease
-lease_acquire.lua          lease.SymbolLeases.hold       kill_switch, lease
-lease_renew.lua            lease.SymbolLeases            lease
-lease_release.lua          lease.SymbolLeases            lease
-=========================  ============================  =====================
+The scripts, who runs them, and what is prepended to each:
+
+- ``gate.lua``: the permit gate (``gate.PermitGate``); ``kill_switch``, then
+  the permit size limits as a line of constants from ``permits.py``.
+- ``claim.lua``, ``publish.lua``, ``publish_unjournalled.lua``,
+  ``record_attempt.lua``: the plan journal (``journal.py``); ``lease`` before
+  ``publish`` (the release) and ``record_attempt`` (the fence).
+- ``lease_acquire.lua`` (``kill_switch``, ``lease``), ``lease_renew.lua`` and
+  ``lease_release.lua`` (``lease``): the symbol lease (``lease.py``).
 """
 
 from __future__ import annotations
