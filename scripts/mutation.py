@@ -50,8 +50,14 @@ class HandMutant:
 
 
 GATE_TESTS = ("tests/redis/test_gate.py", "tests/unit/test_permits.py")
-KILL_TESTS = ("tests/redis/test_gate.py", "tests/unit/test_permits.py", "tests/unit/test_lease.py")
+KILL_TESTS = (
+    "tests/redis/test_kill_switch.py",
+    "tests/redis/test_gate.py",
+    "tests/unit/test_permits.py",
+    "tests/unit/test_lease.py",
+)
 PLAN_TESTS = ("tests/unit/test_plans.py",)
+LEASE_TESTS = ("tests/unit/test_lease.py",)
 MODEL_TESTS = ("tests/unit/test_binance_model.py", "tests/exchange/test_binance_api.py")
 
 HAND_MUTANTS: tuple[HandMutant, ...] = (
@@ -218,6 +224,81 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
         "local l = string.lower(redis.call('GET', key))",
         "local l = redis.call('GET', key)",
         KILL_TESTS,
+    ),
+    # lease.lua and the scripts composed with it (lease_*.lua, record_attempt.lua, publish.lua)
+    HandMutant(
+        "lease",
+        "lua/lease.lua",
+        "return redis.call('GET', key) == token",
+        "return true",
+        LEASE_TESTS,
+    ),
+    HandMutant(
+        "lease",
+        "lua/lease.lua",
+        "if redis.call('GET', key) == token then return redis.call('DEL', key) end",
+        "if true then return redis.call('DEL', key) end",
+        LEASE_TESTS,
+    ),
+    HandMutant(
+        "lease", "lua/lease_acquire.lua", "ARGV[1], 'NX', 'PX'", "ARGV[1], 'PX'", LEASE_TESTS
+    ),
+    HandMutant(
+        "lease",
+        "lua/lease_acquire.lua",
+        "if lease_held(KEYS[1], ARGV[1]) then return 'OK' end",
+        "",
+        LEASE_TESTS,
+    ),
+    HandMutant("lease", "lua/lease_acquire.lua", "ARGV[4] == '1' and ", "", LEASE_TESTS),
+    HandMutant(
+        "lease",
+        "lua/lease_acquire.lua",
+        "'result_id') == 1 then return 'FINAL'",
+        "'result_id') == 2 then return 'FINAL'",
+        LEASE_TESTS,
+    ),
+    HandMutant(
+        "lease",
+        "lua/lease_acquire.lua",
+        "if t ~= 'none' and t ~= 'string' then return 'WRONGTYPE' end",
+        "",
+        ("tests/daemon/test_poison.py",),
+    ),
+    HandMutant(
+        "lease",
+        "lua/lease_renew.lua",
+        "then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end",
+        "then return 1 end",
+        LEASE_TESTS,
+    ),
+    HandMutant(
+        "lease",
+        "lua/lease_renew.lua",
+        "if lease_held(KEYS[1], ARGV[1]) then",
+        "if true then",
+        LEASE_TESTS,
+    ),
+    HandMutant(
+        "lease",
+        "lua/lease_release.lua",
+        "return lease_release(KEYS[1], ARGV[1])",
+        "return 0",
+        LEASE_TESTS,
+    ),
+    HandMutant(
+        "lease",
+        "lua/publish.lua",
+        "if ARGV[10] ~= '' then lease_release(KEYS[5], ARGV[10]) end",
+        "",
+        LEASE_TESTS,
+    ),
+    HandMutant(
+        "lease",
+        "lua/record_attempt.lua",
+        "if not lease_held(KEYS[2], ARGV[5]) then",
+        "if false then",
+        LEASE_TESTS,
     ),
     # plans.py constants
     HandMutant(

@@ -130,10 +130,66 @@ class GateResult:
         return permit_block_line(self.plan_id, self.symbol, self.wait_ms, self.reason, self.ttls)
 
 
-def _missing_reason(missing: Sequence[str], required: int) -> str:
-    if len(missing) == required and required > 1:
-        return "missing_all"
-    return "missing_" + "_".join(missing)
+DECISIONS = ("ALLOW", "DENY", "GOV_BLOCK", "KILL", "TIMEOUT")
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One required permit as the decision sees it: its issuer, verdict and deny reason."""
+
+    issuer: str
+    verdict: str  # allow, deny, missing
+    reason: str = ""  # the permit's own reason, else its deny category
+
+
+@dataclass(frozen=True)
+class Situation:
+    """What the gate reads for one plan, judged: everything its decision depends on."""
+
+    kill: bool  # APPLY_KILL_SWITCH or a kill switch key is on
+    governor_block: str | None  # the block marker's text; None when there is no marker
+    permits: tuple[Judged, ...]  # in the order of the required issuers
+
+    @property
+    def missing(self) -> list[str]:
+        return [p.issuer for p in self.permits if p.verdict == "missing"]
+
+
+def decide(seen: Situation, *, final: bool) -> str:
+    """The gate's decision order: ``KILL``, ``GOV_BLOCK``, ``DENY``, ``ALLOW``, then
+    ``TIMEOUT`` at the deadline (``final``) or ``WAIT`` before it.
+
+    ``gate.lua`` applies this order on the server, atomically, and is the one
+    that decides; this is the same order in Python, for whoever must say what
+    the gate would decide without running it (``apply-layer permits``).
+    tests/redis/test_decision_order.py holds the two together.
+    """
+    if seen.kill:
+        return "KILL"
+    if seen.governor_block is not None:
+        return "GOV_BLOCK"
+    if any(p.verdict == "deny" for p in seen.permits):
+        return "DENY"
+    if not seen.missing:
+        return "ALLOW"
+    return "TIMEOUT" if final else "WAIT"
+
+
+def block_reason(status: str, seen: Situation) -> str:
+    """The short reason a blocking decision gives (docs/GATE.md "Reasons")."""
+    if status == "KILL":
+        return "kill_switch"
+    if status == "GOV_BLOCK":
+        return f"governor_blocked:{governor_block_reason(seen.governor_block)}"
+    if status == "DENY":
+        first = next(p for p in seen.permits if p.verdict == "deny")
+        return f"{first.issuer}_permit_denied:{first.reason}"
+    if status == "TIMEOUT":
+        missing = seen.missing
+        if len(missing) == len(seen.permits) and len(missing) > 1:
+            return "missing_all"
+        return "missing_" + "_".join(missing)
+    raise ValueError(f"not a blocking gate status: {status!r}")
 
 
 def build_result(
@@ -143,18 +199,27 @@ def build_result(
     status, owner, decided_at, marker, count = reply[:5]
     by_name = {issuer.name: issuer for issuer in config.issuers}
     permits: dict[str, PermitVerdict] = {}
-    lua_verdicts: dict[str, tuple[str, str]] = {}
+    judged: list[Judged] = []
     ttls: dict[str, int] = {}
     for i in range(int(count)):
         name, kind, raw, ttl, verdict, category = reply[
             5 + i * _PER_ISSUER : 5 + (i + 1) * _PER_ISSUER
         ]
         issuer = by_name.get(name, Issuer(name, "", carries_qty=name == "p33"))
-        permits[name] = evaluate_permit(issuer, kind, raw if kind != "none" else None, symbol)
-        lua_verdicts[name] = (verdict, category)
+        ours = evaluate_permit(issuer, kind, raw if kind != "none" else None, symbol)
+        permits[name] = ours
+        # The script's verdict; the detail is ours when we agree it is a deny.
+        judged.append(Judged(name, verdict, ours.reason if ours.verdict == "deny" else category))
         ttls[name] = int(ttl)
 
     status = str(status)
+    if status not in DECISIONS:
+        raise ValueError(f"unexpected gate status {status!r}")
+    seen = Situation(
+        kill=status == "KILL",
+        governor_block=str(marker) if status == "GOV_BLOCK" else None,
+        permits=tuple(judged),
+    )
     reason = ""
     safe_qty: Decimal | None = None
     if status == "ALLOW":
@@ -163,20 +228,8 @@ def build_result(
             status, reason = "MISMATCH", f"permit_verdict_mismatch:{disagree[0]}"
         else:
             safe_qty = next((p.safe_qty for p in permits.values() if p.safe_qty is not None), None)
-    elif status == "DENY":
-        name = next(n for n, (v, _) in lua_verdicts.items() if v == "deny")
-        ours = permits[name]
-        detail = ours.reason if ours.verdict == "deny" else lua_verdicts[name][1]
-        reason = f"{name}_permit_denied:{detail}"
-    elif status == "GOV_BLOCK":
-        reason = f"governor_blocked:{governor_block_reason(str(marker))}"
-    elif status == "KILL":
-        reason = "kill_switch"
-    elif status == "TIMEOUT":
-        missing = [n for n, (v, _) in lua_verdicts.items() if v == "missing"]
-        reason = _missing_reason(missing, len(lua_verdicts))
     else:
-        raise ValueError(f"unexpected gate status {status!r}")
+        reason = block_reason(status, seen)
     return GateResult(
         plan_id=plan_id,
         symbol=symbol,

@@ -8,10 +8,12 @@
 
 ``permitted`` and ``blocked`` are written by the gate's script together with
 the permits it consumed. ``submitting`` is written before every send with the
-send time. Final states are written by :data:`PUBLISH_SCRIPT` in the same
-atomic step as the one result entry and the cooldown key, so "final" and
-"result published" can never disagree, and a resend of that script (after a
-lost reply) finds ``result_id`` and publishes nothing twice.
+send time (``lua/record_attempt.lua``), only while the caller holds the symbol
+lease. Final states are written by ``lua/publish.lua`` in the same atomic step
+as the one result entry and the cooldown key (and the entry's acknowledgement
+and the lease's release), so "final" and "result published" can never
+disagree, and a resend of that script (after a lost reply) finds ``result_id``
+and publishes nothing twice. What "holds the lease" means is lease.py's.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from apply_layer import keys as K
+from apply_layer import lua
 from apply_layer.batching import ScriptHost, run_packed
 from apply_layer.errors import RetryLater
 from apply_layer.executors.base import NotReplicated
-from apply_layer.lease import Lease
+from apply_layer.lease import LEASE_LUA, Lease
 from apply_layer.logs import format_qty
 from apply_layer.redis_identity import IdentityTracker
 from apply_layer.republish import Published, RecentResults
@@ -38,93 +41,14 @@ FINAL_STATES = frozenset({"executed", "rejected", "failed", "blocked", "skipped"
 # is given up (replicas on a LAN acknowledge in well under a millisecond).
 WAIT_TIMEOUT_MS = 1000
 
-# Claim a stream entry for its plan. The journal, once open, names the entry
-# that drives the plan (it outlives the claim key); before that the claim key
-# (quantum:apply:claim:{id}, the daemon's own) decides who opens it. One round
-# trip, atomic. KEYS: claim, journal. ARGV: entry id, claim TTL, now ms,
-# journal TTL, plan id, symbol. Reply: {holder, state, result_id, outcome,
-# wrong}: ``wrong`` names a key that holds another type ("journal" or
-# "claim"), which no command of ours could use (WRONGTYPE, every retry).
-# Values are cut to 64 bytes (stream ids are at most 41): they are logged.
-CLAIM_SCRIPT = """
-local jt = redis.call('TYPE', KEYS[2])['ok']
-if jt ~= 'none' and jt ~= 'hash' then return {'', '', '', '', 'journal'} end
-local j = redis.call('HMGET', KEYS[2], 'state', 'result_id', 'stream_id', 'outcome_status')
-if j[1] then
-  return {string.sub(j[3] or '', 1, 64), string.sub(j[1], 1, 64), string.sub(j[2] or '', 1, 64),
-          string.sub(j[4] or '', 1, 64), ''}
-end
-local ct = redis.call('TYPE', KEYS[1])['ok']
-if ct ~= 'none' and ct ~= 'string' then return {'', '', '', '', 'claim'} end
-local holder = ARGV[1]
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  holder = string.sub(redis.call('GET', KEYS[1]) or '', 1, 64)  -- logged: bounded
-end
-if holder ~= ARGV[1] then return {holder, '', '', '', ''} end
-redis.call('HSET', KEYS[2], 'state', 'received', 'plan_id', ARGV[5], 'symbol', ARGV[6],
-           'stream_id', ARGV[1], 'received_at_ms', ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {holder, 'received', '', '', ''}
-"""
-
-# Publish a plan's one result: XADD + final journal state + cooldown, once; and
-# in the same step acknowledge the stream entry and release the symbol lease,
-# so "result out" and "entry done" can never be seen apart.
-# KEYS: journal, result stream, cooldown, plan stream, lease.
-# ARGV: state, now ms, journal TTL, cooldown (1/0), MAXLEN, status, error,
-#       group, entry id ('' = no ack), lease token ('' = none), unless sent
-#       (1 = publish nothing while an order may be out: state submitting),
-#       then the fields. Reply: {result id, 1 new / 0 already out / -1 refused}.
-PUBLISH_SCRIPT = """
-local function finish()
-  if ARGV[9] ~= '' then redis.call('XACK', KEYS[4], ARGV[8], ARGV[9]) end
-  if ARGV[10] ~= '' and redis.call('GET', KEYS[5]) == ARGV[10] then redis.call('DEL', KEYS[5]) end
-end
-local existing = redis.call('HGET', KEYS[1], 'result_id')
-if existing then
-  finish()
-  return {existing, 0}
-end
-if ARGV[11] == '1' and redis.call('HGET', KEYS[1], 'state') == 'submitting' then
-  return {'', -1}
-end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 12))
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'result_id', id, 'final_at_ms', ARGV[2],
-           'outcome_status', ARGV[6], 'outcome_error', ARGV[7])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[2], 'EX', 3600) end
-finish()
-return {id, 1}
-"""
-
-# A result for an entry that has no usable journal (no valid plan id, or a key
-# of the wrong type in the way), with the entry's acknowledgement in the same
-# step. Published only while the entry is still pending, so a resend after a
-# lost reply publishes nothing twice. KEYS: result stream, plan stream.
-# ARGV: MAXLEN, group, entry id, then the fields. Reply: {result id, 1/0}.
-UNJOURNALLED_SCRIPT = """
-if #redis.call('XPENDING', KEYS[2], ARGV[2], ARGV[3], ARGV[3], 1) == 0 then return {'', 0} end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
-redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
-return {id, 1}
-"""
-
-# Record one send attempt before it leaves (state submitting, attempts appended),
-# fenced: only while the plan is authorized and the caller holds the symbol lease.
-ATTEMPT_SCRIPT = """
-if redis.call('GET', KEYS[2]) ~= ARGV[5] then
-  return redis.error_reply('FENCED symbol lease not held by this caller')
-end
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'permitted' and state ~= 'submitting' then
-  return redis.error_reply('journal state is ' .. tostring(state) .. ', not permitted')
-end
-local a = redis.call('HGET', KEYS[1], 'order.attempts')
-a = a and (a .. ',' .. ARGV[1]) or ARGV[1]
-redis.call('HSET', KEYS[1], 'state', 'submitting', 'order.attempts', a,
-           'order.client_order_id', ARGV[2], 'order.quantity', ARGV[3], 'order.side', ARGV[4])
-return a
-"""
+# The scripts, one atomic step each; every file's header names its KEYS, ARGV
+# and reply. The two that touch the symbol lease (the fence before a send is
+# recorded, the release with the result) are composed with the lease's own
+# rules, which lease.py owns (lease.LEASE_LUA).
+CLAIM_SCRIPT = lua.source("claim")
+PUBLISH_SCRIPT = LEASE_LUA + lua.source("publish")
+UNJOURNALLED_SCRIPT = lua.source("publish_unjournalled")
+ATTEMPT_SCRIPT = LEASE_LUA + lua.source("record_attempt")
 
 
 class OrderMayBeOut(Exception):

@@ -5,8 +5,15 @@ renewed while held. A crashed holder's lease expires, so the symbol is never
 stuck. Expiry alone is not enough (a paused holder may wake up after losing
 it), so the send itself is fenced: the journal's attempt script refuses to
 record, and the executor therefore refuses to send, unless the lease still
-holds the caller's token (``journal.ATTEMPT_SCRIPT``). The result's publish
-script releases the lease in the same step (``journal.PUBLISH_SCRIPT``).
+holds the caller's token. The result's publish script releases the lease in
+the same step.
+
+This module owns the lease: its token rules are written once, in
+``lua/lease.lua`` (``lease_held``, ``lease_release``), which it exposes as
+:data:`LEASE_LUA` for the journal's scripts to be composed with (the fence
+stays inside ``record_attempt.lua``, the release inside ``publish.lua``:
+each one atomic step with what it guards). Its own scripts:
+``lease_acquire.lua``, ``lease_renew.lua`` and ``lease_release.lua``.
 
 Taking the lease is one script that also refuses when the plan already has
 its result (another instance finished it while we waited) or, for a new
@@ -23,36 +30,17 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
+from apply_layer import lua
 from apply_layer.batching import ScriptHost
 from apply_layer.caller_tokens import new_token
 from apply_layer.errors import RetryLater
-from apply_layer.permits import KILL_SWITCH_LUA
 
-# KEYS: lease, journal, kill switch keys (2). ARGV: token, lease ms, kill switch
-# from the environment (1/0), check the kill switch (1/0).
-ACQUIRE_SCRIPT = (
-    KILL_SWITCH_LUA
-    + """
-if redis.call('HEXISTS', KEYS[2], 'result_id') == 1 then return 'FINAL' end
-if ARGV[4] == '1' and (ARGV[3] == '1' or kill_on(KEYS[3]) or kill_on(KEYS[4])) then
-  return 'KILL'
-end
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t ~= 'none' and t ~= 'string' then return 'WRONGTYPE' end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'OK' end
--- Ours already: this is a resend whose first reply was lost.
-if redis.call('GET', KEYS[1]) == ARGV[1] then return 'OK' end
-return 'BUSY'
-"""
-)
-RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-RENEW_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
+# lease_held(key, token) and lease_release(key, token): prepended to every script
+# that fences on the lease or releases it, here and in journal.py.
+LEASE_LUA = lua.source("lease")
+ACQUIRE_SCRIPT = lua.source("lease_acquire", prelude=("kill_switch", "lease"))
+RELEASE_SCRIPT = lua.source("lease_release", prelude=("lease",))
+RENEW_SCRIPT = lua.source("lease_renew", prelude=("lease",))
 
 
 class LeaseBusy(RetryLater):

@@ -216,10 +216,16 @@ def governor_block_reason(raw: str | None) -> str:
     return "unspecified"
 
 
-# The same rule for Lua scripts (prepended to gate.lua and the lease's acquire).
+# The kill switch rule for Lua scripts, prepended to gate.lua and lease_acquire.lua.
 KILL_SWITCH_LUA = lua.source("kill_switch")
 
 
-def is_kill_value(value: str | None) -> bool:
-    """A kill switch key is on when it holds ``1``, ``true`` (any case) or ``on``."""
-    return value is not None and value.lower() in ("1", "true", "on")
+def kill_on(kind: str, value: str | None) -> bool:
+    """Whether a kill switch key is on: a string holding ``1``, ``true`` or ``on`` (any case).
+
+    ``kind`` is the key's Redis type: a missing key, or one of another type,
+    is off, as ``kill_switch.lua``'s ``kill_on`` (the rule the gate and the
+    lease apply on the server) has it. The one Python statement of the rule,
+    for the commands that report the switch (``permits``, ``check``).
+    """
+    return kind == "string" and value is not None and value.lower() in ("1", "true", "on")

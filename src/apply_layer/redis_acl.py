@@ -140,6 +140,7 @@ def daemon_probes(
         on(block, "get"),
         on(block, "strlen"),
         on(block, "getrange", "0", "63"),
+        *(on(kill, "type") for kill in kills),  # kill_on(): TYPE, then GET
         *(on(kill, "get") for kill in kills),
         on(lease, "type"),
         on(lease, "set", "1", "NX", "PX", "1000"),

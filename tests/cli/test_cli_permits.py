@@ -64,6 +64,21 @@ def test_oversized_permits_and_markers_are_summarised_not_printed(
     assert view["would_decide"] == "BLOCK governor_blocked:oversized_marker"
 
 
+def test_a_permit_of_another_type_is_a_deny_not_missing(
+    db: sync_redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As the gate reads it (wrong_type); the command used to call it missing and WAIT.
+    db.set("quantum:permit:p4", json.dumps({"granted": True}))
+    db.rpush("quantum:permit:p33:p4", "1")
+    db.hset("quantum:kill", mapping={"on": "1"})  # another type: off, as for the gate
+    assert main(["permits", "p4", "--symbol", "BTCUSDT", "--json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    p33 = next(p for p in view["permits"] if p["issuer"] == "p33")
+    assert (p33["verdict"], p33["reason"], p33["type"]) == ("deny", "wrong_type", "list")
+    assert view["kill_switch"]["quantum:kill"] is False
+    assert view["would_decide"] == "BLOCK p33_permit_denied:wrong_type"
+
+
 def test_bad_plan_id_and_unreachable_redis(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -228,25 +228,25 @@ async def test_kill_switch_blocks_and_consumes_nothing(redis: Redis, source: str
 async def test_kill_switch_values_that_do_not_stop_trading(
     redis: Redis, key: str, value: str
 ) -> None:
-    from apply_layer.permits import is_kill_value
+    from apply_layer.permits import kill_on
 
     await put(redis, GOV_KEY("pv"), GOV_OK)
     await put(redis, P33_KEY("pv"), P33_OK)
     await redis.set(key, value)
     result = await wait_and_consume_permits(redis, "pv", SYM, GateConfig(wait_ms=1000))
     assert result.status == "ALLOW", (key, value)
-    assert not is_kill_value(value)  # the Python twin agrees with the Lua
+    assert not kill_on("string", value)  # the Python twin agrees with the Lua
 
 
 @pytest.mark.parametrize("value", ["1", "true", "True", "TRUE", "on", "ON"])
 async def test_kill_switch_values_that_stop_trading(redis: Redis, value: str) -> None:
-    from apply_layer.permits import is_kill_value
+    from apply_layer.permits import kill_on
 
     await put(redis, GOV_KEY("pw"), GOV_OK)
     await put(redis, P33_KEY("pw"), P33_OK)
     await redis.set("quantum:kill", value)
     result = await wait_and_consume_permits(redis, "pw", SYM, GateConfig(wait_ms=1000))
-    assert result.status == "KILL" and is_kill_value(value)
+    assert result.status == "KILL" and kill_on("string", value)
 
 
 async def test_kill_switch_flipped_during_the_wait_ends_it(redis: Redis) -> None:

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 import pytest
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
+from apply_layer.errors import RetryLater
 from apply_layer.journal import Journal
-from apply_layer.lease import ACQUIRE_SCRIPT, AlreadyFinal, KillSwitchOn, LeaseBusy, SymbolLeases
+from apply_layer.lease import (
+    ACQUIRE_SCRIPT,
+    RELEASE_SCRIPT,
+    RENEW_SCRIPT,
+    AlreadyFinal,
+    KillSwitchOn,
+    Lease,
+    LeaseBusy,
+    SymbolLeases,
+)
 
 
 def leases(redis: Redis, owner: str = "me", kill: bool = False) -> SymbolLeases:
@@ -81,3 +92,39 @@ async def test_a_resent_acquisition_is_answered_ok_not_busy(redis: Redis) -> Non
     assert await acquire(keys=keys, args=["me:1", 1000, 0, 1]) == "OK"
     assert await acquire(keys=keys, args=["me:1", 1000, 0, 1]) == "OK"
     assert await acquire(keys=keys, args=["other:1", 1000, 0, 1]) == "BUSY"
+
+
+async def test_only_the_holder_renews_or_releases(redis: Redis) -> None:
+    key = K.symbol_lease("BTCUSDT")
+    release, renew = redis.register_script(RELEASE_SCRIPT), redis.register_script(RENEW_SCRIPT)
+    await redis.set(key, "other:1", px=1000)
+    assert await renew(keys=[key], args=["me:1", 60_000]) == 0
+    assert await release(keys=[key], args=["me:1"]) == 0
+    assert await redis.get(key) == "other:1" and await redis.pttl(key) <= 1000
+    assert await renew(keys=[key], args=["other:1", 60_000]) == 1
+    assert await redis.pttl(key) > 1000
+    assert await release(keys=[key], args=["other:1"]) == 1
+    assert await redis.exists(key) == 0
+
+
+async def test_a_lease_taken_over_fences_the_old_holder_and_is_left_to_the_new(
+    redis: Redis,
+) -> None:
+    # Ours expired while we were paused, and another instance took the symbol:
+    # the journal's scripts (composed with lease.lua) must neither record our
+    # send nor release their lease with our result.
+    journal = Journal(redis, dedupe_ttl_sec=60, journal_ttl_sec=60)
+    await journal.claim("p1", "BTCUSDT", "1-0")
+    await redis.hset(K.journal("p1"), "state", "permitted")
+    ours = Lease(K.symbol_lease("BTCUSDT"), "me:1")
+    await redis.set(ours.key, "other:1", px=60_000)
+    log = journal.order_log("p1", "coid-p1", symbol="BTCUSDT", lease_token=ours.token)
+    with pytest.raises(RetryLater, match="FENCED"):
+        await log.record_attempt(1, quantity=Decimal(1), side="SELL")
+    assert await log.attempts() == []
+    await redis.set(ours.key, ours.token, px=60_000)  # the holder's token passes
+    await log.record_attempt(7, quantity=Decimal(1), side="SELL")
+    assert await log.attempts() == [7]
+    await redis.set(ours.key, "other:2", px=60_000)
+    await journal.publish("p1", "BTCUSDT", "failed", {"status": "FAILED"}, lease=ours)
+    assert await redis.get(ours.key) == "other:2"

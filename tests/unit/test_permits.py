@@ -22,7 +22,7 @@ from apply_layer.permits import (
     PermitVerdict,
     evaluate_permit,
     governor_block_reason,
-    is_kill_value,
+    kill_on,
     parse_qty,
     sanitise_reason,
 )
@@ -147,8 +147,10 @@ def test_oversized_permits_and_markers_are_denied_by_their_size() -> None:
 
 
 def test_kill_values() -> None:
-    assert all(is_kill_value(v) for v in ("1", "true", "TRUE", "True", "on", "ON"))
-    assert not any(is_kill_value(v) for v in (None, "0", "false", "off", "yes", " 1"))
+    # tests/redis/test_kill_switch.py runs the same table against the Lua rule.
+    assert all(kill_on("string", v) for v in ("1", "true", "TRUE", "True", "on", "ON"))
+    assert not any(kill_on("string", v) for v in (None, "0", "false", "off", "yes", " 1"))
+    assert not any(kill_on(kind, "1") for kind in ("none", "hash", "list", "set", "zset"))
 
 
 # ---- properties -----------------------------------------------------------------

@@ -19,6 +19,7 @@ from apply_layer.gate import GATE_SCRIPT, GateConfig
 from apply_layer.journal import ATTEMPT_SCRIPT, CLAIM_SCRIPT, PUBLISH_SCRIPT
 from apply_layer.keyspace import REQUIRED_CLASSES, covers
 from apply_layer.permit_signatures import SignaturePolicy
+from apply_layer.permits import kill_on
 from apply_layer.redis_acl import (
     ACL_FILE,
     ProbeRefused,
@@ -170,16 +171,23 @@ async def _stream_checks(redis: Redis, settings: Settings) -> list[CheckLine]:
             )
         )
     lines.append(await _keyspace_check(redis, settings))
-    kill = [
-        k
-        for k in K.KILL_SWITCH_KEYS
-        if str(await redis.get(k) or "").lower() in ("1", "true", "on")
-    ]
-    if kill:
-        lines.append(
-            CheckLine("kill switch", True, f"ON via {', '.join(kill)}: every plan is blocked")
-        )
+    kill = await kill_switch_check(redis)
+    if kill is not None:
+        lines.append(kill)
     return lines
+
+
+async def kill_switch_check(redis: Redis) -> CheckLine | None:
+    """A line when a kill switch key is on (read as the gate reads it), else None."""
+    on = []
+    for key in K.KILL_SWITCH_KEYS:
+        kind = str(await redis.type(key))
+        raw = await redis.get(key) if kind == "string" else None
+        if kill_on(kind, None if raw is None else str(raw)):
+            on.append(key)
+    if not on:
+        return None
+    return CheckLine("kill switch", True, f"ON via {', '.join(on)}: every plan is blocked")
 
 
 async def _keyspace_check(redis: Redis, settings: Settings) -> CheckLine:

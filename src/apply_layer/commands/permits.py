@@ -11,14 +11,13 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.errors import CommandError
-from apply_layer.gate import GateConfig
+from apply_layer.gate import GateConfig, Judged, Situation, block_reason, decide
 from apply_layer.permits import (
     MAX_PERMIT_BYTES,
     OVERSIZED_PREFIX,
     PermitVerdict,
     evaluate_permit,
-    governor_block_reason,
-    is_kill_value,
+    kill_on,
 )
 from apply_layer.plans import PLAN_ID_RE
 from apply_layer.redis_client import close_redis, redis_for
@@ -43,22 +42,29 @@ class PlanView:
     journal: dict[str, str] = field(default_factory=dict)
 
     @property
+    def situation(self) -> Situation:
+        """What the gate would read now, as its decision takes it."""
+        return Situation(
+            kill=any(self.kill_switch.values()),
+            governor_block=self.governor_block,
+            permits=tuple(
+                Judged(v.issuer, v.verdict.verdict, v.verdict.reason) for v in self.permits
+            ),
+        )
+
+    @property
     def would_decide(self) -> str:
-        """The gate's decision if it ran now (the deadline not yet passed)."""
+        """The gate's decision if it ran now (the deadline not yet passed): gate.decide's."""
         if self.journal.get("gate_status"):
             return f"already decided: {self.journal['gate_status']} ({self.journal.get('state')})"
-        if any(self.kill_switch.values()):
-            return "BLOCK kill_switch"
-        if self.governor_block is not None:
-            return f"BLOCK governor_blocked:{governor_block_reason(self.governor_block)}"
-        for view in self.permits:
-            if view.verdict.verdict == "deny":
-                return f"BLOCK {view.issuer}_permit_denied:{view.verdict.reason}"
-        missing = [v.issuer for v in self.permits if v.verdict.verdict == "missing"]
-        if missing:
-            return f"WAIT for {', '.join(missing)} (BLOCK missing_* at the deadline)"
-        qty = next((v.verdict.safe_qty for v in self.permits if v.verdict.safe_qty), None)
-        return f"OK safe_qty={qty}"
+        seen = self.situation
+        status = decide(seen, final=False)
+        if status == "WAIT":
+            return f"WAIT for {', '.join(seen.missing)} (BLOCK missing_* at the deadline)"
+        if status == "ALLOW":
+            qty = next((v.verdict.safe_qty for v in self.permits if v.verdict.safe_qty), None)
+            return f"OK safe_qty={qty}"
+        return f"BLOCK {block_reason(status, seen)}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +89,18 @@ class PlanView:
         }
 
 
+def _gate_text(fields: dict[str, str]) -> tuple[str, int]:
+    """A HASH permit's fields as JSON, and its size in bytes as the gate measures it.
+
+    The gate measures Redis' cjson encoding of the fields: compact, UTF-8 as is,
+    ``/`` and DEL (0x7f) escaped, which ``json.dumps`` does not escape. (Invalid
+    UTF-8, read here as U+FFFD, counts 3 bytes where cjson counts 1: only
+    garbage that large is told apart.)
+    """
+    text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    return text, len(text.encode()) + text.count("/") + 5 * text.count("\x7f")
+
+
 async def _read(redis: Redis, key: str) -> tuple[str, str | None, int]:
     """A key's type, text and TTL; a text past MAX_PERMIT_BYTES as the gate's summary."""
     kind = str(await redis.type(key))
@@ -94,9 +112,10 @@ async def _read(redis: Redis, key: str) -> tuple[str, str | None, int]:
         value = await redis.get(key)
         return kind, None if value is None else str(value), ttl
     if kind == "hash":
-        text = json.dumps(await redis.hgetall(key))
-        return kind, text if len(text) <= MAX_PERMIT_BYTES else f"{OVERSIZED_PREFIX}hash", ttl
-    return kind, None, ttl
+        text, size = _gate_text({str(k): str(v) for k, v in (await redis.hgetall(key)).items()})
+        return kind, text if size <= MAX_PERMIT_BYTES else f"{OVERSIZED_PREFIX}hash", ttl
+    # Another type: no text, as the gate reads it (a permit of another type is a deny).
+    return kind, None if kind == "none" else "", ttl
 
 
 async def peek_plan(redis: Redis, plan_id: str, symbol: str | None, config: GateConfig) -> PlanView:
@@ -117,7 +136,7 @@ async def peek_plan(redis: Redis, plan_id: str, symbol: str | None, config: Gate
     kill = {"APPLY_KILL_SWITCH": config.kill_switch}
     for key in K.KILL_SWITCH_KEYS:
         kind, raw, _ = await _read(redis, key)
-        kill[key] = kind == "string" and is_kill_value(raw)
+        kill[key] = kill_on(kind, raw)
     return PlanView(
         plan_id=plan_id,
         symbol=symbol,

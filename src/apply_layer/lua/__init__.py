@@ -1,15 +1,38 @@
 """The Lua scripts the daemon runs in Redis, one ``.lua`` file each.
 
-Every file starts with a header naming its KEYS and ARGV and its reply.
-Scripts that need a shared rule get it prepended (:func:`source` with
-``prelude``), so the rule is written once (``kill_switch.lua``).
+Every script file starts with a header naming its KEYS and ARGV and its
+reply, and says why it is one atomic step. Scripts that need a shared rule
+get the file holding it prepended (:func:`source` with ``prelude``), so the
+rule is written once: ``kill_switch.lua`` (``kill_on``) for the gate and the
+lease's acquire script, ``lease.lua`` (``lease_held``, ``lease_release``) for
+every script that fences on the symbol lease or releases it.
+
+The scripts, who runs them, and what is prepended to each:
+
+- ``gate.lua``: the permit gate (``gate.PermitGate``); ``kill_switch``, then
+  the permit size limits as a line of constants from ``permits.py``.
+- ``claim.lua``, ``publish.lua``, ``publish_unjournalled.lua``,
+  ``record_attempt.lua``: the plan journal (``journal.py``); ``lease`` before
+  ``publish`` (the release) and ``record_attempt`` (the fence).
+- ``lease_acquire.lua`` (``kill_switch``, ``lease``), ``lease_renew.lua`` and
+  ``lease_release.lua`` (``lease``): the symbol lease (``lease.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.resources import files
 
 
-def source(name: str) -> str:
-    """The text of ``lua/<name>.lua``."""
+def source(name: str, *, prelude: Sequence[str] = ()) -> str:
+    """The text of ``lua/<name>.lua``, after the text of each ``prelude`` file.
+
+    A prelude file defines local functions the script calls (``kill_on``,
+    ``lease_held``); it is the script's own text once prepended, so the
+    server runs one self-contained script.
+    """
+    return "".join(_read(part) for part in (*prelude, name))
+
+
+def _read(name: str) -> str:
     return files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")

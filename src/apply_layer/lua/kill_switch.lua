@@ -1,6 +1,8 @@
 -- The kill switch rule, shared by every script that must honour it (gate.lua,
--- the lease's acquire script); prepended to them by Python. Mirrors
--- permits.is_kill_value: a string key holding 1, true or on (any case).
+-- lease_acquire.lua); prepended to them by Python (permits.KILL_SWITCH_LUA).
+-- A kill switch key is on when it is a string holding 1, true or on (any
+-- case); a key of another type, or missing, is off. permits.kill_on is its
+-- Python twin (tests/redis/test_kill_switch.py holds the two together).
 local function kill_on(key)
   if redis.call('TYPE', key)['ok'] ~= 'string' then return false end
   local l = string.lower(redis.call('GET', key))
