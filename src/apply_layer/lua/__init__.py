@@ -29,10 +29,16 @@ def source(name: str, *, prelude: Sequence[str] = ()) -> str:
 
     A prelude file defines local functions the script calls (``kill_on``,
     ``lease_held``); it is the script's own text once prepended, so the
-    server runs one self-contained script.
+    server runs one self-contained script. Whole-line comments (the headers)
+    are left out: they are for the reader, and a script sent with ``EVAL``
+    (the attempt record under ``APPLY_REDIS_WAIT_REPLICAS``) is sent in full
+    on every call.
     """
     return "".join(_read(part) for part in (*prelude, name))
 
 
 def _read(name: str) -> str:
-    return files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    text = files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return "".join(
+        line for line in text.splitlines(keepends=True) if not line.lstrip().startswith("--")
+    )
