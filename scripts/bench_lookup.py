@@ -32,10 +32,11 @@ sys.path.insert(0, str(ROOT))
 
 from pydantic import SecretStr  # noqa: E402
 
-from apply_layer.executors.base import OrderRequest, StepResult  # noqa: E402
+from apply_layer.executors.base import OrderRequest  # noqa: E402
 from apply_layer.executors.binance.executor import BinanceExecutor  # noqa: E402
 from apply_layer.executors.binance.model import OrderNotFound  # noqa: E402
 from apply_layer.logs import setup_logging  # noqa: E402
+from apply_layer.outcomes import StepResult  # noqa: E402
 from tests.fake_binance import API_KEY, API_SECRET  # noqa: E402
 
 SERVER = """

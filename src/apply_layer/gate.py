@@ -38,6 +38,7 @@ from apply_layer.permits import (
     governor_block_reason,
 )
 from apply_layer.settings import Settings
+from apply_layer.statuses import GateStatus
 
 log = get_logger()
 
@@ -99,7 +100,7 @@ class GateResult:
 
     plan_id: str
     symbol: str
-    status: str  # ALLOW, DENY, GOV_BLOCK, KILL, TIMEOUT, MISMATCH
+    status: GateStatus
     reason: str  # short: "", "missing_p33", "p33_permit_denied:...", "kill_switch", ...
     wait_ms: int
     owner: bool  # this call made the decision (False: another caller already had)
@@ -110,12 +111,12 @@ class GateResult:
 
     @property
     def allowed(self) -> bool:
-        return self.status == "ALLOW"
+        return self.status == GateStatus.ALLOW
 
     @property
     def error(self) -> str:
         """The result stream's ``error`` field (docs/CONTRACT.md 2)."""
-        if self.status == "TIMEOUT":
+        if self.status == GateStatus.TIMEOUT:
             return f"permit_timeout_or_missing:{self.reason}"
         return self.reason
 
@@ -157,22 +158,22 @@ def build_result(
     status = str(status)
     reason = ""
     safe_qty: Decimal | None = None
-    if status == "ALLOW":
+    if status == GateStatus.ALLOW:
         disagree = [n for n, p in permits.items() if p.verdict != "allow"]
         if disagree:
-            status, reason = "MISMATCH", f"permit_verdict_mismatch:{disagree[0]}"
+            status, reason = GateStatus.MISMATCH, f"permit_verdict_mismatch:{disagree[0]}"
         else:
             safe_qty = next((p.safe_qty for p in permits.values() if p.safe_qty is not None), None)
-    elif status == "DENY":
+    elif status == GateStatus.DENY:
         name = next(n for n, (v, _) in lua_verdicts.items() if v == "deny")
         ours = permits[name]
         detail = ours.reason if ours.verdict == "deny" else lua_verdicts[name][1]
         reason = f"{name}_permit_denied:{detail}"
-    elif status == "GOV_BLOCK":
+    elif status == GateStatus.GOV_BLOCK:
         reason = f"governor_blocked:{governor_block_reason(str(marker))}"
-    elif status == "KILL":
+    elif status == GateStatus.KILL:
         reason = "kill_switch"
-    elif status == "TIMEOUT":
+    elif status == GateStatus.TIMEOUT:
         missing = [n for n, (v, _) in lua_verdicts.items() if v == "missing"]
         reason = _missing_reason(missing, len(lua_verdicts))
     else:
@@ -180,7 +181,7 @@ def build_result(
     return GateResult(
         plan_id=plan_id,
         symbol=symbol,
-        status=status,
+        status=GateStatus(status),
         reason=reason,
         wait_ms=wait_ms,
         owner=int(owner) == 1,
@@ -256,7 +257,7 @@ class PermitGate:
                         await wake.wait()
         wait_ms = int((time.monotonic() - started) * 1000)
         result = build_result(reply, plan_id, symbol, self.config, wait_ms)
-        if result.status == "MISMATCH":
+        if result.status == GateStatus.MISMATCH:
             # The script consumed permits that Python cannot accept: fail closed,
             # and say so in the journal so that recovery never executes it.
             await self.redis.hset(

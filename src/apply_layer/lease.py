@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from apply_layer import keys as K
 from apply_layer.batching import ScriptHost
 from apply_layer.caller_tokens import new_token
-from apply_layer.errors import RetryLater
+from apply_layer.errors import AlreadyFinal, KillSwitchOn, LeaseBusy, LeaseKeyWrongType
 from apply_layer.permits import KILL_SWITCH_LUA
 
 # KEYS: lease, journal, kill switch keys (2). ARGV: token, lease ms, kill switch
@@ -53,26 +53,6 @@ RENEW_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-
-
-class LeaseBusy(RetryLater):
-    """Another holder kept the symbol's lease for longer than we would wait."""
-
-
-class LeaseLost(RetryLater):
-    """The lease expired or was taken while we held it: the send was refused."""
-
-
-class AlreadyFinal(Exception):
-    """The plan's result is out (another instance finished it while we waited)."""
-
-
-class KillSwitchOn(Exception):
-    """The kill switch is on: no new order may be sent."""
-
-
-class LeaseKeyWrongType(Exception):
-    """The symbol's lease key holds another Redis type: no lease can be taken on it."""
 
 
 @dataclass

@@ -371,17 +371,15 @@ class ApplyService:
                 return
 
     async def _process_once(self, entry: StreamEntry) -> None:
+        """Hand one entry to the processor, which also acknowledges it."""
         entry_id = entry.entry_id
         if not entry.fields and not entry.oversized:  # trimmed while pending: nothing left
-            log.warning("pending_entry_gone", entry_id=entry_id)
-        else:
-            handled = await self.processor.handle(entry_id, entry.fields, oversized=entry.oversized)
-            self.counts[handled.kind] += 1
-            if handled.kind == "duplicate":
-                metrics.DUPLICATES.inc()
-            if handled.acked:
-                return  # acknowledged with its result, in one step
-        await self.redis.xack(K.PLAN_STREAM, self.settings.consumer_group, entry_id)
+            await self.processor.drop_gone(entry_id)
+            return
+        handled = await self.processor.handle(entry_id, entry.fields, oversized=entry.oversized)
+        self.counts[handled.kind] += 1
+        if handled.kind == "duplicate":  # statuses.HandledKind.DUPLICATE
+            metrics.DUPLICATES.inc()
 
     async def _housekeeping_if_due(self) -> None:
         now = time.monotonic()

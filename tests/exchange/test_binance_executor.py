@@ -22,12 +22,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from apply_layer.executors.base import OrderRequest, StepResult
+from apply_layer.executors.base import OrderRequest
 from apply_layer.executors.binance.executor import BinanceConfigError, BinanceExecutor, RetryPolicy
 from apply_layer.executors.binance.model import ExchangeInfoInvalid
 from apply_layer.logs import setup_logging
-from apply_layer.outcomes import Outcome, result_fields
+from apply_layer.outcomes import Outcome, StepResult, result_fields
 from apply_layer.settings import Settings
+from apply_layer.statuses import OutcomeStatus
 from tests.fake_binance import (
     API_KEY,
     API_SECRET,
@@ -590,7 +591,7 @@ async def test_a_first_send_adopts_an_order_the_journal_lost(
         plan_id="p1",
         symbol="BTCUSDT",
         plan_decision="EXECUTE",
-        outcome=Outcome("EXECUTED", steps=(result,)),
+        outcome=Outcome(OutcomeStatus.EXECUTED, steps=(result,)),
         mode="testnet",
     )
     assert fields["adopted"] == "True" and '"adopted": true' in fields["steps_results"]
@@ -607,7 +608,7 @@ async def test_an_order_sent_normally_is_not_adopted(
         plan_id="p1",
         symbol="BTCUSDT",
         plan_decision="EXECUTE",
-        outcome=Outcome("EXECUTED", steps=(result,)),
+        outcome=Outcome(OutcomeStatus.EXECUTED, steps=(result,)),
         mode="testnet",
     )
     assert "adopted" not in fields

@@ -8,8 +8,9 @@ import pytest
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
+from apply_layer.errors import AlreadyFinal, KillSwitchOn, LeaseBusy
 from apply_layer.journal import Journal
-from apply_layer.lease import ACQUIRE_SCRIPT, AlreadyFinal, KillSwitchOn, LeaseBusy, SymbolLeases
+from apply_layer.lease import ACQUIRE_SCRIPT, SymbolLeases
 
 
 def leases(redis: Redis, owner: str = "me", kill: bool = False) -> SymbolLeases:
