@@ -38,7 +38,7 @@ from apply_layer.permits import (
     governor_block_reason,
 )
 from apply_layer.settings import Settings
-from apply_layer.statuses import GateStatus
+from apply_layer.statuses import GateStatus, JournalState
 
 log = get_logger()
 
@@ -261,7 +261,8 @@ class PermitGate:
             # The script consumed permits that Python cannot accept: fail closed,
             # and say so in the journal so that recovery never executes it.
             await self.redis.hset(
-                K.journal(plan_id), mapping={"state": "blocked", "gate_override": result.reason}
+                K.journal(plan_id),
+                mapping={"state": JournalState.BLOCKED, "gate_override": result.reason},
             )
         if result.owner:  # a replayed decision was counted by its owner
             metrics.GATE_DECISIONS.labels(symbol, result.status, result.reason_class).inc()

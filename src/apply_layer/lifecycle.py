@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from apply_layer.outcomes import Outcome, StepResult, blocked, rejected, skipped
 from apply_layer.plans import Plan
@@ -98,6 +100,17 @@ def wrong_type(which: str) -> Outcome:
 def lease_wrong_type(wait_ms: int) -> Outcome:
     """FAILED ``key_wrong_type:lease``: no lease can be taken, and no order was out."""
     return Outcome(OutcomeStatus.FAILED, "key_wrong_type:lease", wait_ms=wait_ms)
+
+
+def signed_decimal(value: Any) -> Decimal | None:
+    """A permit's signed amount (P3.3's ``exchange_position_amt``), or None if unusable."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return amount if amount.is_finite() else None
 
 
 def echo(value: str) -> str:

@@ -28,8 +28,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from decimal import Decimal
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -82,16 +81,6 @@ class Ending:
     journalled: bool = True
     # Publish nothing while an order may be out (raises ``OrderMayBeOut``).
     unless_sent: bool = False
-
-
-def _signed_decimal(value: Any) -> Decimal | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        return None
-    return amount if amount.is_finite() else None
 
 
 def _plan_ending(plan: Plan, outcome: Outcome) -> Ending:
@@ -301,7 +290,9 @@ class Processor:
             step=step.name,
             pct=step.pct,
             safe_qty=decision.safe_qty,
-            reported_amt=_signed_decimal(p33.fields.get("exchange_position_amt")) if p33 else None,
+            reported_amt=lifecycle.signed_decimal(p33.fields.get("exchange_position_amt"))
+            if p33
+            else None,
             sent_client_order_id=(
                 await self.journal.sent_client_order_id(plan.plan_id) if sent_before else ""
             ),

@@ -163,3 +163,22 @@ def test_executor_error() -> None:
 )
 def test_echo(raw: str, echoed: str) -> None:
     assert lifecycle.echo(raw) == echoed
+
+
+@pytest.mark.parametrize(
+    ("raw", "amount"),
+    [
+        ("-0.009", Decimal("-0.009")),
+        ("12", Decimal(12)),
+        (3, Decimal(3)),
+        (None, None),
+        (True, None),
+        ("", None),
+        ("abc", None),
+        ("NaN", None),
+        ("Infinity", None),
+        ("-inf", None),
+    ],
+)
+def test_signed_decimal(raw: object, amount: Decimal | None) -> None:
+    assert lifecycle.signed_decimal(raw) == amount
