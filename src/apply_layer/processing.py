@@ -2,7 +2,8 @@
 
 Every path ends in exactly one published result, or, for a plan id that
 another entry already drives, in one ``duplicate plan=... first_status=...``
-log line; both are written before the caller acknowledges the entry. A
+log line, and the entry is acknowledged: a result together with it (in the
+publish script), anything else after its log line (``Journal.ack``). A
 Redis failure anywhere raises: the entry stays pending and is resumed from
 its journal state, so nothing is lost and nothing is done twice.
 
@@ -15,9 +16,10 @@ never guessed.
 
 The decisions themselves (screening, stale authorisations, what an executor's
 answer means) are pure functions in ``lifecycle.py``; this module does the
-I/O around them. Every result leaves through one method, :meth:`Processor._finish`,
-and every entry that ends without a result of its own is acknowledged through
-``Journal.ack``: the entry's acknowledgement has one owner, the processor.
+I/O around them. Every result leaves through one method, :meth:`Processor._finish`;
+an order's result is published while its symbol lease is still held (and
+renewed), and the publish script releases the lease in the same step.
+Acknowledging entries is the processor's alone: the service never XACKs.
 """
 
 from __future__ import annotations
