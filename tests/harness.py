@@ -18,9 +18,12 @@ from typing import Any
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
+from apply_layer.checks import CheckLine
 from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepResult
+from apply_layer.executors.base import OrderLog, OrderRequest
+from apply_layer.outcomes import StepResult
 from apply_layer.settings import Settings, load_settings
+from apply_layer.statuses import StepStatus
 from tests.fake_binance import API_KEY, API_SECRET
 
 SYM = "BTCUSDT"
@@ -370,7 +373,7 @@ class SlowExecutor:
         self.total -= 1
         return StepResult(
             order.step,
-            "EXECUTED",
+            StepStatus.EXECUTED,
             order_id="1",
             client_order_id=order.client_order_id,
             side="SELL",

@@ -38,6 +38,7 @@ from apply_layer.permits import (
     governor_block_reason,
 )
 from apply_layer.settings import Settings
+from apply_layer.statuses import GateStatus, JournalState
 
 log = get_logger()
 
@@ -99,7 +100,7 @@ class GateResult:
 
     plan_id: str
     symbol: str
-    status: str  # ALLOW, DENY, GOV_BLOCK, KILL, TIMEOUT, MISMATCH
+    status: GateStatus
     reason: str  # short: "", "missing_p33", "p33_permit_denied:...", "kill_switch", ...
     wait_ms: int
     owner: bool  # this call made the decision (False: another caller already had)
@@ -110,12 +111,12 @@ class GateResult:
 
     @property
     def allowed(self) -> bool:
-        return self.status == "ALLOW"
+        return self.status == GateStatus.ALLOW
 
     @property
     def error(self) -> str:
         """The result stream's ``error`` field (docs/CONTRACT.md 2)."""
-        if self.status == "TIMEOUT":
+        if self.status == GateStatus.TIMEOUT:
             return f"permit_timeout_or_missing:{self.reason}"
         return self.reason
 
@@ -130,7 +131,8 @@ class GateResult:
         return permit_block_line(self.plan_id, self.symbol, self.wait_ms, self.reason, self.ttls)
 
 
-DECISIONS = ("ALLOW", "DENY", "GOV_BLOCK", "KILL", "TIMEOUT")
+#: What the gate script may decide (MISMATCH is Python's own verdict; WAIT is no decision).
+DECISIONS = frozenset(GateStatus) - {GateStatus.MISMATCH, GateStatus.WAIT}
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class Situation:
         return [p.issuer for p in self.permits if p.verdict == "missing"]
 
 
-def decide(seen: Situation, *, final: bool) -> str:
+def decide(seen: Situation, *, final: bool) -> GateStatus:
     """The gate's decision order: ``KILL``, ``GOV_BLOCK``, ``DENY``, ``ALLOW``, then
     ``TIMEOUT`` at the deadline (``final``) or ``WAIT`` before it.
 
@@ -165,26 +167,26 @@ def decide(seen: Situation, *, final: bool) -> str:
     tests/redis/test_decision_order.py holds the two together.
     """
     if seen.kill:
-        return "KILL"
+        return GateStatus.KILL
     if seen.governor_block is not None:
-        return "GOV_BLOCK"
+        return GateStatus.GOV_BLOCK
     if any(p.verdict == "deny" for p in seen.permits):
-        return "DENY"
+        return GateStatus.DENY
     if not seen.missing:
-        return "ALLOW"
-    return "TIMEOUT" if final else "WAIT"
+        return GateStatus.ALLOW
+    return GateStatus.TIMEOUT if final else GateStatus.WAIT
 
 
-def block_reason(status: str, seen: Situation) -> str:
+def block_reason(status: GateStatus, seen: Situation) -> str:
     """The short reason a blocking decision gives (docs/GATE.md "Reasons")."""
-    if status == "KILL":
+    if status == GateStatus.KILL:
         return "kill_switch"
-    if status == "GOV_BLOCK":
+    if status == GateStatus.GOV_BLOCK:
         return f"governor_blocked:{governor_block_reason(seen.governor_block)}"
-    if status == "DENY":
+    if status == GateStatus.DENY:
         first = next(p for p in seen.permits if p.verdict == "deny")
         return f"{first.issuer}_permit_denied:{first.reason}"
-    if status == "TIMEOUT":
+    if status == GateStatus.TIMEOUT:
         missing = seen.missing
         if len(missing) == len(seen.permits) and len(missing) > 1:
             return "missing_all"
@@ -212,20 +214,21 @@ def build_result(
         judged.append(Judged(name, verdict, ours.reason if ours.verdict == "deny" else category))
         ttls[name] = int(ttl)
 
-    status = str(status)
-    if status not in DECISIONS:
+    decided = GateStatus(str(status)) if str(status) in GateStatus.__members__ else None
+    if decided not in DECISIONS:
         raise ValueError(f"unexpected gate status {status!r}")
+    status = decided
     seen = Situation(
-        kill=status == "KILL",
-        governor_block=str(marker) if status == "GOV_BLOCK" else None,
+        kill=status == GateStatus.KILL,
+        governor_block=str(marker) if status == GateStatus.GOV_BLOCK else None,
         permits=tuple(judged),
     )
     reason = ""
     safe_qty: Decimal | None = None
-    if status == "ALLOW":
+    if status == GateStatus.ALLOW:
         disagree = [n for n, p in permits.items() if p.verdict != "allow"]
         if disagree:
-            status, reason = "MISMATCH", f"permit_verdict_mismatch:{disagree[0]}"
+            status, reason = GateStatus.MISMATCH, f"permit_verdict_mismatch:{disagree[0]}"
         else:
             safe_qty = next((p.safe_qty for p in permits.values() if p.safe_qty is not None), None)
     else:
@@ -309,11 +312,12 @@ class PermitGate:
                         await wake.wait()
         wait_ms = int((time.monotonic() - started) * 1000)
         result = build_result(reply, plan_id, symbol, self.config, wait_ms)
-        if result.status == "MISMATCH":
+        if result.status == GateStatus.MISMATCH:
             # The script consumed permits that Python cannot accept: fail closed,
             # and say so in the journal so that recovery never executes it.
             await self.redis.hset(
-                K.journal(plan_id), mapping={"state": "blocked", "gate_override": result.reason}
+                K.journal(plan_id),
+                mapping={"state": JournalState.BLOCKED, "gate_override": result.reason},
             )
         if result.owner:  # a replayed decision was counted by its owner
             metrics.GATE_DECISIONS.labels(symbol, result.status, result.reason_class).inc()

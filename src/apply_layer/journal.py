@@ -29,14 +29,13 @@ from redis.exceptions import ResponseError
 from apply_layer import keys as K
 from apply_layer import lua
 from apply_layer.batching import ScriptHost, run_packed
-from apply_layer.errors import RetryLater
-from apply_layer.executors.base import NotReplicated
+from apply_layer.errors import NotReplicated, OrderMayBeOut, RetryLater
 from apply_layer.lease import LEASE_LUA, Lease
 from apply_layer.logs import format_qty
 from apply_layer.redis_identity import IdentityTracker
 from apply_layer.republish import Published, RecentResults
+from apply_layer.statuses import FINAL_STATES
 
-FINAL_STATES = frozenset({"executed", "rejected", "failed", "blocked", "skipped"})
 # How long a send record may wait for APPLY_REDIS_WAIT_REPLICAS replicas before the send
 # is given up (replicas on a LAN acknowledge in well under a millisecond).
 WAIT_TIMEOUT_MS = 1000
@@ -49,10 +48,6 @@ CLAIM_SCRIPT = lua.source("claim")
 PUBLISH_SCRIPT = LEASE_LUA + lua.source("publish")
 UNJOURNALLED_SCRIPT = lua.source("publish_unjournalled")
 ATTEMPT_SCRIPT = LEASE_LUA + lua.source("record_attempt")
-
-
-class OrderMayBeOut(Exception):
-    """A guarded publish found the plan ``submitting``: its fate is for recovery to find."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +184,12 @@ class Journal:
             args=[K.STREAM_MAXLEN, self.group, entry_id, *flat],
         )
         return int(reply[1]) == 1
+
+    async def ack(self, entry_id: str) -> None:
+        """Acknowledge an entry that ends without a result of its own (a duplicate,
+        a result already out, an entry trimmed away); a result's publish script
+        acknowledges its entry itself."""
+        await self.redis.xack(K.PLAN_STREAM, self.group, entry_id)
 
     async def republish_recent(self) -> int:
         """Write every recent result again where Redis lost it; returns how many were."""

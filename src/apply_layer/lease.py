@@ -33,7 +33,7 @@ from apply_layer import keys as K
 from apply_layer import lua
 from apply_layer.batching import ScriptHost
 from apply_layer.caller_tokens import new_token
-from apply_layer.errors import RetryLater
+from apply_layer.errors import AlreadyFinal, KillSwitchOn, LeaseBusy, LeaseKeyWrongType
 
 # lease_held(key, token) and lease_release(key, token): prepended to every script
 # that fences on the lease or releases it, here and in journal.py.
@@ -41,26 +41,6 @@ LEASE_LUA = lua.source("lease")
 ACQUIRE_SCRIPT = lua.source("lease_acquire", prelude=("kill_switch", "lease"))
 RELEASE_SCRIPT = lua.source("lease_release", prelude=("lease",))
 RENEW_SCRIPT = lua.source("lease_renew", prelude=("lease",))
-
-
-class LeaseBusy(RetryLater):
-    """Another holder kept the symbol's lease for longer than we would wait."""
-
-
-class LeaseLost(RetryLater):
-    """The lease expired or was taken while we held it: the send was refused."""
-
-
-class AlreadyFinal(Exception):
-    """The plan's result is out (another instance finished it while we waited)."""
-
-
-class KillSwitchOn(Exception):
-    """The kill switch is on: no new order may be sent."""
-
-
-class LeaseKeyWrongType(Exception):
-    """The symbol's lease key holds another Redis type: no lease can be taken on it."""
 
 
 @dataclass

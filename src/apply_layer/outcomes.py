@@ -1,4 +1,5 @@
-"""Outcomes (pure): what happened to a plan, and the result entry that says so.
+"""Outcomes (pure): what happened to a plan and to its steps, and the result entry
+that says so. (The statuses themselves are in ``statuses.py``.)
 
 The result entry follows the running system's own schema for
 ``quantum:stream:apply.result`` (docs/CONTRACT.md, "Results"), because its
@@ -15,34 +16,78 @@ import json
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
-from apply_layer.executors.base import StepResult
 from apply_layer.logs import format_qty
+from apply_layer.statuses import (
+    RESULT_DECISIONS,
+    STATES,
+    JournalState,
+    OutcomeStatus,
+    ResultDecision,
+    StepStatus,
+)
 
-# Result status -> journal state (docs/CONTRACT.md 2 statuses, lower-cased journal states).
-STATES = {
-    "EXECUTED": "executed",
-    "BLOCKED": "blocked",
-    "SKIPPED": "skipped",
-    "REJECTED": "rejected",
-    "FAILED": "failed",
-}
-# Result status -> the result's ``decision``: EXECUTE only when an order was
-# placed, so that a reader counting by decision never counts a block as a trade.
-RESULT_DECISIONS = {
-    "EXECUTED": "EXECUTE",
-    "BLOCKED": "BLOCKED",
-    "SKIPPED": "SKIP",
-    "REJECTED": "ERROR",
-    "FAILED": "ERROR",
-}
+# Step statuses that report the order an executor sized (and perhaps sent).
+_ORDER_STATUSES = (StepStatus.EXECUTED, StepStatus.DRY_RUN, StepStatus.REJECTED, StepStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The outcome of one plan step, as ``steps_results`` reports it (docs/CONTRACT.md 2).
+
+    Executors return one for the close step; the other steps are reported UNSUPPORTED.
+    """
+
+    step: str
+    status: StepStatus
+    error: str = ""  # e.g. "qty_below_min", "exchange_rejected:-2022"
+    order_id: str = ""
+    client_order_id: str = ""
+    side: str = ""
+    quantity: Decimal | None = None
+    executed_qty: Decimal | None = None
+    avg_price: Decimal | None = None
+    reduce_only: bool = True
+    message: str = ""  # the exchange's own words on a rejection, for operators
+    order_status: str = ""  # the exchange's order status (FILLED, ...) when it reported one
+    warning: str = ""  # what the plan said that was not done as written (pct_mismatch:...)
+    adopted: bool = False  # an earlier run's order, found at the exchange: nothing was sent
+
+    @property
+    def executed(self) -> bool:
+        return self.status == StepStatus.EXECUTED
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"step": self.step, "status": self.status}
+        if self.error:
+            data["error"] = self.error
+        if self.status in _ORDER_STATUSES and self.side:
+            data.update(
+                order_id=self.order_id,
+                client_order_id=self.client_order_id,
+                side=self.side,
+                quantity=format_qty(self.quantity),
+                executed_qty=format_qty(self.executed_qty),
+                avg_price=format_qty(self.avg_price),
+                reduce_only=self.reduce_only,
+            )
+            if self.order_status:
+                data["order_status"] = self.order_status
+        if self.adopted:
+            data["adopted"] = True
+        if self.message:
+            data["message"] = self.message
+        if self.warning:
+            data["warning"] = self.warning
+        return data
 
 
 @dataclass(frozen=True)
 class Outcome:
     """A plan's final outcome."""
 
-    status: str  # EXECUTED, BLOCKED, SKIPPED, REJECTED, FAILED
+    status: OutcomeStatus
     error: str = ""
     would_execute: bool = False
     wait_ms: int = 0
@@ -51,19 +96,20 @@ class Outcome:
     def __post_init__(self) -> None:
         if self.status not in STATES:
             raise ValueError(f"unknown outcome status {self.status!r}")
-        if self.status != "EXECUTED" and not self.error:
+        object.__setattr__(self, "status", OutcomeStatus(self.status))  # a bare str, too
+        if self.status != OutcomeStatus.EXECUTED and not self.error:
             raise ValueError(f"a {self.status} outcome needs an error (the schema requires one)")
 
     @property
     def executed(self) -> bool:
-        return self.status == "EXECUTED"
+        return self.status == OutcomeStatus.EXECUTED
 
     @property
-    def state(self) -> str:
+    def state(self) -> JournalState:
         return STATES[self.status]
 
     @property
-    def decision(self) -> str:
+    def decision(self) -> ResultDecision:
         """What happened, in the result's ``decision`` field (not the plan's own)."""
         return RESULT_DECISIONS[self.status]
 
@@ -74,15 +120,15 @@ class Outcome:
 
 
 def skipped(reason: str) -> Outcome:
-    return Outcome("SKIPPED", reason)
+    return Outcome(OutcomeStatus.SKIPPED, reason)
 
 
 def rejected(reason: str) -> Outcome:
-    return Outcome("REJECTED", reason)
+    return Outcome(OutcomeStatus.REJECTED, reason)
 
 
 def blocked(reason: str, wait_ms: int = 0) -> Outcome:
-    return Outcome("BLOCKED", reason, wait_ms=wait_ms)
+    return Outcome(OutcomeStatus.BLOCKED, reason, wait_ms=wait_ms)
 
 
 def _bool(value: bool) -> str:

@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from apply_layer import metrics
-from apply_layer.errors import ConfigError
+from apply_layer.errors import ConfigError, KeyFileError
 from apply_layer.gate import GateResult
 from apply_layer.keys import ISSUERS
 from apply_layer.logs import get_logger
 from apply_layer.settings import Settings
-from apply_layer.signing import KeyFileError, KeyRing, Mode, keys_path, read_keys, verify_permit
+from apply_layer.signing import KeyRing, Mode, keys_path, read_keys, verify_permit
 
 log = get_logger()
 

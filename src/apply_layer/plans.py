@@ -22,7 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-PLAN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+from apply_layer.errors import InvalidPlan
+
+# A plan id, the one definition: the commands' checks and messages derive from it.
+PLAN_ID_CHARS = "A-Za-z0-9_-"  # the contents of a regex character class
+PLAN_ID_RE = re.compile(f"[{PLAN_ID_CHARS}]{{1,64}}")
 SYMBOL_RE = re.compile(r"[A-Z0-9]{2,30}")
 STEP_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,47}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -52,16 +56,6 @@ MAX_STEPS = 16
 # Timestamps above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
 MS_THRESHOLD = 1e11
 MAX_TIMESTAMP_MS = 1e14
-
-
-class InvalidPlan(ValueError):
-    """A stream entry that is not a plan we can act on; ``detail`` is a short code."""
-
-    def __init__(self, detail: str, plan_id: str = "", symbol: str = "") -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.plan_id = plan_id
-        self.symbol = symbol
 
 
 @dataclass(frozen=True)
@@ -218,6 +212,11 @@ def parse_plan(fields: Mapping[str, str]) -> Plan:
         steps=steps,
         extra={k: v for k, v in fields.items() if k not in known},
     )
+
+
+def not_a_plan_id(value: str) -> str:
+    """The one-line message for a value that is not a plan id."""
+    return f"{value!r} is not a plan id ({PLAN_ID_RE.pattern})"
 
 
 def safe_plan_id(fields: Mapping[str, str]) -> str:

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from apply_layer import keys as K
+from apply_layer.errors import ProbeRefused
 from apply_layer.gate import GateConfig
 
 Role = Literal["daemon", "cli"]
@@ -47,10 +48,6 @@ class Probe:
         if "key" in refusal and self.key_rule:
             return self.key_rule
         return self.grant
-
-
-class ProbeRefused(Exception):
-    """The user may not even queue a transaction: nothing can be probed."""
 
 
 def _key(name: str) -> tuple[str, str]:

@@ -45,6 +45,7 @@ from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.redis_identity import IdentityTracker
 from apply_layer.republish import RecentResults, republish_after_changes
 from apply_layer.settings import Settings, unknown_env_vars
+from apply_layer.statuses import HandledKind
 from apply_layer.stream_reader import ENTRY_COST_MAX, StreamEntry
 
 log = get_logger()
@@ -92,7 +93,7 @@ class ApplyService:
         self.processor = Processor(
             settings, self.redis, self.gate, self.journal, self.executor, self.scripts
         )
-        self.counts: dict[str, int] = {"published": 0, "duplicate": 0, "done": 0}
+        self.counts: dict[str, int] = {kind.value: 0 for kind in HandledKind}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.housekeeping = Housekeeping(
             settings,
@@ -371,14 +372,12 @@ class ApplyService:
                 return
 
     async def _process_once(self, entry: StreamEntry) -> None:
+        """Hand one entry to the processor, which also acknowledges it."""
         entry_id = entry.entry_id
         if not entry.fields and not entry.oversized:  # trimmed while pending: nothing left
-            log.warning("pending_entry_gone", entry_id=entry_id)
-        else:
-            handled = await self.processor.handle(entry_id, entry.fields, oversized=entry.oversized)
-            self.counts[handled.kind] += 1
-            if handled.kind == "duplicate":
-                metrics.DUPLICATES.inc()
-            if handled.acked:
-                return  # acknowledged with its result, in one step
-        await self.redis.xack(K.PLAN_STREAM, self.settings.consumer_group, entry_id)
+            await self.processor.drop_gone(entry_id)
+            return
+        handled = await self.processor.handle(entry_id, entry.fields, oversized=entry.oversized)
+        self.counts[handled.kind] += 1
+        if handled.kind == HandledKind.DUPLICATE:
+            metrics.DUPLICATES.inc()

@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from apply_layer.errors import SettingsError
 from apply_layer.keys import ISSUERS
 from apply_layer.plans import SYMBOL_RE
 from apply_layer.redis_client import url_problem
@@ -37,10 +38,6 @@ Mode = Literal["dry_run", "paper", "testnet"]
 LogFormat = Literal["console", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 KeyspaceEvents = Literal["detect", "enable", "off"]
-
-
-class SettingsError(Exception):
-    """A setting is missing or invalid; the message is one line naming it."""
 
 
 def _default_consumer_name() -> str:

@@ -42,6 +42,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
+from apply_layer.errors import KeyFileError
 from apply_layer.keys import ISSUERS, Issuer
 from apply_layer.permits import _is_true, parse_qty
 
@@ -54,10 +55,6 @@ KEY_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MIN_KEY_BYTES = 32
 _HEX_SIG = re.compile(r"[0-9a-f]{64}")
 _INT_TEXT = re.compile(r"[0-9]{1,16}")
-
-
-class KeyFileError(ValueError):
-    """A key file that cannot be used; the message never contains a secret."""
 
 
 @dataclass(frozen=True)

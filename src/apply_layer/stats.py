@@ -38,7 +38,7 @@ BUCKET_EDGES = (1, 5, 20, 50, 100, 250, 500, 1000, 1500)
 BAR_WIDTH = 40
 NO_REASON = "(no reason)"
 
-Outcome = Literal["OK", "BLOCK"]
+WaitOutcome = Literal["OK", "BLOCK"]  # a [PERMIT_WAIT] line's verdict
 Other = Literal["other", "unparsed"]
 
 
@@ -46,7 +46,7 @@ Other = Literal["other", "unparsed"]
 class PermitEvent:
     """One permit decision, from a marker line or a result-stream entry."""
 
-    outcome: Outcome
+    outcome: WaitOutcome
     plan_id: str | None = None
     symbol: str | None = None
     wait_ms: int | None = None

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
-from apply_layer.executors.base import CheckLine
+from apply_layer.checks import CheckLine
 from apply_layer.redis_client import sentinel_of
 from apply_layer.redis_identity import parse_info
 from apply_layer.settings import Settings

@@ -20,8 +20,9 @@ import pytest
 
 from apply_layer.commands import main
 from apply_layer.embedded_redis import free_port
+from apply_layer.errors import SettingsError
 from apply_layer.redis_client import redact_url
-from apply_layer.settings import SettingsError, load_settings
+from apply_layer.settings import load_settings
 
 SECRET = "hunter2xyz"
 HIDDEN = "redis://<hidden: not a valid Redis URL>"

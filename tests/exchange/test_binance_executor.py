@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from apply_layer.executors.base import StepResult
 from apply_layer.executors.binance.executor import BinanceConfigError, BinanceExecutor
 from apply_layer.executors.binance.model import ExchangeInfoInvalid
 from apply_layer.logs import setup_logging
+from apply_layer.outcomes import StepResult
 from apply_layer.settings import Settings
 from tests.exchange.executor_helpers import Make, posts, request
 from tests.fake_binance import (

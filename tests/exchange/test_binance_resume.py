@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from apply_layer.executors.binance.executor import BinanceExecutor
 from apply_layer.outcomes import Outcome, result_fields
+from apply_layer.statuses import OutcomeStatus
 from tests.exchange.executor_helpers import MARGIN, RECV_WINDOW, posts, request
 from tests.fake_binance import ORDER, FakeBinance, dropped, unknown_503
 from tests.harness import MemoryLog
@@ -73,7 +74,7 @@ async def test_a_first_send_adopts_an_order_the_journal_lost(
         plan_id="p1",
         symbol="BTCUSDT",
         plan_decision="EXECUTE",
-        outcome=Outcome("EXECUTED", steps=(result,)),
+        outcome=Outcome(OutcomeStatus.EXECUTED, steps=(result,)),
         mode="testnet",
     )
     assert fields["adopted"] == "True" and '"adopted": true' in fields["steps_results"]
@@ -90,7 +91,7 @@ async def test_an_order_sent_normally_is_not_adopted(
         plan_id="p1",
         symbol="BTCUSDT",
         plan_decision="EXECUTE",
-        outcome=Outcome("EXECUTED", steps=(result,)),
+        outcome=Outcome(OutcomeStatus.EXECUTED, steps=(result,)),
         mode="testnet",
     )
     assert "adopted" not in fields

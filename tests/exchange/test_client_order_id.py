@@ -12,20 +12,16 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
+from apply_layer.checks import CheckLine
 from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.errors import RetryLater
-from apply_layer.executors.base import (
-    CLIENT_ORDER_ID_MAX,
-    CheckLine,
-    OrderLog,
-    OrderRequest,
-    StepResult,
-    client_order_id,
-)
+from apply_layer.executors.base import CLIENT_ORDER_ID_MAX, OrderLog, OrderRequest, client_order_id
 from apply_layer.gate import GateConfig, PermitGate
 from apply_layer.journal import Journal
+from apply_layer.outcomes import StepResult
 from apply_layer.plans import CLOSE_STEPS, PLAN_ID_RE
 from apply_layer.processing import Processor
+from apply_layer.statuses import StepStatus
 from tests.harness import grant, pending_entry, results, settings_for
 
 BINANCE_CLIENT_ORDER_ID = re.compile(r"[\.A-Z\:/a-z0-9_-]{1,36}")
@@ -96,7 +92,7 @@ class _Recorder:
             raise RetryLater("stopped mid-send")
         return StepResult(
             order.step,
-            "EXECUTED",
+            StepStatus.EXECUTED,
             order_id="7",
             client_order_id=order.client_order_id,
             side="SELL",

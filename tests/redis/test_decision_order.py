@@ -22,6 +22,7 @@ from apply_layer import keys as K
 from apply_layer.commands.permits import peek_plan
 from apply_layer.gate import GateConfig, block_reason, decide, wait_and_consume_permits
 from apply_layer.keys import ISSUERS
+from apply_layer.statuses import GateStatus
 
 SYM = "BTCUSDT"
 PLAN = "order-1"
@@ -245,7 +246,7 @@ async def test_permits_says_what_the_gate_then_decides(redis: Redis, case: Case)
             == f"WAIT for {', '.join(view.situation.missing)} (BLOCK missing_* at the deadline)"
         )
         assert decide(view.situation, final=True) == "TIMEOUT"
-        assert block_reason("TIMEOUT", view.situation) == result.reason
+        assert block_reason(GateStatus.TIMEOUT, view.situation) == result.reason
     else:
         assert said == f"BLOCK {result.reason}"
         assert decide(view.situation, final=True) == result.status

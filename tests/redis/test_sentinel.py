@@ -17,8 +17,8 @@ import redis as sync_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from apply_layer.checks import CheckLine
 from apply_layer.commands import main
-from apply_layer.executors.base import CheckLine
 from apply_layer.redis_client import close_redis, create_redis, redis_for
 from apply_layer.redis_identity import IdentityTracker, ReplicaRefused
 from apply_layer.settings import Settings

@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.executors.base import NotReplicated, OrderRequest
+from apply_layer.errors import NotReplicated
+from apply_layer.executors.base import OrderRequest
 from apply_layer.executors.binance.executor import BinanceExecutor
 from apply_layer.executors.paper import PaperExecutor
 from apply_layer.journal import WAIT_TIMEOUT_MS, Journal, JournalOrderLog

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from apply_layer.executors.base import StepResult
 from apply_layer.executors.binance.model import (
     BinanceError,
     ExchangeInfoInvalid,
@@ -19,7 +18,9 @@ from apply_layer.executors.binance.model import (
     step_result,
     stricter,
 )
+from apply_layer.outcomes import StepResult
 from apply_layer.sizing import LotFilter
+from apply_layer.statuses import StepStatus
 
 
 def _order(status: str, executed: str) -> OrderInfo:
@@ -70,7 +71,7 @@ def test_an_executed_step_result_carries_every_field() -> None:
     result = step_result("CLOSE_FULL", _order("FILLED", "0.002"))
     assert result == StepResult(
         step="CLOSE_FULL",
-        status="EXECUTED",
+        status=StepStatus.EXECUTED,
         order_id="1",
         client_order_id="qa-abc",
         side="SELL",

@@ -22,6 +22,7 @@ from typing import Any
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from apply_layer.errors import InvalidPlan, SettingsError
 from apply_layer.keys import ISSUERS, Issuer
 from apply_layer.permits import (
     DENY_CATEGORIES,
@@ -29,16 +30,8 @@ from apply_layer.permits import (
     evaluate_permit,
     governor_block_reason,
 )
-from apply_layer.plans import (
-    DECISIONS,
-    MAX_TIMESTAMP_MS,
-    PLAN_ID_RE,
-    SYMBOL_RE,
-    InvalidPlan,
-    Plan,
-    parse_plan,
-)
-from apply_layer.settings import Settings, SettingsError, load_settings
+from apply_layer.plans import DECISIONS, MAX_TIMESTAMP_MS, PLAN_ID_RE, SYMBOL_RE, Plan, parse_plan
+from apply_layer.settings import Settings, load_settings
 from apply_layer.stats import PermitEvent, build_report, parse_line, render_text, summarize_lines
 from tests.conftest import FUZZ_EXAMPLES, PROFILE
 

@@ -9,18 +9,9 @@ import pytest
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
-from apply_layer.errors import RetryLater
+from apply_layer.errors import AlreadyFinal, KillSwitchOn, LeaseBusy, RetryLater
 from apply_layer.journal import Journal
-from apply_layer.lease import (
-    ACQUIRE_SCRIPT,
-    RELEASE_SCRIPT,
-    RENEW_SCRIPT,
-    AlreadyFinal,
-    KillSwitchOn,
-    Lease,
-    LeaseBusy,
-    SymbolLeases,
-)
+from apply_layer.lease import ACQUIRE_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, Lease, SymbolLeases
 
 
 def leases(redis: Redis, owner: str = "me", kill: bool = False) -> SymbolLeases:

@@ -9,15 +9,23 @@ from typing import Any
 
 import pytest
 
-from apply_layer.executors.base import StepResult
-from apply_layer.outcomes import Outcome, blocked, close_action, rejected, result_fields, skipped
+from apply_layer.outcomes import (
+    Outcome,
+    StepResult,
+    blocked,
+    close_action,
+    rejected,
+    result_fields,
+    skipped,
+)
+from apply_layer.statuses import OutcomeStatus, StepStatus
 from tests.harness import check_result_schema
 
 NOW = 1795977136.527
 
 FILLED = StepResult(
     step="CLOSE_PARTIAL_75",
-    status="EXECUTED",
+    status=StepStatus.EXECUTED,
     order_id="8389765",
     client_order_id="al75-p1",
     side="SELL",
@@ -41,8 +49,8 @@ def fields(outcome: Outcome, close_pct: Decimal | None = Decimal(75)) -> dict[st
 
 
 def test_an_executed_result_carries_the_order_at_top_level() -> None:
-    unsupported = StepResult("UPDATE_SL", "UNSUPPORTED")
-    result = fields(Outcome("EXECUTED", "", True, 3, (unsupported, FILLED)))
+    unsupported = StepResult("UPDATE_SL", StepStatus.UNSUPPORTED)
+    result = fields(Outcome(OutcomeStatus.EXECUTED, "", True, 3, (unsupported, FILLED)))
     check_result_schema(result)
     assert result == {
         "plan_id": "p1",
@@ -74,7 +82,9 @@ def test_an_executed_result_carries_the_order_at_top_level() -> None:
     assert json.loads(result["steps_results"])[-1]["order_status"] == "FILLED"
 
 
-REFUSED = StepResult("CLOSE_FULL", "REJECTED", "qty_below_min", side="SELL", order_status="")
+REFUSED = StepResult(
+    "CLOSE_FULL", StepStatus.REJECTED, "qty_below_min", side="SELL", order_status=""
+)
 
 
 @pytest.mark.parametrize(
@@ -100,7 +110,7 @@ REFUSED = StepResult("CLOSE_FULL", "REJECTED", "qty_below_min", side="SELL", ord
         ),
         (lambda: skipped("stale_plan"), ("SKIPPED", "stale_plan", False, 0), "SKIP", "skipped"),
         (
-            lambda: Outcome("SKIPPED", "dry_run", True),
+            lambda: Outcome(OutcomeStatus.SKIPPED, "dry_run", True),
             ("SKIPPED", "dry_run", True, 0),
             "SKIP",
             "skipped",
@@ -112,13 +122,13 @@ REFUSED = StepResult("CLOSE_FULL", "REJECTED", "qty_below_min", side="SELL", ord
             "rejected",
         ),
         (
-            lambda: Outcome("REJECTED", "qty_below_min", True, 4, (REFUSED,)),
+            lambda: Outcome(OutcomeStatus.REJECTED, "qty_below_min", True, 4, (REFUSED,)),
             ("REJECTED", "qty_below_min", True, 4),
             "ERROR",
             "rejected",
         ),
         (
-            lambda: Outcome("FAILED", "exchange_unavailable", True),
+            lambda: Outcome(OutcomeStatus.FAILED, "exchange_unavailable", True),
             ("FAILED", "exchange_unavailable", True, 0),
             "ERROR",
             "failed",
@@ -156,9 +166,9 @@ def test_the_timestamp_is_now_unless_given() -> None:
 
 def test_an_outcome_that_did_not_execute_must_say_why() -> None:
     with pytest.raises(ValueError, match="needs an error"):
-        Outcome("BLOCKED")
+        Outcome(OutcomeStatus.BLOCKED)
     with pytest.raises(ValueError, match="unknown outcome status"):
-        Outcome("DONE", "x")
+        Outcome("DONE", "x")  # type: ignore[arg-type]  # what a typo at runtime meets
 
 
 @pytest.mark.parametrize(
@@ -169,15 +179,17 @@ def test_close_action(pct: int, action: str) -> None:
 
 
 def test_a_full_close_and_reason_classes() -> None:
-    result = fields(Outcome("EXECUTED", "", True, 0, (FILLED,)), Decimal("100.0"))
+    result = fields(Outcome(OutcomeStatus.EXECUTED, "", True, 0, (FILLED,)), Decimal("100.0"))
     assert (result["close_pct"], result["action"]) == ("100", "FULL_CLOSE")
     assert blocked("p33_permit_denied:reconcile").reason_class == "p33_permit_denied"
-    assert Outcome("EXECUTED").reason_class == "none"
+    assert Outcome(OutcomeStatus.EXECUTED).reason_class == "none"
 
 
 def test_the_step_warning_and_status_reach_steps_results() -> None:
     warned = StepResult(**{**FILLED.__dict__, "warning": "pct_mismatch:name=75,pct=25,closing=25"})
-    (step,) = json.loads(fields(Outcome("EXECUTED", "", True, 0, (warned,)))["steps_results"])
+    (step,) = json.loads(
+        fields(Outcome(OutcomeStatus.EXECUTED, "", True, 0, (warned,)))["steps_results"]
+    )
     assert step["warning"] == "pct_mismatch:name=75,pct=25,closing=25"
     assert (step["order_status"], step["executed_qty"], step["avg_price"]) == (
         "FILLED",

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apply_layer.plans import InvalidPlan, parse_plan
+from apply_layer.errors import InvalidPlan
+from apply_layer.plans import parse_plan
 
 STEP75 = {"step": "CLOSE_PARTIAL_75", "type": "market_reduce_only", "side": "close", "pct": 75.0}
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from apply_layer.settings import SettingsError, load_settings, unknown_env_vars
+from apply_layer.errors import SettingsError
+from apply_layer.settings import load_settings, unknown_env_vars
 
 
 @pytest.fixture(autouse=True)

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from apply_layer.errors import KeyFileError, SettingsError
 from apply_layer.keys import ISSUERS
 from apply_layer.permits import decode_permit, evaluate_permit
-from apply_layer.settings import SettingsError, load_settings
+from apply_layer.settings import load_settings
 from apply_layer.signing import (
-    KeyFileError,
     KeyRing,
     canonical_text,
     keys_path,

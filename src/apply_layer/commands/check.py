@@ -12,9 +12,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from apply_layer import keys as K
-from apply_layer.errors import ConfigError
-from apply_layer.executors import ExecutorUnavailable, create_executor
-from apply_layer.executors.base import CheckLine
+from apply_layer.checks import CheckLine
+from apply_layer.errors import ConfigError, ExecutorUnavailable, ProbeRefused
+from apply_layer.executors import create_executor
 from apply_layer.gate import GATE_SCRIPT, GateConfig
 from apply_layer.journal import ATTEMPT_SCRIPT, CLAIM_SCRIPT, PUBLISH_SCRIPT
 from apply_layer.keyspace import REQUIRED_CLASSES, covers
@@ -22,7 +22,6 @@ from apply_layer.permit_signatures import SignaturePolicy
 from apply_layer.permits import kill_on
 from apply_layer.redis_acl import (
     ACL_FILE,
-    ProbeRefused,
     Role,
     cli_probes,
     daemon_probes,

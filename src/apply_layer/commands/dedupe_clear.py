@@ -29,12 +29,12 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.errors import CommandError
-from apply_layer.plans import PLAN_ID_RE
+from apply_layer.plans import PLAN_ID_CHARS, PLAN_ID_RE, not_a_plan_id
 from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.settings import Settings
 
 # A glob over plan ids: their characters plus Redis glob syntax (* ? [ ] ^ \).
-PATTERN_RE = re.compile(r"[A-Za-z0-9_\-*?\[\]^\\]{1,128}")
+PATTERN_RE = re.compile(rf"[*?\[\]^\\{PLAN_ID_CHARS}]{{1,128}}")
 PREFIX = K.glob_of(K.CLAIM_TEMPLATE).removesuffix("*")
 SCAN_COUNT = 1000
 DELETE_BATCH = 500
@@ -42,7 +42,7 @@ DELETE_BATCH = 500
 
 def plan_id_arg(value: str) -> str:
     if not PLAN_ID_RE.fullmatch(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a plan id ([A-Za-z0-9_-]{{1,64}})")
+        raise argparse.ArgumentTypeError(not_a_plan_id(value))
     return value
 
 
@@ -74,7 +74,9 @@ class Selection:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ClearReport:
+    """What ``dedupe-clear`` found and did."""
+
     matched: list[str]  # the dedupe keys found (each once)
     deleted: int  # how many were deleted (0 in a dry run)
     missing: list[str]  # plan ids named with --plan that have no dedupe key
@@ -109,7 +111,7 @@ async def clear_dedupe(
     scan_count: int = SCAN_COUNT,
     batch: int = DELETE_BATCH,
     on_key: Callable[[str], None] | None = None,
-) -> Outcome:
+) -> ClearReport:
     """Find the selected dedupe keys; with ``delete``, UNLINK them ``batch`` at a time.
 
     Deleting while SCAN walks the keyspace is safe: SCAN still returns every
@@ -133,7 +135,7 @@ async def clear_dedupe(
         deleted += int(await redis.unlink(*pending))
     found = {key.removeprefix(PREFIX) for key in seen}
     missing = [plan for plan in dict.fromkeys(selection.plans) if plan not in found]
-    return Outcome(matched=list(seen), deleted=deleted, missing=missing)
+    return ClearReport(matched=list(seen), deleted=deleted, missing=missing)
 
 
 def selection_from(plans: Sequence[str] | None, pattern: str | None, everything: bool) -> Selection:

@@ -19,7 +19,7 @@ from apply_layer.permits import (
     evaluate_permit,
     kill_on,
 )
-from apply_layer.plans import PLAN_ID_RE
+from apply_layer.plans import PLAN_ID_RE, not_a_plan_id
 from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.settings import Settings
 
@@ -149,7 +149,7 @@ async def peek_plan(redis: Redis, plan_id: str, symbol: str | None, config: Gate
 
 async def cmd_permits(settings: Settings, args: argparse.Namespace) -> int:
     if not PLAN_ID_RE.fullmatch(args.plan_id):
-        raise CommandError(f"{args.plan_id!r} is not a plan id ([A-Za-z0-9_-]{{1,64}})")
+        raise CommandError(not_a_plan_id(args.plan_id))
     redis = redis_for(settings, name="apply_layer:cli")
     try:
         view = await peek_plan(redis, args.plan_id, args.symbol, GateConfig.from_settings(settings))

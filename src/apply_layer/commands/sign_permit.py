@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from apply_layer import keys as K
-from apply_layer.errors import CommandError
-from apply_layer.plans import PLAN_ID_RE
+from apply_layer.errors import CommandError, KeyFileError
+from apply_layer.plans import PLAN_ID_RE, not_a_plan_id
 from apply_layer.settings import Settings
-from apply_layer.signing import KeyFileError, keys_path, read_keys, sign_permit
+from apply_layer.signing import keys_path, read_keys, sign_permit
 
 
 def _ttl(value: str) -> float:
@@ -37,7 +37,7 @@ def _ttl(value: str) -> float:
 
 def _plan_id(value: str) -> str:
     if not PLAN_ID_RE.fullmatch(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a plan id ([A-Za-z0-9_-]{{1,64}})")
+        raise argparse.ArgumentTypeError(not_a_plan_id(value))
     return value
 
 

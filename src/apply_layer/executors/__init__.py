@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from apply_layer.errors import ConfigError
+from apply_layer.errors import ExecutorUnavailable
 from apply_layer.executors.base import Executor
 from apply_layer.settings import Settings
-
-
-class ExecutorUnavailable(ConfigError):
-    """The configured mode cannot run."""
 
 
 def create_executor(settings: Settings) -> Executor:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Protocol
 
-from apply_layer.logs import format_qty
+from apply_layer.checks import CheckLine
+from apply_layer.outcomes import StepResult
 
 CLIENT_ORDER_ID_MAX = 36  # Binance: ^[\.A-Z\:/a-z0-9_-]{1,36}$
 _STEP_CODES = {
@@ -71,59 +72,6 @@ class OrderRequest:
         return self.sent_client_order_id or client_order_id(self.plan_id, self.step)
 
 
-@dataclass(frozen=True)
-class StepResult:
-    """The outcome of one plan step, as ``steps_results`` reports it (docs/CONTRACT.md 2)."""
-
-    step: str
-    status: str  # EXECUTED, DRY_RUN, REJECTED, FAILED, UNSUPPORTED
-    error: str = ""  # e.g. "qty_below_min", "exchange_rejected:-2022"
-    order_id: str = ""
-    client_order_id: str = ""
-    side: str = ""
-    quantity: Decimal | None = None
-    executed_qty: Decimal | None = None
-    avg_price: Decimal | None = None
-    reduce_only: bool = True
-    message: str = ""  # the exchange's own words on a rejection, for operators
-    order_status: str = ""  # the exchange's order status (FILLED, ...) when it reported one
-    warning: str = ""  # what the plan said that was not done as written (pct_mismatch:...)
-    adopted: bool = False  # an earlier run's order, found at the exchange: nothing was sent
-
-    @property
-    def executed(self) -> bool:
-        return self.status == "EXECUTED"
-
-    def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"step": self.step, "status": self.status}
-        if self.error:
-            data["error"] = self.error
-        if self.status in ("EXECUTED", "DRY_RUN", "REJECTED", "FAILED") and self.side:
-            data.update(
-                order_id=self.order_id,
-                client_order_id=self.client_order_id,
-                side=self.side,
-                quantity=format_qty(self.quantity),
-                executed_qty=format_qty(self.executed_qty),
-                avg_price=format_qty(self.avg_price),
-                reduce_only=self.reduce_only,
-            )
-            if self.order_status:
-                data["order_status"] = self.order_status
-        if self.adopted:
-            data["adopted"] = True
-        if self.message:
-            data["message"] = self.message
-        if self.warning:
-            data["warning"] = self.warning
-        return data
-
-
-class NotReplicated(Exception):
-    """The send record did not reach the replicas ``APPLY_REDIS_WAIT_REPLICAS`` asks for
-    in time: nothing may be sent (the executor ends the step FAILED)."""
-
-
 class OrderLog(Protocol):
     """The plan's journal as an executor sees it."""
 
@@ -133,7 +81,7 @@ class OrderLog(Protocol):
 
     async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
         """Journal a send *before* it leaves; raises if the journal cannot be written
-        (:class:`NotReplicated` if it was written but not replicated as required)."""
+        (``errors.NotReplicated`` if it was written but not replicated as required)."""
         ...
 
     def unrecorded_until_ms(self) -> int:
@@ -147,15 +95,6 @@ class OrderLog(Protocol):
         closed. 0 when nothing can have been lost.
         """
         ...
-
-
-@dataclass(frozen=True)
-class CheckLine:
-    """One line of ``apply-layer check``."""
-
-    name: str
-    ok: bool
-    detail: str
 
 
 class Executor(Protocol):

@@ -8,9 +8,12 @@ reports the step as ``DRY_RUN``; the plan ends SKIPPED ``dry_run`` with
 
 from __future__ import annotations
 
-from apply_layer.executors.base import CheckLine, OrderLog, OrderRequest, StepResult
+from apply_layer.checks import CheckLine
+from apply_layer.executors.base import OrderLog, OrderRequest
 from apply_layer.executors.paper import lot_filter
+from apply_layer.outcomes import StepResult
 from apply_layer.sizing import size_close
+from apply_layer.statuses import StepStatus
 
 
 class DryRunExecutor:
@@ -33,10 +36,10 @@ class DryRunExecutor:
             lot=lot_filter(order.symbol),
         )
         if not sizing.ok:
-            return StepResult(order.step, "REJECTED", sizing.error, message=sizing.detail)
+            return StepResult(order.step, StepStatus.REJECTED, sizing.error, message=sizing.detail)
         return StepResult(
             step=order.step,
-            status="DRY_RUN",
+            status=StepStatus.DRY_RUN,
             client_order_id=order.client_order_id,
             side=sizing.side,
             quantity=sizing.qty,

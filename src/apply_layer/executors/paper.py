@@ -16,14 +16,12 @@ import time
 from collections import OrderedDict
 from decimal import Decimal
 
-from apply_layer.executors.base import (
-    CheckLine,
-    NotReplicated,
-    OrderLog,
-    OrderRequest,
-    StepResult,
-)
+from apply_layer.checks import CheckLine
+from apply_layer.errors import NotReplicated
+from apply_layer.executors.base import OrderLog, OrderRequest
+from apply_layer.outcomes import StepResult
 from apply_layer.sizing import LotFilter, size_close
+from apply_layer.statuses import StepStatus
 
 DEFAULT_FILTER = LotFilter(
     step_size=Decimal("0.001"), min_qty=Decimal("0.001"), max_qty=Decimal(1000)
@@ -80,14 +78,18 @@ class PaperExecutor:
         )
         if not sizing.ok:
             return StepResult(
-                order.step, "REJECTED", sizing.error, client_order_id=coid, message=sizing.detail
+                order.step,
+                StepStatus.REJECTED,
+                sizing.error,
+                client_order_id=coid,
+                message=sizing.detail,
             )
         try:
             await log.record_attempt(int(time.time() * 1000), quantity=sizing.qty, side=sizing.side)
         except NotReplicated as exc:
             return StepResult(
                 order.step,
-                "FAILED",
+                StepStatus.FAILED,
                 "journal_not_replicated",
                 client_order_id=coid,
                 message=str(exc),
@@ -96,7 +98,7 @@ class PaperExecutor:
         self.positions[order.symbol] = (live or Decimal(0)) + signed
         result = StepResult(
             step=order.step,
-            status="EXECUTED",
+            status=StepStatus.EXECUTED,
             order_id=str(next(self._ids)),
             client_order_id=coid,
             side=sizing.side,

@@ -46,14 +46,9 @@ import httpx
 from pydantic import SecretStr
 
 from apply_layer import metrics
-from apply_layer.errors import ConfigError
-from apply_layer.executors.base import (
-    CheckLine,
-    NotReplicated,
-    OrderLog,
-    OrderRequest,
-    StepResult,
-)
+from apply_layer.checks import CheckLine
+from apply_layer.errors import ConfigError, NotReplicated
+from apply_layer.executors.base import OrderLog, OrderRequest
 from apply_layer.executors.binance.client import BinanceClient
 from apply_layer.executors.binance.lookup import OrderLookup, RetryPolicy
 from apply_layer.executors.binance.market import HedgeMode, Market
@@ -70,8 +65,10 @@ from apply_layer.executors.binance.model import (
     step_result,
 )
 from apply_layer.logs import format_qty, get_logger
+from apply_layer.outcomes import StepResult
 from apply_layer.settings import Settings
 from apply_layer.sizing import size_close
+from apply_layer.statuses import StepStatus
 
 _log = get_logger("apply_layer.binance")
 HEDGE_REFUSED = (
@@ -195,7 +192,7 @@ class BinanceExecutor:
             if found.order is not None:
                 return self._report(order, found.order)
             if not found.gone:
-                return self._result(order, "FAILED", "order_unknown", found.detail)
+                return self._result(order, StepStatus.FAILED, "order_unknown", found.detail)
         else:
             adopted = await self._adopt_existing(order, unseen)
             if adopted is not None:
@@ -205,15 +202,15 @@ class BinanceExecutor:
             if rules is None:
                 problem = self.market.rules.problem(order.symbol)
                 if problem:  # listed, perhaps, but its filters cannot be read: never guess them
-                    return self._result(order, "FAILED", "exchange_info_invalid", problem)
-                return self._result(order, "REJECTED", "symbol_not_listed", order.symbol)
+                    return self._result(order, StepStatus.FAILED, "exchange_info_invalid", problem)
+                return self._result(order, StepStatus.REJECTED, "symbol_not_listed", order.symbol)
             live = await self.market.position(order.symbol)
         except HedgeMode as exc:
-            return self._result(order, "REJECTED", "hedge_mode", str(exc))
+            return self._result(order, StepStatus.REJECTED, "hedge_mode", str(exc))
         except ExchangeInfoInvalid as exc:
-            return self._result(order, "FAILED", "exchange_info_invalid", str(exc))
+            return self._result(order, StepStatus.FAILED, "exchange_info_invalid", str(exc))
         except BinanceError as exc:
-            return self._result(order, "FAILED", "exchange_unavailable", str(exc))
+            return self._result(order, StepStatus.FAILED, "exchange_unavailable", str(exc))
         sizing = size_close(
             safe_qty=order.safe_qty,
             pct=order.pct,
@@ -222,7 +219,7 @@ class BinanceExecutor:
             lot=rules.lot,
         )
         if not sizing.ok:
-            return self._result(order, "REJECTED", sizing.error, sizing.detail)
+            return self._result(order, StepStatus.REJECTED, sizing.error, sizing.detail)
         return await self._send(order, log, sizing.qty, sizing.side, checked_until=unseen)
 
     async def _adopt_existing(self, order: OrderRequest, unseen_ms: int) -> StepResult | None:
@@ -251,7 +248,7 @@ class BinanceExecutor:
             return self._report(order, found.order, adopted=True)
         if not found.gone:
             detail = f"could not check whether {cid} exists, so nothing was sent: {found.detail}"
-            return self._result(order, "FAILED", "exchange_unavailable", detail)
+            return self._result(order, StepStatus.FAILED, "exchange_unavailable", detail)
         return None
 
     async def _send(
@@ -270,7 +267,9 @@ class BinanceExecutor:
             try:
                 await log.record_attempt(sent_at, quantity=qty, side=side)
             except NotReplicated as exc:
-                return self._result(order, "FAILED", "journal_not_replicated", str(exc), side, qty)
+                return self._result(
+                    order, StepStatus.FAILED, "journal_not_replicated", str(exc), side, qty
+                )
             unseen = log.unrecorded_until_ms()
             if unseen > checked_until:
                 # The record went to a Redis other than the one the lookup was made for:
@@ -282,7 +281,9 @@ class BinanceExecutor:
                     metrics.ORDERS_ADOPTED.inc()
                     return self._report(order, found.order, adopted=True)
                 if not found.gone:
-                    return self._result(order, "FAILED", "order_unknown", found.detail, side, qty)
+                    return self._result(
+                        order, StepStatus.FAILED, "order_unknown", found.detail, side, qty
+                    )
                 continue
             _log.info(
                 "binance_order_send",
@@ -307,13 +308,13 @@ class BinanceExecutor:
                     continue
                 metrics.EXCHANGE_REJECTIONS.inc()
                 error = f"exchange_rejected:{exc.tag}"
-                return self._result(order, "REJECTED", error, exc.msg, side, qty)
+                return self._result(order, StepStatus.REJECTED, error, exc.msg, side, qty)
             except RateLimited as exc:
                 rate_waits += 1
                 wait = exc.retry_after_sec if exc.retry_after_sec is not None else 1.0
                 if rate_waits > p.max_rate_limit_waits or wait > p.max_retry_after_sec:
                     error = f"rate_limited:{exc.http_status}"
-                    return self._result(order, "FAILED", error, str(exc), side, qty)
+                    return self._result(order, StepStatus.FAILED, error, str(exc), side, qty)
                 _log.warning("binance_rate_limited", cid=cid, status=exc.http_status, wait=wait)
                 await self._sleep(wait)
                 continue
@@ -321,7 +322,7 @@ class BinanceExecutor:
                 not_processed += 1
                 if not_processed > p.max_not_processed_retries:
                     return self._result(
-                        order, "FAILED", "exchange_unavailable", str(exc), side, qty
+                        order, StepStatus.FAILED, "exchange_unavailable", str(exc), side, qty
                     )
                 await self._sleep(p.lookup_backoff_sec * not_processed)
                 continue
@@ -332,12 +333,16 @@ class BinanceExecutor:
                 if found.order is not None:
                     return self._report(order, found.order)
                 if not found.gone:
-                    return self._result(order, "FAILED", "order_unknown", found.detail, side, qty)
+                    return self._result(
+                        order, StepStatus.FAILED, "order_unknown", found.detail, side, qty
+                    )
                 resends += 1
                 if resends > p.max_resend_cycles:
                     # Known, not unknown: every send provably never executed.
                     detail = f"{resends} sends provably never executed; giving up"
-                    return self._result(order, "FAILED", "order_not_placed", detail, side, qty)
+                    return self._result(
+                        order, StepStatus.FAILED, "order_not_placed", detail, side, qty
+                    )
                 _log.warning("binance_order_resend", cid=cid, after_ms=sent_at)
                 continue
             return self._report(order, await self.lookup.settle(order.symbol, info))
@@ -375,13 +380,13 @@ class BinanceExecutor:
     def _result(
         self,
         order: OrderRequest,
-        status: str,
+        status: StepStatus,
         error: str,
         message: str = "",
         side: str = "",
         qty: Decimal | None = None,
     ) -> StepResult:
-        if status != "EXECUTED":
+        if status != StepStatus.EXECUTED:
             _log.warning(
                 "binance_order_outcome",
                 plan=order.plan_id,

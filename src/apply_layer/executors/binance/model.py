@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from apply_layer.executors.base import StepResult
 from apply_layer.logs import format_qty
+from apply_layer.outcomes import StepResult
 from apply_layer.sizing import LotFilter
+from apply_layer.statuses import StepStatus
 
 INVALID_TIMESTAMP = -1021
 NO_SUCH_ORDER = -2013
@@ -218,10 +219,12 @@ def step_result(step: str, info: OrderInfo) -> StepResult:
     }
     if executed:
         note = "" if info.status == "FILLED" else f"order {info.status}, partly filled"
-        return StepResult(status="EXECUTED", message=note, **fields)
+        return StepResult(status=StepStatus.EXECUTED, message=note, **fields)
     if info.status in ("EXPIRED", "EXPIRED_IN_MATCH"):
-        return StepResult(status="REJECTED", error="exchange_expired", **fields)
+        return StepResult(status=StepStatus.REJECTED, error="exchange_expired", **fields)
     if info.status in ("CANCELED", "REJECTED"):
-        return StepResult(status="REJECTED", error=f"exchange_{info.status.lower()}", **fields)
+        return StepResult(
+            status=StepStatus.REJECTED, error=f"exchange_{info.status.lower()}", **fields
+        )
     note = f"order accepted but not filled (status {info.status})"
-    return StepResult(status="FAILED", error="order_not_final", message=note, **fields)
+    return StepResult(status=StepStatus.FAILED, error="order_not_final", message=note, **fields)
