@@ -133,7 +133,7 @@ class Chaos:
         self.rng = random.Random(config.seed)
         self.truth = Truth()
         self.report = Report(config)
-        self.redis_server = EmbeddedRedis(appendonly=True, notify_keyspace_events="K$h")
+        self.redis_server = self._new_redis_server()
         self.fake = fb.FakeBinance()
         self.daemons: list[Daemon] = []
         self.redis: Redis | None = None
@@ -142,6 +142,9 @@ class Chaos:
     # ---- where Redis lives (subclasses: Sentinel, snapshots) ---------------------------
 
     loses_writes = False  # True where Redis may lose acknowledged writes (see verify)
+
+    def _new_redis_server(self) -> EmbeddedRedis:
+        return EmbeddedRedis(appendonly=True, notify_keyspace_events="K$h")
 
     async def _start_redis(self) -> Redis:
         self.redis_server.start()

@@ -68,6 +68,7 @@ class FailoverChaos(Chaos):
 
     def _stop_redis(self) -> None:
         self.sentinels.close()
+        self.redis_server.close()  # the standalone server of the base run, never started here
 
     def _redis_url(self) -> str:
         return UNUSED_URL
@@ -91,10 +92,12 @@ class RollbackChaos(Chaos):
 
     def __init__(self, config: ChaosConfig, workdir: Path) -> None:
         super().__init__(config, workdir)
-        self.redis_server = EmbeddedRedis(appendonly=False, notify_keyspace_events="K$h")
         self.snapshots = Snapshots(self.redis_server, workdir)
         self._lock = asyncio.Lock()
         self._snapshotter: asyncio.Task[None] | None = None
+
+    def _new_redis_server(self) -> EmbeddedRedis:
+        return EmbeddedRedis(appendonly=False, notify_keyspace_events="K$h")  # snapshots only
 
     async def _start_redis(self) -> Redis:
         self.redis_server.start()

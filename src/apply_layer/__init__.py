@@ -1,4 +1,55 @@
-"""quantum-apply-layer: the execution gate of the quantum trading system."""
+"""quantum-apply-layer: the execution gate of the quantum trading system.
+
+A plan read from Redis passes two permits (the governor's and P3.3's) in
+one atomic step, or is blocked; only then is one reduce-only close placed,
+exactly once. docs/ARCHITECTURE.md follows one plan through these modules.
+
+The module map, by layer. A layer imports only those below it; the pure
+core imports nothing but itself (and ``logs``' formatting helpers)::
+
+    commands/          apply-layer <command>; one module per subcommand
+      __init__            the dispatcher: settings, logging, exit statuses
+      run check permits stats dedupe_clear demo smoke sign_permit
+    __main__           python -m apply_layer
+
+    service            the daemon: intake loop, tasks, outages, signals
+    housekeeping       heartbeat, pending export, XAUTOCLAIM, idle consumers
+    processing         one entry to one published ending (the lifecycle's I/O)
+    permit_signatures  which issuers must sign, and what a bad signature does
+
+    Redis shell
+      gate             wait_and_consume_permits (lua/gate.lua)
+      journal          where a plan stands; claim, send record, the one publish
+      lease            one execution per symbol; its fence and release
+      lua/             every script, one .lua file each, KEYS/ARGV in a header
+      keyspace         keyspace notifications that wake the gate's waiters
+      batching         the hot path's scripts pipelined per event-loop turn
+      stream_reader    bounded reads of the plan stream
+      redis_client     the one connection factory (URL or Sentinel)
+      redis_identity   notices a Redis that lost writes
+      republish        writes recent results again after such a loss
+      redis_acl, topology   what `check` asks Redis about
+    Exchange shell
+      executors/       base (the protocol), paper, dry_run, binance/
+      executors/binance/   model (pure), client, market, lookup, executor
+
+    Pure core (no I/O)
+      plans            a stream entry becomes a Plan or InvalidPlan
+      permits          a stored permit is allow, deny or missing
+      sizing           how much to close, rounded down to the lot step
+      lifecycle        screening, stale authorisation, step result to outcome
+      outcomes         Outcome, StepResult and the result entry's fields
+      statuses         every status and state, a documented StrEnum each
+      signing          signed permits: canonical text, HMAC, key files
+      stats            what the [PERMIT_WAIT] lines say
+      keys             every Redis key and stream name
+      errors           the exceptions, and the tree of all of them
+      checks           CheckLine, one line of `apply-layer check`
+
+    Used everywhere: settings (the one settings object), logs (the one
+    logging setup), metrics, systemd (sd_notify), caller_tokens,
+    embedded_redis (a private redis-server for the demo and the tests).
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 

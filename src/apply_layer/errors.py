@@ -23,7 +23,7 @@ where each class lives (``errors`` unless named)::
         ├── RateLimited          429 / 418: resending later is safe
         ├── NotProcessed         definitely not processed: safe to resend
         ├── ExchangeInfoInvalid  exchangeInfo is not a list of symbols
-        └── executors.binance.executor._HedgeMode   hedge-mode account: refused
+        └── executors.binance.market.HedgeMode   hedge-mode account: refused
 
     The process cannot run as configured (nothing is sent at all)
     ├── ConfigError              exits 2

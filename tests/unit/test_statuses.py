@@ -79,7 +79,7 @@ def test_the_wire_values_are_the_documented_ones() -> None:
     ]
     assert sorted(FINAL_STATES) == ["blocked", "executed", "failed", "rejected", "skipped"]
     assert [*StepStatus] == ["EXECUTED", "DRY_RUN", "REJECTED", "FAILED", "UNSUPPORTED"]
-    assert [*GateStatus] == ["ALLOW", "DENY", "GOV_BLOCK", "KILL", "TIMEOUT", "MISMATCH"]
+    assert [*GateStatus] == ["ALLOW", "DENY", "GOV_BLOCK", "KILL", "TIMEOUT", "MISMATCH", "WAIT"]
     assert [*HandledKind] == ["published", "duplicate", "done"]
     assert {s: str(STATES[s]) for s in OutcomeStatus} == {s: s.lower() for s in OutcomeStatus}
     assert set(RESULT_DECISIONS) == set(OutcomeStatus) == set(STATES)
