@@ -32,7 +32,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "apply_layer"
 MUTANTS = ROOT / "mutants" / "src" / "apply_layer"
-MODULES = ("sizing", "permits", "plans", "executors.binance.model", "outcomes", "stats")
+MODULES = (
+    "sizing",
+    "permits",
+    "plans",
+    "executors.binance.model",
+    "outcomes",
+    "lifecycle",
+    "stats",
+)
 KILLED = {1, 3, 36, 37, 24, -24, 152, 255}  # failed, pytest error, timeout, type check
 SURVIVED = {0}
 NO_TESTS = {5, 33}
