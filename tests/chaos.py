@@ -75,6 +75,9 @@ class Report:
     failovers: int = 0
     rollbacks: int = 0
     lost_ids: list[str] = field(default_factory=list)  # for diagnosis
+    # For diagnosis: plan id, result status, orders placed, journal state and whether
+    # the journal's result_id is the result's.
+    mismatch_details: list[str] = field(default_factory=list)
     adopted: int = 0  # results whose order was found at the exchange, not sent
     republished: int = 0  # results the daemons wrote again after Redis lost them
     double_orders: int = 0  # orders beyond the first, per plan
@@ -113,6 +116,7 @@ class Report:
             f"{self.unauthorized_orders}   outcome mismatches {self.outcome_mismatches}   "
             f"unrecorded permit consumptions {self.unrecorded_consumptions}   "
             f"permit writes Redis lost {self.permits_lost}",
+            *(f"mismatch {detail}" for detail in self.mismatch_details),
             "RESULT: " + ("PASS" if self.violations == 0 else f"FAIL ({self.violations})"),
         ]
 
@@ -398,6 +402,12 @@ class Chaos:
                 or journal.get("state") != result["status"].lower()
             ):
                 r.outcome_mismatches += 1
+                r.mismatch_details.append(
+                    f"{plan_id}: result {result['status']} {result.get('error', '')}, "
+                    f"orders {placed}, journal {journal.get('state')!s}, result_id "
+                    f"{'same' if journal.get('result_id') == result['_id'] else 'differs'}, "
+                    f"results {len(results)}"
+                )
             for issuer in ("governor", "p33"):
                 key = K.ISSUERS[issuer].key(plan_id)
                 written = self.truth.permits.get(key)
