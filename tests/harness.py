@@ -340,16 +340,10 @@ class MemoryLog:
 # ---- in-process services -----------------------------------------------------
 
 
-class SlowExecutor:
-    """Fills after a pause, recording how many orders per symbol overlap."""
+class StubExecutor:
+    """The executor protocol's no-op parts, for test executors that only ``execute``."""
 
     mode = "paper"
-
-    def __init__(self) -> None:
-        self.active: defaultdict[str, int] = defaultdict(int)
-        self.max_per_symbol: defaultdict[str, int] = defaultdict(int)
-        self.total = 0
-        self.max_total = 0
 
     async def start(self) -> None:
         return None
@@ -359,6 +353,16 @@ class SlowExecutor:
 
     async def preflight(self) -> list[CheckLine]:
         return []
+
+
+class SlowExecutor(StubExecutor):
+    """Fills after a pause, recording how many orders per symbol overlap."""
+
+    def __init__(self) -> None:
+        self.active: defaultdict[str, int] = defaultdict(int)
+        self.max_per_symbol: defaultdict[str, int] = defaultdict(int)
+        self.total = 0
+        self.max_total = 0
 
     async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
         await log.record_attempt(0, quantity=order.safe_qty, side="SELL")

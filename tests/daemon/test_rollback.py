@@ -52,13 +52,6 @@ CASES = [
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeBinance]:
-    with FakeBinance() as exchange:
-        exchange.positions["BTCUSDT"] = Decimal("0.012")
-        yield exchange
-
-
-@pytest.fixture
 def testnet(
     own_redis_server: EmbeddedRedis, tmp_path: Path, fake: FakeBinance
 ) -> Iterator[FakeBinanceDaemons]:

@@ -28,13 +28,6 @@ COID = "al75-{}"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeBinance]:
-    with FakeBinance() as exchange:
-        exchange.positions["BTCUSDT"] = Decimal("0.012")
-        yield exchange
-
-
-@pytest.fixture
 def testnet(
     redis_server: EmbeddedRedis, tmp_path: Path, fake: FakeBinance
 ) -> Iterator[Callable[[str], Daemon]]:

@@ -9,7 +9,7 @@ journal refuses never leaves.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -66,13 +66,6 @@ def request(plan: str = "p1") -> OrderRequest:
     return OrderRequest(
         plan, "BTCUSDT", "CLOSE_FULL", Decimal(100), Decimal("0.010"), Decimal("0.010")
     )
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeBinance]:
-    with FakeBinance() as server:
-        server.positions["BTCUSDT"] = Decimal("0.010")
-        yield server
 
 
 @pytest.fixture

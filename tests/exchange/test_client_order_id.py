@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
-from apply_layer.checks import CheckLine
 from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.errors import RetryLater
 from apply_layer.executors.base import CLIENT_ORDER_ID_MAX, OrderLog, OrderRequest, client_order_id
@@ -22,7 +21,7 @@ from apply_layer.outcomes import StepResult
 from apply_layer.plans import CLOSE_STEPS, PLAN_ID_RE
 from apply_layer.processing import Processor
 from apply_layer.statuses import StepStatus
-from tests.harness import grant, pending_entry, results, settings_for
+from tests.harness import StubExecutor, grant, pending_entry, results, settings_for
 
 BINANCE_CLIENT_ORDER_ID = re.compile(r"[\.A-Z\:/a-z0-9_-]{1,36}")
 plan_ids = st.from_regex(PLAN_ID_RE, fullmatch=True)
@@ -67,23 +66,12 @@ def test_two_plan_ids_never_share_an_order_id(a: str, b: str, step: str) -> None
 # ---- an in-flight plan keeps the id it was sent with --------------------------------
 
 
-class _Recorder:
+class _Recorder(StubExecutor):
     """Records the first send, then stops (as a crash mid-send would); later just fills."""
-
-    mode = "paper"
 
     def __init__(self, stop_after_record: bool) -> None:
         self.stop_after_record = stop_after_record
         self.seen: list[str] = []
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def preflight(self) -> list[CheckLine]:
-        return []
 
     async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
         self.seen.append(order.client_order_id)

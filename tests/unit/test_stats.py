@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from apply_layer import keys as K
 from apply_layer.commands import main
-from apply_layer.commands import stats as stats_cli
+from apply_layer.commands import stats as stats_command
 from apply_layer.commands.stats import parse_since
 from apply_layer.embedded_redis import EmbeddedRedis, free_port
 from apply_layer.logs import get_logger, permit_block_line, permit_ok_line, setup_logging
@@ -557,7 +557,7 @@ def test_journalctl_missing(
     assert main(["stats", "--journal"]) == 1
     err = capsys.readouterr().err
     assert "cannot run journalctl" in err and "--file PATH" in err and "Traceback" not in err
-    monkeypatch.setattr(stats_cli, "JOURNALCTL", str(tmp_path / "no-such-journalctl"))
+    monkeypatch.setattr(stats_command, "JOURNALCTL", str(tmp_path / "no-such-journalctl"))
     assert main(["stats"]) == 1  # journald is the default when stdin is not piped
     assert "cannot run" in capsys.readouterr().err
 
@@ -613,7 +613,7 @@ def test_stats_from_redis(db: sync_redis.Redis, capsys: pytest.CaptureFixture[st
 def test_stats_from_redis_pages_through_a_long_stream(
     db: sync_redis.Redis, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(stats_cli, "REDIS_PAGE", 7)
+    monkeypatch.setattr(stats_command, "REDIS_PAGE", 7)
     with db.pipeline(transaction=False) as pipe:
         for i in range(50):
             fields = {"status": "EXECUTED", "wait_ms": str(i), "would_execute": "True"}
