@@ -103,8 +103,11 @@ def lease_wrong_type(wait_ms: int) -> Outcome:
 
 
 def signed_decimal(value: Any) -> Decimal | None:
-    """A permit's signed amount (P3.3's ``exchange_position_amt``), or None if unusable."""
-    if value is None or isinstance(value, bool):
+    """A permit's signed amount (P3.3's ``exchange_position_amt``), or None if unusable.
+
+    JSON ``true``/``false`` need no test of their own: ``Decimal("True")`` is invalid.
+    """
+    if value is None:
         return None
     try:
         amount = Decimal(str(value))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -123,19 +124,23 @@ def test_step_outcome_carries_the_step_warning(warning: str) -> None:
     assert outcome.steps[-1].order_id == "9"
 
 
+# Lambdas, not values: an outcome built at collection time would not see a mutant
+# that mutmut switches on later (docs/TESTING.md, "One pitfall").
 @pytest.mark.parametrize(
-    ("outcome", "expected"),
+    ("make", "expected"),
     [
         (
-            lifecycle.internal_error(ZeroDivisionError()),
+            lambda: lifecycle.internal_error(ZeroDivisionError()),
             ("FAILED", "internal_error:ZeroDivisionError"),
         ),
-        (lifecycle.wrong_type("claim"), ("REJECTED", "key_wrong_type:claim")),
-        (lifecycle.wrong_type("journal"), ("REJECTED", "key_wrong_type:journal")),
-        (lifecycle.lease_wrong_type(40), ("FAILED", "key_wrong_type:lease")),
+        (lambda: lifecycle.wrong_type("claim"), ("REJECTED", "key_wrong_type:claim")),
+        (lambda: lifecycle.wrong_type("journal"), ("REJECTED", "key_wrong_type:journal")),
+        (lambda: lifecycle.lease_wrong_type(40), ("FAILED", "key_wrong_type:lease")),
     ],
 )
-def test_failure_outcomes(outcome: Outcome, expected: tuple[str, str]) -> None:
+def test_failure_outcomes(make: Callable[[], Outcome], expected: tuple[str, str]) -> None:
+    outcome = make()
+    assert isinstance(outcome.status, OutcomeStatus)
     assert (outcome.status, outcome.error) == expected
     assert not outcome.would_execute
 

@@ -196,3 +196,77 @@ def test_the_step_warning_and_status_reach_steps_results() -> None:
         "0.009",
         "61234.5",
     )
+
+
+def test_a_bare_status_becomes_the_enum() -> None:
+    outcome = Outcome("EXECUTED", steps=(FILLED,))  # type: ignore[arg-type]  # as a caller might
+    assert outcome.status is OutcomeStatus.EXECUTED
+
+
+def test_an_adopted_order_is_said_at_top_level_and_in_its_step() -> None:
+    adopted = StepResult(
+        step="CLOSE_FULL",
+        status=StepStatus.EXECUTED,
+        order_id="9",
+        client_order_id="al100-p1",
+        side="BUY",
+        quantity=Decimal("0.5"),
+        executed_qty=Decimal("0.5"),
+        avg_price=Decimal(2),
+        adopted=True,
+    )
+    out = fields(Outcome(OutcomeStatus.EXECUTED, steps=(adopted,)), Decimal(100))
+    assert out["adopted"] == "True"
+    assert json.loads(out["steps_results"])[-1]["adopted"] is True
+    assert "adopted" not in fields(Outcome(OutcomeStatus.EXECUTED, steps=(FILLED,)))
+
+
+def test_a_step_reports_its_order_only_when_one_was_placed() -> None:
+    assert FILLED.as_dict() == {
+        "step": "CLOSE_PARTIAL_75",
+        "status": "EXECUTED",
+        "order_id": "8389765",
+        "client_order_id": "al75-p1",
+        "side": "SELL",
+        "quantity": "0.009",
+        "executed_qty": "0.009",
+        "avg_price": "61234.5",
+        "reduce_only": True,
+        "order_status": "FILLED",
+    }
+    rejected_step = StepResult(
+        "CLOSE_FULL",
+        StepStatus.REJECTED,
+        "exchange_rejected:-2022",
+        order_id="",
+        client_order_id="al100-p1",
+        side="SELL",
+        quantity=Decimal("0.5"),
+        reduce_only=False,
+        message="ReduceOnly Order is rejected.",
+        warning="pct_mismatch:x",
+    )
+    assert rejected_step.as_dict() == {
+        "step": "CLOSE_FULL",
+        "status": "REJECTED",
+        "error": "exchange_rejected:-2022",
+        "order_id": "",
+        "client_order_id": "al100-p1",
+        "side": "SELL",
+        "quantity": "0.5",
+        "executed_qty": "none",  # nothing filled: said as none, not as a zero fill
+        "avg_price": "none",
+        "reduce_only": False,
+        "message": "ReduceOnly Order is rejected.",
+        "warning": "pct_mismatch:x",
+    }
+    # No side: nothing was sized, so no order fields at all.
+    assert StepResult("CLOSE_FULL", StepStatus.FAILED, "qty_below_min").as_dict() == {
+        "step": "CLOSE_FULL",
+        "status": "FAILED",
+        "error": "qty_below_min",
+    }
+    assert StepResult("PARTIAL_X", StepStatus.UNSUPPORTED, side="SELL").as_dict() == {
+        "step": "PARTIAL_X",
+        "status": "UNSUPPORTED",
+    }
