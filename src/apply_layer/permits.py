@@ -121,8 +121,8 @@ def parse_qty(value: Any) -> Decimal | None:
 def _json_constant(name: str) -> Decimal:
     # cjson (the script's decoder) accepts NaN and Infinity; so must we, or a
     # permit with NaN in an unrelated field would be an allow there and a
-    # deny here.
-    return Decimal(name.replace("Infinity", "Inf"))
+    # deny here. Decimal reads JSON's three names (NaN, Infinity, -Infinity) as they are.
+    return Decimal(name)
 
 
 def is_oversized(raw: str) -> bool:

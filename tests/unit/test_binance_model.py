@@ -237,7 +237,9 @@ def test_one_unreadable_symbol_hides_no_other() -> None:
 
 @pytest.mark.parametrize("data", [None, [], {}, "exchangeInfo", {"symbols": "BTCUSDT"}])
 def test_an_exchange_info_without_a_list_of_symbols_is_invalid(data: Any) -> None:
-    with pytest.raises(ExchangeInfoInvalid, match="without a list of symbols"):
+    with pytest.raises(
+        ExchangeInfoInvalid, match=r"^exchangeInfo answer without a list of symbols$"
+    ):
         parse_exchange_info(data)
 
 
@@ -271,3 +273,43 @@ def test_a_symbol_without_filters_and_a_fractional_max() -> None:
     assert list(rules) == ["FRACUSDT"]
     assert rules["FRACUSDT"].symbol == "FRACUSDT"
     assert rules["FRACUSDT"].lot == LotFilter(Decimal("0.001"), Decimal("0.001"), Decimal("0.5"))
+
+
+def test_what_an_unreadable_entry_says_and_what_problem_reports() -> None:
+    """The reasons are what operators see in ``exchange_info_invalid`` (issue 13)."""
+    good = lot("0.001", "0.001", "100")
+    info = {
+        "symbols": [
+            _symbol("AAAUSDT", good, None),
+            _symbol("BADUSDT", {"stepSize": "x", "minQty": "1", "maxQty": "1"}, None),
+            _symbol("NOFILTERUSDT", None, None),
+            _symbol("NESTUSDT", lot("0.003", "0", "0"), lot("0.002", "0", "0")),
+            {"symbol": "LISTUSDT", "filters": "LOT_SIZE"},
+            {"symbol": "JUNKUSDT", "filters": ["LOT_SIZE", {"filterType": 5}, good]},
+            {"filters": [{"filterType": "LOT_SIZE", **good}]},  # no symbol name
+            {"symbol": "", "filters": []},  # an empty name is no name
+            ["not", "an", "entry"],
+        ]
+    }
+    rules = parse_exchange_info(info)
+    assert list(rules) == ["AAAUSDT"]
+    assert rules.invalid == {
+        "BADUSDT": "unreadable lot filters (InvalidOperation)",
+        "NOFILTERUSDT": "no LOT_SIZE or MARKET_LOT_SIZE filter",
+        "NESTUSDT": "lot steps ['0.003', '0.002'] do not nest",
+        "LISTUSDT": "filters is not a list",
+        "JUNKUSDT": "no LOT_SIZE or MARKET_LOT_SIZE filter",
+    }
+    assert rules.unreadable == 3
+    assert rules.problem("BADUSDT") == "BADUSDT: unreadable lot filters (InvalidOperation)"
+    assert rules.problem("AAAUSDT") == ""  # listed and readable
+    # Unlisted, while some entries named no symbol: it may be one of them.
+    assert rules.problem("ZZZUSDT") == "3 exchangeInfo entries name no symbol"
+    clean = parse_exchange_info({"symbols": [_symbol("AAAUSDT", good, None)]})
+    assert clean.unreadable == 0
+    assert clean.problem("ZZZUSDT") == ""  # simply not listed
+
+
+def test_a_symbol_without_a_filters_key_has_no_filter() -> None:
+    rules = parse_exchange_info({"symbols": [{"symbol": "BAREUSDT"}]})
+    assert rules.invalid == {"BAREUSDT": "no LOT_SIZE or MARKET_LOT_SIZE filter"}

@@ -22,6 +22,7 @@ from apply_layer.permits import (
     PermitVerdict,
     evaluate_permit,
     governor_block_reason,
+    is_oversized,
     kill_on,
     parse_qty,
     sanitise_reason,
@@ -401,3 +402,16 @@ def test_governor_block_reasons() -> None:
     assert governor_block_reason('{"why": "x"}') == "unspecified"
     assert governor_block_reason("[1, 2]") == "unspecified"
     assert governor_block_reason("plain words") == "plain_words"
+
+
+def test_an_oversized_permit_is_a_deny_of_its_own_issuer_and_kind() -> None:
+    raw = json.dumps({"allow": True, "pad": "x" * MAX_PERMIT_BYTES})
+    assert evaluate_permit(P33, "string", raw, "BTCUSDT") == PermitVerdict(
+        "p33", "string", "deny", "oversized"
+    )
+
+
+def test_the_size_limit_is_inclusive() -> None:
+    assert not is_oversized("x" * MAX_PERMIT_BYTES)
+    assert is_oversized("x" * (MAX_PERMIT_BYTES + 1))
+    assert is_oversized(OVERSIZED_PREFIX + "{}")

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from apply_layer.errors import InvalidPlan
-from apply_layer.plans import parse_plan
+from apply_layer.plans import parse_plan, safe_plan_id
 
 STEP75 = {"step": "CLOSE_PARTIAL_75", "type": "market_reduce_only", "side": "close", "pct": 75.0}
 
@@ -405,3 +405,17 @@ def test_an_oversized_field_is_named_log_safe() -> None:
         parse_plan({"plan_id": "p1", "bad\nname {x}": "x" * 9000})
     assert exc.value.detail == "oversized_field:bad_name__x_"
     assert exc.value.plan_id == "p1"
+
+
+@pytest.mark.parametrize(
+    ("fields", "echoed"),
+    [
+        ({"plan_id": "p-1_A"}, "p-1_A"),
+        ({"plan_id": "bad id"}, ""),  # not a plan id: nothing to journal by
+        ({"plan_id": "p" * 65}, ""),
+        ({"plan": "p1"}, ""),
+        ({"symbol": "p1"}, ""),  # another field's value is never taken for the id
+    ],
+)
+def test_safe_plan_id(fields: dict[str, str], echoed: str) -> None:
+    assert safe_plan_id(fields) == echoed

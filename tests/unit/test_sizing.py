@@ -216,13 +216,14 @@ def test_an_absurd_position_is_refused_not_computed_with(amount: str) -> None:
     # 1e999999999 raised decimal.Overflow out of sizing (issue 13).
     for reported, live in ((D(amount), None), (D("0.01"), D(amount))):
         s = size_close(safe_qty=D("1"), pct=D(75), reported_amt=reported, live_amt=live, lot=BTC)
-        assert (s.ok, s.error, s.qty) == (False, "invalid_position_amt", D(0))
+        # A refusal carries no quantity and no side, and names the amount it refused.
+        assert s == Sizing(Z, "", "invalid_position_amt", f"position {D(amount):.6g}")
 
 
 def test_a_lot_step_too_fine_to_compute_sends_nothing() -> None:
     fine = LotFilter(step_size=D("1e-40"), min_qty=D(0))
     s = size_close(safe_qty=D("1"), pct=D(100), reported_amt=D("123456789"), lot=fine)
-    assert (s.ok, s.error) == (False, "unsizable")
+    assert s == Sizing(Z, "", "unsizable", f"InvalidOperation with lot {fine}")
 
 
 @given(
