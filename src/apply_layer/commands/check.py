@@ -13,13 +13,13 @@ from redis.exceptions import RedisError
 
 from apply_layer import keys as K
 from apply_layer.checks import CheckLine
+from apply_layer.commands.permits import read_kill_switch
 from apply_layer.errors import ConfigError, ExecutorUnavailable, ProbeRefused
 from apply_layer.executors import create_executor
 from apply_layer.gate import GATE_SCRIPT, GateConfig
 from apply_layer.journal import ATTEMPT_SCRIPT, CLAIM_SCRIPT, PUBLISH_SCRIPT
 from apply_layer.keyspace import REQUIRED_CLASSES, covers
 from apply_layer.permit_signatures import SignaturePolicy
-from apply_layer.permits import kill_on
 from apply_layer.redis_acl import (
     ACL_FILE,
     Role,
@@ -178,12 +178,7 @@ async def _stream_checks(redis: Redis, settings: Settings) -> list[CheckLine]:
 
 async def kill_switch_check(redis: Redis) -> CheckLine | None:
     """A line when a kill switch key is on (read as the gate reads it), else None."""
-    on = []
-    for key in K.KILL_SWITCH_KEYS:
-        kind = str(await redis.type(key))
-        raw = await redis.get(key) if kind == "string" else None
-        if kill_on(kind, None if raw is None else str(raw)):
-            on.append(key)
+    on = [key for key, is_on in (await read_kill_switch(redis)).items() if is_on]
     if not on:
         return None
     return CheckLine("kill switch", True, f"ON via {', '.join(on)}: every plan is blocked")

@@ -22,6 +22,7 @@ from apply_layer.permits import (
 from apply_layer.plans import PLAN_ID_RE, not_a_plan_id
 from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.settings import Settings
+from apply_layer.statuses import GateStatus
 
 
 @dataclass
@@ -59,9 +60,9 @@ class PlanView:
             return f"already decided: {self.journal['gate_status']} ({self.journal.get('state')})"
         seen = self.situation
         status = decide(seen, final=False)
-        if status == "WAIT":
+        if status == GateStatus.WAIT:
             return f"WAIT for {', '.join(seen.missing)} (BLOCK missing_* at the deadline)"
-        if status == "ALLOW":
+        if status == GateStatus.ALLOW:
             qty = next((v.verdict.safe_qty for v in self.permits if v.verdict.safe_qty), None)
             return f"OK safe_qty={qty}"
         return f"BLOCK {block_reason(status, seen)}"
@@ -118,6 +119,18 @@ async def _read(redis: Redis, key: str) -> tuple[str, str | None, int]:
     return kind, None if kind == "none" else "", ttl
 
 
+async def read_kill_switch(redis: Redis) -> dict[str, bool]:
+    """Each kill-switch key, on or off, read as the gate's ``kill_on`` reads it: its
+    type, then (a string only) its value. TYPE and GET are all it sends, which the
+    daemon's ACL user may run too (``check --role daemon``)."""
+    state = {}
+    for key in K.KILL_SWITCH_KEYS:
+        kind = str(await redis.type(key))
+        raw = await redis.get(key) if kind == "string" else None
+        state[key] = kill_on(kind, None if raw is None else str(raw))
+    return state
+
+
 async def peek_plan(redis: Redis, plan_id: str, symbol: str | None, config: GateConfig) -> PlanView:
     """Read every key the gate reads for ``plan_id``; changes nothing.
 
@@ -133,10 +146,7 @@ async def peek_plan(redis: Redis, plan_id: str, symbol: str | None, config: Gate
             PermitView(issuer.name, key, ttl, evaluate_permit(issuer, kind, raw, symbol))
         )
     block_kind, block_raw, _ = await _read(redis, K.governor_block(plan_id))
-    kill = {"APPLY_KILL_SWITCH": config.kill_switch}
-    for key in K.KILL_SWITCH_KEYS:
-        kind, raw, _ = await _read(redis, key)
-        kill[key] = kill_on(kind, raw)
+    kill = {"APPLY_KILL_SWITCH": config.kill_switch, **await read_kill_switch(redis)}
     return PlanView(
         plan_id=plan_id,
         symbol=symbol,
