@@ -214,10 +214,9 @@ def build_result(
         judged.append(Judged(name, verdict, ours.reason if ours.verdict == "deny" else category))
         ttls[name] = int(ttl)
 
-    decided = GateStatus(str(status)) if str(status) in GateStatus.__members__ else None
-    if decided not in DECISIONS:
+    if str(status) not in DECISIONS:  # a StrEnum member equals its text
         raise ValueError(f"unexpected gate status {status!r}")
-    status = decided
+    status = GateStatus(str(status))
     seen = Situation(
         kill=status == GateStatus.KILL,
         governor_block=str(marker) if status == GateStatus.GOV_BLOCK else None,
