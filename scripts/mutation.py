@@ -494,6 +494,13 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
     HandMutant(
         "constants",
         "keys.py",
+        "COOLDOWN_TTL_SEC = 3600",
+        "COOLDOWN_TTL_SEC = 3000",
+        ("tests/daemon/test_daemon_e2e.py::test_paper_happy_path",),
+    ),
+    HandMutant(
+        "constants",
+        "keys.py",
         'CLAIM_TEMPLATE = "quantum:apply:claim:{plan_id}"',
         'CLAIM_TEMPLATE = "quantum:apply:dedupe:{plan_id}"',
         (

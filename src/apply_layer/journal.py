@@ -45,7 +45,9 @@ WAIT_TIMEOUT_MS = 1000
 # recorded, the release with the result) are composed with the lease's own
 # rules, which lease.py owns (lease.LEASE_LUA).
 CLAIM_SCRIPT = lua.source("claim")
-PUBLISH_SCRIPT = LEASE_LUA + lua.source("publish")
+PUBLISH_SCRIPT = (
+    LEASE_LUA + f"local COOLDOWN_TTL_SEC = {K.COOLDOWN_TTL_SEC}\n" + lua.source("publish")
+)
 UNJOURNALLED_SCRIPT = lua.source("publish_unjournalled")
 ATTEMPT_SCRIPT = LEASE_LUA + lua.source("record_attempt")
 

@@ -53,7 +53,7 @@ async def test_paper_happy_path(redis: Redis, daemons: DaemonFactory) -> None:
     assert step["client_order_id"] == "al75-happy"
     assert (step["side"], step["quantity"], step["executed_qty"]) == ("SELL", "0.009", "0.009")
     assert step["order_id"] and step["reduce_only"] is True
-    assert 0 < await redis.ttl(K.cooldown("BTCUSDT")) <= 3600
+    assert 3540 < await redis.ttl(K.cooldown("BTCUSDT")) <= 3600  # EX 3600: docs/CONTRACT.md
     assert (await redis.hgetall(K.journal("happy")))["state"] == "executed"
     assert await pending_count(redis) == 0
     lines = [r["message"] for r in daemon.records() if r["message"].startswith("[PERMIT_WAIT]")]

@@ -6,7 +6,7 @@
 -- "result out" and "entry done" can never be seen apart. A resend of this
 -- script (after a lost reply) finds result_id and publishes nothing twice.
 -- lease_release() comes from lease.lua, which lease.py owns and Python
--- prepends.
+-- prepends, with COOLDOWN_TTL_SEC from keys.py.
 --
 -- KEYS[1]  journal hash of the plan          (quantum:apply:journal:{id})
 -- KEYS[2]  result stream                     (quantum:stream:apply.result)
@@ -41,6 +41,6 @@ local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV,
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'result_id', id, 'final_at_ms', ARGV[2],
            'outcome_status', ARGV[6], 'outcome_error', ARGV[7])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[2], 'EX', 3600) end
+if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[2], 'EX', COOLDOWN_TTL_SEC) end
 finish()
 return {id, 1}
