@@ -32,4 +32,6 @@ Stand-alone measurements, each ``python -m bench.<module>``:
 * ``order_lookup``: what the lookup before a first send costs per order
   (testnet executor, the tests' fake Binance);
 * ``wait_replicas``: what ``APPLY_REDIS_WAIT_REPLICAS`` costs per send record.
+* ``permit_stall``: how long a hostile (400 MB, 2-million-field) permit holds
+  Redis while the gate refuses it (docs/SECURITY.md).
 """

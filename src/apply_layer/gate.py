@@ -32,6 +32,8 @@ from apply_layer.logs import get_logger, permit_block_line, permit_ok_line
 from apply_layer.permits import (
     KILL_SWITCH_LUA,
     MAX_PERMIT_BYTES,
+    MAX_PERMIT_FIELDS,
+    MAX_PERMIT_MEMORY,
     OVERSIZED_PREFIX,
     PermitVerdict,
     evaluate_permit,
@@ -45,6 +47,7 @@ log = get_logger()
 GATE_SCRIPT = (
     KILL_SWITCH_LUA
     + f"local MAX_PERMIT_BYTES, OVERSIZED_PREFIX = {MAX_PERMIT_BYTES}, '{OVERSIZED_PREFIX}'\n"
+    + f"local MAX_PERMIT_FIELDS, MAX_PERMIT_MEMORY = {MAX_PERMIT_FIELDS}, {MAX_PERMIT_MEMORY}\n"
     + lua.source("gate")
 )
 _PER_ISSUER = 6  # name, kind, raw, ttl, verdict, category

@@ -11,8 +11,10 @@ The rules (docs/CONTRACT.md 3), in order:
 0. Size: a permit (or governor block marker) longer than
    :data:`MAX_PERMIT_BYTES` (4 KiB) is a deny (``oversized``); real permits
    are a few hundred bytes. The script then journals and returns only a summary of it
-   (:data:`OVERSIZED_PREFIX`, its length, SHA1 and a sanitised head), so
-   that an 8 MB permit costs neither the journal nor the daemon 8 MB.
+   (:data:`OVERSIZED_PREFIX`, its size and a sanitised head), so that an 8 MB
+   permit costs neither the journal nor the daemon 8 MB; it sizes a value
+   before reading it (STRLEN; HLEN and MEMORY USAGE for a HASH) and never
+   reads one it refuses, so that a 400 MB one does not stall Redis either.
 1. Type: a string holds JSON (or a bare ``1``); a HASH holds string fields.
    Any other type is a deny (``wrong_type``); unparseable JSON is a deny
    (``malformed``).
@@ -53,9 +55,17 @@ DENY_CATEGORIES = (
 _DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
 _REASON_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 MAX_REASON_LEN = 80
-# Rule 0. gate.lua gets both constants from here (see gate.GATE_SCRIPT).
+# Rule 0. gate.lua gets these constants from here (see gate.GATE_SCRIPT).
 MAX_PERMIT_BYTES = 4096
 OVERSIZED_PREFIX = "oversized:"
+# A HASH is sized before it is read (issue 21: a 2-million-field HASH stalled
+# Redis 4.6 s). Its JSON is at least 6 bytes a field (`"a":"",`, names unique),
+# so past MAX_PERMIT_FIELDS fields it cannot fit in MAX_PERMIT_BYTES. Within
+# that, Redis holds it in at most ~100 bytes a field plus its text (MEMORY
+# USAGE), far below MAX_PERMIT_MEMORY: only a hash whose JSON could not fit is
+# refused unread, so the rule stays the one on its JSON.
+MAX_PERMIT_FIELDS = MAX_PERMIT_BYTES // 6
+MAX_PERMIT_MEMORY = 32 * MAX_PERMIT_BYTES
 
 
 @dataclass(frozen=True)

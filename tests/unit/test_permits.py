@@ -139,7 +139,7 @@ def test_oversized_permits_and_markers_are_denied_by_their_size() -> None:
     big = json.dumps({"allow": True, "safe_qty": 1, "pad": "x" * MAX_PERMIT_BYTES})
     assert judge(P33, big).category == "oversized"
     assert judge(P33, big, "hash").category == "oversized"
-    summary = OVERSIZED_PREFIX + "bytes=8388608:sha1=ab:head=_allow__true"
+    summary = OVERSIZED_PREFIX + "bytes=8388608:head=_allow__true"
     assert (judge(GOV, summary).verdict, judge(GOV, summary).category) == ("deny", "oversized")
     assert governor_block_reason(summary) == "oversized_marker"
     assert governor_block_reason("x" * (MAX_PERMIT_BYTES + 1)) == "oversized_marker"

@@ -20,8 +20,13 @@
 -- and a racing caller learns the plan is already decided (owner 0).
 --
 -- The verdict rules mirror permits.py; keep the two in step. kill_on() comes
--- from kill_switch.lua, and MAX_PERMIT_BYTES and OVERSIZED_PREFIX from
--- permits.py, which Python prepends.
+-- from kill_switch.lua, and MAX_PERMIT_BYTES, MAX_PERMIT_FIELDS,
+-- MAX_PERMIT_MEMORY and OVERSIZED_PREFIX from permits.py, which Python prepends.
+--
+-- No permit may stall Redis (issue 21): a size is asked before anything is
+-- read (STRLEN; HLEN and MEMORY USAGE), what will be refused is never read
+-- whole, and consumed permits are deleted with UNLINK (a big HASH is freed
+-- by Redis' background thread, not in this script).
 
 local journal = KEYS[1]
 local plan_id, symbol, token = ARGV[1], ARGV[2], ARGV[3]
@@ -82,10 +87,12 @@ local function judge(obj, carries_qty)
 end
 
 -- Rule 0: a value past MAX_PERMIT_BYTES is journalled and returned as this
--- summary, never in full (an 8 MB permit must not cost 8 MB per plan).
-local function summary(len, head, whole)
+-- summary, never in full (an 8 MB permit must not cost 8 MB per plan), and
+-- is never read in full either: no hash of the whole (a 400 MB string took
+-- Redis 2.7 s to read and hash), only its size and at most its first 64 bytes.
+local function summary(size, head)
   head = string.gsub(head, '[^%w_.-]', '_')
-  return OVERSIZED_PREFIX .. 'bytes=' .. len .. ':sha1=' .. redis.sha1hex(whole) .. ':head=' .. head
+  return OVERSIZED_PREFIX .. size .. ':head=' .. head
 end
 
 local function is_summary(raw)
@@ -96,7 +103,7 @@ end
 local function read_string(key)
   local len = redis.call('STRLEN', key)
   if len > MAX_PERMIT_BYTES then
-    return summary(len, redis.call('GETRANGE', key, 0, 63), redis.call('GET', key)), true
+    return summary('bytes=' .. len, redis.call('GETRANGE', key, 0, 63)), true
   end
   return redis.call('GET', key), false
 end
@@ -116,12 +123,24 @@ local function read_permit(key, carries_qty)
     return kind, raw, v, c
   end
   if kind == 'hash' then
+    -- Sized before it is read: past MAX_PERMIT_FIELDS fields its JSON cannot fit
+    -- in MAX_PERMIT_BYTES; past MAX_PERMIT_MEMORY bytes neither (a few huge
+    -- values). Both bounds are loose enough that only such a hash is refused
+    -- unread; the exact rule on its JSON follows.
+    local count = redis.call('HLEN', key)
+    local memory = 0
+    if count <= MAX_PERMIT_FIELDS then
+      memory = redis.call('MEMORY', 'USAGE', key, 'SAMPLES', 0) or 0
+    end
+    if count > MAX_PERMIT_FIELDS or memory > MAX_PERMIT_MEMORY then
+      return kind, summary('fields=' .. count .. ':memory=' .. memory, ''), 'deny', 'oversized'
+    end
     local flat = redis.call('HGETALL', key)
     local obj = {}
     for i = 1, #flat, 2 do obj[flat[i]] = flat[i + 1] end
     local raw = cjson.encode(obj)
     if #raw > MAX_PERMIT_BYTES then
-      return kind, summary(#raw, string.sub(raw, 1, 64), raw), 'deny', 'oversized'
+      return kind, summary('bytes=' .. #raw, string.sub(raw, 1, 64)), 'deny', 'oversized'
     end
     local v, c = judge(obj, carries_qty)
     return kind, raw, v, c
@@ -167,7 +186,7 @@ local reply = {status, 1, now_ms, marker, n}
 for _, p in ipairs(permits) do
   local consumed = '0'
   if consume and p.verdict ~= 'missing' then
-    redis.call('DEL', p.key)
+    redis.call('UNLINK', p.key)
     consumed = '1'
   end
   local f = 'p.' .. p.name .. '.'
