@@ -23,6 +23,17 @@ What stays true, call by call:
 * A caller cancelled before its batch leaves has nothing sent.
 * ``NOSCRIPT`` (a restarted or flushed server) reloads the script and resends
   that call once; a script that was not found did not run.
+
+With a function library (``functions.py``; the daemon always has one), a
+script the library holds is called with ``FCALL`` instead of ``EVALSHA``, so
+the daemon's Redis user needs no ``EVAL`` at all. ``Function not found`` (the
+library of this version is not loaded) is answered like ``NOSCRIPT``: the
+library is loaded, if this user may (an admin's or the default user; never
+the shipped least-privilege one), and the call resent once; otherwise the
+call fails with :class:`FunctionLibraryMissing`, a Redis error that leaves
+the plan pending. A server without Functions (Redis < 7, the embedded demo
+server) answers ``unknown command``: from then on this batcher uses
+``EVALSHA``, and resends the call that way.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import hiredis
 from redis.asyncio import Redis
@@ -41,7 +52,14 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apply_layer import metrics
+from apply_layer.errors import FunctionLibraryMissing
+from apply_layer.logs import get_logger
 from apply_layer.redis_client import COMMAND_TIMEOUT_SEC
+
+if TYPE_CHECKING:
+    from apply_layer.functions import Library
+
+log = get_logger()
 
 KeyOrArg = str | int | float | bytes
 
@@ -67,18 +85,29 @@ class BatchedScript:
     batcher: ScriptBatcher
     source: str
     sha: str
+    function: str | None = None  # its function in the batcher's library, if there
 
     async def __call__(
         self, keys: Sequence[KeyOrArg] | None = None, args: Sequence[KeyOrArg] | None = None
     ) -> Any:
         return await self.batcher.call(self, keys or (), args or ())
 
+    def command(self, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg]) -> tuple[KeyOrArg, ...]:
+        """This call as one command for a pipeline of one's own (``FCALL``, else ``EVAL``
+        with the whole text, which needs no loaded script)."""
+        if self.function and self.batcher.functions is not False:
+            return ("FCALL", self.function, len(keys), *keys, *args)
+        return ("EVAL", self.source, len(keys), *keys, *args)
+
 
 @dataclass
 class _Call:
     script: BatchedScript
-    packed: bytes  # the EVALSHA command, packed in the caller's task
+    keys: Sequence[KeyOrArg]
+    args: Sequence[KeyOrArg]
+    packed: bytes  # the FCALL or EVALSHA command, packed in the caller's task
     future: asyncio.Future[Any]
+    fcall: bool  # packed as FCALL (else EVALSHA)
     reloaded: bool = False
 
 
@@ -96,9 +125,17 @@ class ScriptBatcher:
     """Pipelines script calls made in the same event-loop turn over one client."""
 
     def __init__(
-        self, redis: Redis, *, max_batch: int = MAX_BATCH, max_sending: int = MAX_SENDING
+        self,
+        redis: Redis,
+        *,
+        library: Library | None = None,
+        max_batch: int = MAX_BATCH,
+        max_sending: int = MAX_SENDING,
     ) -> None:
         self.redis = redis
+        self.library = library
+        # Whether the server has Functions: None until it has answered.
+        self.functions: bool | None = None if library else False
         self.max_batch = max_batch
         self.max_sending = max_sending
         self.stats = BatchStats()
@@ -109,16 +146,59 @@ class ScriptBatcher:
     def register_script(self, script: str) -> BatchedScript:
         # Redis names a script by its SHA1 (EVALSHA); not a security use.
         sha = hashlib.sha1(script.encode("utf-8"), usedforsecurity=False).hexdigest()
-        return BatchedScript(self, script, sha)
+        function = self.library.function_for(script) if self.library else None
+        return BatchedScript(self, script, sha, function)
 
     async def call(
         self, script: BatchedScript, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg]
     ) -> Any:
         # Packed here, so that an argument hiredis cannot encode fails this call only.
-        packed = _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+        fcall = bool(script.function) and self.functions is not False
+        packed = _packed(script, keys, args, fcall=fcall)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Call(script, packed, future))
+        self._enqueue(_Call(script, keys, args, packed, future, fcall))
         return await future
+
+    async def prepare(self) -> str:
+        """Find out how scripts run on this server, before the first plan; says how.
+
+        Raises :class:`FunctionLibraryMissing` when the library of this version
+        is not loaded and this user may not load it (the daemon then does not
+        start), and a Redis error if Redis does not answer.
+        """
+        if self.library is None:
+            self.functions = False
+            return "scripts by EVALSHA"
+        library = self.library
+        try:
+            await self.redis.execute_command("FCALL", library.version_function, 0)  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            if _unknown_command(exc):
+                self.functions = False
+                return "this Redis has no Functions (< 7): scripts by EVALSHA"
+            if not _function_missing(exc):
+                raise
+            await self._load_library()
+            self.functions = True
+            return f"function library {library.name} (loaded now by this user)"
+        self.functions = True
+        return f"function library {library.name}"
+
+    async def _load_library(self) -> None:
+        """Load this version's library; :class:`FunctionLibraryMissing` if this user may not."""
+        assert self.library is not None
+        try:
+            await self.redis.execute_command("FUNCTION", "LOAD", self.library.code)  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            if "already exists" in str(exc):  # loaded meanwhile by another instance
+                return
+            raise FunctionLibraryMissing(self.library.missing_message(str(exc))) from None
+        log.warning(
+            "function_library_loaded",
+            library=self.library.name,
+            hint="this Redis user may load functions: it is not the least-privilege user "
+            "of deploy/redis/apply-layer.acl",
+        )
 
     def _enqueue(self, call: _Call) -> None:
         self._queue.append(call)
@@ -161,7 +241,10 @@ class ScriptBatcher:
             return
         missing: list[_Call] = []
         for call, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, NoScriptError) and not call.reloaded:
+            if call.fcall and _unknown_command(reply) and self.functions is not False:
+                self.functions = False  # Redis < 7: EVALSHA from now on
+                log.warning("redis_without_functions", hint="scripts go by EVALSHA")
+            if _missing(reply) and not call.reloaded:
                 missing.append(call)
             elif isinstance(reply, BaseException):
                 _fail(call.future, reply)
@@ -176,10 +259,17 @@ class ScriptBatcher:
                 raise
 
     async def _reload(self, calls: list[_Call]) -> None:
-        """Load the scripts the server did not know, then send those calls again."""
+        """Load what the server did not know (a script; the library), then send those
+        calls again, once; after ``unknown command`` to FCALL, by EVALSHA."""
         self.stats.reloads += 1
         try:
-            for source in {call.script.source for call in calls}:
+            for call in calls:
+                if call.fcall and self.functions is False:
+                    call.fcall = False
+                    call.packed = _packed(call.script, call.keys, call.args, fcall=False)
+            if any(call.fcall for call in calls):
+                await self._load_library()
+            for source in {call.script.source for call in calls if not call.fcall}:
                 await self.redis.script_load(source)
         except Exception as exc:
             for call in calls:
@@ -250,6 +340,31 @@ async def _exchange(conn: AbstractConnection, packed: bytes, count: int) -> list
         await conn.disconnect(nowait=True)
         raise RedisTimeoutError(f"no reply to a batch of {count} scripts in time") from None
     return replies
+
+
+def _packed(
+    script: BatchedScript, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg], *, fcall: bool
+) -> bytes:
+    if fcall and script.function:
+        return _pack(("FCALL", script.function, len(keys), *keys, *args))
+    return _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+
+
+def _unknown_command(exc: BaseException) -> bool:
+    return "unknown command" in str(exc).lower()
+
+
+def _function_missing(exc: BaseException) -> bool:
+    return "function not found" in str(exc).lower()
+
+
+def _missing(reply: Any) -> bool:
+    """A reply that says the server lacks what was called: a script, a function, FCALL."""
+    if isinstance(reply, NoScriptError):
+        return True
+    return isinstance(reply, ResponseError) and (
+        _function_missing(reply) or _unknown_command(reply)
+    )
 
 
 def _pack(command: tuple[KeyOrArg, ...]) -> bytes:

@@ -33,6 +33,10 @@ where each class lives (``errors`` unless named)::
     ├── KeyFileError (ValueError) a key file that cannot be used
     ├── redis_identity.ReplicaRefused (redis ConnectionError)
     │                            connected to a replica, not the primary
+    ├── FunctionLibraryMissing (redis RedisError)
+    │                            this version's Redis function library is not
+    │                            loaded and the user may not load it (functions.py):
+    │                            exits 2 at start; later, plans stay pending
     └── embedded_redis.RedisUnavailable (RuntimeError)
                                  no redis-server to start (tests, demo)
 
@@ -45,6 +49,8 @@ never caught to end a plan: the entry stays pending and is resumed.
 """
 
 from __future__ import annotations
+
+from redis.exceptions import RedisError
 
 
 class CommandError(Exception):
@@ -114,3 +120,14 @@ class OrderMayBeOut(Exception):
 class NotReplicated(Exception):
     """The send record did not reach the replicas ``APPLY_REDIS_WAIT_REPLICAS`` asks for
     in time: nothing may be sent (the executor ends the step FAILED)."""
+
+
+# ---- the Redis function library (functions.py, batching.py) ------------------------
+
+
+class FunctionLibraryMissing(RedisError):
+    """Redis lacks the function library of this version and the user may not load it.
+
+    A Redis error, not a ``ResponseError``: like an outage, it leaves every plan
+    pending (nothing is sent) until an admin loads the library.
+    """

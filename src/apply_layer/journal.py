@@ -28,7 +28,7 @@ from redis.exceptions import ResponseError
 
 from apply_layer import keys as K
 from apply_layer import lua
-from apply_layer.batching import ScriptHost, run_packed
+from apply_layer.batching import BatchedScript, ScriptHost, run_packed
 from apply_layer.errors import NotReplicated, OrderMayBeOut, RetryLater
 from apply_layer.lease import LEASE_LUA, Lease
 from apply_layer.logs import format_qty
@@ -263,9 +263,15 @@ class JournalOrderLog:
         """The attempt script, then ``WAIT`` on the same connection (WAIT covers only the
         writes of the connection it runs on), in one round trip."""
         wanted = self._journal.wait_replicas
+        attempt = self._journal._attempt
+        # FCALL with the function library (the daemon's user may not EVAL), else EVAL.
+        command = (
+            attempt.command(keys, args)
+            if isinstance(attempt, BatchedScript)
+            else ("EVAL", ATTEMPT_SCRIPT, len(keys), *keys, *args)
+        )
         recorded, acked = await run_packed(
-            self._journal.redis,
-            [("EVAL", ATTEMPT_SCRIPT, len(keys), *keys, *args), ("WAIT", wanted, WAIT_TIMEOUT_MS)],
+            self._journal.redis, [command, ("WAIT", wanted, WAIT_TIMEOUT_MS)]
         )
         if isinstance(recorded, ResponseError):
             raise RetryLater(str(recorded))

@@ -10,6 +10,12 @@ only), this works with the user's own rights; it needs ``+multi +discard``.
 
 The probe tables below are the list of what each role sends, commands run
 inside the scripts included (Redis checks those against the caller too).
+
+The same queueing proves what the daemon's user may *not* do
+(:func:`daemon_refusals`, issue 21): write a permit, a plan or the kill
+switch, lift a governor block, delete or trim the plan stream, reach another
+database, run a script of its own (``EVAL``, ``SCRIPT LOAD``) or change the
+function library. Each must be refused with ``NOPERM`` when it is queued.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ ACL_FILE = "deploy/redis/apply-layer.acl"
 PROBE_PLAN = "apply-layer-check"
 PROBE_SYMBOL = "CHECKUSDT"
 ZERO_SHA = "0" * 40  # never a loaded script: even if EXEC ran, EVALSHA would only fail
+# Never a loaded function (EXEC is never sent, and the daemon has no +exec anyway).
+PROBE_FUNCTION = "apply_layer_check_probe"
 
 
 @dataclass(frozen=True)
@@ -78,17 +86,22 @@ def daemon_probes(
     def on(key: tuple[str, str], name: str, *args: str) -> Probe:
         return Probe((name.upper(), key[0], *args), "+" + name.lower(), key[1])
 
+    def reads(key: tuple[str, str], name: str, *args: str) -> Probe:
+        # Another service's key: read-only (%R~), in the selector of the read commands.
+        return Probe((name.upper(), key[0], *args), "+" + name.lower(), "%R" + key[1])
+
     probes = [Probe(("PING",), "+ping"), Probe(("CLIENT", "SETNAME", "check"), "+client|setname")]
-    if db:
-        probes.append(Probe(("SELECT", str(db)), "+select"))
+    if db:  # this database only (redis-py selects it on each connection)
+        probes.append(Probe(("SELECT", str(db)), f"+select|{db}"))
     probes += [
-        Probe(("SCRIPT", "LOAD", "return 1"), "+script|load"),
         # Each new connection reads the server's identity (redis_identity.py); a send
-        # record with APPLY_REDIS_WAIT_REPLICAS goes by EVAL, then WAIT (not probed here).
+        # record with APPLY_REDIS_WAIT_REPLICAS goes by FCALL, then WAIT (not probed here).
         Probe(("INFO", "server"), "+info"),
-        # The scripts' KEYS need read and write access, whatever the script does.
+        # The scripts are functions of the library an admin loaded (functions.py):
+        # FCALL needs read and write access to every key it is given, whatever the
+        # function does with it; +fcall is the only command of that selector.
         *(
-            Probe(("EVALSHA", ZERO_SHA, "1", key), "+evalsha", rule)
+            Probe(("FCALL", PROBE_FUNCTION, "1", key), "+fcall", f"(+fcall {rule})")
             for key, rule in [
                 (stream, stream_rule),
                 (results, results_rule),
@@ -122,7 +135,7 @@ def daemon_probes(
         Probe(("XINFO", "CONSUMERS", stream, group), "+xinfo|consumers", stream_rule),
         Probe(("XINFO", "GROUPS", stream), "+xinfo|groups", stream_rule),
         on(heartbeat, "set", "1", "EX", "15"),
-        # Inside the claim, gate, lease, attempt and publish scripts:
+        # Inside the claim, gate, lease, attempt and publish functions:
         on(claim, "set", "1", "NX", "EX", "300"),
         on(claim, "get"),
         on(journal, "hmget", "state"),
@@ -133,12 +146,13 @@ def daemon_probes(
         on(journal, "expire", "60"),
         on(claim, "type"),
         on(journal, "type"),
-        on(block, "type"),
-        on(block, "get"),
-        on(block, "strlen"),
-        on(block, "getrange", "0", "63"),
-        *(on(kill, "type") for kill in kills),  # kill_on(): TYPE, then GET
-        *(on(kill, "get") for kill in kills),
+        reads(block, "type"),
+        reads(block, "get"),
+        reads(block, "strlen"),
+        reads(block, "getrange", "0", "63"),
+        *(reads(kill, "type") for kill in kills),  # kill_on(): TYPE, STRLEN, then GET
+        *(reads(kill, "strlen") for kill in kills),
+        *(reads(kill, "get") for kill in kills),
         on(lease, "type"),
         on(lease, "set", "1", "NX", "PX", "1000"),
         on(lease, "get"),
@@ -147,9 +161,15 @@ def daemon_probes(
         on(cooldown, "set", "1", "EX", "3600"),
     ]
     for permit in permits:
-        probes += [on(permit, "type"), on(permit, "get"), on(permit, "hgetall")]
-        probes += [on(permit, "strlen"), on(permit, "getrange", "0", "63")]
-        probes += [on(permit, "ttl"), on(permit, "del")]
+        probes += [reads(permit, "type"), reads(permit, "get"), reads(permit, "strlen")]
+        probes += [reads(permit, "getrange", "0", "63"), reads(permit, "ttl")]
+        # A HASH permit is sized (HLEN, MEMORY USAGE) before it is read (gate.lua).
+        probes += [reads(permit, "hlen"), reads(permit, "hgetall")]
+        probes.append(
+            Probe(("MEMORY", "USAGE", permit[0], "SAMPLES", "0"), "+memory|usage", "%R" + permit[1])
+        )
+        # Consumed with UNLINK, the one write the daemon may make to a permit.
+        probes.append(Probe(("UNLINK", permit[0]), "+unlink", "%W" + permit[1]))
     if keyspace:
         for pattern in config.watch_patterns():
             channel = f"__keyspace@{db}__:{pattern}"
@@ -190,8 +210,78 @@ def cli_probes(config: GateConfig, *, db: int = 0) -> list[Probe]:
     return probes
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Something the daemon's user must not be able to do, and one command that does it."""
+
+    label: str  # what it would let the holder of the credential do
+    command: tuple[str, ...]
+
+
+def daemon_refusals(config: GateConfig, *, db: int = 0) -> list[Refusal]:
+    """What the daemon's credential must not do (issue 21's list); each must be refused."""
+    plan = PROBE_PLAN
+    permit_json = '{"granted": true, "allow": true, "safe_qty": "1"}'
+    refusals = [
+        Refusal(f"write the {i.name} permit", ("SET", i.key(plan), permit_json))
+        for i in config.issuers
+    ]
+    refusals += [
+        Refusal(f"write the {i.name} permit as a HASH", ("HSET", i.key(plan), "allow", "true"))
+        for i in config.issuers
+    ]
+    other = 1 if db == 0 else 0
+    refusals += [
+        Refusal("lift a governor block", ("DEL", K.governor_block(plan))),
+        Refusal("publish a plan", ("XADD", K.PLAN_STREAM, "*", "plan_id", plan)),
+        Refusal("delete the plan stream", ("DEL", K.PLAN_STREAM)),
+        Refusal("trim the plan stream", ("XTRIM", K.PLAN_STREAM, "MAXLEN", "0")),
+        Refusal("move the consumer group", ("XGROUP", "SETID", K.PLAN_STREAM, "g", "$")),
+        *(Refusal(f"turn off {k}", ("SET", k, "0")) for k in K.KILL_SWITCH_KEYS),
+        *(Refusal(f"delete {k}", ("DEL", k)) for k in K.KILL_SWITCH_KEYS),
+        Refusal("reach another database", ("SELECT", str(other))),
+        Refusal("run a script of its own", ("EVAL", "return 1", "0")),
+        Refusal("run a loaded script", ("EVALSHA", ZERO_SHA, "0")),
+        Refusal("load a script", ("SCRIPT", "LOAD", "return 1")),
+        Refusal("kill a script", ("SCRIPT", "KILL")),
+        Refusal("load a function library", ("FUNCTION", "LOAD", "#!lua name=x\n")),
+        Refusal("delete a function library", ("FUNCTION", "DELETE", "x")),
+        Refusal("flush the function libraries", ("FUNCTION", "FLUSH")),
+        Refusal("change the server's configuration", ("CONFIG", "SET", "appendonly", "no")),
+    ]
+    return refusals
+
+
 async def missing_permissions(redis: Redis, probes: Sequence[Probe]) -> list[str]:
     """The ACL rules ``redis``'s user lacks for ``probes`` (empty: all allowed); runs nothing."""
+    answers = await _queue([probe.command for probe in probes], redis)
+    missing: dict[str, None] = {}
+    for probe, answer in zip(probes, answers, strict=True):
+        if isinstance(answer, NoPermissionError):
+            missing[probe.missing_rule(str(answer))] = None
+        elif answer is not None:  # e.g. a command this server version lacks
+            missing[f"{probe.grant} ({answer})"] = None
+    return list(missing)
+
+
+async def allowed_refusals(redis: Redis, refusals: Sequence[Refusal]) -> list[str]:
+    """The labels of ``refusals`` that ``redis``'s user may do (empty: all refused).
+
+    Queued inside ``MULTI`` and discarded, like the probes: nothing is run.
+    Only ``NOPERM`` proves a refusal; any other answer (queued, or an error
+    such as a command the server lacks) is not proof, and is listed.
+    """
+    answers = await _queue([r.command for r in refusals], redis)
+    return [r.label for r, a in zip(refusals, answers, strict=True) if not _noperm(a)]
+
+
+def _noperm(answer: ResponseError | None) -> bool:
+    return isinstance(answer, NoPermissionError)
+
+
+async def _queue(commands: Sequence[tuple[str, ...]], redis: Redis) -> list[ResponseError | None]:
+    """Queue each command inside ``MULTI``, then ``DISCARD``: Redis checks the ACL when
+    it queues; None when queued, else the error it answered. Runs nothing."""
     pool = redis.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     clean = False
@@ -201,19 +291,18 @@ async def missing_permissions(redis: Redis, probes: Sequence[Probe]) -> list[str
             await conn.read_response()
         except NoPermissionError:
             raise ProbeRefused("MULTI refused: grant +multi +discard to probe") from None
-        missing: dict[str, None] = {}
-        for probe in probes:
-            await conn.send_command(*probe.command)
+        answers: list[ResponseError | None] = []
+        for command in commands:
+            await conn.send_command(*command)
             try:
                 await conn.read_response()
-            except NoPermissionError as exc:
-                missing[probe.missing_rule(str(exc))] = None
-            except ResponseError as exc:  # e.g. a command this server version lacks
-                missing[f"{probe.grant} ({exc})"] = None
+                answers.append(None)
+            except ResponseError as exc:
+                answers.append(exc)
         await conn.send_command("DISCARD")
         await conn.read_response()
         clean = True
-        return list(missing)
+        return answers
     finally:
         if not clean:  # the connection may still be inside MULTI: never reuse it
             await conn.disconnect()

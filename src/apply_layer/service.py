@@ -32,9 +32,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from apply_layer import __version__, metrics, stream_reader, systemd
 from apply_layer import keys as K
 from apply_layer.batching import ScriptBatcher
-from apply_layer.errors import ConfigError, RetryLater
+from apply_layer.errors import ConfigError, FunctionLibraryMissing, RetryLater
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
+from apply_layer.functions import LIBRARY
 from apply_layer.gate import GateConfig, PermitGate
 from apply_layer.housekeeping import Housekeeping
 from apply_layer.journal import Journal
@@ -75,8 +76,9 @@ class ApplyService:
         self.watcher = KeyspaceWatcher(
             self.redis, config.watch_patterns(), settings.keyspace_events
         )
-        # The hot path's scripts share round trips (see batching.py).
-        self.scripts = ScriptBatcher(self.redis)
+        # The hot path's scripts share round trips (see batching.py), as functions of
+        # the library an admin loaded (functions.py): the daemon's user may not EVAL.
+        self.scripts = ScriptBatcher(self.redis, library=LIBRARY)
         self.gate = PermitGate(self.redis, config, self.watcher, self.scripts)
         self.journal = Journal(
             self.redis,
@@ -135,6 +137,7 @@ class ApplyService:
 
     async def run(self) -> int:
         await self._start_executor()
+        scripts = await self._prepare_scripts()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -156,6 +159,7 @@ class ApplyService:
             metrics_port=self.settings.metrics_port if metrics_on else "off",
             metrics_bind=self.settings.metrics_bind if metrics_on else "off",
             permit_signing=self.processor.signatures.describe(),
+            scripts=scripts,
         )
         systemd.notify(f"READY=1\nSTATUS=mode={self.settings.mode}")
         watchdog = asyncio.create_task(self._watchdog())
@@ -188,6 +192,25 @@ class ApplyService:
         await close_redis(self.reader)
         log.info("stopped", **self.counts)
         return 0
+
+    async def _prepare_scripts(self) -> str:
+        """Check the function library before the first plan (functions.py).
+
+        Missing, and this user may not load it: the daemon does not start (exit
+        2, one line saying how an admin loads it). Redis unreachable: the start
+        goes on, and every call fails closed until the library answers.
+        """
+        try:
+            return await self.scripts.prepare()
+        except FunctionLibraryMissing as exc:
+            log.error("function_library_missing", error=str(exc))
+            await self.executor.close()
+            await close_redis(self.redis)
+            await close_redis(self.reader)
+            raise ConfigError(str(exc)) from None
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc)
+            return "unknown (Redis unreachable at start)"
 
     async def _start_watcher(self) -> str:
         try:

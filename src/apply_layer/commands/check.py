@@ -12,19 +12,27 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from apply_layer import keys as K
+from apply_layer.batching import ScriptBatcher
 from apply_layer.checks import CheckLine
 from apply_layer.commands.permits import read_kill_switch
-from apply_layer.errors import ConfigError, ExecutorUnavailable, ProbeRefused
+from apply_layer.errors import (
+    ConfigError,
+    ExecutorUnavailable,
+    FunctionLibraryMissing,
+    ProbeRefused,
+)
 from apply_layer.executors import create_executor
-from apply_layer.gate import GATE_SCRIPT, GateConfig
-from apply_layer.journal import ATTEMPT_SCRIPT, CLAIM_SCRIPT, PUBLISH_SCRIPT
+from apply_layer.functions import LIBRARY
+from apply_layer.gate import GateConfig
 from apply_layer.keyspace import REQUIRED_CLASSES, covers
 from apply_layer.permit_signatures import SignaturePolicy
 from apply_layer.redis_acl import (
     ACL_FILE,
     Role,
+    allowed_refusals,
     cli_probes,
     daemon_probes,
+    daemon_refusals,
     missing_permissions,
     whoami,
 )
@@ -123,25 +131,41 @@ async def redis_checks(redis: Redis, settings: Settings, role: Role = "daemon") 
     )
     lines.append(await permission_check(redis, settings, role))
     if role == "daemon":
-        lines.extend(await _script_checks(redis))
+        lines.append(await refusal_check(redis, settings))
+        lines.append(await library_check(redis))
     lines.extend(await _stream_checks(redis, settings))
     return lines
 
 
-async def _script_checks(redis: Redis) -> list[CheckLine]:
-    lines = []
-    for name, script in (
-        ("gate", GATE_SCRIPT),
-        ("claim", CLAIM_SCRIPT),
-        ("publish", PUBLISH_SCRIPT),
-        ("attempt", ATTEMPT_SCRIPT),
-    ):
-        try:
-            sha = await redis.script_load(script)
-            lines.append(CheckLine("script", True, f"{name} loaded ({str(sha)[:12]})"))
-        except RedisError as exc:
-            lines.append(CheckLine("script", False, f"{name}: {exc}"))
-    return lines
+async def library_check(redis: Redis) -> CheckLine:
+    """Whether this version's function library is loaded (functions.py), as ``run`` checks
+    it at start: loaded now if the user may (not the shipped one), else a FAIL saying how."""
+    batcher = ScriptBatcher(redis, library=LIBRARY)
+    try:
+        how = await batcher.prepare()
+    except FunctionLibraryMissing as exc:
+        return CheckLine("functions", False, str(exc))
+    except RedisError as exc:
+        return CheckLine("functions", False, f"{LIBRARY.name}: {exc}")
+    return CheckLine("functions", True, how)
+
+
+async def refusal_check(redis: Redis, settings: Settings) -> CheckLine:
+    """Proof that the daemon's user cannot authorise itself (issue 21): each thing of
+    ``daemon_refusals`` is queued and must be refused. Nothing is run."""
+    name = "refusals (daemon)"
+    user = await whoami(redis) or "?"
+    refusals = daemon_refusals(GateConfig.from_settings(settings), db=redis_db(redis))
+    try:
+        allowed = await allowed_refusals(redis, refusals)
+    except ProbeRefused as exc:
+        return CheckLine(name, False, f"user {user}: {exc} ({ACL_FILE})")
+    if not allowed:
+        return CheckLine(name, True, f"user {user} may not {'; '.join(r.label for r in refusals)}")
+    detail = f"user {user} may {'; '.join(allowed)}: it could authorise itself"
+    if user == "default":  # a test or demo server; said, not failed
+        return CheckLine(name, True, f"{detail} (the default user; {ACL_FILE} for production)")
+    return CheckLine(name, False, f"{detail} (apply {ACL_FILE})")
 
 
 async def _stream_checks(redis: Redis, settings: Settings) -> list[CheckLine]:
@@ -255,7 +279,9 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     check = sub.add_parser(
-        "check", help="pre-flight: settings, Redis (and its topology), scripts, exchange"
+        "check",
+        help="pre-flight: settings, Redis (and its topology), permissions and refusals, "
+        "function library, exchange",
     )
     check.add_argument(
         "--role",
