@@ -66,6 +66,7 @@ KILL_TESTS = (
 )
 PLAN_TESTS = ("tests/unit/test_plans.py",)
 LEASE_TESTS = ("tests/unit/test_lease.py",)
+STALL_TESTS = ("tests/redis/test_hostile_permits.py",)
 MODEL_TESTS = ("tests/unit/test_binance_model.py", "tests/exchange/test_binance_api.py")
 
 HAND_MUTANTS: tuple[HandMutant, ...] = (
@@ -203,6 +204,28 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
         "redis.call('EXPIRE', journal, ttl)\nreturn reply",
         "return reply",
         GATE_TESTS,
+    ),
+    # gate.lua and kill_switch.lua: no permit stalls Redis (issue 21)
+    HandMutant(
+        "lua",
+        "lua/gate.lua",
+        "if count > MAX_PERMIT_FIELDS or memory > MAX_PERMIT_MEMORY then",
+        "if false then",
+        STALL_TESTS,
+    ),
+    HandMutant(
+        "lua",
+        "lua/gate.lua",
+        "redis.call('UNLINK', p.key)",
+        "redis.call('DEL', p.key)",
+        STALL_TESTS,
+    ),
+    HandMutant(
+        "lua",
+        "lua/kill_switch.lua",
+        "if redis.call('STRLEN', key) > 4 then return false end",
+        "",
+        STALL_TESTS,
     ),
     # kill_switch.lua (gate and lease)
     HandMutant(
