@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apply_layer import metrics
@@ -172,6 +172,11 @@ class ScriptBatcher:
         library = self.library
         try:
             await self.redis.execute_command("FCALL", library.version_function, 0)  # type: ignore[no-untyped-call]
+        except NoPermissionError as exc:  # an ACL from before the library (no +fcall)
+            raise FunctionLibraryMissing(
+                f"this Redis user may not call {library.name} ({exc}): apply this release's "
+                "deploy/redis/apply-layer.acl (docs/DEPLOY.md)"
+            ) from None
         except ResponseError as exc:
             if _unknown_command(exc):
                 self.functions = False

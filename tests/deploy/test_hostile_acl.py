@@ -26,9 +26,11 @@ from apply_layer.functions import LIBRARY, build
 from apply_layer.gate import GateConfig
 from apply_layer.redis_acl import daemon_refusals
 from apply_layer.redis_client import create_redis
+from tests.acl import setuser
 from tests.deploy.test_redis_acl import (  # the shipped ACL on a real server, as deployed
     DAEMON,
     IN_CI,
+    _acl_lines,
     _apply_acl_file,
     _cli,
     _server_version,
@@ -204,4 +206,21 @@ async def test_a_library_removed_while_running_leaves_plans_waiting(
         assert result["executed"] == "True", result
     finally:
         daemon.stop()
+        await admin.aclose()
+
+
+async def test_an_acl_without_fcall_stops_the_start_with_one_line(
+    shipped: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """An upgrade that forgot the new ACL file (no +fcall): no start, and it says why."""
+    rules = [r for r in _acl_lines()[DAEMON] if "+fcall" not in r]
+    admin = create_redis(shipped.url, name="admin")
+    try:
+        await setuser(admin, "old-acl", *rules, ">old-acl-pw")
+        daemon = Daemon(_url(shipped, "old-acl", "old-acl-pw"), tmp_path)
+        daemon.start()
+        assert daemon.proc is not None
+        assert await asyncio.to_thread(daemon.proc.wait, 30) == 2, daemon.log()
+        assert "may not call" in daemon.log() and "apply-layer.acl" in daemon.log()
+    finally:
         await admin.aclose()
