@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 from redis.asyncio import Redis
@@ -12,7 +13,9 @@ from apply_layer.batching import ScriptBatcher
 from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.functions import LIBRARY, SCRIPTS, build
 from apply_layer.gate import GATE_SCRIPT, GateConfig, PermitGate
+from apply_layer.journal import Journal
 from apply_layer.redis_client import create_redis
+from tests.harness import PrimaryAndReplica
 
 GOV, P33 = K.ISSUERS["governor"], K.ISSUERS["p33"]
 
@@ -73,3 +76,29 @@ async def test_without_functions_the_scripts_go_by_evalsha(
         assert "no Functions" in await ScriptBatcher(redis, library=LIBRARY).prepare()
     finally:
         await redis.aclose()
+
+
+async def test_a_send_record_waiting_for_replicas_goes_by_fcall_too() -> None:
+    """APPLY_REDIS_WAIT_REPLICAS sends the record and WAIT on one connection: by FCALL,
+    since the daemon's user may not EVAL."""
+    async with PrimaryAndReplica() as (primary, replica):
+        client = create_redis(primary.url, name="tests")
+        on_replica = Redis(port=replica.port, decode_responses=True)
+        try:
+            await client.hset(K.journal("wr1"), mapping={"state": "permitted"})
+            await client.set(K.symbol_lease("BTCUSDT"), "me:1", px=60_000)
+            batcher = ScriptBatcher(client, library=LIBRARY)
+            await batcher.prepare()
+            journal = Journal(
+                client, dedupe_ttl_sec=300, journal_ttl_sec=3600, scripts=batcher, wait_replicas=1
+            )
+            log = journal.order_log("wr1", "alF-wr1", symbol="BTCUSDT", lease_token="me:1")
+            await client.config_resetstat()
+            await log.record_attempt(123, quantity=Decimal("0.01"), side="SELL")
+            calls = await _commandstats(client)
+            assert calls.get("fcall") == 1 and calls.get("wait") == 1, calls
+            assert "eval" not in calls and "evalsha" not in calls, calls
+            assert await on_replica.hget(K.journal("wr1"), "order.attempts") == "123"
+        finally:
+            await on_replica.aclose()
+            await client.aclose()
