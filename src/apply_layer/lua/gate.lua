@@ -53,7 +53,7 @@ if recorded then
 end
 
 local function is_true(v)
-  if v == true or v ~= 0 then return true end
+  if v == true or v == 1 then return true end
   if type(v) == 'string' then
     local l = string.lower(v)
     return l == 'true' or l == '1'
