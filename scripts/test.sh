@@ -32,4 +32,4 @@ fi
 # Workers: most of the suite waits (on Redis, daemons, the fake exchange), so
 # more workers than cores pays; each worker starts its own servers on its own
 # ports (tests/conftest.py).
-.venv/bin/pytest -n "${PYTEST_WORKERS:-4}" --cov --cov-report=term "$@"
+.venv/bin/pytest -n "${PYTEST_WORKERS:-4}" --dist loadgroup --cov --cov-report=term "$@"

@@ -13,9 +13,11 @@
 _stamp_line() { printf '%s %s\n' "$1" "$(sha256sum "$1" | cut -d' ' -f1)"; }
 
 _stamp_current() {
-  # Every line of the stamp still names a file with the same content.
+  # Every lock file of the stamp is unchanged (an edited pyproject.toml only
+  # reinstalls the project: its dependencies are the lock's business).
   local name sum
   while read -r name sum; do
+    [[ $name == pyproject.toml ]] && continue
     [[ -f $name && $(sha256sum "$name" | cut -d' ' -f1) == "$sum" ]] || return 1
   done <"$1"
 }
@@ -43,6 +45,7 @@ ensure_venv() {
       # The project itself: no dependency resolution, no download; setuptools
       # (its build backend) comes from the lock too.
       "${pip[@]}" --no-deps --no-build-isolation -e . >/dev/null
+      sed -i '/^pyproject.toml /d' "$stamp"
     else
       echo "installing $lock (hash-checked)"
       "${pip[@]}" --require-hashes --no-deps -r "$lock"

@@ -28,6 +28,9 @@ from dotenv import dotenv_values
 
 from apply_layer.settings import Settings, load_settings
 
+# Its module-scoped fixture builds once per worker: keep its tests on one (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("deploy")
+
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "systemd" / "quantum-apply-layer.service"
 ENV_TEMPLATE = REPO / "deploy" / "env" / "apply-layer.env"
