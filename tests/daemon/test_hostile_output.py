@@ -1,0 +1,231 @@
+"""The second hostile review (issue 21), what the daemon and its commands put out.
+
+* Finding 4: the metrics endpoint spent a thread per connection with no
+  timeout. A thousand idle connections must neither stop a scrape nor grow
+  the daemon (threads, descriptors, RSS past :data:`RSS_GROWTH_BOUND_MB`,
+  the bound docs/OPERATIONS.md gives), and a slowloris head is closed at
+  the header deadline.
+* Finding 6: a control character in a logged value (a consumer name created
+  with the daemon's own rights) wrote a forged ``[PERMIT_WAIT] OK`` line of
+  its own, and ``stats`` counted it.
+* Finding 8: ``apply-layer permits`` printed Redis' text raw (terminal
+  escapes drew a fake verdict) and said OK for a permit the daemon would
+  reject over its signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import resource
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from apply_layer.embedded_redis import EmbeddedRedis, free_port
+from apply_layer.metrics_http import HEADER_TIMEOUT_SEC, MAX_CONNECTIONS, MetricsServer
+from tests.harness import Daemon
+
+IDLE_CONNECTIONS = 1000
+RSS_GROWTH_BOUND_MB = 8  # docs/OPERATIONS.md, "Metrics": what 1,000 idle connections may add
+
+# Every kind of character that broke a line or a terminal: C0 (LF, CR, TAB, ESC,
+# NUL, BEL, VT, FF, the separators 0x1C-0x1F), DEL, C1 (NEL, CSI), and the
+# Unicode line and paragraph separators; str.splitlines() breaks on most of them.
+CONTROLS = "\n\r\t\x1b\x00\x07\x0b\x0c\x1c\x1d\x1e\x1f\x7f\x85\x9b\u2028\u2029"
+FORGED = "[PERMIT_WAIT] OK plan=FAKE symbol=BTCUSDT wait_ms=1 safe_qty=9"
+HOSTILE_VALUES = [f"x{c}{FORGED}" for c in CONTROLS] + [
+    f"x\n\t{FORGED.replace(' ', chr(9))}",  # the finding's own: a newline, then tabs
+    f"x\x1b[2K\r{FORGED}",  # erase the line, back to its start
+    f"x {FORGED}",  # no control: must not count either
+]
+
+
+# ---------------------------------------------------------------- finding 4: metrics
+
+
+def _status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (KiB), Threads, and open descriptors of ``pid``."""
+    out = {"fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM", "Threads"):
+            out[name] = int(value.split()[0])
+    return out
+
+
+def _room_for(descriptors: int) -> None:
+    """Raise this process's soft RLIMIT_NOFILE to hold ``descriptors`` sockets
+    (up to the hard limit; the test is skipped below that, never weakened)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= descriptors:
+        return
+    if hard != resource.RLIM_INFINITY and hard < descriptors:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {descriptors}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors, hard))
+
+
+def _open_idle(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that never send a byte (non-blocking connects)."""
+    socks = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", port))
+        socks.append(sock)
+    return socks
+
+
+@pytest.fixture
+def metered(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[tuple[Daemon, int]]:
+    port = free_port()
+    daemon = Daemon(redis_server.url, tmp_path, "metered", metrics_port=port)
+    yield daemon, port
+    daemon.stop()
+
+
+async def _scrape(port: int, timeout: float = 5.0) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics")
+    return response, time.monotonic() - started
+
+
+async def test_a_thousand_idle_connections_neither_stop_a_scrape_nor_grow_the_daemon(
+    redis: Redis, metered: tuple[Daemon, int]
+) -> None:
+    daemon, port = metered
+    _room_for(IDLE_CONNECTIONS + 256)
+    await daemon.start().ready(redis)
+    assert daemon.proc is not None
+    first, _ = await _scrape(port)  # the first scrape's allocations are not the flood's
+    assert first.status_code == 200
+    before = _status(daemon.proc.pid)
+    idle = _open_idle(port, IDLE_CONNECTIONS)
+    try:
+        await asyncio.sleep(1.0)  # the daemon sees the flood before the scrape
+        response, took = await _scrape(port)
+        during = _status(daemon.proc.pid)
+        await asyncio.sleep(0.5)
+        later = _status(daemon.proc.pid)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert response.status_code == 200
+    assert "apply_plans_in_flight" in response.text and "apply_redis_up 1.0" in response.text
+    assert took < 2.0, f"the scrape took {took:.2f} s"
+    grown = {k: max(during[k], later[k]) - before[k] for k in before}
+    print(f"{IDLE_CONNECTIONS} idle: scrape {took:.3f} s, before {before}, grown by {grown}")
+    # No thread per connection (the old server: one each, 70 stopped it under TasksMax=64).
+    assert grown["Threads"] <= 0, grown
+    # At most the cap of connections held (and one being refused): the daemon's
+    # descriptors, which Redis and the exchange need, are not the clients' to take.
+    assert grown["fds"] <= MAX_CONNECTIONS + 1, grown
+    assert grown["VmRSS"] <= RSS_GROWTH_BOUND_MB * 1024, grown
+
+
+async def test_a_slowloris_head_is_closed_at_the_header_deadline(
+    redis: Redis, metered: tuple[Daemon, int]
+) -> None:
+    daemon, port = metered
+    await daemon.start().ready(redis)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    closed_after = None
+    try:
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40:
+            writer.write(bytes([byte]))  # one byte every 0.25 s: never a whole head
+            try:
+                await writer.drain()
+                if await asyncio.wait_for(reader.read(1), 0.25) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                closed_after = time.monotonic() - started
+                break
+    finally:
+        writer.close()
+    assert closed_after is not None, "the trickling connection was never closed"
+    assert HEADER_TIMEOUT_SEC - 0.5 <= closed_after <= HEADER_TIMEOUT_SEC + 1.5, closed_after
+    response, _ = await _scrape(port)
+    assert response.status_code == 200
+
+
+async def test_a_metrics_port_in_use_is_named(
+    redis: Redis, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        daemon = Daemon(redis_server.url, tmp_path, "taken", metrics_port=port)
+        code = daemon.start().wait(timeout=30)
+    assert code == 1, daemon.log()
+    assert f"the metrics port 127.0.0.1:{port} (APPLY_METRICS_PORT) is already in use" in (
+        daemon.log()
+    )
+    assert "cannot reach Redis" not in daemon.log()
+
+
+async def _request(port: int, head: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+async def test_the_endpoint_answers_what_it_did_and_refuses_the_rest() -> None:
+    server = MetricsServer(header_timeout=1.0)
+    await server.start(0)
+    port = server.port
+    try:
+        for path in ("/metrics", "/", "/metrics?x=1"):
+            reply = await _request(port, f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+            assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and b"apply_plans_in_flight" in reply
+        head = await _request(port, b"HEAD /metrics HTTP/1.1\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+        assert b"Content-Length: 0" not in head
+        zipped = await _request(port, b"GET /metrics HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n")
+        headers, _, body = zipped.partition(b"\r\n\r\n")
+        assert b"Content-Encoding: gzip" in headers
+        assert b"apply_plans_in_flight" in gzip.decompress(body)
+        only = await _request(port, b"GET /metrics?name[]=apply_redis_up HTTP/1.1\r\n\r\n")
+        assert b"apply_redis_up" in only and b"apply_plans_in_flight" not in only
+        assert (await _request(port, b"GET /favicon.ico HTTP/1.1\r\n\r\n")).startswith(
+            b"HTTP/1.1 404"
+        )
+        post = await _request(port, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        assert post.startswith(b"HTTP/1.1 405") and b"Allow: GET, HEAD, OPTIONS" in post
+        assert (await _request(port, b"garbage\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        big = b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 10_000 + b"\r\n\r\n"
+        assert (await _request(port, big)).startswith(b"HTTP/1.1 431")
+        assert server.connections == 0
+    finally:
+        await server.close()
+
+
+async def test_past_the_cap_the_oldest_idle_connection_makes_room() -> None:
+    server = MetricsServer(max_connections=4, header_timeout=30.0)
+    await server.start(0)
+    try:
+        idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(10)]
+        await asyncio.sleep(0.2)
+        assert server.connections <= 4 and server.evicted >= 6
+        reply = await _request(server.port, b"GET /metrics HTTP/1.1\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 200 OK")
+        first_reader = idle[0][0]
+        assert await asyncio.wait_for(first_reader.read(), 2) == b""  # the oldest: closed
+        for _, writer in idle:
+            writer.close()
+    finally:
+        await server.close()
