@@ -17,20 +17,29 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
+import json
 import os
 import resource
 import socket
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
+from apply_layer import housekeeping
+from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis, free_port
+from apply_layer.housekeeping import Housekeeping
+from apply_layer.logs import get_logger, permit_block_line, permit_ok_line, setup_logging
 from apply_layer.metrics_http import HEADER_TIMEOUT_SEC, MAX_CONNECTIONS, MetricsServer
-from tests.harness import Daemon
+from apply_layer.stats import parse_line, summarize_lines
+from tests.harness import Daemon, settings_for
 
 IDLE_CONNECTIONS = 1000
 RSS_GROWTH_BOUND_MB = 8  # docs/OPERATIONS.md, "Metrics": what 1,000 idle connections may add
@@ -229,3 +238,98 @@ async def test_past_the_cap_the_oldest_idle_connection_makes_room() -> None:
             writer.close()
     finally:
         await server.close()
+
+
+# ---------------------------------------------------------------- finding 6: log lines
+
+
+def _lines(fmt: str, value: str) -> list[str]:
+    """What the service writes for an event, a BLOCK and an OK, a field holding ``value``."""
+    buffer = io.StringIO()
+    setup_logging("INFO", fmt, stream=buffer)
+    log = get_logger()
+    log.info("consumer_forgotten", consumer=value, idle_ms=5)
+    log.warning("plan_rejected", plan_id=value, error=value, symbol=value)
+    block = permit_block_line("p1", value, 3, value, {"governor": 1})
+    log.warning(block, marker="PERMIT_WAIT", plan_id="p1", symbol=value, reason=value)
+    log.info(permit_ok_line("p2", "BTCUSDT", 4, Decimal("0.1")), marker="PERMIT_WAIT")
+    try:
+        raise ValueError(value)
+    except ValueError as exc:
+        log.error("plan_internal_error", entry_id="1-0", exc_info=exc)
+    setup_logging("DEBUG", "console")
+    return buffer.getvalue().split("\n")[:-1]  # the records, one per \n
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+@pytest.mark.parametrize("value", HOSTILE_VALUES, ids=range(len(HOSTILE_VALUES)))
+def test_no_value_breaks_a_log_line_or_forges_a_marker(fmt: str, value: str) -> None:
+    lines = _lines(fmt, value)
+    assert len(lines) == 5, lines  # one line a record, whatever the values hold
+    for line in lines:
+        assert line.isprintable(), repr(line)  # no control, separator or NEL anywhere
+        assert len(line.splitlines()) == 1
+    summary = summarize_lines(lines)
+    assert (summary.ok, summary.block) == (1, 1), lines  # the real ones, no FAKE
+    if fmt == "json":
+        for line in lines:  # and none once decoded either
+            assert all(str(v).isprintable() for v in json.loads(line).values()), line
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_ordinary_values_are_written_as_before(fmt: str) -> None:
+    lines = _lines(fmt, "no_position")
+    if fmt == "console":
+        assert lines[0].startswith("info    consumer_forgotten consumer=no_position idle_ms=5")
+        assert lines[2] == (
+            "[PERMIT_WAIT] BLOCK plan=p1 symbol=no_position wait_ms=3 reason=no_position "
+            "governor_ttl=1"
+        )
+        assert lines[3] == "[PERMIT_WAIT] OK plan=p2 symbol=BTCUSDT wait_ms=4 safe_qty=0.1"
+    else:
+        assert json.loads(lines[0])["consumer"] == "no_position"
+        assert json.loads(lines[3])["message"].startswith("[PERMIT_WAIT] OK plan=p2 ")
+
+
+async def test_a_hostile_consumer_name_is_logged_on_one_line(
+    redis: Redis, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The finding: a consumer created with the daemon's own rights, forgotten by
+    # the housekeeping once idle, was logged raw as a standalone marker line.
+    name = "x\n" + FORGED.replace(" ", "\t")  # no space: it was not even quoted
+    await redis.xgroup_create(K.PLAN_STREAM, "apply_layer", id="$", mkstream=True)
+    await redis.xgroup_createconsumer(K.PLAN_STREAM, "apply_layer", name)
+    monkeypatch.setattr(housekeeping, "FORGET_CONSUMER_MS", -1)
+    settings = settings_for(redis_server)
+    watcher: Any = None  # this chore uses no watcher
+    chores = Housekeeping(settings, redis, watcher, in_flight=(), room=lambda: 0, spawn=print)
+    buffer = io.StringIO()
+    setup_logging("INFO", "console", stream=buffer)
+    try:
+        await chores._forget_idle_consumers()
+    finally:
+        setup_logging("DEBUG", "console")
+    text = buffer.getvalue()
+    assert await redis.xinfo_consumers(K.PLAN_STREAM, "apply_layer") == []
+    assert text.count("\n") == 1, text
+    assert text.startswith(
+        "info    consumer_forgotten consumer='x\\n[PERMIT_WAIT]\\tOK\\tplan=FAKE"
+    )
+    summary = summarize_lines(text.splitlines())
+    assert (summary.ok, summary.block, summary.read) == (0, 0, len(text.splitlines()))
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"info    consumer_forgotten consumer='x {FORGED}' idle_ms=5",
+        f'Jan 25 vps app[1]: warning plan_rejected error="a {FORGED}"',
+        "info    x note={" + f'"message": "{FORGED}"' + "}",
+        json.dumps({"message": "consumer_forgotten", "consumer": FORGED}),  # as it was
+        json.dumps({"message": f"consumer x='{FORGED}'"}),
+    ],
+)
+def test_stats_counts_a_marker_only_where_it_starts_the_message(line: str) -> None:
+    assert parse_line(line) == "unparsed"
+    summary = summarize_lines([line, f"Jan 25 vps app[1]: {FORGED}", FORGED])
+    assert (summary.ok, summary.unparsed) == (2, 1)
