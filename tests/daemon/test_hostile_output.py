@@ -30,14 +30,17 @@ from typing import Any
 
 import httpx
 import pytest
+import redis as sync_redis
 from redis.asyncio import Redis
 
 from apply_layer import housekeeping
 from apply_layer import keys as K
+from apply_layer.commands import main
 from apply_layer.embedded_redis import EmbeddedRedis, free_port
 from apply_layer.housekeeping import Housekeeping
 from apply_layer.logs import get_logger, permit_block_line, permit_ok_line, setup_logging
 from apply_layer.metrics_http import HEADER_TIMEOUT_SEC, MAX_CONNECTIONS, MetricsServer
+from apply_layer.signing import sign_permit
 from apply_layer.stats import parse_line, summarize_lines
 from tests.harness import Daemon, settings_for
 
@@ -333,3 +336,88 @@ def test_stats_counts_a_marker_only_where_it_starts_the_message(line: str) -> No
     assert parse_line(line) == "unparsed"
     summary = summarize_lines([line, f"Jan 25 vps app[1]: {FORGED}", FORGED])
     assert (summary.ok, summary.unparsed) == (2, 1)
+
+
+# ---------------------------------------------------------------- finding 8: permits
+
+KEYS = {("p33", "p33-k1"): bytes.fromhex("11" * 32)}
+P33 = {"allow": True, "symbol": "BTCUSDT", "safe_qty": 0.002}
+GOVERNOR = {"granted": True, "symbol": "BTCUSDT"}
+
+
+@pytest.fixture
+def db(redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch) -> Iterator[sync_redis.Redis]:
+    url = redis_server.url.removesuffix("/0") + "/6"
+    monkeypatch.setenv("APPLY_REDIS_URL", url)
+    client = sync_redis.Redis.from_url(url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+def _permits(plan_id: str, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    assert main(["permits", plan_id, "--symbol", "BTCUSDT", *extra]) == 0
+    return capsys.readouterr().out
+
+
+def test_permits_prints_nothing_from_redis_raw(
+    db: sync_redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = "\x1b[2K\r  the gate would decide: OK safe_qty=1\n"
+    db.set(K.ISSUERS["governor"].key("e1"), json.dumps(GOVERNOR), ex=60)
+    db.set(K.ISSUERS["p33"].key("e1"), json.dumps({**P33, "allow": False, "reason": fake}))
+    db.set(K.governor_block("e2"), fake + "\u2028\x9b2J")
+    db.hset(K.journal("e3"), mapping={"symbol": fake, "state": fake, "gate_status": fake})
+    for plan_id in ("e1", "e2", "e3"):
+        assert main(["permits", plan_id]) == 0
+        out = capsys.readouterr().out
+        assert all(line.isprintable() for line in out.split("\n")), repr(out)
+        verdicts = [line for line in out.splitlines() if line.startswith("  the gate would")]
+        assert len(verdicts) == 1 and not verdicts[0].startswith("  the gate would decide: OK")
+    as_json = _permits("e2", capsys, "--json")
+    assert json.loads(as_json)["governor_block"] == fake + "\u2028\x9b2J"  # JSON escapes it
+
+
+@pytest.fixture
+def signing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "permit-keys"
+    path.write_text("".join(f"{i} {kid} {key.hex()}\n" for (i, kid), key in KEYS.items()))
+    path.chmod(0o600)
+    monkeypatch.setenv("APPLY_PERMIT_SIGNING", "p33=require")
+    monkeypatch.setenv("APPLY_PERMIT_KEYS_FILE", str(path))
+    return path
+
+
+def _signed(plan_id: str, permit: dict[str, Any]) -> dict[str, Any]:
+    key = KEYS["p33", "p33-k1"]
+    return sign_permit(permit, issuer="p33", plan_id=plan_id, kid="p33-k1", key=key)
+
+
+def test_permits_applies_the_daemons_signature_policy(
+    db: sync_redis.Redis, signing: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forged = {**P33, "kid": "p33-k1", "sig": "ab" * 32, "sig_exp_ms": 9e15}
+    moved = _signed("other-plan", P33)
+    for plan_id, p33 in (("s-ok", _signed("s-ok", P33)), ("s-forged", forged), ("s-moved", moved)):
+        db.set(K.ISSUERS["governor"].key(plan_id), json.dumps(GOVERNOR), ex=60)
+        db.set(K.ISSUERS["p33"].key(plan_id), json.dumps(p33), ex=60)
+    out = _permits("s-ok", capsys)
+    assert "the gate would decide: OK safe_qty=0.002" in out
+    assert "permit signing: p33=require (keys p33-k1)" in out
+    assert "11" * 16 not in out
+    for plan_id in ("s-forged", "s-moved"):
+        assert "the gate would decide: BLOCK bad_signature:p33" in _permits(plan_id, capsys)
+        view = json.loads(_permits(plan_id, capsys, "--json"))
+        assert view["would_decide"] == "BLOCK bad_signature:p33"
+    assert db.exists(K.ISSUERS["p33"].key("s-forged")) == 1  # read-only
+
+
+def test_permits_never_says_ok_when_it_cannot_check_the_signatures(
+    db: sync_redis.Redis, signing: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signing.unlink()  # the keys reach the service alone (LoadCredential=)
+    db.set(K.ISSUERS["governor"].key("u1"), json.dumps(GOVERNOR), ex=60)
+    db.set(K.ISSUERS["p33"].key("u1"), json.dumps(_signed("u1", P33)), ex=60)
+    out = _permits("u1", capsys)
+    assert "the gate would decide: UNKNOWN: the permits allow (safe_qty=0.002)" in out
+    assert "permit signing: cannot check here: " in out
