@@ -135,8 +135,7 @@ class ApplyService:
             log.error("executor_start_failed", mode=self.settings.mode, error=str(exc))
 
     async def _start_metrics(self) -> MetricsServer | None:
-        """The endpoint first: a port in use stops the start (CommandError naming it)
-        before anything else is opened."""
+        """First: a port in use stops the start (CommandError naming it) before the rest."""
         try:
             return await metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
         except CommandError:
