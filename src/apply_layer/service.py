@@ -32,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from apply_layer import __version__, metrics, stream_reader, systemd
 from apply_layer import keys as K
 from apply_layer.batching import ScriptBatcher
-from apply_layer.errors import ConfigError, RetryLater
+from apply_layer.errors import CommandError, ConfigError, RetryLater
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
 from apply_layer.gate import GateConfig, PermitGate
@@ -40,6 +40,7 @@ from apply_layer.housekeeping import Housekeeping
 from apply_layer.journal import Journal
 from apply_layer.keyspace import KeyspaceWatcher
 from apply_layer.logs import get_logger
+from apply_layer.metrics_http import MetricsServer
 from apply_layer.processing import Processor
 from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.redis_identity import IdentityTracker
@@ -133,15 +134,30 @@ class ApplyService:
         except Exception as exc:
             log.error("executor_start_failed", mode=self.settings.mode, error=str(exc))
 
+    async def _start_metrics(self) -> MetricsServer | None:
+        """First: a port in use stops the start (CommandError naming it) before the rest."""
+        try:
+            return await metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
+        except CommandError:
+            await close_redis(self.redis)
+            await close_redis(self.reader)
+            raise
+
     async def run(self) -> int:
-        await self._start_executor()
+        endpoint = await self._start_metrics()
+        metrics_on = endpoint is not None
+        try:
+            await self._start_executor()
+        except ConfigError:
+            if endpoint is not None:
+                await endpoint.close()
+            raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         for name in unknown_env_vars():
             log.warning("unknown_setting", variable=name, hint="not read by apply-layer: a typo?")
-        metrics_on = metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
         metrics.PERMIT_DEADLINE.set(self.settings.permit_wait_ms / 1000)
         keyspace = await self._start_watcher()
         metrics.REDIS_UP.set(1 if self._redis_up else 0)  # a failed read sets it to 0
@@ -186,6 +202,8 @@ class ApplyService:
         await self.executor.close()
         await close_redis(self.redis)
         await close_redis(self.reader)
+        if endpoint is not None:
+            await endpoint.close()
         log.info("stopped", **self.counts)
         return 0
 
