@@ -35,6 +35,7 @@ import hmac
 import os
 import re
 import stat
+import string
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ SIGNATURE_FIELDS = ("sig", "kid", "sig_exp_ms")
 CREDENTIAL_NAME = "permit-keys"  # LoadCredential=permit-keys:/etc/quantum/permit-keys
 KEY_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MIN_KEY_BYTES = 32
+MAX_KEY_FILE_BYTES = 1 << 20  # a key file is a few lines; never read a huge one whole
 _HEX_SIG = re.compile(r"[0-9a-f]{64}")
 _INT_TEXT = re.compile(r"[0-9]{1,16}")
 
@@ -74,8 +76,17 @@ class KeyRing:
         return f"KeyRing({ {i: list(k) for i, k in self.keys.items()} })"
 
 
+def _looks_like_secret(word: str) -> bool:
+    """A word that could be a key (hex, as long as the shortest key): never echoed."""
+    return len(word) >= 2 * MIN_KEY_BYTES and all(c in string.hexdigits for c in word)
+
+
 def parse_keys(text: str) -> KeyRing:
-    """Read a key file's text; :class:`KeyFileError` names the line, never the secret."""
+    """Read a key file's text; :class:`KeyFileError` names the line, never its contents.
+
+    No word of the file is ever quoted in an error: with the columns out of
+    order, any of them may be the secret.
+    """
     keys: dict[str, dict[str, bytes]] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
@@ -86,13 +97,20 @@ def parse_keys(text: str) -> KeyRing:
             raise KeyFileError(f"line {number}: expected '<issuer> <key id> <hex secret>'")
         issuer, kid, secret = words
         if issuer not in ISSUERS:
-            raise KeyFileError(f"line {number}: unknown issuer {issuer!r}")
-        if not KEY_ID_RE.fullmatch(kid):
-            raise KeyFileError(f"line {number}: the key id must be 1-64 of A-Z a-z 0-9 _ . -")
+            raise KeyFileError(
+                f"line {number}: the first column is not an issuer (known: "
+                f"{', '.join(ISSUERS)}); the columns are '<issuer> <key id> <hex secret>'"
+            )
+        if not KEY_ID_RE.fullmatch(kid) or _looks_like_secret(kid):
+            raise KeyFileError(
+                f"line {number}: the second column must be a key id, 1-64 of "
+                "A-Z a-z 0-9 _ . - and not a hex secret; the columns are "
+                "'<issuer> <key id> <hex secret>'"
+            )
         try:
             key = bytes.fromhex(secret)
         except ValueError:
-            raise KeyFileError(f"line {number}: the secret is not hex") from None
+            raise KeyFileError(f"line {number}: the secret (third column) is not hex") from None
         if len(key) < MIN_KEY_BYTES:
             raise KeyFileError(
                 f"line {number}: the secret is {len(key)} bytes; at least {MIN_KEY_BYTES} "
@@ -104,16 +122,45 @@ def parse_keys(text: str) -> KeyRing:
     return KeyRing(keys)
 
 
+def file_problem(path: Path, st: os.stat_result) -> str | None:
+    """Why a key file must not be trusted, or None.
+
+    Whoever can write it can add a key and sign any permit; whoever can read
+    it can do the same. So: a regular file, owned by this user or root, that
+    neither the group nor others may write, and others may not read.
+    """
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file"
+    if st.st_uid not in (os.geteuid(), 0):
+        return (
+            f"{path} is owned by uid {st.st_uid}, neither this user ({os.geteuid()}) nor root "
+            f"(chown root {path})"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "world" if st.st_mode & stat.S_IWOTH else "group"
+        return f"{path} is {who}-writable (chmod 600 {path})"
+    if st.st_mode & stat.S_IROTH:
+        return f"{path} is world-readable (chmod 600 {path})"
+    return None
+
+
 def read_keys(path: Path) -> KeyRing:
-    """Read and parse a key file; refuses one that every user may read."""
+    """Read and parse a key file; refuses one that is not safely owned and private.
+
+    The file's status is taken from the open file, so what is checked is what is read.
+    """
     try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            st = os.fstat(handle.fileno())
+            problem = file_problem(path, st)
+            if problem:
+                raise KeyFileError(problem)
+            text = handle.read(MAX_KEY_FILE_BYTES + 1).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise KeyFileError(f"{path}: {reason}") from None
-    if mode & stat.S_IROTH:
-        raise KeyFileError(f"{path} is world-readable (chmod 600 {path})")
+    if len(text) > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"{path}: larger than {MAX_KEY_FILE_BYTES} bytes, not a key file")
     try:
         return parse_keys(text)
     except KeyFileError as exc:

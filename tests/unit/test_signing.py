@@ -213,8 +213,8 @@ def test_a_key_file_with_comments_and_two_keys_per_issuer(tmp_path: Path) -> Non
     ("text", "says"),
     [
         (f"p33 k1 {SECRET_HEX} extra", "line 1: expected"),
-        (f"p99 k1 {SECRET_HEX}", "unknown issuer 'p99'"),
-        (f"p33 k/1 {SECRET_HEX}", "the key id must be"),
+        (f"p99 k1 {SECRET_HEX}", "line 1: the first column is not an issuer"),
+        (f"p33 k/1 {SECRET_HEX}", "the second column must be a key id"),
         (f"p33 k1 {SECRET_HEX[:-1]}z", "not hex"),
         (f"p33 k1 {SECRET_HEX[:40]}", "is 20 bytes; at least 32"),
         (f"p33 k1 {SECRET_HEX}\np33 k1 {SECRET_HEX}", "line 2: key id 'k1' is listed twice"),
