@@ -19,6 +19,7 @@ from apply_layer.errors import ConfigError, KeyFileError
 from apply_layer.gate import GateResult
 from apply_layer.keys import ISSUERS
 from apply_layer.logs import get_logger
+from apply_layer.plans import Step
 from apply_layer.settings import Settings
 from apply_layer.signing import KeyRing, Mode, keys_path, read_keys, verify_permit
 
@@ -62,8 +63,14 @@ class SignaturePolicy:
             for name, mode in self.modes.items()
         )
 
-    def check(self, decision: GateResult) -> str:
-        """The block reason for an allowed decision (``bad_signature:<issuer>``), or ""."""
+    def check(self, decision: GateResult, close: Step) -> str:
+        """The block reason for an allowed decision (``bad_signature:<issuer>``), or "".
+
+        ``close`` is the plan's close step, as it would be executed: the
+        signatures must bind it (its name and the share it closes), so genuine
+        permits cannot authorise another entry's close under the same plan id.
+        """
+        assert close.pct is not None  # a close step always has its share
         for name, mode in self.modes.items():
             verdict = decision.permits.get(name)
             if verdict is None:
@@ -75,6 +82,8 @@ class SignaturePolicy:
                 verdict.fields,
                 self.keys,
                 decision.decided_at_ms,
+                step=close.name,
+                pct=close.pct,
             )
             metrics.PERMIT_SIGNATURES.labels(name, result.reason).inc()
             if result.ok:

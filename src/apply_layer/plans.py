@@ -89,6 +89,23 @@ class Plan:
     def unsupported_steps(self) -> tuple[Step, ...]:
         return tuple(s for s in self.steps if not s.is_close)
 
+    @property
+    def content(self) -> str:
+        """What the plan asks for, as a short text: two entries of one plan id that
+        differ in it are a conflict (a forgery, or a broken writer), not a duplicate.
+
+        ``BTCUSDT EXECUTE CLOSE_PARTIAL_25 25``: the symbol, the decision, and the
+        close step with the share that would be closed (nothing else decides an order).
+        """
+        step = self.close_step
+        if step is None or step.pct is None:
+            return f"{self.symbol} {self.decision}"
+        return f"{self.symbol} {self.decision} {step.name} {step.pct:f}"
+
+
+# The content of an entry that could not be parsed (its plan id and symbol could).
+INVALID_CONTENT = "invalid"
+
 
 def _pct(value: object) -> Decimal | None:
     """A percentage in (0, 100] from a JSON number, or None."""

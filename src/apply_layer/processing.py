@@ -54,7 +54,7 @@ from apply_layer.lifecycle import echo
 from apply_layer.logs import get_logger
 from apply_layer.outcomes import Outcome, blocked, rejected, result_fields
 from apply_layer.permit_signatures import SignaturePolicy
-from apply_layer.plans import Plan, parse_plan, safe_plan_id
+from apply_layer.plans import INVALID_CONTENT, Plan, Step, parse_plan, safe_plan_id
 from apply_layer.settings import Settings
 from apply_layer.statuses import HandledKind, JournalState, OutcomeStatus
 
@@ -83,6 +83,12 @@ class Ending:
     journalled: bool = True
     # Publish nothing while an order may be out (raises ``OrderMayBeOut``).
     unless_sent: bool = False
+
+
+def _close_step(plan: Plan) -> Step:
+    step = plan.close_step
+    assert step is not None  # parse_plan guarantees one close step for an EXECUTE plan
+    return step
 
 
 def _plan_ending(plan: Plan, outcome: Outcome) -> Ending:
@@ -147,14 +153,14 @@ class Processor:
             plan = parse_plan(fields)
         except InvalidPlan as exc:
             return await self._reject_invalid(entry_id, fields, exc)
-        claim = await self.journal.claim(plan.plan_id, plan.symbol, entry_id)
+        claim = await self.journal.claim(plan.plan_id, plan.symbol, entry_id, plan.content)
         if claim.wrong_type:
             self._log_wrong_type(plan.plan_id, claim.wrong_type, entry_id)
             outcome = lifecycle.wrong_type(claim.wrong_type)
             ending = Ending(plan.plan_id, plan.symbol, plan.decision, outcome, journalled=False)
             return await self._finish(entry_id, ending)
         if not claim.owned_by(entry_id):
-            return await self._duplicate(plan.plan_id, entry_id, claim)
+            return await self._duplicate(plan.plan_id, entry_id, claim, plan.content)
         if claim.result_id:
             return await self._done(entry_id)  # this entry's result is out; the ack was missing
         try:
@@ -166,9 +172,28 @@ class Processor:
         except AlreadyFinal:
             return await self._done(entry_id)
 
-    async def _duplicate(self, plan_id: str, entry_id: str, claim: Claim) -> Handled:
-        """Another entry drives this plan id: say so once, with its first decision."""
+    async def _duplicate(self, plan_id: str, entry_id: str, claim: Claim, content: str) -> Handled:
+        """Another entry drives this plan id: say so once, with its first decision.
+
+        If the two ask for different things (another symbol, decision, close step
+        or share), this is no harmless resend: one of them was forged, or a writer
+        is broken, and the first one decided. That is a security event: an error
+        line, ``apply_plan_conflicts_total`` and its alert. Neither entry is run again.
+        """
         first = claim.first_status or "in_progress"
+        if claim.content and claim.content != content:
+            metrics.PLAN_CONFLICTS.inc()
+            log.error(
+                "plan_content_conflict",
+                plan_id=plan_id,
+                entry_id=entry_id,
+                first_entry_id=claim.holder,
+                first_content=claim.content,
+                content=content,
+                first_status=first,
+            )
+            await self.journal.ack(entry_id)
+            return Handled(HandledKind.DUPLICATE)
         log.info(
             f"duplicate plan={plan_id} first_status={first}",
             plan_id=plan_id,
@@ -221,12 +246,12 @@ class Processor:
                 entry_id, Ending(plan_id, symbol, decision, outcome, journalled=False)
             )
         ending = Ending(exc.plan_id, exc.symbol, decision, outcome)
-        claim = await self.journal.claim(exc.plan_id, exc.symbol, entry_id)
+        claim = await self.journal.claim(exc.plan_id, exc.symbol, entry_id, INVALID_CONTENT)
         if claim.wrong_type:
             self._log_wrong_type(exc.plan_id, claim.wrong_type, entry_id)
             return await self._finish(entry_id, replace(ending, journalled=False))
         if not claim.owned_by(entry_id):
-            return await self._duplicate(exc.plan_id, entry_id, claim)
+            return await self._duplicate(exc.plan_id, entry_id, claim, INVALID_CONTENT)
         if claim.result_id:
             return await self._done(entry_id)
         return await self._finish(entry_id, ending)
@@ -262,7 +287,7 @@ class Processor:
         # Signed permits (APPLY_PERMIT_SIGNING), checked on the consumed permits. Not
         # once an order may be out ("submitting"): its fate must be found, not blocked.
         sent_before = state == JournalState.SUBMITTING
-        refused = "" if sent_before else self.signatures.check(decision)
+        refused = "" if sent_before else self.signatures.check(decision, _close_step(plan))
         if refused:
             return blocked(refused, decision.wait_ms), None
         return await self._execute(plan, decision, held, sent_before=sent_before)

@@ -14,23 +14,31 @@ daemon's, and through the pure rule where a property says it better.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import stat
+import time
+from collections.abc import Callable, Iterator
 from decimal import Context, Decimal, Inexact, localcontext
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis.asyncio import Redis
 
+from apply_layer import keys as K
 from apply_layer import signing
-from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.embedded_redis import EmbeddedRedis, free_port
 from apply_layer.errors import KeyFileError, SettingsError
 from apply_layer.executors.binance.model import parse_exchange_info
 from apply_layer.settings import load_settings
-from apply_layer.signing import parse_keys, read_keys
+from apply_layer.signing import parse_keys, read_keys, sign_permit
 from apply_layer.sizing import LotFilter, size_close
-from tests.harness import Daemon
+from tests.harness import Daemon, results, wait_result
 
 SECRET = "5a" * 32  # a 64-hex key: it must never appear in any output
 OTHER_SECRET = "6b" * 32
@@ -265,3 +273,155 @@ def test_sizing_never_exceeds_safe_qty_or_the_share_and_loses_no_lot(
         nxt = qty + step
         assert nxt > safe or nxt * 100 > share_x100, (qty, safe, position, pct, step)
     assert sizing.side == ("BUY" if short else "SELL")
+
+
+# ---- 1: the plan's content is signed; a conflicting entry is a security event ------
+
+KEYS = {
+    ("p33", "p33-k1"): bytes.fromhex("11" * 32),
+    ("governor", "gov-k1"): bytes.fromhex("33" * 32),
+}
+P33 = {"allow": True, "symbol": "BTCUSDT", "safe_qty": 0.01, "exchange_position_amt": 0.012}
+GOVERNOR = {"granted": True, "symbol": "BTCUSDT", "decision": "EXECUTE"}
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path) -> Path:
+    path = tmp_path / "permit-keys"
+    path.write_text("".join(f"{i} {kid} {key.hex()}\n" for (i, kid), key in KEYS.items()))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def daemons(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    made: list[Daemon] = []
+
+    def make(name: str, **settings: Any) -> Daemon:
+        made.append(Daemon(redis_server.url, tmp_path, name, **settings))
+        return made[-1]
+
+    yield make
+    for daemon in made:
+        daemon.stop()
+
+
+def _entry(plan_id: str, step: str, pct: float) -> dict[str, str]:
+    close = {"step": step, "type": "market_reduce_only", "side": "close", "pct": pct}
+    return {
+        "plan_id": plan_id,
+        "symbol": "BTCUSDT",
+        "decision": "EXECUTE",
+        "steps": json.dumps([close]),
+        "timestamp": f"{time.time():.3f}",
+    }
+
+
+async def _permits(redis: Redis, plan_id: str, step: str) -> None:
+    """Genuine permits, signed by their issuers for the close the real plan asks for."""
+    for (issuer, kid), key in KEYS.items():
+        permit = P33 if issuer == "p33" else GOVERNOR
+        signed = sign_permit(permit, issuer=issuer, plan_id=plan_id, kid=kid, key=key, step=step)
+        await redis.set(K.ISSUERS[issuer].key(plan_id), json.dumps(signed), ex=60)
+
+
+async def _records(daemon: Daemon, message: str, timeout: float = 15.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [r for r in daemon.records() if r.get("message") == message]
+        if found:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {message} in:\n{daemon.log()}")
+
+
+async def _settled(read: Callable[[], Any], want: float, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    seen = await read()
+    while seen < want and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        seen = await read()
+
+
+async def _metric(port: int, name: str) -> float:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, text
+    return float(values[0])
+
+
+async def test_an_injected_close_cannot_use_the_real_plans_signed_permits(
+    redis: Redis, daemons: Callable[..., Daemon], keys_file: Path
+) -> None:
+    """Issue 21's reproduction: with signing required and genuine permits, a CLOSE_FULL
+    published first under the real plan id executed 100 % where the plan asked 25 %,
+    and the real entry was logged as a quiet duplicate."""
+    port = free_port()
+    daemon = daemons(
+        "inject", permit_signing="require", permit_keys_file=str(keys_file), metrics_port=port
+    )
+    await daemon.start().ready(redis)
+    await _permits(redis, "real-plan", "CLOSE_PARTIAL_25")
+    await redis.xadd(K.PLAN_STREAM, _entry("real-plan", "CLOSE_FULL", 100.0))  # type: ignore[arg-type]
+    result = await wait_result(redis, "real-plan")
+    await redis.xadd(K.PLAN_STREAM, _entry("real-plan", "CLOSE_PARTIAL_25", 25.0))  # type: ignore[arg-type]
+
+    assert result["executed"] == "False" and result["error"].startswith("bad_signature:"), result
+    conflict = (await _records(daemon, "plan_content_conflict"))[0]
+    assert conflict["level"] == "ERROR" and conflict["plan_id"] == "real-plan"
+    assert conflict["first_content"] == "BTCUSDT EXECUTE CLOSE_FULL 100"
+    assert conflict["content"] == "BTCUSDT EXECUTE CLOSE_PARTIAL_25 25"
+    assert await _metric(port, "apply_plan_conflicts_total") == 1
+    assert len(await results(redis)) == 1  # one result: the injected entry's block
+
+
+async def test_signed_permits_for_the_plans_own_close_execute(
+    redis: Redis, daemons: Callable[..., Daemon], keys_file: Path
+) -> None:
+    daemon = daemons("own", permit_signing="require", permit_keys_file=str(keys_file))
+    await daemon.start().ready(redis)
+    await _permits(redis, "own-plan", "CLOSE_PARTIAL_25")
+    await redis.xadd(K.PLAN_STREAM, _entry("own-plan", "CLOSE_PARTIAL_25", 25.0))  # type: ignore[arg-type]
+    result = await wait_result(redis, "own-plan")
+    assert result["executed"] == "True", result
+    assert json.loads(result["steps_results"])[-1]["executed_qty"] == "0.003"  # 25 % of 0.012
+
+
+async def test_a_conflicting_entry_is_loud_without_signing_and_a_resend_is_not(
+    redis: Redis, daemons: Callable[..., Daemon]
+) -> None:
+    """Unsigned (the default) cannot tell which entry is genuine, but it says when two
+    disagree; an identical resend stays a quiet duplicate, and so does an invalid one
+    sent twice. An invalid entry first, then a valid one, is a conflict too."""
+    port = free_port()
+    daemon = daemons("loud", metrics_port=port)
+    await daemon.start().ready(redis)
+    for plan_id in ("resend", "conflict", "invalid-first"):
+        for issuer in ("p33", "governor"):
+            permit = P33 if issuer == "p33" else GOVERNOR
+            await redis.set(K.ISSUERS[issuer].key(plan_id), json.dumps(permit), ex=60)
+    same = _entry("resend", "CLOSE_PARTIAL_25", 25.0)
+    broken = {**_entry("invalid-first", "CLOSE_FULL", 100.0), "steps": "[{"}
+    for first, *later in (
+        (same, same),
+        (
+            _entry("conflict", "CLOSE_PARTIAL_25", 25.0),
+            _entry("conflict", "CLOSE_PARTIAL_50", 50.0),
+        ),
+        (broken, broken, _entry("invalid-first", "CLOSE_FULL", 100.0)),
+    ):
+        await redis.xadd(K.PLAN_STREAM, first)  # type: ignore[arg-type]
+        await wait_result(redis, first["plan_id"])  # the first entry decided: then the others
+        for fields in later:
+            await redis.xadd(K.PLAN_STREAM, fields)  # type: ignore[arg-type]
+    await _records(daemon, "plan_content_conflict")
+    await _settled(lambda: _metric(port, "apply_plan_conflicts_total"), 2)
+    conflicts = [r for r in daemon.records() if r.get("message") == "plan_content_conflict"]
+    assert sorted((r["plan_id"], r["first_content"], r["content"]) for r in conflicts) == [
+        ("conflict", "BTCUSDT EXECUTE CLOSE_PARTIAL_25 25", "BTCUSDT EXECUTE CLOSE_PARTIAL_50 50"),
+        ("invalid-first", "invalid", "BTCUSDT EXECUTE CLOSE_FULL 100"),
+    ]
+    duplicates = [r for r in daemon.records() if str(r.get("message", "")).startswith("duplicate ")]
+    assert sorted(r["plan_id"] for r in duplicates) == ["invalid-first", "resend"]
+    assert await _metric(port, "apply_plan_conflicts_total") == 2
