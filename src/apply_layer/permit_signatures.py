@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from apply_layer import metrics
-from apply_layer.errors import ConfigError, KeyFileError
+from apply_layer.errors import ConfigError, KeyFileError, SendRefused
+from apply_layer.executors.base import OrderLog
 from apply_layer.gate import GateResult
 from apply_layer.keys import ISSUERS
 from apply_layer.logs import get_logger
@@ -101,3 +103,27 @@ class SignaturePolicy:
             log.warning("permit_signature_rejected", **fields)
             return f"bad_signature:{name}"
         return ""
+
+
+class LookupOnly:
+    """An order log through which an order may be found, never sent.
+
+    For a plan resumed in ``submitting`` whose permits fail their signatures
+    (``require``): an earlier run may have sent its order, so the executor
+    still looks it up and reports what it finds (the exchange's truth, never a
+    guess), but a send is refused at its record, which every executor makes
+    before a request leaves: :class:`SendRefused`, and nothing leaves.
+    """
+
+    def __init__(self, inner: OrderLog, reason: str) -> None:
+        self._inner = inner
+        self.reason = reason
+
+    async def attempts(self) -> list[int]:
+        return await self._inner.attempts()
+
+    def unrecorded_until_ms(self) -> int:
+        return self._inner.unrecorded_until_ms()
+
+    async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+        raise SendRefused(self.reason)

@@ -45,15 +45,16 @@ from apply_layer.errors import (
     LeaseKeyWrongType,
     OrderMayBeOut,
     RetryLater,
+    SendRefused,
 )
-from apply_layer.executors.base import Executor, OrderRequest
+from apply_layer.executors.base import Executor, OrderLog, OrderRequest
 from apply_layer.gate import GateResult, PermitGate
 from apply_layer.journal import Claim, Journal
 from apply_layer.lease import Lease, SymbolLeases
 from apply_layer.lifecycle import echo
 from apply_layer.logs import get_logger
 from apply_layer.outcomes import Outcome, blocked, rejected, result_fields
-from apply_layer.permit_signatures import SignaturePolicy
+from apply_layer.permit_signatures import LookupOnly, SignaturePolicy
 from apply_layer.plans import INVALID_CONTENT, Plan, Step, parse_plan, safe_plan_id
 from apply_layer.settings import Settings
 from apply_layer.statuses import HandledKind, JournalState, OutcomeStatus
@@ -284,13 +285,14 @@ class Processor:
         )
         if not decision.allowed:
             return blocked(decision.error, decision.wait_ms), None
-        # Signed permits (APPLY_PERMIT_SIGNING), checked on the consumed permits. Not
-        # once an order may be out ("submitting"): its fate must be found, not blocked.
+        # Signed permits (APPLY_PERMIT_SIGNING), checked on the consumed permits, also
+        # for a plan resumed in "submitting" (its journal could say anything): then an
+        # order may be out, so it is still looked up, but never sent (LookupOnly).
         sent_before = state == JournalState.SUBMITTING
-        refused = "" if sent_before else self.signatures.check(decision, _close_step(plan))
-        if refused:
+        refused = self.signatures.check(decision, _close_step(plan))
+        if refused and not sent_before:
             return blocked(refused, decision.wait_ms), None
-        return await self._execute(plan, decision, held, sent_before=sent_before)
+        return await self._execute(plan, decision, held, sent_before=sent_before, refused=refused)
 
     async def _execute(
         self,
@@ -299,6 +301,7 @@ class Processor:
         held: contextlib.AsyncExitStack,
         *,
         sent_before: bool,
+        refused: str = "",
     ) -> tuple[Outcome, Lease | None]:
         """Place the close under the symbol's lease, which stays held in ``held``.
 
@@ -335,7 +338,7 @@ class Processor:
             if sent_before:  # an order may be out: its fate is found under the lease
                 raise RetryLater(f"{exc} holds another Redis type") from None
             return lifecycle.lease_wrong_type(wait_ms), None
-        return await self._place(plan, order, wait_ms, lease), lease
+        return await self._place(plan, order, wait_ms, lease, refused), lease
 
     @contextlib.asynccontextmanager
     async def _symbol_lease(self, plan: Plan, *, new_order: bool) -> AsyncIterator[Lease]:
@@ -351,14 +354,22 @@ class Processor:
         ):
             yield lease
 
-    async def _place(self, plan: Plan, order: OrderRequest, wait_ms: int, lease: Lease) -> Outcome:
+    async def _place(
+        self, plan: Plan, order: OrderRequest, wait_ms: int, lease: Lease, refused: str = ""
+    ) -> Outcome:
+        """Execute under the lease; ``refused`` (a block reason): look the order up only."""
         step = plan.close_step
         assert step is not None
-        order_log = self.journal.order_log(
+        order_log: OrderLog = self.journal.order_log(
             plan.plan_id, order.client_order_id, symbol=plan.symbol, lease_token=lease.token
         )
+        if refused:
+            order_log = LookupOnly(order_log, refused)
         try:
             result = await self.executor.execute(order, order_log)
+        except SendRefused as exc:  # no earlier order found, and none may be sent
+            log.warning("order_not_sent", plan_id=plan.plan_id, reason=exc.reason)
+            return blocked(exc.reason, wait_ms)
         except (RedisError, OSError, RetryLater):
             raise
         except Exception as exc:

@@ -15,6 +15,7 @@ daemon's, and through the pure rule where a property says it better.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import stat
@@ -29,16 +30,30 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from apply_layer import keys as K
 from apply_layer import signing
 from apply_layer.embedded_redis import EmbeddedRedis, free_port
 from apply_layer.errors import KeyFileError, SettingsError
 from apply_layer.executors.binance.model import parse_exchange_info
+from apply_layer.executors.paper import PaperExecutor
+from apply_layer.gate import GateConfig, PermitGate
+from apply_layer.journal import Journal
+from apply_layer.outcomes import StepResult
+from apply_layer.processing import Processor
 from apply_layer.settings import load_settings
 from apply_layer.signing import parse_keys, read_keys, sign_permit
 from apply_layer.sizing import LotFilter, size_close
-from tests.harness import Daemon, results, wait_result
+from apply_layer.statuses import StepStatus
+from tests.harness import (
+    Daemon,
+    pending_count,
+    publish_plan,
+    results,
+    settings_for,
+    wait_result,
+)
 
 SECRET = "5a" * 32  # a 64-hex key: it must never appear in any output
 OTHER_SECRET = "6b" * 32
@@ -49,6 +64,19 @@ EXACT = Context(prec=500, traps=[Inexact])
 
 def _lines(text: str) -> list[str]:
     return [line for line in text.strip().splitlines() if line]
+
+
+@pytest.fixture
+def daemons(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    made: list[Daemon] = []
+
+    def make(name: str, **settings: Any) -> Daemon:
+        made.append(Daemon(redis_server.url, tmp_path, name, **settings))
+        return made[-1]
+
+    yield make
+    for daemon in made:
+        daemon.stop()
 
 
 # ---- 9: no mainnet in testnet mode -------------------------------------------------
@@ -80,11 +108,9 @@ def test_testnet_mode_keeps_the_testnet_hosts(url: str) -> None:
 
 
 def test_the_daemon_in_testnet_mode_exits_2_on_a_mainnet_url(
-    redis_server: EmbeddedRedis, tmp_path: Path
+    daemons: Callable[..., Daemon],
 ) -> None:
-    daemon = Daemon(
-        redis_server.url,
-        tmp_path,
+    daemon = daemons(
         "mainnet",
         mode="testnet",
         binance_base_url="https://fapi.binance.com",
@@ -158,23 +184,19 @@ def test_a_key_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_daemon_never_logs_a_misplaced_secret(
-    redis_server: EmbeddedRedis, tmp_path: Path
+    daemons: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     path = _key_file(tmp_path, 0o600, f"{SECRET} p33 p33-2025a")
-    daemon = Daemon(
-        redis_server.url, tmp_path, "keys", permit_signing="warn", permit_keys_file=str(path)
-    ).start()
+    daemon = daemons("keys", permit_signing="warn", permit_keys_file=str(path)).start()
     assert daemon.wait(30) == 2
     assert "line 1" in daemon.log() and SECRET not in daemon.log()
 
 
 def test_the_daemon_refuses_a_group_writable_key_file(
-    redis_server: EmbeddedRedis, tmp_path: Path
+    daemons: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     path = _key_file(tmp_path, 0o620)
-    daemon = Daemon(
-        redis_server.url, tmp_path, "gw", permit_signing="require", permit_keys_file=str(path)
-    ).start()
+    daemon = daemons("gw", permit_signing="require", permit_keys_file=str(path)).start()
     assert daemon.wait(30) == 2
     lines = _lines(daemon.log())
     assert len(lines) == 1 and "group-writable" in lines[0] and str(path) in lines[0]
@@ -291,19 +313,6 @@ def keys_file(tmp_path: Path) -> Path:
     path.write_text("".join(f"{i} {kid} {key.hex()}\n" for (i, kid), key in KEYS.items()))
     path.chmod(0o600)
     return path
-
-
-@pytest.fixture
-def daemons(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    made: list[Daemon] = []
-
-    def make(name: str, **settings: Any) -> Daemon:
-        made.append(Daemon(redis_server.url, tmp_path, name, **settings))
-        return made[-1]
-
-    yield make
-    for daemon in made:
-        daemon.stop()
 
 
 def _entry(plan_id: str, step: str, pct: float) -> dict[str, str]:
@@ -425,3 +434,73 @@ async def test_a_conflicting_entry_is_loud_without_signing_and_a_resend_is_not(
     duplicates = [r for r in daemon.records() if str(r.get("message", "")).startswith("duplicate ")]
     assert sorted(r["plan_id"] for r in duplicates) == ["invalid-first", "resend"]
     assert await _metric(port, "apply_plan_conflicts_total") == 2
+
+
+# ---- 10: a plan resumed in "submitting" has its signatures checked too -------------
+
+
+def _processor(redis: Redis, redis_server: EmbeddedRedis, keys: Path) -> Processor:
+    settings = settings_for(redis_server, permit_signing="require", permit_keys_file=str(keys))
+    journal = Journal(redis, dedupe_ttl_sec=300, journal_ttl_sec=3600)
+    gate = PermitGate(redis, GateConfig(wait_ms=200, step_ms=20))
+    return Processor(settings, redis, gate, journal, PaperExecutor())
+
+
+async def _resumable(
+    redis: Redis, processor: Processor, plan_id: str, **journal: str
+) -> tuple[str, dict[str, str]]:
+    """A plan whose journal says ``submitting`` with permits that are not signed for it:
+    its permits consumed by the gate, then the state set as a crash mid-send (or a
+    forger) would leave it."""
+    with contextlib.suppress(ResponseError):  # BUSYGROUP: made for an earlier plan
+        await redis.xgroup_create(K.PLAN_STREAM, "apply_layer", id="$", mkstream=True)
+    await publish_plan(redis, plan_id)  # CLOSE_PARTIAL_75
+    reply: Any = await redis.xreadgroup("apply_layer", "c", {K.PLAN_STREAM: ">"}, count=1)
+    entry_id, fields = str(reply[0][1][0][0]), dict(reply[0][1][0][1])
+    for issuer in ("p33", "governor"):
+        permit = P33 if issuer == "p33" else GOVERNOR
+        await redis.set(K.ISSUERS[issuer].key(plan_id), json.dumps(permit), ex=60)
+    claim = await processor.journal.claim(plan_id, "BTCUSDT", entry_id)
+    assert claim.owned_by(entry_id)
+    assert (await processor.gate.wait_and_consume(plan_id, "BTCUSDT")).allowed
+    await redis.hset(K.journal(plan_id), "state", "submitting")
+    for name, value in journal.items():  # an earlier send, as the attempt script records it
+        await redis.hset(K.journal(plan_id), name, value)
+    return entry_id, fields
+
+
+async def test_a_plan_resumed_in_submitting_with_unsigned_permits_sends_nothing(
+    redis: Redis, redis_server: EmbeddedRedis, keys_file: Path
+) -> None:
+    processor = _processor(redis, redis_server, keys_file)
+    entry_id, fields = await _resumable(redis, processor, "resumed-unsigned")
+    handled = await processor.handle(entry_id, fields)
+    assert handled.outcome is not None
+    (result,) = await results(redis)
+    assert (result["status"], result["error"]) == ("BLOCKED", "bad_signature:governor"), result
+    assert processor.executor.orders == {}  # type: ignore[attr-defined]
+    assert await pending_count(redis) == 0
+
+
+async def test_a_resumed_plan_whose_order_is_out_reports_it_and_sends_no_other(
+    redis: Redis, redis_server: EmbeddedRedis, keys_file: Path
+) -> None:
+    """The fate of an order that may be out is still found (the exchange's truth), and
+    an earlier send that never happened is not made now."""
+    processor = _processor(redis, redis_server, keys_file)
+    paper: PaperExecutor = processor.executor  # type: ignore[assignment]
+    earlier = {"order.attempts": "1700000000000", "order.client_order_id": "al75-resumed-out"}
+    entry_id, fields = await _resumable(redis, processor, "resumed-out", **earlier)
+    filled = StepResult("CLOSE_PARTIAL_75", StepStatus.EXECUTED, quantity=Decimal("0.009"))
+    paper.orders["al75-resumed-out"] = filled  # the exchange has it, from the earlier run
+    await processor.handle(entry_id, fields)
+    (result,) = await results(redis)
+    assert result["status"] == "EXECUTED", result
+    assert list(paper.orders) == ["al75-resumed-out"] and paper.positions == {}
+
+    earlier["order.client_order_id"] = "al75-resumed-gone"  # sent once, never arrived
+    entry_id, fields = await _resumable(redis, processor, "resumed-gone", **earlier)
+    await processor.handle(entry_id, fields)
+    gone = [r for r in await results(redis) if r["plan_id"] == "resumed-gone"]
+    assert [(r["status"], r["error"]) for r in gone] == [("BLOCKED", "bad_signature:governor")]
+    assert list(paper.orders) == ["al75-resumed-out"] and paper.positions == {}
