@@ -29,25 +29,31 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from apply_layer import keys as K
 from apply_layer import signing
 from apply_layer.embedded_redis import EmbeddedRedis, free_port
-from apply_layer.errors import KeyFileError, SettingsError
+from apply_layer.errors import KeyFileError, SendRefused, SettingsError
+from apply_layer.executors.binance.executor import BinanceExecutor
 from apply_layer.executors.binance.model import parse_exchange_info
 from apply_layer.executors.paper import PaperExecutor
 from apply_layer.gate import GateConfig, PermitGate
 from apply_layer.journal import Journal
 from apply_layer.outcomes import StepResult
+from apply_layer.permit_signatures import LookupOnly
 from apply_layer.processing import Processor
 from apply_layer.settings import load_settings
 from apply_layer.signing import parse_keys, read_keys, sign_permit
 from apply_layer.sizing import LotFilter, size_close
 from apply_layer.statuses import StepStatus
+from tests.exchange.executor_helpers import POLICY, RECV_WINDOW, posts, request
+from tests.fake_binance import API_KEY, API_SECRET, ORDER, FakeBinance
 from tests.harness import (
     Daemon,
+    MemoryLog,
     pending_count,
     publish_plan,
     results,
@@ -504,3 +510,30 @@ async def test_a_resumed_plan_whose_order_is_out_reports_it_and_sends_no_other(
     gone = [r for r in await results(redis) if r["plan_id"] == "resumed-gone"]
     assert [(r["status"], r["error"]) for r in gone] == [("BLOCKED", "bad_signature:governor")]
     assert list(paper.orders) == ["al75-resumed-out"] and paper.positions == {}
+
+
+@pytest.mark.parametrize("attempts", [[], [1_700_000_000_000]])
+async def test_the_testnet_executor_looks_up_but_never_sends_through_lookup_only(
+    fake: FakeBinance, attempts: list[int]
+) -> None:
+    """Over real HTTP: the order an earlier run may have sent is found and reported; with
+    none at the exchange the send is refused at its record and no request is made."""
+    executor = BinanceExecutor(
+        base_url=fake.url,
+        api_key=SecretStr(API_KEY),
+        api_secret=SecretStr(API_SECRET),
+        recv_window_ms=RECV_WINDOW,
+        policy=POLICY,
+    )
+    await executor.start()
+    try:
+        order = request("lookup-only")
+        with pytest.raises(SendRefused, match="bad_signature:p33"):
+            await executor.execute(order, LookupOnly(MemoryLog(attempts), "bad_signature:p33"))
+        assert posts(fake) == 0 and fake.requests("GET", ORDER)  # looked up, never sent
+        fake.add_order("BTCUSDT", "SELL", "0.010", order.client_order_id)  # the earlier send
+        found = await executor.execute(order, LookupOnly(MemoryLog(attempts), "bad"))
+        assert found.executed and found.client_order_id == order.client_order_id
+        assert posts(fake) == 0
+    finally:
+        await executor.close()
