@@ -116,3 +116,9 @@ PERMIT_SIGNATURES = Counter(
     "Signatures of consumed permits checked (APPLY_PERMIT_SIGNING warn/require), by result",
     ["issuer", "result"],  # result: ok, missing, malformed, unknown_kid, mismatch, expired
 )
+
+PLAN_CONFLICTS = Counter(
+    "apply_plan_conflicts_total",
+    "Plan entries whose plan id another entry already drives with other content (symbol, "
+    "decision, close step or share): a forged or broken plan writer; never executed",
+)

@@ -388,9 +388,17 @@ def signing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def _signed(plan_id: str, permit: dict[str, Any]) -> dict[str, Any]:
+CLOSE = "BTCUSDT EXECUTE CLOSE_PARTIAL_25 25"  # the journal's content: what the plan closes
+
+
+def _signed(plan_id: str, permit: dict[str, Any], step: str = "CLOSE_PARTIAL_25") -> dict[str, Any]:
     key = KEYS["p33", "p33-k1"]
-    return sign_permit(permit, issuer="p33", plan_id=plan_id, kid="p33-k1", key=key)
+    return sign_permit(permit, issuer="p33", plan_id=plan_id, kid="p33-k1", key=key, step=step)
+
+
+def _claimed(db: sync_redis.Redis, plan_id: str) -> None:
+    """The daemon's claim journals the plan's close: the signatures are checked against it."""
+    db.hset(K.journal(plan_id), mapping={"symbol": "BTCUSDT", "state": "claimed", "content": CLOSE})
 
 
 def test_permits_applies_the_daemons_signature_policy(
@@ -398,14 +406,20 @@ def test_permits_applies_the_daemons_signature_policy(
 ) -> None:
     forged = {**P33, "kid": "p33-k1", "sig": "ab" * 32, "sig_exp_ms": 9e15}
     moved = _signed("other-plan", P33)
-    for plan_id, p33 in (("s-ok", _signed("s-ok", P33)), ("s-forged", forged), ("s-moved", moved)):
+    full = _signed("s-full", P33, step="CLOSE_FULL")  # genuine, for another close
+    cases = [("s-ok", _signed("s-ok", P33)), ("s-forged", forged), ("s-moved", moved)]
+    for plan_id, p33 in [*cases, ("s-full", full), ("s-unclaimed", _signed("s-unclaimed", P33))]:
         db.set(K.ISSUERS["governor"].key(plan_id), json.dumps(GOVERNOR), ex=60)
         db.set(K.ISSUERS["p33"].key(plan_id), json.dumps(p33), ex=60)
+        if plan_id != "s-unclaimed":
+            _claimed(db, plan_id)
     out = _permits("s-ok", capsys)
     assert "the gate would decide: OK safe_qty=0.002" in out
     assert "permit signing: p33=require (keys p33-k1)" in out
     assert "11" * 16 not in out
-    for plan_id in ("s-forged", "s-moved"):
+    unclaimed = _permits("s-unclaimed", capsys)
+    assert "the gate would decide: UNKNOWN" in unclaimed and "not journalled yet" in unclaimed
+    for plan_id in ("s-forged", "s-moved", "s-full"):
         assert "the gate would decide: BLOCK bad_signature:p33" in _permits(plan_id, capsys)
         view = json.loads(_permits(plan_id, capsys, "--json"))
         assert view["would_decide"] == "BLOCK bad_signature:p33"
@@ -418,6 +432,7 @@ def test_permits_never_says_ok_when_it_cannot_check_the_signatures(
     signing.unlink()  # the keys reach the service alone (LoadCredential=)
     db.set(K.ISSUERS["governor"].key("u1"), json.dumps(GOVERNOR), ex=60)
     db.set(K.ISSUERS["p33"].key("u1"), json.dumps(_signed("u1", P33)), ex=60)
+    _claimed(db, "u1")
     out = _permits("u1", capsys)
     assert "the gate would decide: UNKNOWN: the permits allow (safe_qty=0.002)" in out
     assert "permit signing: cannot check here: " in out

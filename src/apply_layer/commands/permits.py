@@ -32,7 +32,7 @@ from apply_layer.permits import (
     evaluate_permit,
     kill_on,
 )
-from apply_layer.plans import PLAN_ID_RE, not_a_plan_id
+from apply_layer.plans import PLAN_ID_RE, close_in_content, not_a_plan_id
 from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.settings import Settings
 from apply_layer.statuses import GateStatus
@@ -125,6 +125,12 @@ class PlanView:
         if isinstance(policy, str):
             self.signature_unknown = policy
             return
+        close = close_in_content(self.journal.get("content", ""))
+        if close is None:  # signatures bind the close: without it, nothing to check against
+            self.signature_unknown = (
+                "the plan's close step is not journalled yet (the daemon has not claimed it)"
+            )
+            return
         allowed = GateResult(
             plan_id=self.plan_id,
             symbol=self.symbol,
@@ -135,7 +141,7 @@ class PlanView:
             decided_at_ms=int(time.time() * 1000),
             permits={v.issuer: v.verdict for v in self.permits},
         )
-        self.signature_block = policy.check(allowed)
+        self.signature_block = policy.check(allowed, close)
 
 
 def _gate_text(fields: dict[str, str]) -> tuple[str, int]:
