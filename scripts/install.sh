@@ -205,7 +205,8 @@ build_release() {
     mkdir "$target"
     tar -C "$SOURCE" --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./dist \
       --exclude='*.egg-info' --exclude=__pycache__ --exclude=.mypy_cache --exclude=.ruff_cache \
-      --exclude=.pytest_cache --exclude=.hypothesis -cf - . | tar -C "$target" -xf -
+      --exclude=.pytest_cache --exclude=.hypothesis --exclude=./.coverage-data \
+      --exclude=./.venv-lock --exclude='./.coverage*' -cf - . | tar -C "$target" -xf -
   fi
   rm -rf "$RELEASE"
   say "building release $VERSION in $RELEASE"

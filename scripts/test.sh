@@ -27,6 +27,9 @@ if [[ $FAST == 1 ]]; then
   exec .venv/bin/pytest tests/unit -q -n 2 "$@"
 fi
 .venv/bin/mypy
+# Made before the tests start, not during them: tests/deploy copies this
+# checkout with tar, which fails on a folder appearing at its root meanwhile.
+mkdir -p .coverage-data .hypothesis
 # Branch coverage per module, the daemons the tests start included; the run
 # fails under the floor in pyproject.toml ([tool.coverage.report] fail_under).
 # Workers: most of the suite waits (on Redis, daemons, the fake exchange), so

@@ -125,6 +125,8 @@ class PlanView:
         if isinstance(policy, str):
             self.signature_unknown = policy
             return
+        if not policy.modes:
+            return  # signing off: nothing to check, and no close needed to check it
         close = close_in_content(self.journal.get("content", ""))
         if close is None:  # signatures bind the close: without it, nothing to check against
             self.signature_unknown = (
