@@ -296,7 +296,7 @@ async def notify_rtt(url: str, n: int) -> list[float]:
             while await pubsub.get_message(timeout=0) is not None:
                 pass  # the expire event that follows
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await redis.aclose()
     return out
 

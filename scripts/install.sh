@@ -35,6 +35,9 @@ Options:
                          or pyproject.toml's version plus -g<commit> in a git
                          checkout)
   --python PYTHON        interpreter for the venv, 3.11 or newer (default: python3)
+  --lock FILE            the hash-pinned dependencies to install (default: this
+                         checkout's requirements/main.txt); the release gets
+                         exactly these versions, checked against their hashes
   --pip-arg ARG          extra argument for pip install, repeatable, e.g.
                          --pip-arg=--no-index --pip-arg=--find-links=/srv/wheels
   --force                rebuild the release even if it is already installed
@@ -68,6 +71,7 @@ SOURCE=$PROJECT_DIR
 VERSION=
 PYTHON=python3
 PIP_ARGS=()
+LOCK=$PROJECT_DIR/requirements/main.txt
 FORCE=0
 ENABLE=0
 RESTART=auto # auto: restart only if it was running; yes; no
@@ -82,6 +86,8 @@ while [[ $# -gt 0 ]]; do
     --version=*) VERSION=${1#*=}; shift ;;
     --python) need_arg "$@"; PYTHON=$2; shift 2 ;;
     --python=*) PYTHON=${1#*=}; shift ;;
+    --lock) need_arg "$@"; LOCK=$2; shift 2 ;;
+    --lock=*) LOCK=${1#*=}; shift ;;
     --pip-arg) need_arg "$@"; PIP_ARGS+=("$2"); shift 2 ;;
     --pip-arg=*) PIP_ARGS+=("${1#*=}"); shift ;;
     --force) FORCE=1; shift ;;
@@ -117,6 +123,7 @@ for f in "$UNIT_SRC" "$ENV_SRC"; do
   [[ -f $f ]] || die "$f is missing: run this script from a complete checkout or sdist"
 done
 [[ -e $SOURCE ]] || die "--source $SOURCE: not found"
+[[ -f $LOCK ]] || die "--lock $LOCK: not found (scripts/lock.sh writes requirements/main.txt)"
 [[ $EUID -eq 0 || -n $ROOT ]] || die "run as root (or give --root DIR)"
 command -v "$PYTHON" >/dev/null 2>&1 || die "python '$PYTHON' not found (give --python)"
 "$PYTHON" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
@@ -198,17 +205,26 @@ build_release() {
     mkdir "$target"
     tar -C "$SOURCE" --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./dist \
       --exclude='*.egg-info' --exclude=__pycache__ --exclude=.mypy_cache --exclude=.ruff_cache \
-      --exclude=.pytest_cache --exclude=.hypothesis -cf - . | tar -C "$target" -xf -
+      --exclude=.pytest_cache --exclude=.hypothesis --exclude=./.coverage-data \
+      --exclude=./.venv-lock --exclude='./.coverage*' -cf - . | tar -C "$target" -xf -
   fi
   rm -rf "$RELEASE"
   say "building release $VERSION in $RELEASE"
   "$PYTHON" -m venv "$RELEASE"
+  # Exactly the lock, every file checked against its hash, then the project
+  # alone: no resolver, no unpinned download (setuptools, the build backend,
+  # is in the lock too).
   "$RELEASE/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-    ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$target" ||
+    --require-hashes --no-deps ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} -r "$LOCK" ||
+    die "pip install of the lock $LOCK failed; nothing was switched"
+  "$RELEASE/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+    --no-deps --no-build-isolation ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$target" ||
     die "pip install failed; nothing was switched"
   # The smoke test imports the CLI and every dependency it needs.
   "$RELEASE/bin/apply-layer" --version >/dev/null ||
     die "$RELEASE/bin/apply-layer does not run; nothing was switched"
+  "$RELEASE/bin/python" -m pip check >/dev/null ||
+    die "the release's dependencies do not fit together (pip check); is $LOCK complete? nothing was switched"
   mkdir -p "$RELEASE/share/$SERVICE"
   install -m 0644 "$UNIT_SRC" "$ENV_SRC" "$RELEASE/share/$SERVICE/"
   [[ -f $DOC_SRC ]] && install -m 0644 "$DOC_SRC" "$RELEASE/share/$SERVICE/"
@@ -219,6 +235,7 @@ build_release() {
     echo "version=$VERSION"
     echo "source=$SOURCE"
     echo "python=$("$RELEASE/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+    echo "lock=$(sha256sum "$LOCK" | cut -d' ' -f1)"
     echo "installed=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   } >"$RELEASE/$MARKER"
   rm -rf "$BUILD_TMP"

@@ -15,9 +15,32 @@ import pytest
 from hypothesis import HealthCheck, settings
 from redis.asyncio import Redis
 
-from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.embedded_redis import PORT_RANGE_ENV, EmbeddedRedis
 from apply_layer.logs import setup_logging
 from apply_layer.redis_client import create_redis
+
+PORTS_PER_WORKER = 500
+
+
+def _worker_ports() -> str:
+    """This test process's own port range, below the kernel's ephemeral ports.
+
+    pytest-xdist's workers (``gw0``, ``gw1``...) each take the next range down,
+    so no two workers' servers ever share a port, and no outgoing connection
+    takes a port whose server a test has stopped to restart it.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral = int(f.read().split()[0])
+    except OSError:
+        ephemeral = 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
+    last = ephemeral - 1 - index * PORTS_PER_WORKER
+    return f"{last - PORTS_PER_WORKER + 1}-{last}"
+
+
+os.environ[PORT_RANGE_ENV] = _worker_ports()  # xdist workers inherit the controller's
 
 FUZZ_EXAMPLES = {"ci": 200, "nightly": 10_000}
 settings.register_profile("ci", print_blob=True)

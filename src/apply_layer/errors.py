@@ -12,6 +12,8 @@ where each class lives (``errors`` unless named)::
     ├── RetryLater               leave the entry pending; recovery resumes it
     │   └── LeaseBusy            another holder kept the symbol lease too long
     ├── NotReplicated            the send record missed its replicas: not sent
+    ├── SendRefused              a resumed plan whose permits fail their signatures:
+    │                            its order may be looked up, never sent
     ├── AlreadyFinal             the plan's result is out (another instance)
     ├── KillSwitchOn             no new order may be sent
     ├── LeaseKeyWrongType        the lease key holds another Redis type
@@ -115,6 +117,16 @@ class LeaseKeyWrongType(Exception):
 
 class OrderMayBeOut(Exception):
     """A guarded publish found the plan ``submitting``: its fate is for recovery to find."""
+
+
+class SendRefused(Exception):
+    """The order log refused to record a send, so nothing was sent: the plan was
+    resumed in ``submitting`` and its permits fail their signatures (require).
+    ``reason`` is the block reason (``bad_signature:<issuer>``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class NotReplicated(Exception):

@@ -61,6 +61,7 @@ class Claim:
     result_id: str  # set once the plan's result is published
     first_status: str = ""  # the published result's status (EXECUTED, BLOCKED, ...)
     wrong_type: str = ""  # "claim" or "journal": that key holds another Redis type
+    content: str = ""  # what the driving entry asks for (Plan.content; "" if unknown)
 
     def owned_by(self, entry_id: str) -> bool:
         return self.holder == entry_id
@@ -94,7 +95,9 @@ class Journal:
         self._attempt = host.register_script(ATTEMPT_SCRIPT)
         self._unjournalled = host.register_script(UNJOURNALLED_SCRIPT)
 
-    async def claim(self, plan_id: str, symbol: str, entry_id: str) -> Claim:
+    async def claim(self, plan_id: str, symbol: str, entry_id: str, content: str = "") -> Claim:
+        """Claim the plan for ``entry_id``; ``content`` (what it asks for) is journalled
+        with it when this entry opens the journal, and the driving entry's is returned."""
         reply = await self._claim(
             keys=[K.claim(plan_id), K.journal(plan_id)],
             args=[
@@ -104,9 +107,13 @@ class Journal:
                 self.journal_ttl_sec,
                 plan_id,
                 symbol,
+                content,
             ],
         )
-        return Claim(str(reply[0]), str(reply[1]), str(reply[2]), str(reply[3]), str(reply[4]))
+        first = str(reply[5]) if len(reply) > 5 else ""
+        return Claim(
+            str(reply[0]), str(reply[1]), str(reply[2]), str(reply[3]), str(reply[4]), first
+        )
 
     async def sent_client_order_id(self, plan_id: str) -> str:
         """The client order id journalled with the plan's last send ("" if none)."""

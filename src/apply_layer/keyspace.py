@@ -218,7 +218,7 @@ class KeyspaceWatcher:
                 backoff = min(backoff * 2, MAX_REFUSED_BACKOFF_SEC if refused else MAX_BACKOFF_SEC)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     def _log_failure(self, refused: bool, *, lost: bool) -> None:
         if refused:

@@ -5,6 +5,15 @@ event text itself: in ``console`` format the line *is* the marker line (no
 level or timestamp prefix; journald stamps it), and in ``json`` format it is
 the ``message`` field, written first. Other events render as
 ``level event key=value ...`` or as JSON with their fields.
+
+No value reaches a log line with a control character in it (issue 21,
+finding 6): a consumer name, a plan field or an exception message holding a
+newline, a carriage return, ESC, another C0 or C1 control, or a Unicode line
+or paragraph separator would otherwise start a line of its own (a forged
+``[PERMIT_WAIT] OK`` that ``stats`` counted) or redraw the operator's
+terminal. :func:`escape_controls` writes each such character as its Python
+escape (``\\n``, ``\\x1b``, ``\\u2028``) in both formats, and a console record
+is always exactly one line: its traceback, if any, is the last field.
 """
 
 from __future__ import annotations
@@ -31,25 +40,67 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with every character that is not printable written as its escape.
+
+    "Not printable" is :meth:`str.isprintable`'s: the C0 and C1 controls
+    (``\\n``, ``\\r``, ``\\t``, ESC, NEL U+0085), DEL, the line and paragraph
+    separators U+2028/U+2029, format characters such as the bidi overrides,
+    and every space but the ASCII one. Ordinary text comes back unchanged.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    return repr(ch)[1:-1]  # '\\n', '\\x1b', '\\x85', '\\u2028': never a quote (printable)
+
+
 class ConsoleFormatter(logging.Formatter):
-    """``[PERMIT_WAIT] ...`` lines verbatim; other lines ``level event k=v``."""
+    """``[PERMIT_WAIT] ...`` lines as they are; other lines ``level event k=v``.
+
+    Each record is one line, control characters escaped (module docstring).
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        message = escape_controls(record.getMessage())
         fields = _fields(record)
         if fields.pop("marker", None):
             return message
         parts = [f"{record.levelname.lower():<7}", message]
-        parts.extend(f"{key}={_console_value(value)}" for key, value in fields.items())
-        text = " ".join(parts)
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
+        parts.extend(
+            f"{escape_controls(key)}={_console_value(value)}" for key, value in fields.items()
+        )
+        if record.exc_info:  # on this line: its message is anybody's text
+            parts.append(f"traceback={_console_value(self.formatException(record.exc_info))}")
+        if record.stack_info:
+            parts.append(f"stack={_console_value(self.formatStack(record.stack_info))}")
+        return " ".join(parts)
 
 
 def _console_value(value: Any) -> str:
+    """A value as it is when it is one plain word, else quoted with its escapes (``repr``)."""
     text = str(value)
-    return repr(text) if (" " in text or not text) else text
+    return text if text and " " not in text and text.isprintable() else repr(text)
+
+
+class _JsonFormatter(JsonFormatter):
+    """JSON lines whose string values carry no control character even once decoded."""
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        return {escape_controls(str(key)): _escaped(value) for key, value in log_data.items()}
+
+
+def _escaped(value: Any) -> Any:
+    """JSON's own types as they are (strings escaped); anything else as its escaped text."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {escape_controls(str(k)): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escaped(v) for v in value]
+    return escape_controls(str(value))  # what json_default=str would write, escaped
 
 
 def setup_logging(level: str = "INFO", fmt: str = "console", stream: IO[str] | None = None) -> None:
@@ -57,7 +108,7 @@ def setup_logging(level: str = "INFO", fmt: str = "console", stream: IO[str] | N
     handler = logging.StreamHandler(stream or sys.stderr)
     formatter: logging.Formatter
     if fmt == "json":
-        formatter = JsonFormatter(
+        formatter = _JsonFormatter(
             "%(message)s %(levelname)s %(name)s",
             rename_fields={"levelname": "level", "name": "logger"},
             timestamp=True,

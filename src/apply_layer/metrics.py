@@ -10,7 +10,9 @@ to it.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
+
+from apply_layer.metrics_http import MetricsServer
 
 PLANS = Counter(
     "apply_plans_total", "Plans by final outcome and reason class", ["status", "reason"]
@@ -93,21 +95,30 @@ for _status in ("429", "418"):
     EXCHANGE_RATE_LIMITED.labels(_status)
 
 
-def serve(port: int, addr: str = "127.0.0.1") -> bool:
+async def serve(port: int, addr: str = "127.0.0.1") -> MetricsServer | None:
     """Start the endpoint on ``addr`` (``APPLY_METRICS_BIND``) unless ``port`` is 0.
 
     Loopback by default: the endpoint has no authentication, and the plan
     counts, outcomes and timings it shows are nobody else's business unless
-    the operator chooses to expose them. Returns whether it was started.
+    the operator chooses to expose them. It runs on the caller's event loop,
+    with bounded connections and timeouts (``metrics_http``). Returns the
+    server (None when off); a port in use is a CommandError naming it.
     """
     if port == 0:
-        return False
-    start_http_server(port, addr=addr)
-    return True
+        return None
+    server = MetricsServer()
+    await server.start(port, addr)
+    return server
 
 
 PERMIT_SIGNATURES = Counter(
     "apply_permit_signatures_total",
     "Signatures of consumed permits checked (APPLY_PERMIT_SIGNING warn/require), by result",
     ["issuer", "result"],  # result: ok, missing, malformed, unknown_kid, mismatch, expired
+)
+
+PLAN_CONFLICTS = Counter(
+    "apply_plan_conflicts_total",
+    "Plan entries whose plan id another entry already drives with other content (symbol, "
+    "decision, close step or share): a forged or broken plan writer; never executed",
 )

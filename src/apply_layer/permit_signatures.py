@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from apply_layer import metrics
-from apply_layer.errors import ConfigError, KeyFileError
+from apply_layer.errors import ConfigError, KeyFileError, SendRefused
+from apply_layer.executors.base import OrderLog
 from apply_layer.gate import GateResult
 from apply_layer.keys import ISSUERS
 from apply_layer.logs import get_logger
+from apply_layer.plans import Step
 from apply_layer.settings import Settings
 from apply_layer.signing import KeyRing, Mode, keys_path, read_keys, verify_permit
 
@@ -62,8 +65,14 @@ class SignaturePolicy:
             for name, mode in self.modes.items()
         )
 
-    def check(self, decision: GateResult) -> str:
-        """The block reason for an allowed decision (``bad_signature:<issuer>``), or ""."""
+    def check(self, decision: GateResult, close: Step) -> str:
+        """The block reason for an allowed decision (``bad_signature:<issuer>``), or "".
+
+        ``close`` is the plan's close step, as it would be executed: the
+        signatures must bind it (its name and the share it closes), so genuine
+        permits cannot authorise another entry's close under the same plan id.
+        """
+        assert close.pct is not None  # a close step always has its share
         for name, mode in self.modes.items():
             verdict = decision.permits.get(name)
             if verdict is None:
@@ -75,6 +84,8 @@ class SignaturePolicy:
                 verdict.fields,
                 self.keys,
                 decision.decided_at_ms,
+                step=close.name,
+                pct=close.pct,
             )
             metrics.PERMIT_SIGNATURES.labels(name, result.reason).inc()
             if result.ok:
@@ -92,3 +103,27 @@ class SignaturePolicy:
             log.warning("permit_signature_rejected", **fields)
             return f"bad_signature:{name}"
         return ""
+
+
+class LookupOnly:
+    """An order log through which an order may be found, never sent.
+
+    For a plan resumed in ``submitting`` whose permits fail their signatures
+    (``require``): an earlier run may have sent its order, so the executor
+    still looks it up and reports what it finds (the exchange's truth, never a
+    guess), but a send is refused at its record, which every executor makes
+    before a request leaves: :class:`SendRefused`, and nothing leaves.
+    """
+
+    def __init__(self, inner: OrderLog, reason: str) -> None:
+        self._inner = inner
+        self.reason = reason
+
+    async def attempts(self) -> list[int]:
+        return await self._inner.attempts()
+
+    def unrecorded_until_ms(self) -> int:
+        return self._inner.unrecorded_until_ms()
+
+    async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+        raise SendRefused(self.reason)

@@ -89,6 +89,37 @@ class Plan:
     def unsupported_steps(self) -> tuple[Step, ...]:
         return tuple(s for s in self.steps if not s.is_close)
 
+    @property
+    def content(self) -> str:
+        """What the plan asks for, as a short text: two entries of one plan id that
+        differ in it are a conflict (a forgery, or a broken writer), not a duplicate.
+
+        ``BTCUSDT EXECUTE CLOSE_PARTIAL_25 25``: the symbol, the decision, and the
+        close step with the share that would be closed (nothing else decides an order).
+        """
+        step = self.close_step
+        if step is None or step.pct is None:
+            return f"{self.symbol} {self.decision}"
+        return f"{self.symbol} {self.decision} {step.name} {step.pct:f}"
+
+
+# The content of an entry that could not be parsed (its plan id and symbol could).
+INVALID_CONTENT = "invalid"
+
+
+def close_in_content(content: str) -> Step | None:
+    """The close step a :attr:`Plan.content` text names, or None (no close, or not
+    such a text): ``apply-layer permits`` reads it from the journal to check the
+    permits' signatures against the close the daemon would execute."""
+    parts = content.split(" ")
+    if len(parts) != 4 or not STEP_NAME_RE.fullmatch(parts[2]):
+        return None
+    try:
+        pct = Decimal(parts[3])
+    except ArithmeticError:
+        return None
+    return Step(parts[2], pct) if pct.is_finite() and 0 < pct <= 100 else None
+
 
 def _pct(value: object) -> Decimal | None:
     """A percentage in (0, 100] from a JSON number, or None."""

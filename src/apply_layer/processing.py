@@ -45,16 +45,17 @@ from apply_layer.errors import (
     LeaseKeyWrongType,
     OrderMayBeOut,
     RetryLater,
+    SendRefused,
 )
-from apply_layer.executors.base import Executor, OrderRequest
+from apply_layer.executors.base import Executor, OrderLog, OrderRequest
 from apply_layer.gate import GateResult, PermitGate
 from apply_layer.journal import Claim, Journal
 from apply_layer.lease import Lease, SymbolLeases
 from apply_layer.lifecycle import echo
 from apply_layer.logs import get_logger
 from apply_layer.outcomes import Outcome, blocked, rejected, result_fields
-from apply_layer.permit_signatures import SignaturePolicy
-from apply_layer.plans import Plan, parse_plan, safe_plan_id
+from apply_layer.permit_signatures import LookupOnly, SignaturePolicy
+from apply_layer.plans import INVALID_CONTENT, Plan, Step, parse_plan, safe_plan_id
 from apply_layer.settings import Settings
 from apply_layer.statuses import HandledKind, JournalState, OutcomeStatus
 
@@ -83,6 +84,12 @@ class Ending:
     journalled: bool = True
     # Publish nothing while an order may be out (raises ``OrderMayBeOut``).
     unless_sent: bool = False
+
+
+def _close_step(plan: Plan) -> Step:
+    step = plan.close_step
+    assert step is not None  # parse_plan guarantees one close step for an EXECUTE plan
+    return step
 
 
 def _plan_ending(plan: Plan, outcome: Outcome) -> Ending:
@@ -147,14 +154,14 @@ class Processor:
             plan = parse_plan(fields)
         except InvalidPlan as exc:
             return await self._reject_invalid(entry_id, fields, exc)
-        claim = await self.journal.claim(plan.plan_id, plan.symbol, entry_id)
+        claim = await self.journal.claim(plan.plan_id, plan.symbol, entry_id, plan.content)
         if claim.wrong_type:
             self._log_wrong_type(plan.plan_id, claim.wrong_type, entry_id)
             outcome = lifecycle.wrong_type(claim.wrong_type)
             ending = Ending(plan.plan_id, plan.symbol, plan.decision, outcome, journalled=False)
             return await self._finish(entry_id, ending)
         if not claim.owned_by(entry_id):
-            return await self._duplicate(plan.plan_id, entry_id, claim)
+            return await self._duplicate(plan.plan_id, entry_id, claim, plan.content)
         if claim.result_id:
             return await self._done(entry_id)  # this entry's result is out; the ack was missing
         try:
@@ -166,9 +173,28 @@ class Processor:
         except AlreadyFinal:
             return await self._done(entry_id)
 
-    async def _duplicate(self, plan_id: str, entry_id: str, claim: Claim) -> Handled:
-        """Another entry drives this plan id: say so once, with its first decision."""
+    async def _duplicate(self, plan_id: str, entry_id: str, claim: Claim, content: str) -> Handled:
+        """Another entry drives this plan id: say so once, with its first decision.
+
+        If the two ask for different things (another symbol, decision, close step
+        or share), this is no harmless resend: one of them was forged, or a writer
+        is broken, and the first one decided. That is a security event: an error
+        line, ``apply_plan_conflicts_total`` and its alert. Neither entry is run again.
+        """
         first = claim.first_status or "in_progress"
+        if claim.content and claim.content != content:
+            metrics.PLAN_CONFLICTS.inc()
+            log.error(
+                "plan_content_conflict",
+                plan_id=plan_id,
+                entry_id=entry_id,
+                first_entry_id=claim.holder,
+                first_content=claim.content,
+                content=content,
+                first_status=first,
+            )
+            await self.journal.ack(entry_id)
+            return Handled(HandledKind.DUPLICATE)
         log.info(
             f"duplicate plan={plan_id} first_status={first}",
             plan_id=plan_id,
@@ -221,12 +247,12 @@ class Processor:
                 entry_id, Ending(plan_id, symbol, decision, outcome, journalled=False)
             )
         ending = Ending(exc.plan_id, exc.symbol, decision, outcome)
-        claim = await self.journal.claim(exc.plan_id, exc.symbol, entry_id)
+        claim = await self.journal.claim(exc.plan_id, exc.symbol, entry_id, INVALID_CONTENT)
         if claim.wrong_type:
             self._log_wrong_type(exc.plan_id, claim.wrong_type, entry_id)
             return await self._finish(entry_id, replace(ending, journalled=False))
         if not claim.owned_by(entry_id):
-            return await self._duplicate(exc.plan_id, entry_id, claim)
+            return await self._duplicate(exc.plan_id, entry_id, claim, INVALID_CONTENT)
         if claim.result_id:
             return await self._done(entry_id)
         return await self._finish(entry_id, ending)
@@ -259,13 +285,14 @@ class Processor:
         )
         if not decision.allowed:
             return blocked(decision.error, decision.wait_ms), None
-        # Signed permits (APPLY_PERMIT_SIGNING), checked on the consumed permits. Not
-        # once an order may be out ("submitting"): its fate must be found, not blocked.
+        # Signed permits (APPLY_PERMIT_SIGNING), checked on the consumed permits, also
+        # for a plan resumed in "submitting" (its journal could say anything): then an
+        # order may be out, so it is still looked up, but never sent (LookupOnly).
         sent_before = state == JournalState.SUBMITTING
-        refused = "" if sent_before else self.signatures.check(decision)
-        if refused:
+        refused = self.signatures.check(decision, _close_step(plan))
+        if refused and not sent_before:
             return blocked(refused, decision.wait_ms), None
-        return await self._execute(plan, decision, held, sent_before=sent_before)
+        return await self._execute(plan, decision, held, sent_before=sent_before, refused=refused)
 
     async def _execute(
         self,
@@ -274,6 +301,7 @@ class Processor:
         held: contextlib.AsyncExitStack,
         *,
         sent_before: bool,
+        refused: str = "",
     ) -> tuple[Outcome, Lease | None]:
         """Place the close under the symbol's lease, which stays held in ``held``.
 
@@ -310,7 +338,7 @@ class Processor:
             if sent_before:  # an order may be out: its fate is found under the lease
                 raise RetryLater(f"{exc} holds another Redis type") from None
             return lifecycle.lease_wrong_type(wait_ms), None
-        return await self._place(plan, order, wait_ms, lease), lease
+        return await self._place(plan, order, wait_ms, lease, refused), lease
 
     @contextlib.asynccontextmanager
     async def _symbol_lease(self, plan: Plan, *, new_order: bool) -> AsyncIterator[Lease]:
@@ -326,14 +354,22 @@ class Processor:
         ):
             yield lease
 
-    async def _place(self, plan: Plan, order: OrderRequest, wait_ms: int, lease: Lease) -> Outcome:
+    async def _place(
+        self, plan: Plan, order: OrderRequest, wait_ms: int, lease: Lease, refused: str = ""
+    ) -> Outcome:
+        """Execute under the lease; ``refused`` (a block reason): look the order up only."""
         step = plan.close_step
         assert step is not None
-        order_log = self.journal.order_log(
+        order_log: OrderLog = self.journal.order_log(
             plan.plan_id, order.client_order_id, symbol=plan.symbol, lease_token=lease.token
         )
+        if refused:
+            order_log = LookupOnly(order_log, refused)
         try:
             result = await self.executor.execute(order, order_log)
+        except SendRefused as exc:  # no earlier order found, and none may be sent
+            log.warning("order_not_sent", plan_id=plan.plan_id, reason=exc.reason)
+            return blocked(exc.reason, wait_ms)
         except (RedisError, OSError, RetryLater):
             raise
         except Exception as exc:

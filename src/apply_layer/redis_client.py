@@ -146,7 +146,7 @@ def create_sentinel_redis(
     }
     if sentinel_password:
         sentinel_kwargs["password"] = sentinel_password
-    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
     options: dict[str, Any] = node | _client_kwargs(name, block_sec, identity)
     client: Redis = manager.master_for(
         service, connection_pool_class=BlockingSentinelPool, **options

@@ -32,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from apply_layer import __version__, metrics, stream_reader, systemd
 from apply_layer import keys as K
 from apply_layer.batching import ScriptBatcher
-from apply_layer.errors import ConfigError, FunctionLibraryMissing, RetryLater
+from apply_layer.errors import CommandError, ConfigError, FunctionLibraryMissing, RetryLater
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
 from apply_layer.functions import LIBRARY
@@ -41,6 +41,7 @@ from apply_layer.housekeeping import Housekeeping
 from apply_layer.journal import Journal
 from apply_layer.keyspace import KeyspaceWatcher
 from apply_layer.logs import get_logger
+from apply_layer.metrics_http import MetricsServer
 from apply_layer.processing import Processor
 from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.redis_identity import IdentityTracker
@@ -135,16 +136,31 @@ class ApplyService:
         except Exception as exc:
             log.error("executor_start_failed", mode=self.settings.mode, error=str(exc))
 
+    async def _start_metrics(self) -> MetricsServer | None:
+        """First: a port in use stops the start (CommandError naming it) before the rest."""
+        try:
+            return await metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
+        except CommandError:
+            await close_redis(self.redis)
+            await close_redis(self.reader)
+            raise
+
     async def run(self) -> int:
-        await self._start_executor()
-        scripts = await self._prepare_scripts()
+        endpoint = await self._start_metrics()
+        metrics_on = endpoint is not None
+        try:
+            await self._start_executor()
+            scripts = await self._prepare_scripts()
+        except ConfigError:
+            if endpoint is not None:
+                await endpoint.close()
+            raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         for name in unknown_env_vars():
             log.warning("unknown_setting", variable=name, hint="not read by apply-layer: a typo?")
-        metrics_on = metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
         metrics.PERMIT_DEADLINE.set(self.settings.permit_wait_ms / 1000)
         keyspace = await self._start_watcher()
         metrics.REDIS_UP.set(1 if self._redis_up else 0)  # a failed read sets it to 0
@@ -190,20 +206,17 @@ class ApplyService:
         await self.executor.close()
         await close_redis(self.redis)
         await close_redis(self.reader)
+        if endpoint is not None:
+            await endpoint.close()
         log.info("stopped", **self.counts)
         return 0
 
     async def _prepare_scripts(self) -> str:
-        """Check the function library before the first plan (functions.py).
-
-        Missing, and this user may not load it: the daemon does not start (exit
-        2, one line saying how an admin loads it). Redis unreachable: the start
-        goes on, and every call fails closed until the library answers.
-        """
+        """The function library (functions.py): missing and not loadable by this user stops
+        the start (exit 2, one line); Redis down does not (calls fail closed until it is)."""
         try:
             return await self.scripts.prepare()
         except FunctionLibraryMissing as exc:
-            log.error("function_library_missing", error=str(exc))
             await self.executor.close()
             await close_redis(self.redis)
             await close_redis(self.reader)

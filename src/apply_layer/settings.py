@@ -14,6 +14,7 @@ import os
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -38,6 +39,31 @@ Mode = Literal["dry_run", "paper", "testnet"]
 LogFormat = Literal["console", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 KeyspaceEvents = Literal["detect", "enable", "off"]
+
+
+# Where orders may go: Binance's futures testnet and demo hosts, or a fake exchange on
+# this machine (tests, the smoke's own checks). The one rule for the daemon in testnet
+# mode (checked when the settings load) and for ``apply-layer smoke``.
+TESTNET_HOSTS = frozenset({"testnet.binancefuture.com", "demo-fapi.binance.com"})
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def not_testnet(url: str) -> str | None:
+    """Why ``url`` is not a testnet (or local fake) exchange, in one line; None if it is.
+
+    Only the host is named, never the whole URL (it could carry credentials),
+    and it is quoted with ``repr`` so that nothing in it can break the line.
+    """
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        host = ""
+    if host in TESTNET_HOSTS | LOCAL_HOSTS:
+        return None
+    return (
+        f"APPLY_BINANCE_BASE_URL: host {host!r} is not the testnet: orders go only to "
+        f"{', '.join(sorted(TESTNET_HOSTS))} (or a fake exchange on this machine)"
+    )
 
 
 def _default_consumer_name() -> str:
@@ -163,6 +189,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 "APPLY_REDIS_URL: a unix:// socket cannot be used with APPLY_REDIS_SENTINELS"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _testnet_only(self) -> Settings:
+        """No mainnet by mistake: testnet mode sends real orders to this URL's host."""
+        problem = not_testnet(self.binance_base_url) if self.mode == "testnet" else None
+        if problem:
+            raise ValueError(problem)
         return self
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:

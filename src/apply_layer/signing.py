@@ -1,136 +1,68 @@
 """Signed permits (pure): canonical text, HMAC-SHA256 signatures, key files, modes.
 
-Anyone who can write to Redis can write a permit. A signed permit carries an
-HMAC-SHA256, made with a key only its issuer and the apply layer hold, over
-a canonical text of what it authorises; the daemon checks it after the
-gate's atomic step (``APPLY_PERMIT_SIGNING``, per issuer: ``off``, ``warn``
-or ``require``), so a forged permit that was consumed only blocks its own
-plan. docs/SECURITY.md has the threat model and the lines an issuer adds.
+Anyone who can write to Redis can write a permit, and anyone who can XADD can
+publish a plan. A signed permit carries an HMAC-SHA256, made with a key only
+its issuer and the apply layer hold, over a canonical text of what it
+authorises: this plan id, this symbol, *this close* (step and share), this
+grant and quantity; the daemon checks it after the gate's atomic step
+(``APPLY_PERMIT_SIGNING``, per issuer: ``off``, ``warn`` or ``require``), so a
+forged permit that was consumed only blocks its own plan, and a plan entry
+injected under a real plan id with another close (a CLOSE_FULL where the
+issuer authorised 25 %) cannot use the genuine permits. docs/SECURITY.md has
+the threat model and the lines an issuer adds.
 
-The canonical text (version 1) is eight lines joined by ``\\n``::
+The canonical text (version 2) is ten lines joined by ``\\n``::
 
-    quantum-permit-v1
+    quantum-permit-v2
     issuer=p33
     plan_id=<the plan id of the permit's key>
     symbol=<the plan's symbol>
+    step=<the plan's close step: CLOSE_PARTIAL_25; an action-only plan's step, CLOSE_FULL>
+    pct=<the share it closes, plain decimal: 25>
     allow=true              (every grant flag present is true; else false)
     safe_qty=0.002          (p33's quantity as plain decimal text; empty for others)
     exp_ms=<the signature's expiry, epoch milliseconds>
     kid=<the key id>
 
 and the permit carries ``sig`` (64 lowercase hex digits), ``kid`` and
-``sig_exp_ms`` beside its usual fields. The plan id and symbol come from the
-plan, not from the permit, so a signed permit cannot be moved to another plan.
+``sig_exp_ms`` beside its usual fields. The plan id, symbol, step and share
+come from the plan entry the daemon is executing, not from the permit, so a
+signed permit cannot be moved to another plan, nor to another close of the
+same plan. (Version 1, without step and pct, is no longer accepted.)
 
-A key file (a systemd credential, never the environment) has one key per
-line, ``<issuer> <key id> <secret as hex, at least 32 bytes>``; ``#`` starts
-a comment. An issuer may have several keys: during a rotation both the old
-and the new key id verify.
+The issuers' keys, and the files they are read from, are ``signing_keys``'
+(re-exported here: ``from apply_layer.signing import read_keys, sign_permit``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
-import stat
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Literal
 
-from apply_layer.errors import KeyFileError
 from apply_layer.keys import ISSUERS, Issuer
 from apply_layer.permits import _is_true, parse_qty
+from apply_layer.plans import CLOSE_STEPS, STEP_NAME_RE
+from apply_layer.signing_keys import CREDENTIAL_NAME as CREDENTIAL_NAME
+from apply_layer.signing_keys import KEY_ID_RE as KEY_ID_RE
+from apply_layer.signing_keys import MIN_KEY_BYTES as MIN_KEY_BYTES
+from apply_layer.signing_keys import KeyRing as KeyRing
+from apply_layer.signing_keys import file_problem as file_problem
+from apply_layer.signing_keys import keys_path as keys_path
+from apply_layer.signing_keys import parse_keys as parse_keys
+from apply_layer.signing_keys import read_keys as read_keys
 
 Mode = Literal["off", "warn", "require"]
 MODES: tuple[Mode, ...] = ("off", "warn", "require")
-VERSION = "quantum-permit-v1"
+VERSION = "quantum-permit-v2"
 SIGNATURE_FIELDS = ("sig", "kid", "sig_exp_ms")
-CREDENTIAL_NAME = "permit-keys"  # LoadCredential=permit-keys:/etc/quantum/permit-keys
-KEY_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-MIN_KEY_BYTES = 32
 _HEX_SIG = re.compile(r"[0-9a-f]{64}")
 _INT_TEXT = re.compile(r"[0-9]{1,16}")
-
-
-@dataclass(frozen=True)
-class KeyRing:
-    """Secrets by issuer and key id. Its repr names the key ids only."""
-
-    keys: Mapping[str, Mapping[str, bytes]] = field(default_factory=dict, repr=False)
-
-    def key(self, issuer: str, kid: str) -> bytes | None:
-        return self.keys.get(issuer, {}).get(kid)
-
-    def kids(self, issuer: str) -> list[str]:
-        """The issuer's key ids in file order (the last is the newest)."""
-        return list(self.keys.get(issuer, {}))
-
-    def __repr__(self) -> str:
-        return f"KeyRing({ {i: list(k) for i, k in self.keys.items()} })"
-
-
-def parse_keys(text: str) -> KeyRing:
-    """Read a key file's text; :class:`KeyFileError` names the line, never the secret."""
-    keys: dict[str, dict[str, bytes]] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        words = line.split()
-        if len(words) != 3:
-            raise KeyFileError(f"line {number}: expected '<issuer> <key id> <hex secret>'")
-        issuer, kid, secret = words
-        if issuer not in ISSUERS:
-            raise KeyFileError(f"line {number}: unknown issuer {issuer!r}")
-        if not KEY_ID_RE.fullmatch(kid):
-            raise KeyFileError(f"line {number}: the key id must be 1-64 of A-Z a-z 0-9 _ . -")
-        try:
-            key = bytes.fromhex(secret)
-        except ValueError:
-            raise KeyFileError(f"line {number}: the secret is not hex") from None
-        if len(key) < MIN_KEY_BYTES:
-            raise KeyFileError(
-                f"line {number}: the secret is {len(key)} bytes; at least {MIN_KEY_BYTES} "
-                "(openssl rand -hex 32)"
-            )
-        if kid in keys.setdefault(issuer, {}):
-            raise KeyFileError(f"line {number}: key id {kid!r} is listed twice for {issuer}")
-        keys[issuer][kid] = key
-    return KeyRing(keys)
-
-
-def read_keys(path: Path) -> KeyRing:
-    """Read and parse a key file; refuses one that every user may read."""
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise KeyFileError(f"{path}: {reason}") from None
-    if mode & stat.S_IROTH:
-        raise KeyFileError(f"{path} is world-readable (chmod 600 {path})")
-    try:
-        return parse_keys(text)
-    except KeyFileError as exc:
-        raise KeyFileError(f"{path}: {exc}") from None
-
-
-def keys_path(configured: Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
-    """``APPLY_PERMIT_KEYS_FILE``, else systemd's credential, else None."""
-    if configured is not None:
-        return configured
-    env = os.environ if environ is None else environ
-    directory = env.get("CREDENTIALS_DIRECTORY")
-    if directory:
-        candidate = Path(directory) / CREDENTIAL_NAME
-        if candidate.exists():
-            return candidate
-    return None
 
 
 def parse_modes(text: str) -> dict[str, Mode]:
@@ -166,11 +98,35 @@ def canonical_qty(value: Decimal) -> str:
     return text
 
 
+def close_share(step: str, pct: Decimal | int | float | str | None = None) -> Decimal:
+    """The share (percent) a signature binds for ``step``: ``pct``, else the step's own.
+
+    ``pct`` is the share the apply layer closes: the plan step's ``pct``, or
+    the one its name implies (CLOSE_PARTIAL_25: 25, CLOSE_FULL: 100), the
+    smaller of the two when they disagree. :class:`ValueError` for anything else.
+    """
+    if not STEP_NAME_RE.fullmatch(step):
+        raise ValueError(f"{step!r} is not a step name like CLOSE_PARTIAL_25")
+    if pct is None:
+        if step not in CLOSE_STEPS:
+            raise ValueError(f"{step} is not a close step: give its pct")
+        return CLOSE_STEPS[step]
+    try:
+        share = Decimal(repr(pct) if isinstance(pct, float) else str(pct))
+    except ArithmeticError:
+        share = Decimal("NaN")
+    if isinstance(pct, bool) or not (share.is_finite() and 0 < share <= 100):
+        raise ValueError(f"pct {pct!r} is not a share in (0, 100]")
+    return share
+
+
 def canonical_text(
     *,
     issuer: str,
     plan_id: str,
     symbol: str,
+    step: str,
+    pct: Decimal,
     allow: bool,
     safe_qty: Decimal | None,
     exp_ms: int,
@@ -183,6 +139,8 @@ def canonical_text(
             f"issuer={issuer}",
             f"plan_id={plan_id}",
             f"symbol={symbol}",
+            f"step={step}",
+            f"pct={canonical_qty(pct)}",
             f"allow={'true' if allow else 'false'}",
             f"safe_qty={'' if safe_qty is None else canonical_qty(safe_qty)}",
             f"exp_ms={exp_ms}",
@@ -224,17 +182,21 @@ def sign_permit(
     plan_id: str,
     kid: str,
     key: bytes,
+    step: str,
+    pct: Decimal | int | float | str | None = None,
     ttl_sec: float = 60.0,
     symbol: str | None = None,
     now: float | None = None,
 ) -> dict[str, Any]:
     """``permit`` plus ``kid``, ``sig_exp_ms`` and ``sig``: what an issuer stores.
 
-    ``symbol`` defaults to the permit's own; the signature is bound to it and
-    to ``plan_id``. Store the result as JSON (or as a HASH) under the issuer's
-    key for that plan, with the usual TTL.
+    The signature binds ``plan_id``, ``symbol`` (default: the permit's own),
+    the plan's close ``step`` and the share it closes (``pct``, default the
+    step's own, see :func:`close_share`). Store the result as JSON (or as a
+    HASH) under the issuer's key for that plan, with the usual TTL.
     """
     spec = _issuer(issuer)
+    share = close_share(step, pct)
     if not KEY_ID_RE.fullmatch(kid):
         raise ValueError("the key id must be 1-64 of A-Z a-z 0-9 _ . -")
     signed = {k: v for k, v in permit.items() if k not in SIGNATURE_FIELDS}
@@ -249,6 +211,8 @@ def sign_permit(
         issuer=issuer,
         plan_id=plan_id,
         symbol=bound,
+        step=step,
+        pct=share,
         allow=grants(signed),
         safe_qty=qty,
         exp_ms=exp_ms,
@@ -286,11 +250,16 @@ def verify_permit(
     fields: Mapping[str, Any],
     keys: KeyRing,
     now_ms: int,
+    *,
+    step: str,
+    pct: Decimal,
 ) -> SignatureCheck:
-    """Check a consumed permit's signature for this plan, as of ``now_ms``.
+    """Check a consumed permit's signature for this plan and close, as of ``now_ms``.
 
-    ``now_ms`` is the gate's decision time, so a plan resumed after a crash
-    is judged as it was when its permits were consumed.
+    ``step`` and ``pct`` are the close the daemon would execute (the plan's
+    close step and the share it closes). ``now_ms`` is the gate's decision
+    time, so a plan resumed after a crash is judged as it was when its
+    permits were consumed.
     """
     sig, kid, exp = (fields.get(name) for name in SIGNATURE_FIELDS)
     if sig is None and kid is None:
@@ -308,6 +277,8 @@ def verify_permit(
         issuer=issuer.name,
         plan_id=plan_id,
         symbol=symbol,
+        step=step,
+        pct=pct,
         allow=grants(fields),
         safe_qty=qty,
         exp_ms=exp_ms,

@@ -10,11 +10,41 @@ filter is an explicit refusal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_DOWN, Decimal
+from decimal import (
+    ROUND_DOWN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
 
 # No position comes near this; past it an amount is a mistake, not a position
 # (P3.3's ``exchange_position_amt`` of ``1e999999999`` overflowed the arithmetic).
 MAX_POSITION_AMT = Decimal("1e15")
+
+# The arithmetic of sizing. Decimal's default context keeps 28 digits and rounds
+# half-even, so a 34-digit safe_qty of 0.0049999... divided by a lot step of 0.001
+# became 5.000... *before* it was rounded down, and 0.005 was ordered. Here every
+# operation rounds toward zero (all operands are positive), so no intermediate
+# result can exceed its exact value, and 60 digits keep the integer number of lot
+# steps exact (a position below 1e15 in steps of 1e-20 needs 35).
+SIZING_CONTEXT = Context(
+    prec=60, rounding=ROUND_DOWN, traps=[InvalidOperation, DivisionByZero, Overflow]
+)
+# For values read from outside (the exchange's filters): normalised, never rounded.
+_EXACT = Context(prec=60, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
+
+
+def exact_normalize(value: Decimal) -> Decimal:
+    """``value`` without trailing zeros; raises ``decimal.Inexact`` rather than round it.
+
+    ``Decimal.normalize`` rounds to the context's 28 digits (half-even, so up as
+    often as down): a lot filter of 34 digits would not be the exchange's.
+    """
+    return value.normalize(_EXACT)
 
 
 @dataclass(frozen=True)
@@ -30,8 +60,10 @@ class LotFilter:
             raise ValueError(f"bad lot filter {self}")
 
     def round_down(self, qty: Decimal) -> Decimal:
-        steps = (qty / self.step_size).to_integral_value(rounding=ROUND_DOWN)
-        return (steps * self.step_size).quantize(self.step_size)
+        """The largest multiple of the step that is not above ``qty`` (qty >= 0)."""
+        with localcontext(SIZING_CONTEXT):
+            steps = qty // self.step_size  # divide-integer: exact, or it raises
+            return (steps * self.step_size).quantize(self.step_size)
 
 
 @dataclass(frozen=True)
@@ -83,8 +115,9 @@ def size_close(
         if amount is not None and not (amount.is_finite() and amount.copy_abs() < MAX_POSITION_AMT):
             return Sizing(Decimal(0), "", "invalid_position_amt", f"position {amount:.6g}")
     try:
-        return _size(safe_qty, pct, reported_amt, live_amt, lot)
-    except ArithmeticError as exc:  # e.g. a lot step too fine for 28 digits: send nothing
+        with localcontext(SIZING_CONTEXT):
+            return _size(safe_qty, pct, reported_amt, live_amt, lot)
+    except ArithmeticError as exc:  # e.g. a lot step too fine for 60 digits: send nothing
         return Sizing(Decimal(0), "", "unsizable", f"{type(exc).__name__} with lot {lot}")
 
 

@@ -6,7 +6,8 @@ the JSON-ready report and :func:`render_text` the operator's text. The thin
 I/O (journald, files, stdin, the result stream) and the command line are in
 ``commands/stats.py``.
 
-Lines may carry any prefix (journald's, a timestamp) before the marker, and
+Lines may carry a prefix (journald's, a timestamp, a level word: no ``=``, quote
+or backslash, which only a field has) before the marker, and
 may be this service's console lines, its JSON lines (the console line in
 ``message``; ``plan_id``, ``symbol``, ``wait_ms``, ``reason`` fill any gap)
 or the old service's lines (no symbol; a BLOCK may lack ``wait_ms``; its
@@ -61,6 +62,8 @@ CATEGORY_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # The old service's ``info={'reason': 'missing_p33', 'gov_ttl': 50, ...}`` (a dict's repr).
 _INFO_REASON = re.compile(r"""['"]reason['"]\s*:\s*['"]([^'"]{1,200})['"]""")
 MAX_WAIT_MS = 1e12
+# What a key=value field or a quoted value has, and no log prefix has.
+_NOT_A_PREFIX = re.compile(r"""[='"\\]""")
 
 
 def _fields(text: str) -> tuple[str, dict[str, str]]:
@@ -122,14 +125,30 @@ def _info_reason(info: str | None) -> str | None:
     return (match.group(1).strip() or None) if match else None
 
 
+def _a_prefix(text: str) -> bool:
+    """Whether ``text`` may stand before a line's message: journald's ``host app[1]: ``,
+    a timestamp, the old service's level word. Never a field: a ``key=`` or a quote
+    before the marker means it sits in another event's value (an injected
+    ``consumer='x [PERMIT_WAIT] OK ...'``), which is not a decision."""
+    return not _NOT_A_PREFIX.search(text)
+
+
 def parse_line(line: str) -> PermitEvent | Other:
-    """One log line: its event, ``"unparsed"`` (marker, unreadable) or ``"other"``."""
+    """One log line: its event, ``"unparsed"`` (marker, unreadable) or ``"other"``.
+
+    The marker counts only where it starts the line's message (:func:`_a_prefix`):
+    a marker inside another event's value is ``"unparsed"``, never a decision.
+    """
     at = line.find(PERMIT_WAIT)
     if at < 0:
         return "other"
     brace = line.find("{")
     if brace < 0 or brace > at:  # a console line
+        if not _a_prefix(line[:at]):
+            return "unparsed"
         return parse_marker(line[at + len(PERMIT_WAIT) :]) or "unparsed"
+    if not _a_prefix(line[:brace]):  # an object inside another line's value
+        return "unparsed"
     try:  # a JSON line, after whatever prefix
         obj, _ = json.JSONDecoder().raw_decode(line, brace)
     except (ValueError, RecursionError):
@@ -139,6 +158,8 @@ def parse_line(line: str) -> PermitEvent | Other:
     if not isinstance(message, str) or PERMIT_WAIT not in message:
         return "unparsed"
     at = message.find(PERMIT_WAIT)
+    if not _a_prefix(message[:at]):
+        return "unparsed"
     return parse_marker(message[at + len(PERMIT_WAIT) :], obj) or "unparsed"
 
 

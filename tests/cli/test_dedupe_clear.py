@@ -206,3 +206,18 @@ def test_the_planners_dedupe_keys_are_never_touched(
     assert "deleted 1 of 1 dedupe keys (every plan)" in capsys.readouterr().out
     assert db.get("quantum:apply:dedupe:abc1") == "1795977136"
     assert not is_dedupe_key("quantum:apply:dedupe:abc1")
+
+
+def test_a_key_name_is_printed_escaped_never_raw(
+    db: sync_redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Anyone who may write a claim key may name it: a terminal escape or a newline in
+    # the name must not draw on the operator's terminal or forge a line of the listing.
+    hostile = K.claim("x\x1b[2J\nwould delete 0 dedupe keys\u2028")
+    db.set(hostile, "1")
+    assert main(["dedupe-clear", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u2028" not in out
+    assert "x\\x1b[2J\\nwould delete 0 dedupe keys\\u2028" in out
+    assert out.count("\n") == 2  # the one key, and the summary
+    assert db.exists(hostile) == 1

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.redis_client import create_redis
-from tests.fake_binance import ORDER, FakeBinance, Fault, late
+from tests.fake_binance import ORDER, FakeBinance, Fault, late_until_looked_up
 from tests.harness import Daemon, FakeBinanceDaemons, Snapshots, grant, publish_plan
 
 POSITION_RISK = "/fapi/v3/positionRisk"
@@ -207,13 +207,15 @@ async def test_a_lost_send_still_in_flight_when_the_daemon_restarts_is_adopted(
     closed, and the late order is found and adopted, not doubled.
     """
     snapshots = Snapshots(own_redis_server, tmp_path)
-    daemon = testnet("rb2", binance_recv_window_ms=3000, binance_http_timeout_sec=20)
+    daemon = testnet("rb2", binance_recv_window_ms=6000, binance_http_timeout_sec=20)
     await client.xgroup_create(K.PLAN_STREAM, "apply_layer", id="0", mkstream=True)
     await grant(client, PLAN, safe_qty=0.01, position=0.012)
     await publish_plan(client, PLAN)
     await snapshots.take(client)
-    # The order reaches the engine 2.5 s after it was sent (inside its 3 s window).
-    fake.inject("POST", ORDER, late(place_after=2.5, delay=15.0))
+    # The order reaches the engine only once the restarted daemon has been told "no
+    # such order" (inside its 6 s window): the first answer is wrong, whatever the
+    # machine's speed (a time-based delay raced the restart under load).
+    fake.inject("POST", ORDER, late_until_looked_up(delay=15.0))
     await daemon.start().ready(client)
     await until(lambda: fake.requests("POST", ORDER), timeout=30)
     daemon.kill()
@@ -229,3 +231,4 @@ async def test_a_lost_send_still_in_flight_when_the_daemon_restarts_is_adopted(
         s for s in fake.requests("GET", ORDER) if s.at_ms > fake.requests("POST", ORDER)[0].at_ms
     ]
     assert len(lookups) >= 2  # "no such order" first, not believed; then found
+    assert fake.late_answers and fake.late_answers[0][0] == 200  # placed after the first

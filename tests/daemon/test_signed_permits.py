@@ -81,6 +81,8 @@ async def _put(redis: Redis, issuer: str, plan_id: str, permit: dict[str, Any]) 
 
 
 def _signed(issuer: str, kid: str, plan_id: str, permit: dict[str, Any], **kw: Any) -> Any:
+    """Signed for the close ``publish_plan`` asks for by default (CLOSE_PARTIAL_75)."""
+    kw.setdefault("step", "CLOSE_PARTIAL_75")
     return sign_permit(permit, issuer=issuer, plan_id=plan_id, kid=kid, key=KEYS[issuer, kid], **kw)
 
 
@@ -197,6 +199,8 @@ async def test_rotation_old_and_new_key_ids_both_execute(
             "p33",
             "--plan-id",
             "rot-new",
+            "--step",
+            "CLOSE_PARTIAL_75",
             "--keys-file",
             str(credentials / "permit-keys"),
         ],

@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+# Its module-scoped fixture builds once per worker: keep its tests on one (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("bench")
+
 ROOT = Path(__file__).resolve().parents[2]  # where ``bench`` and ``tests`` are packages
 SCENARIOS = {"1", "2", "3", "4", "5", "6"}
 

@@ -12,6 +12,7 @@ called (``--root`` implies ``--no-systemctl``) or a recording fake named by
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -26,6 +27,9 @@ import pytest
 from dotenv import dotenv_values
 
 from apply_layer.settings import Settings, load_settings
+
+# Its module-scoped fixture builds once per worker: keep its tests on one (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("deploy")
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "systemd" / "quantum-apply-layer.service"
@@ -461,12 +465,41 @@ def test_install_saves_a_foreign_unit_before_replacing_it(root: Path) -> None:
 
 
 def test_install_never_switches_to_a_release_that_does_not_run(root: Path) -> None:
-    # Without its dependencies the CLI cannot import: the smoke test must stop it.
-    result = _install(root, "--version", "2.0.0", "--pip-arg=--no-deps")
+    # A lock without the dependencies: the CLI cannot import, the smoke test must stop it.
+    # (setuptools stays: the project itself must still build.)
+    main_lock = (REPO / "requirements" / "main.txt").read_text()
+    partial = root / "partial.txt"
+    partial.write_text(main_lock[main_lock.index("setuptools==") :].split("\n    # via")[0] + "\n")
+    result = _install(root, "--version", "2.0.0", "--lock", str(partial))
     assert result.returncode != 0
     assert "does not run; nothing was switched" in result.output
     assert not (_base(root) / "releases" / "2.0.0").exists()
     assert _link(root, "current") == "releases/1.0.0"
+
+
+def test_install_takes_exactly_the_lock_and_records_it(built_root: Path) -> None:
+    release = _base(built_root) / "releases" / "1.0.0"
+    lock = REPO / "requirements" / "main.txt"
+    pins = dict(re.findall(r"^([a-z0-9][a-z0-9._-]*)==(\S+) ", lock.read_text(), re.M))
+    listed = subprocess.run(
+        [str(release / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    installed = dict(line.lower().split("==") for line in listed.split())
+    installed.pop("pip")  # the venv's own
+    assert installed.pop("quantum-apply-layer") == "0.1.0"
+    assert {k.replace("_", "-"): v for k, v in installed.items()} == pins
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    assert f"lock={digest}\n" in (release / ".release").read_text()
+
+
+def test_install_refuses_a_lock_file_that_is_not_there(root: Path) -> None:
+    result = _install(root, "--version", "2.0.0", "--lock", str(root / "nope.txt"))
+    assert result.returncode != 0 and "--lock" in result.output and "not found" in result.output
+    assert not (_base(root) / "releases" / "2.0.0").exists()
 
 
 def test_install_refuses_to_rebuild_the_current_release(root: Path) -> None:

@@ -45,12 +45,49 @@ def test_the_documented_standalone_signer_matches_the_daemon(
     issuer: str, permit: dict[str, Any]
 ) -> None:
     kid = "p33-doc" if issuer == "p33" else "gov-doc"
-    signed = _standalone()(permit, issuer=issuer, plan_id="doc-plan", kid=kid, key=KEY)
+    sign = _standalone()
+    close: dict[str, Any] = {
+        "step": "CLOSE_PARTIAL_75",
+        "pct": Decimal(50),
+    }  # a step whose pct is not its name's
+    signed = sign(permit, issuer=issuer, plan_id="doc-plan", kid=kid, key=KEY, **close)
     fields = decode_permit("string", json.dumps(signed))
     assert fields is not None
     now_ms = int(Decimal(fields["sig_exp_ms"])) - 1
-    check = verify_permit(ISSUERS[issuer], "doc-plan", "BTCUSDT", fields, RING, now_ms)
+    check = verify_permit(ISSUERS[issuer], "doc-plan", "BTCUSDT", fields, RING, now_ms, **close)
     assert check.ok, check
     # ... and a one-character change in what it covers breaks it, as for sign_permit's.
-    moved = verify_permit(ISSUERS[issuer], "doc-plan2", "BTCUSDT", fields, RING, now_ms)
+    moved = verify_permit(ISSUERS[issuer], "doc-plan2", "BTCUSDT", fields, RING, now_ms, **close)
     assert moved.reason == "mismatch"
+    others: list[dict[str, Any]] = [
+        {"pct": Decimal(75)},
+        {"step": "CLOSE_PARTIAL_50"},
+        {"step": "PARTIAL_75"},
+    ]
+    for other in others:
+        wider = verify_permit(
+            ISSUERS[issuer], "doc-plan", "BTCUSDT", fields, RING, now_ms, **(close | other)
+        )
+        assert wider.reason == "mismatch", other
+    # a float share signs as its decimal text, as the daemon reads a plan's JSON pct
+    floaty = sign(
+        permit,
+        issuer=issuer,
+        plan_id="doc-plan",
+        kid=kid,
+        key=KEY,
+        step="CLOSE_PARTIAL_25",
+        pct=25.0,
+    )
+    fields = decode_permit("string", json.dumps(floaty))
+    assert fields is not None
+    assert verify_permit(
+        ISSUERS[issuer],
+        "doc-plan",
+        "BTCUSDT",
+        fields,
+        RING,
+        now_ms,
+        step="CLOSE_PARTIAL_25",
+        pct=Decimal(25),
+    ).ok

@@ -56,6 +56,7 @@ def _exported() -> tuple[float, float]:
 async def test_a_lone_call_leaves_at_once(redis: Redis) -> None:
     batcher = ScriptBatcher(redis)
     echo = batcher.register_script(ECHO)
+    await redis.script_load(ECHO)  # not left to whichever test ran before on this server
     for i in range(3):
         assert await echo(keys=["k"], args=[i]) == ["k", str(i)]
     assert (batcher.stats.batches, batcher.stats.largest) == (3, 1)
@@ -64,6 +65,7 @@ async def test_a_lone_call_leaves_at_once(redis: Redis) -> None:
 async def test_a_batch_is_split_at_its_size_limit(redis: Redis) -> None:
     batcher = ScriptBatcher(redis, max_batch=16)
     echo = batcher.register_script(ECHO)
+    await redis.script_load(ECHO)  # a reload's resend would be a fourth batch
     replies = await asyncio.gather(*(echo(keys=["k"], args=[i]) for i in range(40)))
     assert [r[1] for r in replies] == [str(i) for i in range(40)]
     assert batcher.stats.batches == 3 and batcher.stats.largest == 16
@@ -96,6 +98,8 @@ async def test_a_cancelled_caller_leaves_the_others_their_replies(redis: Redis) 
     batcher = ScriptBatcher(redis)
     spin = batcher.register_script(SPIN)
     echo = batcher.register_script(ECHO)
+    for script in (SPIN, ECHO):  # the batch must be at the server spinning, not reloading
+        await redis.script_load(script)
     tasks = [asyncio.create_task(echo(keys=["k"], args=[i])) for i in range(5)]
     slow = asyncio.create_task(spin())
     await asyncio.sleep(0.005)  # the batch is at the server, spinning

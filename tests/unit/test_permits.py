@@ -28,6 +28,9 @@ from apply_layer.permits import (
     sanitise_reason,
 )
 
+# Its module-scoped fixture builds once per worker: keep its tests on one (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("permits-redis")
+
 GOV, P33, P26 = ISSUERS["governor"], ISSUERS["p33"], ISSUERS["p26"]
 
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from apply_layer.errors import InvalidPlan
-from apply_layer.plans import parse_plan, safe_plan_id
+from apply_layer.plans import Step, close_in_content, parse_plan, safe_plan_id
 
 STEP75 = {"step": "CLOSE_PARTIAL_75", "type": "market_reduce_only", "side": "close", "pct": 75.0}
 
@@ -419,3 +419,43 @@ def test_an_oversized_field_is_named_log_safe() -> None:
 )
 def test_safe_plan_id(fields: dict[str, str], echoed: str) -> None:
     assert safe_plan_id(fields) == echoed
+
+
+def test_the_close_in_a_journalled_content_reads_back_as_the_plan_closes() -> None:
+    plan = parse_plan(entry())
+    assert plan.content == "BTCUSDT EXECUTE CLOSE_PARTIAL_75 75"
+    assert close_in_content(plan.content) == Step("CLOSE_PARTIAL_75", Decimal("75"))
+    full = {"step": "CLOSE_FULL", "type": "market_reduce_only", "side": "close", "pct": 100}
+    assert close_in_content(parse_plan(entry(steps=json.dumps([full]))).content) == Step(
+        "CLOSE_FULL", Decimal("100")
+    )
+    odd = {**STEP75, "pct": 12.5}
+    assert close_in_content(parse_plan(entry(steps=json.dumps([odd]))).content) == Step(
+        "CLOSE_PARTIAL_75", Decimal("12.5")
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "invalid",
+        "BTCUSDT EXECUTE",
+        "BTCUSDT EXECUTE CLOSE_FULL",
+        "BTCUSDT EXECUTE CLOSE_FULL 100 extra",
+        "BTCUSDT EXECUTE CLOSE_FULL abc",
+        "BTCUSDT EXECUTE CLOSE_FULL NaN",
+        "BTCUSDT EXECUTE CLOSE_FULL Infinity",
+        "BTCUSDT EXECUTE CLOSE_FULL 0",
+        "BTCUSDT EXECUTE CLOSE_FULL -5",
+        "BTCUSDT EXECUTE CLOSE_FULL 100.01",
+        "BTCUSDT EXECUTE close:full 100",
+    ],
+)
+def test_a_content_without_a_readable_close_gives_none(content: str) -> None:
+    assert close_in_content(content) is None
+
+
+def test_a_close_of_exactly_the_edges_is_read() -> None:
+    assert close_in_content("X EXECUTE CLOSE_FULL 100") == Step("CLOSE_FULL", Decimal("100"))
+    assert close_in_content("X EXECUTE CLOSE_A 0.0001") == Step("CLOSE_A", Decimal("0.0001"))

@@ -51,8 +51,21 @@ def _stored(permit: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _verify(fields: dict[str, Any], *, plan: str = "plan-1", now_ms: int = NOW_MS) -> str:
-    return verify_permit(ISSUERS["p33"], plan, "BTCUSDT", fields, RING, now_ms).reason
+STEP, PCT = "CLOSE_PARTIAL_25", Decimal(25)  # the close every permit here authorises
+CLOSE: dict[str, Any] = {"step": STEP, "pct": PCT}
+
+
+def _verify(
+    fields: dict[str, Any],
+    *,
+    plan: str = "plan-1",
+    now_ms: int = NOW_MS,
+    step: str = STEP,
+    pct: Decimal = PCT,
+) -> str:
+    return verify_permit(
+        ISSUERS["p33"], plan, "BTCUSDT", fields, RING, now_ms, step=step, pct=pct
+    ).reason
 
 
 def _sign(permit: dict[str, Any] = P33, **kw: Any) -> dict[str, Any]:
@@ -62,6 +75,7 @@ def _sign(permit: dict[str, Any] = P33, **kw: Any) -> dict[str, Any]:
         "kid": "p33-new",
         "key": KEY_NEW,
         "now": NOW,
+        "step": STEP,
     }
     return sign_permit(permit, **{**args, **kw})
 
@@ -71,13 +85,16 @@ def test_the_canonical_text_is_the_documented_one() -> None:
         issuer="p33",
         plan_id="plan-1",
         symbol="BTCUSDT",
+        step="CLOSE_PARTIAL_25",
+        pct=Decimal("25.0"),
         allow=True,
         safe_qty=Decimal("0.0020"),
         exp_ms=1_700_000_060_000,
         kid="p33-new",
     )
     assert text == (
-        "quantum-permit-v1\nissuer=p33\nplan_id=plan-1\nsymbol=BTCUSDT\nallow=true\n"
+        "quantum-permit-v2\nissuer=p33\nplan_id=plan-1\nsymbol=BTCUSDT\n"
+        "step=CLOSE_PARTIAL_25\npct=25\nallow=true\n"
         "safe_qty=0.002\nexp_ms=1700000060000\nkid=p33-new"
     )
 
@@ -85,7 +102,8 @@ def test_the_canonical_text_is_the_documented_one() -> None:
 def test_a_signature_is_hmac_sha256_of_that_text_so_any_language_can_make_one() -> None:
     signed = _sign()
     text = (
-        "quantum-permit-v1\nissuer=p33\nplan_id=plan-1\nsymbol=BTCUSDT\nallow=true\n"
+        "quantum-permit-v2\nissuer=p33\nplan_id=plan-1\nsymbol=BTCUSDT\n"
+        "step=CLOSE_PARTIAL_25\npct=25\nallow=true\n"
         f"safe_qty=0.002\nexp_ms={NOW_MS + 60_000}\nkid=p33-new"
     )
     assert signed["sig"] == hmac.new(KEY_NEW, text.encode(), hashlib.sha256).hexdigest()
@@ -131,8 +149,51 @@ def test_a_changed_field_breaks_the_signature(change: dict[str, Any], reason: st
 def test_the_signature_is_bound_to_the_plan_and_the_symbol() -> None:
     fields = _stored(_sign())
     assert _verify(fields, plan="plan-2") == "mismatch"
-    wrong_symbol = verify_permit(ISSUERS["p33"], "plan-1", "ETHUSDT", fields, RING, NOW_MS)
+    wrong_symbol = verify_permit(ISSUERS["p33"], "plan-1", "ETHUSDT", fields, RING, NOW_MS, **CLOSE)
     assert wrong_symbol.reason == "mismatch"
+
+
+@pytest.mark.parametrize(
+    ("step", "pct"),
+    [
+        ("CLOSE_FULL", Decimal(100)),  # the injected close of issue 21
+        ("CLOSE_PARTIAL_25", Decimal(100)),
+        ("CLOSE_PARTIAL_50", Decimal(25)),
+        ("PARTIAL_25", Decimal(25)),  # harvest's name for the same share: another step
+        ("CLOSE_PARTIAL_25", Decimal("25.000001")),
+    ],
+)
+def test_the_signature_is_bound_to_the_close_step_and_its_share(step: str, pct: Decimal) -> None:
+    fields = _stored(_sign())
+    assert _verify(fields) == "ok"
+    assert _verify(fields, step=step, pct=pct) == "mismatch"
+
+
+def test_the_share_defaults_to_the_steps_own_and_is_checked() -> None:
+    assert _sign(step="CLOSE_FULL")["sig"] == _sign(step="CLOSE_FULL", pct=100)["sig"]
+    assert (
+        _sign(step="CLOSE_PARTIAL_75", pct="50.0")["sig"]
+        == _sign(step="CLOSE_PARTIAL_75", pct=50)["sig"]
+    )
+    assert (
+        _verify(
+            _stored(_sign(step="CLOSE_PARTIAL_75", pct=50)),
+            step="CLOSE_PARTIAL_75",
+            pct=Decimal(50),
+        )
+        == "ok"
+    )
+    for step, pct, says in [
+        ("SOMETHING_ELSE", None, "not a close step: give its pct"),
+        ("bad step", None, "not a step name"),
+        ("CLOSE_FULL", 0, "not a share"),
+        ("CLOSE_FULL", 100.5, "not a share"),
+        ("CLOSE_FULL", "NaN", "not a share"),
+        ("CLOSE_FULL", "x", "not a share"),
+        ("CLOSE_FULL", True, "not a share"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            _sign(step=step, pct=pct)
 
 
 def test_missing_and_expired() -> None:
@@ -156,8 +217,11 @@ def test_a_governor_permit_signs_without_a_quantity() -> None:
         kid="gov-1",
         key=KEY_OLD,
         now=NOW,
+        step=STEP,
     )
-    check = verify_permit(ISSUERS["governor"], "plan-1", "BTCUSDT", _stored(signed), RING, NOW_MS)
+    check = verify_permit(
+        ISSUERS["governor"], "plan-1", "BTCUSDT", _stored(signed), RING, NOW_MS, **CLOSE
+    )
     assert check.ok
 
 
@@ -213,8 +277,8 @@ def test_a_key_file_with_comments_and_two_keys_per_issuer(tmp_path: Path) -> Non
     ("text", "says"),
     [
         (f"p33 k1 {SECRET_HEX} extra", "line 1: expected"),
-        (f"p99 k1 {SECRET_HEX}", "unknown issuer 'p99'"),
-        (f"p33 k/1 {SECRET_HEX}", "the key id must be"),
+        (f"p99 k1 {SECRET_HEX}", "line 1: the first column is not an issuer"),
+        (f"p33 k/1 {SECRET_HEX}", "the second column must be a key id"),
         (f"p33 k1 {SECRET_HEX[:-1]}z", "not hex"),
         (f"p33 k1 {SECRET_HEX[:40]}", "is 20 bytes; at least 32"),
         (f"p33 k1 {SECRET_HEX}\np33 k1 {SECRET_HEX}", "line 2: key id 'k1' is listed twice"),
@@ -300,24 +364,36 @@ def test_sign_permit_command_signs_and_explains_its_refusals(
     keys = tmp_path / "permit-keys"
     keys.write_text(f"p33 p33-old {SECRET_HEX}\np33 p33-new {KEY_NEW.hex()}\n")
     keys.chmod(0o600)
-    base = ["sign-permit", "--issuer", "p33", "--plan-id", "plan-1", "--keys-file", str(keys)]
+    base = [
+        "sign-permit",
+        "--issuer",
+        "p33",
+        "--plan-id",
+        "plan-1",
+        "--step",
+        STEP,
+        "--keys-file",
+        str(keys),
+    ]
     assert main([*base, "--kid", "p33-old", json.dumps(P33)]) == 0
     signed = json.loads(capsys.readouterr().out)
     assert signed["kid"] == "p33-old"
     assert verify_permit(
-        ISSUERS["p33"], "plan-1", "BTCUSDT", _stored(signed), RING, signed["sig_exp_ms"]
+        ISSUERS["p33"], "plan-1", "BTCUSDT", _stored(signed), RING, signed["sig_exp_ms"], **CLOSE
     ).ok
     for args, says in [
         (["--kid", "p33-gone", json.dumps(P33)], "has no key p33-gone for p33"),
         (["not json"], "the permit is not JSON"),
         (["[1, 2]"], "must be a JSON object"),
         ([json.dumps({"allow": True, "symbol": "BTCUSDT"})], "needs a finite safe_qty"),
+        (["--pct", "150", json.dumps(P33)], "not a share in (0, 100]"),
     ]:
         assert main([*base, *args]) == 1
         assert says in capsys.readouterr().err
-    assert main(["sign-permit", "--issuer", "p33", "--plan-id", "p", json.dumps(P33)]) == 1
+    no_file = ["sign-permit", "--issuer", "p33", "--plan-id", "p", "--step", STEP]
+    assert main([*no_file, json.dumps(P33)]) == 1
     assert "no key file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as bad_plan:
-        main(["sign-permit", "--issuer", "p33", "--plan-id", "bad id!", "{}"])
+        main(["sign-permit", "--issuer", "p33", "--plan-id", "bad id!", "--step", STEP, "{}"])
     assert bad_plan.value.code == 2
     assert SECRET_HEX not in capsys.readouterr().err

@@ -221,7 +221,7 @@ def test_an_absurd_position_is_refused_not_computed_with(amount: str) -> None:
 
 
 def test_a_lot_step_too_fine_to_compute_sends_nothing() -> None:
-    fine = LotFilter(step_size=D("1e-40"), min_qty=D(0))
+    fine = LotFilter(step_size=D("1e-60"), min_qty=D(0))  # 1e60 steps: past the 60 digits
     s = size_close(safe_qty=D("1"), pct=D(100), reported_amt=D("123456789"), lot=fine)
     assert s == Sizing(Z, "", "unsizable", f"InvalidOperation with lot {fine}")
 

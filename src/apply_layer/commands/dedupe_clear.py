@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.errors import CommandError
+from apply_layer.logs import escape_controls
 from apply_layer.plans import PLAN_ID_CHARS, PLAN_ID_RE, not_a_plan_id
 from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.settings import Settings
@@ -148,6 +149,10 @@ def selection_from(plans: Sequence[str] | None, pattern: str | None, everything:
     raise CommandError("dedupe-clear needs a selector: --plan ID, --pattern GLOB or --all")
 
 
+def _print_escaped(key: str) -> None:
+    print(escape_controls(key))
+
+
 async def cmd_dedupe_clear(settings: Settings, args: argparse.Namespace) -> int:
     selection = selection_from(args.plan, args.pattern, args.all)
     redis = redis_for(settings, name="apply_layer:dedupe-clear")  # sentinels too
@@ -157,7 +162,8 @@ async def cmd_dedupe_clear(settings: Settings, args: argparse.Namespace) -> int:
             selection,
             delete=args.yes,
             scan_count=args.scan_count,
-            on_key=None if args.yes or args.quiet else print,
+            # A key name is anyone's text: escaped, it cannot draw on the terminal.
+            on_key=None if args.yes or args.quiet else _print_escaped,
         )
     except BrokenPipeError:  # a dry run's list piped to `head`: the reader has enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,17 +1,30 @@
-"""``apply-layer permits``: what the gate would see now for one plan (read-only)."""
+"""``apply-layer permits``: what the gate would see now for one plan (read-only).
+
+Its verdict is the daemon's: the gate's decision order (``gate.decide``), then,
+for an allowed plan, the signature policy of ``APPLY_PERMIT_SIGNING``
+(:class:`~apply_layer.permit_signatures.SignaturePolicy`, the daemon's own
+check) on the permits as they are now. Where the keys cannot be read here it
+says so, and never OK. Everything it prints from Redis is anybody's text
+(issue 21, finding 8: terminal escapes in a permit drew a fake "the gate would
+decide: OK"), so the text output escapes every control character
+(:func:`~apply_layer.logs.escape_controls`); ``--json`` is JSON's own escaping.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
-from apply_layer.errors import CommandError
-from apply_layer.gate import GateConfig, Judged, Situation, block_reason, decide
+from apply_layer.errors import CommandError, ConfigError
+from apply_layer.gate import GateConfig, GateResult, Judged, Situation, block_reason, decide
+from apply_layer.logs import escape_controls
+from apply_layer.permit_signatures import SignaturePolicy
 from apply_layer.permits import (
     MAX_PERMIT_BYTES,
     OVERSIZED_PREFIX,
@@ -19,7 +32,7 @@ from apply_layer.permits import (
     evaluate_permit,
     kill_on,
 )
-from apply_layer.plans import PLAN_ID_RE, not_a_plan_id
+from apply_layer.plans import PLAN_ID_RE, close_in_content, not_a_plan_id
 from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.settings import Settings
 from apply_layer.statuses import GateStatus
@@ -41,6 +54,10 @@ class PlanView:
     governor_block: str | None
     kill_switch: dict[str, bool]
     journal: dict[str, str] = field(default_factory=dict)
+    # The signature policy's say on an allowed plan: "bad_signature:<issuer>", or "".
+    signature_block: str = ""
+    # Why the signatures could not be checked here ("": checked, or none required).
+    signature_unknown: str = ""
 
     @property
     def situation(self) -> Situation:
@@ -63,7 +80,14 @@ class PlanView:
         if status == GateStatus.WAIT:
             return f"WAIT for {', '.join(seen.missing)} (BLOCK missing_* at the deadline)"
         if status == GateStatus.ALLOW:
+            if self.signature_block:
+                return f"BLOCK {self.signature_block}"
             qty = next((v.verdict.safe_qty for v in self.permits if v.verdict.safe_qty), None)
+            if self.signature_unknown:
+                return (
+                    f"UNKNOWN: the permits allow (safe_qty={qty}), but their signatures "
+                    f"cannot be checked here ({self.signature_unknown})"
+                )
             return f"OK safe_qty={qty}"
         return f"BLOCK {block_reason(status, seen)}"
 
@@ -87,7 +111,39 @@ class PlanView:
                 for v in self.permits
             ],
             "journal": self.journal,
+            "signature_block": self.signature_block or None,
+            "signature_unknown": self.signature_unknown or None,
         }
+
+    def check_signatures(self, policy: SignaturePolicy | str) -> None:
+        """Apply the daemon's signature policy (or note why it cannot be: ``policy``
+        as text) where the daemon would: on a plan its gate allows."""
+        if self.journal.get("gate_status"):
+            return  # decided already: the daemon checks nothing more
+        if decide(self.situation, final=False) != GateStatus.ALLOW:
+            return
+        if isinstance(policy, str):
+            self.signature_unknown = policy
+            return
+        if not policy.modes:
+            return  # signing off: nothing to check, and no close needed to check it
+        close = close_in_content(self.journal.get("content", ""))
+        if close is None:  # signatures bind the close: without it, nothing to check against
+            self.signature_unknown = (
+                "the plan's close step is not journalled yet (the daemon has not claimed it)"
+            )
+            return
+        allowed = GateResult(
+            plan_id=self.plan_id,
+            symbol=self.symbol,
+            status=GateStatus.ALLOW,
+            reason="",
+            wait_ms=0,
+            owner=False,
+            decided_at_ms=int(time.time() * 1000),
+            permits={v.issuer: v.verdict for v in self.permits},
+        )
+        self.signature_block = policy.check(allowed, close)
 
 
 def _gate_text(fields: dict[str, str]) -> tuple[str, int]:
@@ -157,35 +213,53 @@ async def peek_plan(redis: Redis, plan_id: str, symbol: str | None, config: Gate
     )
 
 
+def signature_policy(settings: Settings) -> SignaturePolicy | str:
+    """The daemon's policy, or why it cannot be loaded here (the keys unreadable, say:
+    systemd hands them to the service alone)."""
+    try:
+        return SignaturePolicy.from_settings(settings)
+    except ConfigError as exc:
+        return str(exc)
+
+
+def render_text(view: PlanView, signing: str) -> str:
+    """The view for a terminal: every text from Redis escaped (control characters)."""
+    out = [f"plan {view.plan_id}  symbol {view.symbol or '?'}"]
+    for p in view.permits:
+        qty = f" safe_qty={p.verdict.safe_qty}" if p.verdict.safe_qty is not None else ""
+        why = f" ({p.verdict.reason})" if p.verdict.verdict == "deny" else ""
+        out.append(
+            f"  {p.issuer:<9} {p.verdict.verdict:<8} type={p.verdict.kind:<7} ttl={p.ttl:<5}"
+            f" key={p.key}{qty}{why}"
+        )
+    out.append(f"  governor block marker: {view.governor_block or 'none'}")
+    on = [k for k, v in view.kill_switch.items() if v]
+    out.append(f"  kill switch: {'ON via ' + ', '.join(on) if on else 'off'}")
+    if view.journal:
+        state, gate = view.journal.get("state"), view.journal.get("gate_status")
+        out.append(f"  journal: state={state} gate={gate}")
+    else:
+        out.append("  journal: none")
+    out.append(f"  permit signing: {signing}")
+    out.append(f"  the gate would decide: {view.would_decide}")
+    return "\n".join(escape_controls(line) for line in out)
+
+
 async def cmd_permits(settings: Settings, args: argparse.Namespace) -> int:
     if not PLAN_ID_RE.fullmatch(args.plan_id):
         raise CommandError(not_a_plan_id(args.plan_id))
+    policy = signature_policy(settings)
     redis = redis_for(settings, name="apply_layer:cli")
     try:
         view = await peek_plan(redis, args.plan_id, args.symbol, GateConfig.from_settings(settings))
     finally:
         await close_redis(redis)
+    view.check_signatures(policy)
     if args.json:
         print(json.dumps(view.as_dict(), indent=2, sort_keys=True))
         return 0
-    print(f"plan {view.plan_id}  symbol {view.symbol or '?'}")
-    for p in view.permits:
-        qty = f" safe_qty={p.verdict.safe_qty}" if p.verdict.safe_qty is not None else ""
-        why = f" ({p.verdict.reason})" if p.verdict.verdict == "deny" else ""
-        print(
-            f"  {p.issuer:<9} {p.verdict.verdict:<8} type={p.verdict.kind:<7} ttl={p.ttl:<5}"
-            f" key={p.key}{qty}{why}"
-        )
-    print(f"  governor block marker: {view.governor_block or 'none'}")
-    on = [k for k, v in view.kill_switch.items() if v]
-    print(f"  kill switch: {'ON via ' + ', '.join(on) if on else 'off'}")
-    if view.journal:
-        print(
-            f"  journal: state={view.journal.get('state')} gate={view.journal.get('gate_status')}"
-        )
-    else:
-        print("  journal: none")
-    print(f"  the gate would decide: {view.would_decide}")
+    signing = f"cannot check here: {policy}" if isinstance(policy, str) else policy.describe()
+    print(render_text(view, signing))
     return 0
 
 

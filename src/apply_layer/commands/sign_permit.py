@@ -3,7 +3,10 @@
 For operators who write a permit themselves (a manual close, a test on the
 testnet) while ``APPLY_PERMIT_SIGNING`` requires the issuer's signature. It
 reads the permit as JSON (argument or stdin), prints it signed on one line,
-ready for ``SET <key> <value> EX 60``. The key comes from a key file (the
+ready for ``SET <key> <value> EX 60``. The signature binds the plan id, the
+symbol and the close the plan asks for (``--step``, and ``--pct`` when the
+plan's step gives a share other than its name's), so it authorises exactly
+that close of that plan. The key comes from a key file (the
 same format as the daemon's), never from the command line or the
 environment: ``--keys-file``, else ``APPLY_PERMIT_KEYS_FILE``, else systemd's
 credential. Without ``--kid`` the issuer's last key in the file (the newest)
@@ -72,6 +75,8 @@ async def cmd_sign_permit(settings: Settings, args: argparse.Namespace) -> int:
             plan_id=args.plan_id,
             kid=kid,
             key=key,
+            step=args.step,
+            pct=args.pct,
             ttl_sec=args.ttl_sec,
             symbol=args.symbol,
         )
@@ -96,6 +101,17 @@ def register(sub: Any) -> None:
     sign.add_argument("--issuer", required=True, choices=sorted(K.ISSUERS), help="whose permit")
     sign.add_argument("--plan-id", required=True, type=_plan_id, help="the plan it authorises")
     sign.add_argument("--symbol", help="the plan's symbol (default: the permit's own)")
+    sign.add_argument(
+        "--step",
+        required=True,
+        help="the plan's close step, e.g. CLOSE_PARTIAL_25 (a plan with only an action: "
+        "the step it stands for, CLOSE_FULL for FULL_CLOSE_PROPOSED)",
+    )
+    sign.add_argument(
+        "--pct",
+        help="the share the plan closes, if its step gives one other than its name's "
+        "(default: the step's own, 25 for CLOSE_PARTIAL_25)",
+    )
     sign.add_argument("--kid", help="key id (default: the issuer's last key in the file)")
     sign.add_argument("--keys-file", help="key file (default: APPLY_PERMIT_KEYS_FILE)")
     sign.add_argument(

@@ -25,7 +25,6 @@ import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
@@ -39,11 +38,9 @@ from apply_layer.logs import format_qty, setup_logging
 from apply_layer.plans import SYMBOL_RE
 from apply_layer.redis_client import create_redis, redact_url
 from apply_layer.service import ApplyService
-from apply_layer.settings import Settings
+from apply_layer.settings import Settings, not_testnet
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-EXCHANGE_HOSTS = frozenset({"testnet.binancefuture.com", "demo-fapi.binance.com"})
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 OPEN_TAG = "apply-smoke-open-"
 STEPS = {25: "CLOSE_PARTIAL_25", 50: "CLOSE_PARTIAL_50", 75: "CLOSE_PARTIAL_75", 100: "CLOSE_FULL"}
 RESULT_TIMEOUT_SEC = 120.0  # lookups of an order of unknown fate may take a while
@@ -67,13 +64,7 @@ def refusal(settings: Settings) -> str | None:
             "(or BINANCE_TESTNET_API_KEY / BINANCE_TESTNET_API_SECRET) in the env file and "
             "give it with --env-file (keys: https://testnet.binancefuture.com)"
         )
-    host = urlsplit(settings.binance_base_url).hostname or ""
-    if host not in EXCHANGE_HOSTS | LOCAL_HOSTS:
-        return (
-            f"APPLY_BINANCE_BASE_URL={settings.binance_base_url} is not the testnet: the smoke "
-            f"runs only against {', '.join(sorted(EXCHANGE_HOSTS))} (or a local fake exchange)"
-        )
-    return None
+    return not_testnet(settings.binance_base_url)
 
 
 class Smoke:

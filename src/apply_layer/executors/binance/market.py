@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from apply_layer.executors.binance.client import BinanceClient
 from apply_layer.executors.binance.model import BinanceError, ExchangeRules, SymbolRules
 from apply_layer.logs import get_logger
+from apply_layer.sizing import SIZING_CONTEXT
 
 _log = get_logger("apply_layer.binance")
 
@@ -59,4 +60,5 @@ class Market:
         rows = await self.client.position_rows(symbol)
         if any(side != "BOTH" for side, _ in rows):
             raise HedgeMode("account is in hedge mode; only one-way mode is supported")
-        return sum((amt for _, amt in rows), Decimal(0))
+        with localcontext(SIZING_CONTEXT):  # toward zero: a sum never grows a position
+            return sum((amt for _, amt in rows), Decimal(0))

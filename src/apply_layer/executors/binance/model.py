@@ -15,7 +15,7 @@ from typing import Any
 
 from apply_layer.logs import format_qty
 from apply_layer.outcomes import StepResult
-from apply_layer.sizing import LotFilter
+from apply_layer.sizing import LotFilter, exact_normalize
 from apply_layer.statuses import StepStatus
 
 INVALID_TIMESTAMP = -1021
@@ -121,12 +121,14 @@ class OrderInfo:
 
 
 def _lot(raw: Any) -> LotFilter | None:
-    step = Decimal(str(raw["stepSize"])).normalize()
+    """One lot filter, exactly as the exchange gave it (``decimal.Inexact`` if it
+    cannot be kept exact: the symbol is then invalid, never rounded)."""
+    step = exact_normalize(Decimal(str(raw["stepSize"])))
     if step <= 0:
         return None  # a zero step disables the rule
-    max_qty = Decimal(str(raw["maxQty"])).normalize()
+    max_qty = exact_normalize(Decimal(str(raw["maxQty"])))
     return LotFilter(
-        step, Decimal(str(raw["minQty"])).normalize(), max_qty if max_qty > 0 else None
+        step, exact_normalize(Decimal(str(raw["minQty"]))), max_qty if max_qty > 0 else None
     )
 
 
