@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from apply_layer import keys as K
 from apply_layer.commands import main
@@ -55,6 +57,7 @@ async def test_the_fragment_is_in_force(client: Redis) -> None:
         "maxmemory-policy",
         "notify-keyspace-events",
         "replica-read-only",
+        "proto-max-bulk-len",
     ):
         reply: dict[Any, Any] = await client.config_get(name)
         config |= {str(k): str(v) for k, v in reply.items()}
@@ -68,7 +71,19 @@ async def test_the_fragment_is_in_force(client: Redis) -> None:
         "maxmemory-policy": "noeviction",
         "notify-keyspace-events": "$hK",
         "replica-read-only": "yes",
+        "proto-max-bulk-len": str(64 * 1024 * 1024),
     }
+
+
+async def test_no_value_past_64_mb_can_be_written_or_grown(client: Redis) -> None:
+    """A huge permit cannot exist: freeing it would stall Redis (issue 21, finding 3)."""
+    # Refused as a protocol error: Redis drops the writer's connection.
+    with pytest.raises((ResponseError, RedisConnectionError)):
+        await client.set(K.ISSUERS["p33"].key("huge"), b"x" * (64 * 1024 * 1024 + 1))
+    await client.set("grow", b"x" * (64 * 1024 * 1024 - 8))
+    with pytest.raises(ResponseError, match="maximum allowed size"):
+        await client.append("grow", b"y" * 16)
+    assert await client.exists(K.ISSUERS["p33"].key("huge")) == 0
 
 
 def test_check_reads_the_persistence_back(
