@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import random
 import sys
@@ -65,7 +66,9 @@ class Report:
     outcomes: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)  # "STATUS error" of non-executed plans
     orders: int = 0
-    duplicates: int = 0  # result entries beyond the first, per plan
+    duplicates: int = 0  # result entries beyond the first, per plan (corrections apart)
+    corrected: int = 0  # correcting result entries (corrections.py): the truth, published late
+    agreeing: int = 0  # plans whose last result agrees with the exchange (and the journal)
     lost: int = 0  # plans without a result (Redis's own losses apart, below)
     lost_by_redis: int = 0  # no result, and Redis lost the plan's entry before a daemon saw it
     lost_with_killed_daemon: int = 0  # no result: Redis lost the entry, and the daemon that
@@ -107,7 +110,10 @@ class Report:
             "outcomes " + "  ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())),
             "reasons  " + "  ".join(f"{k}: {v}" for k, v in self.reasons.most_common()),
             f"orders {self.orders}   adopted (found, not sent) {self.adopted}   "
-            f"results written again after a loss {self.republished}",
+            f"results written again after a loss {self.republished}   "
+            f"corrected results {self.corrected}",
+            f"last result agrees with the exchange: {self.agreeing} of "
+            f"{sum(self.outcomes.values())} plans with a result",
             f"duplicates {self.duplicates} (must be 0)   lost {self.lost} (must be 0)   "
             f"lost by Redis before any daemon read them {self.lost_by_redis} "
             f"(orders for them {self.orders_for_lost})   lost by Redis and with the killed "
@@ -388,8 +394,11 @@ class Chaos:
                     r.lost += 1
                     r.lost_ids.append(plan_id)
                 continue
-            r.duplicates += len(results) - 1
-            result = results[0]
+            r.duplicates += duplicate_results(results)
+            r.corrected += sum(1 for x in results if x.get("corrects"))
+            # The invariant of every mode: the plan's last result agrees with the exchange
+            # (a correcting entry, corrections.py, may follow a wrong first one).
+            result = results[-1]
             r.adopted += result.get("adopted") == "True"
             r.outcomes[result["status"]] += 1
             if result["status"] != "EXECUTED":
@@ -403,11 +412,14 @@ class Chaos:
             ):
                 r.outcome_mismatches += 1
                 r.mismatch_details.append(
-                    f"{plan_id}: result {result['status']} {result.get('error', '')}, "
+                    f"{plan_id}: last result {result['status']} {result.get('error', '')}, "
                     f"orders {placed}, journal {journal.get('state')!s}, result_id "
                     f"{'same' if journal.get('result_id') == result['_id'] else 'differs'}, "
-                    f"results {len(results)}"
+                    f"results {len(results)} "
+                    f"({', '.join(x['status'] for x in results)})"
                 )
+            else:
+                r.agreeing += 1
             for issuer in ("governor", "p33"):
                 key = K.ISSUERS[issuer].key(plan_id)
                 written = self.truth.permits.get(key)
@@ -455,6 +467,16 @@ class Chaos:
                 killed = any(start > n for start in starts)
                 seen[plan_id] = seen.get(plan_id, True) and killed
         return seen
+
+
+def duplicate_results(results: list[dict[str, str]]) -> int:
+    """Result entries of one plan beyond its first, a correcting entry apart when it
+    names the entry just before it and says EXECUTED (corrections.py)."""
+    extra = 0
+    for before, after in itertools.pairwise(results):
+        correction = after.get("corrects") == before["_id"] and after["status"] == "EXECUTED"
+        extra += not correction
+    return extra
 
 
 async def run_chaos(config: ChaosConfig, workdir: Path) -> Report:
