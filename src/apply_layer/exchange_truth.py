@@ -35,11 +35,12 @@ again, and the result it finds is corrected (``corrections.py``).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Protocol
 
-from apply_layer.executors.base import Executor, OrderRef, client_order_id
+from apply_layer.executors.base import OrderRef, client_order_id
 from apply_layer.lifecycle import step_outcome
 from apply_layer.logs import get_logger
-from apply_layer.outcomes import Outcome
+from apply_layer.outcomes import Outcome, StepResult
 from apply_layer.plans import Plan
 from apply_layer.statuses import OutcomeStatus
 
@@ -52,6 +53,12 @@ CLOCK_MARGIN_MS = 2000
 
 #: Endings that say "no order": each must be checked against the exchange first.
 ASKED = frozenset({OutcomeStatus.BLOCKED, OutcomeStatus.REJECTED, OutcomeStatus.SKIPPED})
+
+
+class OrderFinder(Protocol):
+    """The part of an executor this module uses (``Executor.find_order``)."""
+
+    async def find_order(self, ref: OrderRef, unseen_ms: int) -> StepResult | None: ...
 
 
 def entry_ms(entry_id: str) -> int:
@@ -78,7 +85,7 @@ async def settle(
     outcome: Outcome,
     plan: Plan,
     entry_id: str,
-    executor: Executor,
+    executor: OrderFinder,
     *,
     unseen_ms: int,
     allowlist: frozenset[str],
