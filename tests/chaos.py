@@ -429,7 +429,8 @@ class Chaos:
                     r.lost += 1
                     r.lost_ids.append(plan_id)
                 continue
-            journal = await self.redis.hgetall(K.journal(plan_id))
+            raw: Any = await self.redis.hgetall(K.journal(plan_id))
+            journal = {str(k): str(v) for k, v in raw.items()}
             verdict = judge(plan_id, results, placed, journal)
             r.duplicates += verdict.duplicates
             r.corrected += verdict.corrected

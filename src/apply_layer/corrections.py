@@ -43,9 +43,11 @@ CORRECT_SCRIPT = f"local COOLDOWN_TTL_SEC = {K.COOLDOWN_TTL_SEC}\n" + lua.source
 CORRECTION_FIELDS = ("corrects", "corrected_status", "corrected_error")
 
 
-def may_correct(fields: Mapping[str, str]) -> bool:
-    """May a result with these fields correct a published one? Only an executed one."""
-    return fields.get("status") == OutcomeStatus.EXECUTED
+def may_correct(fields: Mapping[str, str], out_status: str) -> bool:
+    """Does a result with these fields correct the one out, whose status is
+    ``out_status``? Only an executed one, and only one that did not execute (the
+    script checks again, atomically; this only saves it a call when it cannot)."""
+    return fields.get("status") == OutcomeStatus.EXECUTED != out_status
 
 
 async def correct(

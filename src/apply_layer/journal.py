@@ -173,7 +173,8 @@ class Journal:
         if lease is not None:
             lease.released = True
         result_id, new = str(reply[0]), int(reply[1]) == 1
-        if not new and result_id and corrections.may_correct(fields):
+        out_status = str(reply[2]) if len(reply) > 2 else ""
+        if not new and result_id and corrections.may_correct(fields, out_status):
             # A result is out already; if it says "no order" while this one has the
             # order, the truth is published as a correcting entry (corrections.py).
             result_id, new = await corrections.correct(

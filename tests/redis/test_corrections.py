@@ -118,3 +118,22 @@ async def test_results_written_again_after_a_loss_correct_what_they_meet(redis: 
         "EXECUTED",
         wrong_id,
     )
+
+
+async def test_a_journal_state_written_over_a_published_result_is_set_back(redis: Redis) -> None:
+    """A gate that ran for a copy of the plan redelivered after a loss writes its state
+    over a journal whose result is already out (seen in a nightly failover run: the
+    result EXECUTED, the journal ``blocked``); the publish that finds the result out
+    sets the state back to the result's, and publishes nothing."""
+    journal = Journal(redis, dedupe_ttl_sec=300, journal_ttl_sec=3600)
+    first, _ = await publish(journal, EXECUTED)
+    await redis.hset(K.journal(PLAN), "state", "blocked")  # what gate.lua writes
+    assert await publish(journal, EXECUTED) == (first, False)
+    assert await redis.hget(K.journal(PLAN), "state") == "executed"
+    await redis.hset(K.journal(PLAN), "state", "permitted")
+    assert await publish(journal, blocked("permit_timeout_or_missing:missing_all")) == (
+        first,
+        False,
+    )
+    assert await redis.hget(K.journal(PLAN), "state") == "executed"
+    assert len(await stream(redis)) == 1
