@@ -56,6 +56,7 @@ class ChaosConfig:
     seed: int = 1
     down_after_ms: int = 2000  # failover runs: when the sentinels call the primary down
     wait_replicas: int = 0  # APPLY_REDIS_WAIT_REPLICAS of the daemons (failover runs)
+    split_brain: bool = False  # failover runs: pause the primary (SIGSTOP), not kill it
 
 
 @dataclass
@@ -584,6 +585,11 @@ def main(argv: list[str] | None = None) -> int:
         default=defaults.wait_replicas,
         help="failover runs: the daemons' APPLY_REDIS_WAIT_REPLICAS",
     )
+    parser.add_argument(
+        "--split-brain",
+        action="store_true",
+        help="failover runs: the primary is paused (SIGSTOP) and comes back still a primary",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     config = ChaosConfig(
@@ -598,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         down_after_ms=args.down_after_ms,
         wait_replicas=args.wait_replicas,
+        split_brain=args.split_brain,
     )
     run = run_failover_chaos if args.failovers else run_chaos
     run = run_rollback_chaos if args.rollbacks else run

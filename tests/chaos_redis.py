@@ -86,7 +86,8 @@ class FailoverChaos(Chaos):
         return self.c.failovers
 
     async def _redis_event(self, what: str) -> None:
-        self.failover_secs.append(await self.sentinels.kill_primary(lag_sec=self.lag_sec))
+        fail = self.sentinels.pause_primary if self.c.split_brain else self.sentinels.kill_primary
+        self.failover_secs.append(await fail(lag_sec=self.lag_sec))
         self.report.failovers += 1
 
 
