@@ -6,11 +6,19 @@ from __future__ import annotations
 import threading
 import time
 
+from prometheus_client import REGISTRY
+
 from apply_layer.executors.base import OrderRef
 from apply_layer.executors.binance.executor import BinanceExecutor
 from apply_layer.statuses import StepStatus
 from tests.exchange.executor_helpers import POLICY, posts, request
 from tests.fake_binance import ORDER, FakeBinance, unknown_503
+
+
+def unresolved() -> float:
+    labels = {"resolution": "unresolved"}
+    return REGISTRY.get_sample_value("apply_exchange_unknown_fate_total", labels) or 0.0
+
 
 REF = OrderRef("p1", "BTCUSDT", "CLOSE_FULL", request().client_order_id)
 
@@ -44,7 +52,9 @@ async def test_an_exchange_that_cannot_be_asked_is_an_unknown_fate(
     ex: BinanceExecutor, fake: FakeBinance
 ) -> None:
     fake.inject("GET", ORDER, *[unknown_503(place=False)] * (POLICY.max_lookup_errors + 1))
+    before = unresolved()
     found = await ex.find_order(REF, int(time.time() * 1000) - 60_000)
+    assert unresolved() == before + 1  # ApplyLayerOrderFateUnknown: a person must look
     assert found is not None
     assert (found.status, found.error) == (StepStatus.FAILED, "order_unknown")
     assert REF.client_order_id in found.message

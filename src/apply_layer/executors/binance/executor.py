@@ -385,6 +385,8 @@ class BinanceExecutor:
             )
             return self._report(ref, found.order, adopted=True)
         if not found.gone:
+            # A person must look (ApplyLayerOrderFateUnknown): the order may exist.
+            metrics.EXCHANGE_UNKNOWN_FATE.labels(found.name).inc()
             detail = f"could not check whether {ref.client_order_id} exists: {found.detail}"
             return self._result(ref, StepStatus.FAILED, "order_unknown", detail)
         return None
