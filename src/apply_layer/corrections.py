@@ -39,10 +39,6 @@ log = get_logger()
 
 CORRECT_SCRIPT = f"local COOLDOWN_TTL_SEC = {K.COOLDOWN_TTL_SEC}\n" + lua.source("correct")
 
-#: The fields a correcting result entry adds to the executed result's own.
-CORRECTION_FIELDS = ("corrects", "corrected_status", "corrected_error")
-
-
 def may_correct(fields: Mapping[str, str], out_status: str) -> bool:
     """Does a result with these fields correct the one out, whose status is
     ``out_status``? Only an executed one, and only one that did not execute (the
