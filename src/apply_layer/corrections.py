@@ -39,6 +39,7 @@ log = get_logger()
 
 CORRECT_SCRIPT = f"local COOLDOWN_TTL_SEC = {K.COOLDOWN_TTL_SEC}\n" + lua.source("correct")
 
+
 def may_correct(fields: Mapping[str, str], out_status: str) -> bool:
     """Does a result with these fields correct the one out, whose status is
     ``out_status``? Only an executed one, and only one that did not execute (the
