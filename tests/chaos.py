@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import random
 import sys
@@ -53,6 +54,9 @@ class ChaosConfig:
     block_ratio: float = 0.03
     settle_sec: float = 90.0
     seed: int = 1
+    down_after_ms: int = 2000  # failover runs: when the sentinels call the primary down
+    wait_replicas: int = 0  # APPLY_REDIS_WAIT_REPLICAS of the daemons (failover runs)
+    split_brain: bool = False  # failover runs: pause the primary (SIGSTOP), not kill it
 
 
 @dataclass
@@ -65,7 +69,9 @@ class Report:
     outcomes: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)  # "STATUS error" of non-executed plans
     orders: int = 0
-    duplicates: int = 0  # result entries beyond the first, per plan
+    duplicates: int = 0  # result entries beyond the first, per plan (corrections apart)
+    corrected: int = 0  # correcting result entries (corrections.py): the truth, published late
+    agreeing: int = 0  # plans whose last result agrees with the exchange (and the journal)
     lost: int = 0  # plans without a result (Redis's own losses apart, below)
     lost_by_redis: int = 0  # no result, and Redis lost the plan's entry before a daemon saw it
     lost_with_killed_daemon: int = 0  # no result: Redis lost the entry, and the daemon that
@@ -97,6 +103,39 @@ class Report:
             + self.unrecorded_consumptions
         )
 
+    def figures(self) -> dict[str, Any]:
+        """The counts, for scripts/nightly.sh's summary."""
+        keys = [
+            "published",
+            "failovers",
+            "rollbacks",
+            "kills",
+            "redis_restarts",
+            "faults",
+            "orders",
+            "adopted",
+            "republished",
+            "corrected",
+            "agreeing",
+            "duplicates",
+            "lost",
+            "lost_by_redis",
+            "lost_with_killed_daemon",
+            "double_orders",
+            "unauthorized_orders",
+            "outcome_mismatches",
+            "unrecorded_consumptions",
+            "permits_lost",
+            "violations",
+            "elapsed",
+        ]
+        return {
+            "seed": self.config.seed,
+            "outcomes": dict(self.outcomes),
+            "mismatch_details": self.mismatch_details,
+            **{k: getattr(self, k) for k in keys},
+        }
+
     def lines(self) -> list[str]:
         c = self.config
         return [
@@ -107,7 +146,10 @@ class Report:
             "outcomes " + "  ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())),
             "reasons  " + "  ".join(f"{k}: {v}" for k, v in self.reasons.most_common()),
             f"orders {self.orders}   adopted (found, not sent) {self.adopted}   "
-            f"results written again after a loss {self.republished}",
+            f"results written again after a loss {self.republished}   "
+            f"corrected results {self.corrected}",
+            f"last result agrees with the exchange: {self.agreeing} of "
+            f"{sum(self.outcomes.values())} plans with a result",
             f"duplicates {self.duplicates} (must be 0)   lost {self.lost} (must be 0)   "
             f"lost by Redis before any daemon read them {self.lost_by_redis} "
             f"(orders for them {self.orders_for_lost})   lost by Redis and with the killed "
@@ -388,26 +430,21 @@ class Chaos:
                     r.lost += 1
                     r.lost_ids.append(plan_id)
                 continue
-            r.duplicates += len(results) - 1
-            result = results[0]
+            raw: Any = await self.redis.hgetall(K.journal(plan_id))
+            journal = {str(k): str(v) for k, v in raw.items()}
+            verdict = judge(plan_id, results, placed, journal)
+            r.duplicates += verdict.duplicates
+            r.corrected += verdict.corrected
+            result = results[-1]
             r.adopted += result.get("adopted") == "True"
             r.outcomes[result["status"]] += 1
             if result["status"] != "EXECUTED":
                 r.reasons[f"{result['status']} {result['error'].split(':')[0]}"] += 1
-            journal = await self.redis.hgetall(K.journal(plan_id))
-            executed = result["status"] == "EXECUTED"
-            if (
-                executed != bool(placed)
-                or journal.get("result_id") != result["_id"]
-                or journal.get("state") != result["status"].lower()
-            ):
+            if verdict.agrees:
+                r.agreeing += 1
+            else:
                 r.outcome_mismatches += 1
-                r.mismatch_details.append(
-                    f"{plan_id}: result {result['status']} {result.get('error', '')}, "
-                    f"orders {placed}, journal {journal.get('state')!s}, result_id "
-                    f"{'same' if journal.get('result_id') == result['_id'] else 'differs'}, "
-                    f"results {len(results)}"
-                )
+                r.mismatch_details.append(verdict.detail)
             for issuer in ("governor", "p33"):
                 key = K.ISSUERS[issuer].key(plan_id)
                 written = self.truth.permits.get(key)
@@ -457,6 +494,52 @@ class Chaos:
         return seen
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One plan's results against the exchange and the journal."""
+
+    duplicates: int  # result entries beyond the first, corrections apart
+    corrected: int  # correcting entries
+    agrees: bool  # the last result agrees with the exchange and the journal
+    detail: str = ""  # why not, for the report
+
+
+def judge(
+    plan_id: str, results: list[dict[str, str]], placed: int, journal: dict[str, str]
+) -> Verdict:
+    """The invariant of every chaos mode, for one plan with at least one result: its
+    **last** result agrees with the exchange (EXECUTED if and only if an order exists)
+    and is the journal's (``result_id``, final state). A first result that said
+    otherwise may stand before it only if the last one corrects it (corrections.py)."""
+    last = results[-1]
+    executed = last["status"] == "EXECUTED"
+    agrees = (
+        executed == bool(placed)
+        and journal.get("result_id") == last["_id"]
+        and journal.get("state") == last["status"].lower()
+    )
+    detail = (
+        ""
+        if agrees
+        else f"{plan_id}: last result {last['status']} {last.get('error', '')}, "
+        f"orders {placed}, journal {journal.get('state')!s}, result_id "
+        f"{'same' if journal.get('result_id') == last['_id'] else 'differs'}, "
+        f"results {len(results)} ({', '.join(x['status'] for x in results)})"
+    )
+    corrected = sum(1 for x in results if x.get("corrects"))
+    return Verdict(duplicate_results(results), corrected, agrees, detail)
+
+
+def duplicate_results(results: list[dict[str, str]]) -> int:
+    """Result entries of one plan beyond its first, a correcting entry apart when it
+    names the entry just before it and says EXECUTED (corrections.py)."""
+    extra = 0
+    for before, after in itertools.pairwise(results):
+        correction = after.get("corrects") == before["_id"] and after["status"] == "EXECUTED"
+        extra += not correction
+    return extra
+
+
 async def run_chaos(config: ChaosConfig, workdir: Path) -> Report:
     return await Chaos(config, workdir).run()
 
@@ -490,6 +573,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--fault-ratio", type=float, default=defaults.fault_ratio)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--down-after-ms",
+        type=int,
+        default=defaults.down_after_ms,
+        help="failover runs: the sentinels' down-after-milliseconds",
+    )
+    parser.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=defaults.wait_replicas,
+        help="failover runs: the daemons' APPLY_REDIS_WAIT_REPLICAS",
+    )
+    parser.add_argument(
+        "--split-brain",
+        action="store_true",
+        help="failover runs: the primary is paused (SIGSTOP) and comes back still a primary",
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     config = ChaosConfig(
         plans=args.plans,
@@ -501,12 +602,17 @@ def main(argv: list[str] | None = None) -> int:
         rollbacks=args.rollbacks,
         fault_ratio=args.fault_ratio,
         seed=args.seed,
+        down_after_ms=args.down_after_ms,
+        wait_replicas=args.wait_replicas,
+        split_brain=args.split_brain,
     )
     run = run_failover_chaos if args.failovers else run_chaos
     run = run_rollback_chaos if args.rollbacks else run
     with tempfile.TemporaryDirectory(prefix="apply-layer-chaos-") as workdir:
         report = asyncio.run(run(config, Path(workdir)))
     print("\n".join(report.lines()))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report.figures(), indent=1) + "\n")
     return 0 if report.violations == 0 else 1
 
 

@@ -54,7 +54,7 @@ class FailoverChaos(Chaos):
 
     def __init__(self, config: ChaosConfig, workdir: Path) -> None:
         super().__init__(config, workdir)
-        self.sentinels = RedisSentinels(replicas=1, sentinels=3)
+        self.sentinels = RedisSentinels(replicas=1, sentinels=3, down_after_ms=config.down_after_ms)
         self.failover_secs: list[float] = []
 
     async def _start_redis(self) -> Redis:
@@ -74,13 +74,20 @@ class FailoverChaos(Chaos):
         return UNUSED_URL
 
     def _redis_settings(self) -> dict[str, Any]:
-        return {"redis_sentinels": self.sentinels.addresses, "redis_sentinel_service": SERVICE}
+        settings: dict[str, Any] = {
+            "redis_sentinels": self.sentinels.addresses,
+            "redis_sentinel_service": SERVICE,
+        }
+        if self.c.wait_replicas:
+            settings["redis_wait_replicas"] = self.c.wait_replicas
+        return settings
 
     def _redis_events(self) -> int:
         return self.c.failovers
 
     async def _redis_event(self, what: str) -> None:
-        self.failover_secs.append(await self.sentinels.kill_primary(lag_sec=self.lag_sec))
+        fail = self.sentinels.pause_primary if self.c.split_brain else self.sentinels.kill_primary
+        self.failover_secs.append(await fail(lag_sec=self.lag_sec))
         self.report.failovers += 1
 
 

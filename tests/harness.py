@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from apply_layer import keys as K
 from apply_layer.checks import CheckLine
 from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.executors.base import OrderLog, OrderRequest
+from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest
 from apply_layer.outcomes import StepResult
 from apply_layer.settings import Settings, load_settings
 from apply_layer.statuses import StepStatus
@@ -353,6 +353,9 @@ class StubExecutor:
 
     async def preflight(self) -> list[CheckLine]:
         return []
+
+    async def find_order(self, ref: OrderRef, unseen_ms: int) -> StepResult | None:
+        return None  # these executors' orders live in their own test's memory
 
 
 class SlowExecutor(StubExecutor):

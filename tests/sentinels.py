@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -219,6 +220,58 @@ class RedisSentinels:
         node.start()
         await self.wait_healthy(timeout)
         return took
+
+    async def pause_primary(self, timeout: float = 30.0, *, lag_sec: float = 0.0) -> float:
+        """A split brain: the primary stops (SIGSTOP) without dying, the sentinels promote
+        the replica, and the old primary comes back (SIGCONT) still a primary, taking the
+        writes of every client still connected to it, until the sentinels turn it into
+        the new primary's replica (which drops what it took meanwhile). Returns the
+        seconds until the sentinels named the new primary.
+
+        ``lag_sec``: first cut the primary's link to its replicas, as in
+        :meth:`kill_primary`.
+        """
+        old = await self.wait_healthy(timeout)
+        await self._cut_replicas(old, lag_sec)
+        proc = self.node(old).proc
+        assert proc is not None
+        proc.send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        deadline = stopped_at + timeout
+        try:
+            port = await self._promoted(old, deadline)
+        finally:
+            proc.send_signal(signal.SIGCONT)  # back, and still a primary for a moment
+        took = time.monotonic() - stopped_at
+        self.failovers += 1
+        await self._settled(port, deadline)
+        await self.wait_healthy(timeout)
+        return took
+
+    async def _cut_replicas(self, old: int, lag_sec: float) -> None:
+        """The replicas stop receiving from ``old`` (they keep what they have), for
+        ``lag_sec`` before the primary goes: what it acknowledges meanwhile is lost."""
+        if not lag_sec:
+            return
+        nowhere = free_port()  # nothing listens there
+        for node in self.nodes:
+            if node.port == old:
+                continue
+            replica = Redis(port=node.port, decode_responses=True)
+            try:
+                await replica.replicaof("127.0.0.1", nowhere)
+            finally:
+                await replica.aclose()
+        await asyncio.sleep(lag_sec)
+
+    async def _promoted(self, old: int, deadline: float) -> int:
+        """Until a majority of the sentinels name a primary other than ``old``."""
+        while time.monotonic() < deadline:
+            port = await self.primary_port()
+            if port is not None and port != old:
+                return port
+            await asyncio.sleep(0.1)
+        raise RedisUnavailable(f"no failover in time: {self.describe()}")
 
     async def _settled(self, port: int, deadline: float) -> None:
         """Until every live sentinel names ``port`` with no failover in progress."""

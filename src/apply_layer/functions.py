@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from apply_layer.corrections import CORRECT_SCRIPT
 from apply_layer.gate import GATE_SCRIPT
 from apply_layer.journal import ATTEMPT_SCRIPT, CLAIM_SCRIPT, PUBLISH_SCRIPT, UNJOURNALLED_SCRIPT
 from apply_layer.lease import ACQUIRE_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT
@@ -45,6 +46,7 @@ LIBRARY_PREFIX = "apply_layer_"
 SCRIPTS: dict[str, str] = {
     "gate": GATE_SCRIPT,
     "claim": CLAIM_SCRIPT,
+    "correct": CORRECT_SCRIPT,
     "publish": PUBLISH_SCRIPT,
     "publish_unjournalled": UNJOURNALLED_SCRIPT,
     "record_attempt": ATTEMPT_SCRIPT,

@@ -26,8 +26,8 @@ from decimal import Decimal
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from apply_layer import corrections, lua
 from apply_layer import keys as K
-from apply_layer import lua
 from apply_layer.batching import BatchedScript, ScriptHost, run_packed
 from apply_layer.errors import NotReplicated, OrderMayBeOut, RetryLater
 from apply_layer.lease import LEASE_LUA, Lease
@@ -94,6 +94,7 @@ class Journal:
         self._publish = host.register_script(PUBLISH_SCRIPT)
         self._attempt = host.register_script(ATTEMPT_SCRIPT)
         self._unjournalled = host.register_script(UNJOURNALLED_SCRIPT)
+        self._correct = host.register_script(corrections.CORRECT_SCRIPT)
 
     async def claim(self, plan_id: str, symbol: str, entry_id: str, content: str = "") -> Claim:
         """Claim the plan for ``entry_id``; ``content`` (what it asks for) is journalled
@@ -139,6 +140,9 @@ class Journal:
     ) -> tuple[str, bool]:
         """Write the final state and the one result entry; returns (entry id, new?).
 
+        ``new`` is also True when an executed result corrected a published one
+        that said no order was placed (``corrections.py``).
+
         With ``entry_id`` the stream entry is acknowledged, and with ``lease``
         the symbol lease released, in the same atomic step. With
         ``unless_sent`` nothing is written while an order may be out (state
@@ -175,12 +179,25 @@ class Journal:
             raise OrderMayBeOut(plan_id)
         if lease is not None:
             lease.released = True
+        result_id, new = str(reply[0]), int(reply[1]) == 1
+        out_status = str(reply[2]) if len(reply) > 2 else ""
+        if not new and result_id and corrections.may_correct(fields, out_status):
+            # A result is out already; if it says "no order" while this one has the
+            # order, the truth is published as a correcting entry (corrections.py).
+            result_id, new = await corrections.correct(
+                self._correct,
+                plan_id=plan_id,
+                symbol=symbol,
+                wrong_id=result_id,
+                fields=fields,
+                journal_ttl_sec=self.journal_ttl_sec,
+            )
         if self.recent is not None and remember:
             items = tuple(fields.items())
             self.recent.add(
                 Published(plan_id, symbol, state, items, cooldown, entry_id, time.monotonic())
             )
-        return str(reply[0]), int(reply[1]) == 1
+        return result_id, new
 
     async def publish_unjournalled(self, fields: Mapping[str, str], entry_id: str) -> bool:
         """Publish a result and acknowledge its entry, for an entry with no usable journal.

@@ -35,8 +35,8 @@ from decimal import Decimal
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from apply_layer import exchange_truth, lifecycle, metrics
 from apply_layer import keys as K
-from apply_layer import lifecycle, metrics
 from apply_layer.batching import ScriptHost
 from apply_layer.errors import (
     AlreadyFinal,
@@ -169,6 +169,8 @@ class Processor:
             # is out: the publish script releases it in the same step.
             async with contextlib.AsyncExitStack() as held:
                 outcome, lease = await self._advance(plan, claim.state, held)
+                if lease is None:  # no order placed here: may Redis have lost one?
+                    outcome = await self._exchange_truth(plan, entry_id, outcome)
                 return await self._finish(entry_id, _plan_ending(plan, outcome), lease)
         except AlreadyFinal:
             return await self._done(entry_id)
@@ -256,6 +258,19 @@ class Processor:
         if claim.result_id:
             return await self._done(entry_id)
         return await self._finish(entry_id, ending)
+
+    async def _exchange_truth(self, plan: Plan, entry_id: str, outcome: Outcome) -> Outcome:
+        """The exchange is asked before a plan ends without an order, when Redis may
+        have lost the record of one (exchange_truth.py)."""
+        identity = self.journal.identity
+        return await exchange_truth.settle(
+            outcome,
+            plan,
+            entry_id,
+            self.executor,
+            unseen_ms=identity.changed_at_ms if identity is not None else 0,
+            allowlist=self.allowlist,
+        )
 
     # ---- the lifecycle ---------------------------------------------------------
 

@@ -102,8 +102,21 @@ class IdentityTracker:
         for listener in self.listeners:
             listener()
 
-    def observe(self, identity: ServerIdentity | None) -> None:
-        """Record what a new connection reached (``None``: it would not say)."""
+    def observe(
+        self, identity: ServerIdentity | None, *, was: tuple[str, str] | None = None
+    ) -> None:
+        """Record what a new connection reached (``None``: it would not say).
+
+        ``was``: the server this same connection object reached before it
+        reconnected. In a split brain one process's pool can hold connections
+        to both sides: after the process moved to the new primary, a
+        connection still on the old one writes there, and those writes are
+        lost when the old primary is made a replica. When that connection
+        reconnects to the server the process already follows, nothing changed
+        for the process, but its writes may be gone: the listeners are called
+        (results written again) and the moment counts as a change for the
+        lookups, without counting a change of server.
+        """
         now = int(self._clock() * 1000)
         if identity is None:
             if not self.unknown:
@@ -118,6 +131,17 @@ class IdentityTracker:
         if previous is None:
             self.changed_at_ms = now
             log.info("redis_identity", run_id=identity.run_id, replid=identity.replid)
+        elif previous.key == identity.key and was is not None and was != identity.key:
+            self._changed(now)
+            log.info(
+                "redis_connection_moved",
+                run_id=identity.run_id,
+                replid=identity.replid,
+                previous_run_id=was[0],
+                previous_replid=was[1],
+                meaning="a connection of this process reached another server before: "
+                "what it wrote there may be lost; recent results are written again",
+            )
         elif previous.key != identity.key:
             self._changed(now)
             self.changes += 1
@@ -145,7 +169,9 @@ class IdentityTracker:
         if identity.role and identity.role != "master":
             where = f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
             raise ReplicaRefused(f"{where} is a {identity.role}, not a primary")
-        self.observe(identity)
+        was = getattr(conn, "_apply_layer_identity", None)
+        setattr(conn, "_apply_layer_identity", identity.key)  # noqa: B010 (not ours to type)
+        self.observe(identity, was=was)
 
 
 async def _command(conn: AbstractConnection, *args: str) -> Any:

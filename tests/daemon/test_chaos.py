@@ -1,4 +1,8 @@
-"""Small chaos runs in CI: kills, a Redis restart, exchange faults, failovers, rollbacks."""
+"""Small chaos runs in CI: kills, a Redis restart, exchange faults, failovers, rollbacks.
+
+In every mode, every plan's last result must agree with the exchange (tests/chaos.py
+``judge``); the nightly runs (scripts/nightly.sh) repeat the failover run 20 times.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ async def test_chaos_small(tmp_path: Path) -> None:
     assert report.double_orders == 0
     assert report.unauthorized_orders == 0
     assert report.outcome_mismatches == 0
+    assert report.agreeing == sum(report.outcomes.values())  # the last result, every plan
     assert report.unrecorded_consumptions == 0
 
 
@@ -52,6 +57,7 @@ async def test_failover_chaos_small(tmp_path: Path) -> None:
     assert report.lost_with_killed_daemon == 0  # no daemon is killed in this run
     assert report.duplicates == 0
     assert report.outcome_mismatches == 0
+    assert report.agreeing == sum(report.outcomes.values())  # the last result, every plan
     assert report.unrecorded_consumptions == 0
     # The outage is logged once per failover by each daemon, not once per failed command.
     assert 0 < outage_lines(tmp_path) <= report.failovers * config.instances
@@ -69,4 +75,5 @@ async def test_rollback_chaos_small(tmp_path: Path) -> None:
     assert report.lost == 0 and report.lost_with_killed_daemon == 0
     assert report.duplicates == 0
     assert report.outcome_mismatches == 0
+    assert report.agreeing == sum(report.outcomes.values())  # the last result, every plan
     assert report.unrecorded_consumptions == 0

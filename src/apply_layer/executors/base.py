@@ -72,6 +72,21 @@ class OrderRequest:
         return self.sent_client_order_id or client_order_id(self.plan_id, self.step)
 
 
+@dataclass(frozen=True)
+class OrderRef:
+    """A plan's order as far as a lookup needs it: no quantity, nothing to send.
+
+    What :meth:`Executor.find_order` is given when a plan is about to end
+    without an order (BLOCKED, REJECTED, SKIPPED) while Redis may have lost the
+    record of one (``exchange_truth.py``).
+    """
+
+    plan_id: str
+    symbol: str
+    step: str
+    client_order_id: str
+
+
 class OrderLog(Protocol):
     """The plan's journal as an executor sees it."""
 
@@ -114,4 +129,15 @@ class Executor(Protocol):
 
     async def preflight(self) -> list[CheckLine]:
         """Checks for ``apply-layer check`` (credentials, clock, filters, ...)."""
+        ...
+
+    async def find_order(self, ref: OrderRef, unseen_ms: int) -> StepResult | None:
+        """The order placed under ``ref.client_order_id``, if one exists; sends nothing.
+
+        None only when no such order exists and none can still appear: a send
+        made unseen until ``unseen_ms`` (``OrderLog.unrecorded_until_ms``) can no
+        longer execute. An order found is reported EXECUTED (or as it ended)
+        with ``adopted``; a lookup that cannot be completed is a FAILED
+        ``order_unknown`` step, never a guess.
+        """
         ...

@@ -9,7 +9,7 @@ reports the step as ``DRY_RUN``; the plan ends SKIPPED ``dry_run`` with
 from __future__ import annotations
 
 from apply_layer.checks import CheckLine
-from apply_layer.executors.base import OrderLog, OrderRequest
+from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest
 from apply_layer.executors.paper import lot_filter
 from apply_layer.outcomes import StepResult
 from apply_layer.sizing import size_close
@@ -27,6 +27,10 @@ class DryRunExecutor:
 
     async def preflight(self) -> list[CheckLine]:
         return [CheckLine("exchange", True, "dry_run: no orders are placed")]
+
+    async def find_order(self, ref: OrderRef, unseen_ms: int) -> StepResult | None:
+        """None: a dry run never places an order, so none can exist."""
+        return None
 
     async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
         sizing = size_close(

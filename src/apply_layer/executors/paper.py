@@ -14,11 +14,12 @@ from __future__ import annotations
 import itertools
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from decimal import Decimal
 
 from apply_layer.checks import CheckLine
 from apply_layer.errors import NotReplicated
-from apply_layer.executors.base import OrderLog, OrderRequest
+from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest
 from apply_layer.outcomes import StepResult
 from apply_layer.sizing import LotFilter, size_close
 from apply_layer.statuses import StepStatus
@@ -59,6 +60,17 @@ class PaperExecutor:
 
     async def preflight(self) -> list[CheckLine]:
         return [CheckLine("exchange", True, "paper: simulated in-process exchange, nothing leaves")]
+
+    async def find_order(self, ref: OrderRef, unseen_ms: int) -> StepResult | None:
+        """The simulated book's order under this client order id, adopted, or None.
+
+        The book lives in this process, so only an order this process placed
+        can be found (docs/RELIABILITY.md, "Known limits").
+        """
+        found = self.orders.get(ref.client_order_id)
+        if found is None:
+            return None
+        return replace(found, step=ref.step, adopted=True)
 
     async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
         coid = order.client_order_id

@@ -16,6 +16,8 @@ The scripts, who runs them, and what is prepended to each:
   ``publish`` (the release) and ``record_attempt`` (the fence).
 - ``lease_acquire.lua`` (``kill_switch``, ``lease``), ``lease_renew.lua`` and
   ``lease_release.lua`` (``lease``): the symbol lease (``lease.py``).
+- ``correct.lua``: a correcting result entry (``corrections.py``, called by the
+  journal's publish); ``COOLDOWN_TTL_SEC`` from ``keys.py``, as for ``publish``.
 """
 
 from __future__ import annotations

@@ -25,6 +25,20 @@ local jt = redis.call('TYPE', KEYS[2])['ok']
 if jt ~= 'none' and jt ~= 'hash' then return {'', '', '', '', 'journal', ''} end
 local j = redis.call('HMGET', KEYS[2], 'state', 'result_id', 'stream_id', 'outcome_status',
                      'content')
+if j[1] and not j[3] and not j[2] then
+  -- An unfinished journal nobody claimed: the gate's write survived where the
+  -- claim's was lost (Redis lost writes, or a split brain put them on two servers).
+  -- This entry drives the plan now; otherwise every copy would be a duplicate of
+  -- nobody, acknowledged without a result. (One with a result is left as it is:
+  -- a copy of it is a duplicate, logged with that result's status.) The content
+  -- the lost claim would have journalled is this entry's.
+  redis.call('HSET', KEYS[2], 'stream_id', ARGV[1])
+  j[3] = ARGV[1]
+  if not j[5] then
+    redis.call('HSET', KEYS[2], 'content', ARGV[7])
+    j[5] = ARGV[7]
+  end
+end
 if j[1] then
   return {string.sub(j[3] or '', 1, 64), string.sub(j[1], 1, 64), string.sub(j[2] or '', 1, 64),
           string.sub(j[4] or '', 1, 64), '', string.sub(j[5] or '', 1, 160)}

@@ -22,8 +22,9 @@
 -- ARGV[11] unless sent (1 = publish nothing while an order may be out: state submitting)
 -- ARGV[12..] the result's fields, name and value in turn
 --
--- Reply: {result id, 1} when published now; {result id, 0} when it was out
--- already; {'', -1} when refused (unless sent, and the plan is submitting).
+-- Reply: {result id, 1} when published now; {result id, 0, its status} when
+-- it was out already (corrections.py may correct it); {'', -1} when refused
+-- (unless sent, and the plan is submitting).
 
 local function finish()
   if ARGV[9] ~= '' then redis.call('XACK', KEYS[4], ARGV[8], ARGV[9]) end
@@ -31,8 +32,14 @@ local function finish()
 end
 local existing = redis.call('HGET', KEYS[1], 'result_id')
 if existing then
+  -- The result out stands, and the journal's state says so: a gate that ran for a
+  -- copy of the plan redelivered after Redis lost writes may have written over it.
+  local was = redis.call('HGET', KEYS[1], 'outcome_status') or ''
+  if was ~= '' and redis.call('HGET', KEYS[1], 'state') ~= string.lower(was) then
+    redis.call('HSET', KEYS[1], 'state', string.lower(was))
+  end
   finish()
-  return {existing, 0}
+  return {existing, 0, was}
 end
 if ARGV[11] == '1' and redis.call('HGET', KEYS[1], 'state') == 'submitting' then
   return {'', -1}

@@ -48,7 +48,7 @@ from pydantic import SecretStr
 from apply_layer import metrics
 from apply_layer.checks import CheckLine
 from apply_layer.errors import ConfigError, NotReplicated
-from apply_layer.executors.base import OrderLog, OrderRequest
+from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest
 from apply_layer.executors.binance.client import BinanceClient
 from apply_layer.executors.binance.lookup import OrderLookup, RetryPolicy
 from apply_layer.executors.binance.market import HedgeMode, Market
@@ -361,7 +361,39 @@ class BinanceExecutor:
         """The symbol's lot rules as last loaded (``start`` loads them)."""
         return self.market.rules.get(symbol)
 
-    def _report(self, order: OrderRequest, info: OrderInfo, *, adopted: bool = False) -> StepResult:
+    async def find_order(self, ref: OrderRef, unseen_ms: int) -> StepResult | None:
+        """Before a plan ends without an order: one the journal lost, found and adopted.
+
+        The lookup of rule 4 for a plan that will send nothing
+        (``exchange_truth.py``): the order is looked up by its client order
+        id until found, or until "no such order" is proved by the window of a
+        send made unseen until ``unseen_ms``. Lookups that keep failing are a
+        FAILED ``order_unknown`` step: the plan's fate at the exchange is not
+        guessed either way.
+        """
+        found = await self.lookup.resolve(ref.symbol, ref.client_order_id, unseen_ms)
+        if found.order is not None:
+            metrics.ORDERS_ADOPTED.inc()
+            _log.warning(
+                "binance_order_adopted",
+                plan=ref.plan_id,
+                cid=ref.client_order_id,
+                order_id=found.order.order_id,
+                status=found.order.status,
+                why="the plan was ending without an order, but its order exists at the "
+                "exchange (Redis lost the record of it)",
+            )
+            return self._report(ref, found.order, adopted=True)
+        if not found.gone:
+            # A person must look (ApplyLayerOrderFateUnknown): the order may exist.
+            metrics.EXCHANGE_UNKNOWN_FATE.labels(found.name).inc()
+            detail = f"could not check whether {ref.client_order_id} exists: {found.detail}"
+            return self._result(ref, StepStatus.FAILED, "order_unknown", detail)
+        return None
+
+    def _report(
+        self, order: OrderRequest | OrderRef, info: OrderInfo, *, adopted: bool = False
+    ) -> StepResult:
         result = step_result(order.step, info)
         if adopted:
             note = "adopted: an earlier run's order, found at the exchange; nothing was sent"
@@ -379,7 +411,7 @@ class BinanceExecutor:
 
     def _result(
         self,
-        order: OrderRequest,
+        order: OrderRequest | OrderRef,
         status: StepStatus,
         error: str,
         message: str = "",
