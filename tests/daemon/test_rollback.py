@@ -34,7 +34,14 @@ from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.redis_client import create_redis
 from tests.fake_binance import ORDER, FakeBinance, Fault, late_until_looked_up
-from tests.harness import Daemon, FakeBinanceDaemons, Snapshots, grant, publish_plan
+from tests.harness import (
+    Daemon,
+    FakeBinanceDaemons,
+    Snapshots,
+    grant,
+    pending_count,
+    publish_plan,
+)
 
 POSITION_RISK = "/fapi/v3/positionRisk"
 HOLD = 1.5  # how long the fake exchange holds an answer back, to snapshot mid-way
@@ -94,6 +101,20 @@ async def journal_state(redis: Redis) -> str:
 def state_is(redis: Redis, state: str) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return await journal_state(redis) == state
+
+    return check
+
+
+def settled(redis: Redis) -> Callable[[], Awaitable[bool]]:
+    """Every plan entry read and acknowledged, and the plan's journal in a final state."""
+
+    async def check() -> bool:
+        last = await redis.xrevrange(K.PLAN_STREAM, count=1) or []
+        groups = await redis.xinfo_groups(K.PLAN_STREAM)
+        delivered = str(groups[0]["last-delivered-id"]) if groups else ""
+        read_all = bool(last) and delivered == str(last[0][0])
+        final = await journal_state(redis) in {"executed", "blocked", "failed", "skipped"}
+        return read_all and await pending_count(redis) == 0 and final
 
     return check
 
@@ -165,6 +186,9 @@ async def test_rolled_back_redis_never_doubles_an_order(
         daemon.start()
 
     await until(lambda: plan_results(client), timeout=40)
+    # A result can be out (written again from memory) while a restored copy of the
+    # entry is still being handled anew: wait until the daemon is done with the plan.
+    await until(settled(client), timeout=40)
     await asyncio.sleep(1.0)  # time for a second order or result, if one were coming
     results = await plan_results(client)
     assert fake.order_count(CID) == 1, daemon.log()
