@@ -46,7 +46,7 @@ from apply_layer.errors import (
     OrderMayBeOut,
     RetryLater,
 )
-from apply_layer.executors.base import Executor, OrderRequest
+from apply_layer.executors.base import Executor, OrderRequest, Prepared, client_order_id
 from apply_layer.gate import GateResult, PermitGate
 from apply_layer.journal import Claim, Journal
 from apply_layer.lease import Lease, SymbolLeases
@@ -253,6 +253,12 @@ class Processor:
             stale = lifecycle.stale_authorization(gate_at_ms, int(time.time() * 1000))
             if stale is not None:
                 return stale, None
+        # The exchange reads the order will need run during the permit wait; they are
+        # checked under the lease before any send (executors/base.py), and dropped
+        # with ``held`` if the plan ends otherwise.
+        prepared = self._read_ahead(plan, state)
+        if prepared is not None:
+            held.callback(prepared.cancel)
         decision = await self.gate.wait_and_consume(plan.plan_id, plan.symbol)
         metrics.PERMIT_WAIT.labels("ok" if decision.allowed else "block").observe(
             decision.wait_ms / 1000
@@ -265,7 +271,17 @@ class Processor:
         refused = "" if sent_before else self.signatures.check(decision)
         if refused:
             return blocked(refused, decision.wait_ms), None
-        return await self._execute(plan, decision, held, sent_before=sent_before)
+        return await self._execute(plan, decision, held, sent_before=sent_before, prepared=prepared)
+
+    def _read_ahead(self, plan: Plan, state: str) -> Prepared | None:
+        """Start the executor's reads for a new order; none for one that may be out
+        (its fate is looked up under the lease, from its journal)."""
+        step = plan.close_step
+        if state == JournalState.SUBMITTING or step is None:
+            return None
+        cid = client_order_id(plan.plan_id, step.name)
+        watch = self.journal.symbol_watch(plan.symbol)
+        return self.executor.prepare(plan.plan_id, plan.symbol, cid, watch)
 
     async def _execute(
         self,
@@ -274,6 +290,7 @@ class Processor:
         held: contextlib.AsyncExitStack,
         *,
         sent_before: bool,
+        prepared: Prepared | None = None,
     ) -> tuple[Outcome, Lease | None]:
         """Place the close under the symbol's lease, which stays held in ``held``.
 
@@ -310,7 +327,7 @@ class Processor:
             if sent_before:  # an order may be out: its fate is found under the lease
                 raise RetryLater(f"{exc} holds another Redis type") from None
             return lifecycle.lease_wrong_type(wait_ms), None
-        return await self._place(plan, order, wait_ms, lease), lease
+        return await self._place(plan, order, wait_ms, lease, prepared), lease
 
     @contextlib.asynccontextmanager
     async def _symbol_lease(self, plan: Plan, *, new_order: bool) -> AsyncIterator[Lease]:
@@ -326,14 +343,25 @@ class Processor:
         ):
             yield lease
 
-    async def _place(self, plan: Plan, order: OrderRequest, wait_ms: int, lease: Lease) -> Outcome:
+    async def _place(
+        self,
+        plan: Plan,
+        order: OrderRequest,
+        wait_ms: int,
+        lease: Lease,
+        prepared: Prepared | None = None,
+    ) -> Outcome:
         step = plan.close_step
         assert step is not None
         order_log = self.journal.order_log(
             plan.plan_id, order.client_order_id, symbol=plan.symbol, lease_token=lease.token
         )
         try:
-            result = await self.executor.execute(order, order_log)
+            result = await (
+                self.executor.execute(order, order_log)
+                if prepared is None
+                else self.executor.execute(order, order_log, prepared=prepared)  # type: ignore[call-arg]
+            )
         except (RedisError, OSError, RetryLater):
             raise
         except Exception as exc:

@@ -9,7 +9,7 @@ reports the step as ``DRY_RUN``; the plan ends SKIPPED ``dry_run`` with
 from __future__ import annotations
 
 from apply_layer.checks import CheckLine
-from apply_layer.executors.base import OrderLog, OrderRequest
+from apply_layer.executors.base import OrderLog, OrderRequest, Prepared, SendWatch
 from apply_layer.executors.paper import lot_filter
 from apply_layer.outcomes import StepResult
 from apply_layer.sizing import size_close
@@ -27,6 +27,11 @@ class DryRunExecutor:
 
     async def preflight(self) -> list[CheckLine]:
         return [CheckLine("exchange", True, "dry_run: no orders are placed")]
+
+    def prepare(
+        self, plan_id: str, symbol: str, client_order_id: str, watch: SendWatch
+    ) -> Prepared | None:
+        return None  # nothing to read ahead: the simulation answers at once
 
     async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
         sizing = size_close(

@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from apply_layer.checks import CheckLine
 from apply_layer.errors import NotReplicated
-from apply_layer.executors.base import OrderLog, OrderRequest
+from apply_layer.executors.base import OrderLog, OrderRequest, Prepared, SendWatch
 from apply_layer.outcomes import StepResult
 from apply_layer.sizing import LotFilter, size_close
 from apply_layer.statuses import StepStatus
@@ -59,6 +59,11 @@ class PaperExecutor:
 
     async def preflight(self) -> list[CheckLine]:
         return [CheckLine("exchange", True, "paper: simulated in-process exchange, nothing leaves")]
+
+    def prepare(
+        self, plan_id: str, symbol: str, client_order_id: str, watch: SendWatch
+    ) -> Prepared | None:
+        return None  # nothing to read ahead: the simulation answers at once
 
     async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
         coid = order.client_order_id
