@@ -333,9 +333,9 @@ def _refusal(exc: ResponseError) -> RetryLater:
     """The attempt script's refusal as the exception the executor acts on; nothing may be
     sent now (fence, state) or not on what the caller read (attempts, position)."""
     text = str(exc)
-    if text.startswith("CHANGED"):
+    if text.startswith("ATTEMPTS_CHANGED"):
         return AttemptsChanged(text)
-    if text.startswith("MOVED"):
+    if text.startswith("POSITION_MOVED"):
         return PositionMoved(text)
     return RetryLater(text)
 

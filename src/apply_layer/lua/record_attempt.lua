@@ -27,8 +27,8 @@
 --
 -- Reply: the attempts so far ("t1,t2,..."); an error reply "FENCED ..." when
 -- the lease is not the caller's, "journal state is ..." when the plan is
--- neither permitted nor submitting, "CHANGED ..." when the attempts are not
--- the ones the caller saw, "MOVED ..." when another send was recorded on the
+-- neither permitted nor submitting, "ATTEMPTS_CHANGED ..." when the attempts are not
+-- the ones the caller saw, "POSITION_MOVED ..." when another send was recorded on the
 -- symbol since the caller's mark. Nothing is written unless the reply is the
 -- attempts.
 
@@ -41,10 +41,10 @@ if state ~= 'permitted' and state ~= 'submitting' then
 end
 local a = redis.call('HGET', KEYS[1], 'order.attempts')
 if ARGV[6] ~= '*' and (a or '') ~= ARGV[6] then
-  return redis.error_reply('CHANGED attempts are now ' .. tostring(a) .. ', not ' .. ARGV[6])
+  return redis.error_reply('ATTEMPTS_CHANGED attempts are now ' .. tostring(a) .. ', not ' .. ARGV[6])
 end
 if ARGV[7] ~= '*' and (redis.call('GET', KEYS[3]) or '') ~= ARGV[7] then
-  return redis.error_reply('MOVED another order was recorded on the symbol since')
+  return redis.error_reply('POSITION_MOVED another order was recorded on the symbol since')
 end
 a = a and (a .. ',' .. ARGV[1]) or ARGV[1]
 redis.call('HSET', KEYS[1], 'state', 'submitting', 'order.attempts', a,
