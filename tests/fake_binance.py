@@ -284,10 +284,10 @@ class FakeBinance:
         at = time.time()
         with self.lock:
             self.seen.append(Seen(self.now_ms(), method, split.path, params, raw, at))
-        if self.hold_sec:
-            time.sleep(self.hold_sec)
             queue = self.faults.get((method, split.path))
             fault = queue.popleft() if queue else None
+        if self.hold_sec:  # outside the lock: requests on other connections are held at once
+            time.sleep(self.hold_sec)
         if fault is not None and fault.early:
             return _send(req, fault.status, fault.body, fault.headers)
         if split.path == "/fapi/v1/time" and method == "GET":
