@@ -21,12 +21,15 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.errors import AttemptsChanged, PositionMoved
+from apply_layer.executors.binance.client import KEEPALIVE_SEC
 from apply_layer.executors.binance.executor import BinanceExecutor
+from apply_layer.executors.binance.model import StatusUnknown
 from apply_layer.journal import Journal, JournalOrderLog
 from apply_layer.lease import Lease, SymbolLeases
 from apply_layer.redis_identity import IdentityTracker
+from apply_layer.settings import Settings
 from tests.exchange.executor_helpers import posts, request
-from tests.fake_binance import ORDER, FakeBinance
+from tests.fake_binance import ORDER, FakeBinance, dropped
 
 POSITION_RISK = "/fapi/v3/positionRisk"
 SYMBOL = "BTCUSDT"
@@ -224,3 +227,24 @@ async def test_a_redis_change_during_the_wait_reads_everything_again_before_send
     lookups = [s.at_ms for s in fake.requests("GET", ORDER)]
     assert len(lookups) >= 2 and max(lookups) >= window - 5
     assert fake.requests("POST", ORDER)[0].at_ms >= window - 5
+
+
+# ---- the connection ---------------------------------------------------------------
+
+
+def test_idle_connections_are_kept_as_configured() -> None:
+    settings = Settings(mode="testnet", binance_keepalive_sec=42)
+    executor = BinanceExecutor.from_settings(settings, api_key=None, api_secret=None)
+    assert executor.client._limits.keepalive_expiry == 42
+    assert Settings().binance_keepalive_sec == KEEPALIVE_SEC == 150  # not httpx's 5 s
+
+
+async def test_a_read_on_a_connection_the_server_dropped_is_asked_once_more(
+    ex: BinanceExecutor, fake: FakeBinance
+) -> None:
+    fake.inject("GET", POSITION_RISK, dropped(place=False))
+    assert await ex.position(SYMBOL) == Decimal("0.010")
+    assert len(fake.requests("GET", POSITION_RISK)) == 2
+    fake.inject("GET", POSITION_RISK, dropped(place=False), dropped(place=False))
+    with pytest.raises(StatusUnknown):  # twice: no answer, as before
+        await ex.position(SYMBOL)

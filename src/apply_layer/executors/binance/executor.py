@@ -55,7 +55,7 @@ from apply_layer.errors import (
     RetryLater,
 )
 from apply_layer.executors.base import OrderLog, OrderRequest, Prepared, SendWatch
-from apply_layer.executors.binance.client import BinanceClient
+from apply_layer.executors.binance.client import KEEPALIVE_SEC, BinanceClient
 from apply_layer.executors.binance.lookup import OrderLookup, RetryPolicy
 from apply_layer.executors.binance.market import HedgeMode, Market
 from apply_layer.executors.binance.model import (
@@ -121,6 +121,7 @@ class BinanceExecutor:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         policy: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        keepalive_sec: float = KEEPALIVE_SEC,
     ) -> None:
         timeout = (
             http_timeout_sec
@@ -135,6 +136,7 @@ class BinanceExecutor:
             timeout=timeout,
             clock=clock,
             transport=transport,
+            keepalive_sec=keepalive_sec,
         )
         self.allowlist = tuple(allowlist)
         self.policy = policy or RetryPolicy()
@@ -150,6 +152,7 @@ class BinanceExecutor:
             "api_secret": settings.binance_api_secret,
             "recv_window_ms": settings.binance_recv_window_ms,
             "http_timeout_sec": settings.binance_http_timeout_sec,
+            "keepalive_sec": settings.binance_keepalive_sec,
             "allowlist": tuple(settings.allowlist),
         }
         return cls(**(kwargs | overrides))
