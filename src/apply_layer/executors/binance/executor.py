@@ -70,6 +70,7 @@ from apply_layer.executors.binance.model import (
     TimestampRejected,
     step_result,
 )
+from apply_layer.executors.binance.preflight import preflight
 from apply_layer.executors.binance.readahead import ReadAhead
 from apply_layer.logs import format_qty, get_logger
 from apply_layer.outcomes import StepResult
@@ -78,10 +79,6 @@ from apply_layer.sizing import size_close
 from apply_layer.statuses import StepStatus
 
 _log = get_logger("apply_layer.binance")
-HEDGE_REFUSED = (
-    "hedge mode (dualSidePosition=true) is refused: reduce-only closes need one-way mode; "
-    "switch the account to one-way"
-)
 
 
 # Reads overtaken by another instance's record (AttemptsChanged, PositionMoved) are made
@@ -171,38 +168,7 @@ class BinanceExecutor:
         await self.client.aclose()
 
     async def preflight(self) -> list[CheckLine]:
-        await self.client.open()
-        lines: list[CheckLine] = []
-        try:
-            offset = await self.client.sync_time()
-            detail = f"{offset:+d} ms (round trip {self.client.rtt_ms} ms), compensated"
-            lines.append(CheckLine("binance clock offset", True, detail))
-        except BinanceError as exc:
-            lines.append(CheckLine("binance clock offset", False, f"GET /fapi/v1/time: {exc}"))
-        if not self.client.has_credentials:
-            lines.append(
-                CheckLine("binance credentials", False, "APPLY_BINANCE_API_KEY/SECRET not set")
-            )
-        else:
-            try:
-                dual = await self.client.dual_side_position()
-            except BinanceError as exc:
-                lines.append(CheckLine("binance credentials", False, f"signed call: {exc}"))
-            else:
-                lines.append(CheckLine("binance credentials", True, "signed call accepted"))
-                detail = HEDGE_REFUSED if dual else "one-way"
-                lines.append(CheckLine("binance position mode", not dual, detail))
-        try:
-            await self.market.load_rules()
-        except BinanceError as exc:
-            lines.append(CheckLine("binance exchangeInfo", False, str(exc)))
-            return lines
-        for symbol in self.allowlist:
-            rules = self.market.rules.get(symbol)
-            problem = self.market.rules.problem(symbol) or "not listed on the exchange"
-            detail = rules.describe() if rules else problem
-            lines.append(CheckLine(f"binance filters {symbol}", rules is not None, detail))
-        return lines
+        return await preflight(self.client, self.market, self.allowlist)
 
     def prepare(
         self, plan_id: str, symbol: str, client_order_id: str, watch: SendWatch
