@@ -53,6 +53,7 @@ class ChaosConfig:
     block_ratio: float = 0.03
     settle_sec: float = 90.0
     seed: int = 1
+    state_dirs: bool = False  # each instance keeps the Redis identity (APPLY_STATE_DIR)
 
 
 @dataclass
@@ -174,6 +175,10 @@ class Chaos:
         return self.c.redis_restarts
 
     def _daemon(self, slot: int) -> Daemon:
+        kept: dict[str, Any] = {}
+        if self.c.state_dirs:  # the same directory for every restart of this instance
+            kept["state_dir"] = self.workdir / f"state-{slot}"
+            kept["state_dir"].mkdir(exist_ok=True)
         return Daemon(
             self._redis_url(),
             self.workdir,
@@ -188,6 +193,7 @@ class Chaos:
             lease_ms=2000,
             claim_idle_sec=2,
             keyspace_events="detect",
+            **kept,
         )
 
     async def _retry(self, make_call: Any) -> Any:

@@ -10,8 +10,13 @@ from tests.chaos import ChaosConfig, run_chaos
 from tests.chaos_redis import run_failover_chaos, run_rollback_chaos
 
 
-async def test_chaos_small(tmp_path: Path) -> None:
-    config = ChaosConfig(plans=60, rate=15, instances=2, kills=4, redis_restarts=1, seed=11)
+@pytest.mark.parametrize("kept", [False, True], ids=["no-state-dir", "identity-kept"])
+async def test_chaos_small(tmp_path: Path, kept: bool) -> None:
+    """With ``kept``, every instance keeps the Redis identity across its kills: a restart
+    against the same Redis sends at once, one after the Redis restart waits as before."""
+    config = ChaosConfig(
+        plans=60, rate=15, instances=2, kills=4, redis_restarts=1, seed=11, state_dirs=kept
+    )
     report = await run_chaos(config, tmp_path)
     print("\n".join(report.lines()))
     assert report.published == 60
@@ -24,6 +29,10 @@ async def test_chaos_small(tmp_path: Path) -> None:
     assert report.unauthorized_orders == 0
     assert report.outcome_mismatches == 0
     assert report.unrecorded_consumptions == 0
+    restarts_kept = sum(
+        log.read_text().count("redis_identity_unchanged") for log in tmp_path.glob("chaos-*.log")
+    )
+    assert (restarts_kept > 0) == kept  # some instances did start without the wait
 
 
 def outage_lines(workdir: Path) -> int:
@@ -57,9 +66,12 @@ async def test_failover_chaos_small(tmp_path: Path) -> None:
     assert 0 < outage_lines(tmp_path) <= report.failovers * config.instances
 
 
-async def test_rollback_chaos_small(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kept", [False, True], ids=["no-state-dir", "identity-kept"])
+async def test_rollback_chaos_small(tmp_path: Path, kept: bool) -> None:
     """Redis brought back twice from a snapshot up to 1.5 s old while plans flow."""
-    config = ChaosConfig(plans=60, rate=10, instances=2, kills=0, rollbacks=2, seed=13)
+    config = ChaosConfig(
+        plans=60, rate=10, instances=2, kills=0, rollbacks=2, seed=13, state_dirs=kept
+    )
     report = await run_rollback_chaos(config, tmp_path)
     print("\n".join(report.lines()))
     assert report.published == 60 and report.rollbacks == 2
