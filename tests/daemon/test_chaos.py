@@ -13,7 +13,8 @@ from tests.chaos_redis import run_failover_chaos, run_rollback_chaos
 @pytest.mark.parametrize("kept", [False, True], ids=["no-state-dir", "identity-kept"])
 async def test_chaos_small(tmp_path: Path, kept: bool) -> None:
     """With ``kept``, every instance keeps the Redis identity across its kills: a restart
-    against the same Redis sends at once, one after the Redis restart waits as before."""
+    against the same Redis sends at once, one after the Redis restart waits as before
+    (which of the two each restart meets depends on the timing; both must be safe)."""
     config = ChaosConfig(
         plans=60, rate=15, instances=2, kills=4, redis_restarts=1, seed=11, state_dirs=kept
     )
@@ -29,10 +30,13 @@ async def test_chaos_small(tmp_path: Path, kept: bool) -> None:
     assert report.unauthorized_orders == 0
     assert report.outcome_mismatches == 0
     assert report.unrecorded_consumptions == 0
-    restarts_kept = sum(
-        log.read_text().count("redis_identity_unchanged") for log in tmp_path.glob("chaos-*.log")
+    assert (kept_lines(tmp_path) > 0) == kept  # some instances did start without the wait
+
+
+def kept_lines(workdir: Path) -> int:
+    return sum(
+        log.read_text().count("redis_identity_unchanged") for log in workdir.glob("chaos-*.log")
     )
-    assert (restarts_kept > 0) == kept  # some instances did start without the wait
 
 
 def outage_lines(workdir: Path) -> int:
