@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 
 import pytest
@@ -21,9 +21,11 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.errors import AttemptsChanged, PositionMoved
+from apply_layer.executors.base import SendWatch
 from apply_layer.executors.binance.client import KEEPALIVE_SEC
 from apply_layer.executors.binance.executor import BinanceExecutor
 from apply_layer.executors.binance.model import StatusUnknown
+from apply_layer.executors.binance.readahead import ReadAhead
 from apply_layer.journal import Journal, JournalOrderLog
 from apply_layer.lease import Lease, SymbolLeases
 from apply_layer.redis_identity import IdentityTracker
@@ -63,6 +65,12 @@ async def _other_sends(
         fake.add_order(SYMBOL, "SELL", qty, cid)
 
 
+def _ahead(ex: BinanceExecutor, plan: str, symbol: str, cid: str, watch: SendWatch) -> ReadAhead:
+    ahead = ex.prepare(plan, symbol, cid, watch)
+    assert ahead is not None
+    return ahead
+
+
 def _requests(fake: FakeBinance) -> list[tuple[str, str]]:
     with fake.lock:
         return [(s.method, s.path) for s in fake.seen]
@@ -73,7 +81,7 @@ async def test_in_steady_state_only_the_order_leaves_after_the_permits(
 ) -> None:
     journal, order = _journal(redis), request()
     await _permitted(redis, "p1")
-    ahead = ex.prepare("p1", SYMBOL, order.client_order_id, journal.symbol_watch(SYMBOL))
+    ahead = _ahead(ex, "p1", SYMBOL, order.client_order_id, journal.symbol_watch(SYMBOL))
     found, read = await ahead.lookup(0), await ahead.position(0)
     assert found is not None and found.gone
     assert read is not None and read.amount == Decimal("0.010")
@@ -92,7 +100,7 @@ async def test_an_attempt_another_instance_recorded_after_the_lookup_is_found_no
     journal, order = _journal(redis), request()
     cid = order.client_order_id
     await _permitted(redis, "p1")
-    ahead = ex.prepare("p1", SYMBOL, cid, journal.symbol_watch(SYMBOL))
+    ahead = _ahead(ex, "p1", SYMBOL, cid, journal.symbol_watch(SYMBOL))
     found = await ahead.lookup(0)
     assert found is not None and found.gone  # nothing there yet
     # While this plan waits for its lease, another instance sends its order and dies.
@@ -153,7 +161,7 @@ async def test_an_order_on_the_symbol_after_the_position_read_makes_it_read_agai
 ) -> None:
     journal, order = _journal(redis), request()
     await _permitted(redis, "p1", "q1")
-    ahead = ex.prepare("p1", SYMBOL, order.client_order_id, journal.symbol_watch(SYMBOL))
+    ahead = _ahead(ex, "p1", SYMBOL, order.client_order_id, journal.symbol_watch(SYMBOL))
     read = await ahead.position(0)
     assert read is not None and read.amount == Decimal("0.010")
     # Another plan on the symbol closes 0.006 of it (another instance) during the wait.
@@ -178,7 +186,7 @@ async def test_a_position_read_while_another_holds_the_lease_is_not_used(
     journal, order = _journal(redis), request()
     await _permitted(redis, "p1", "q1")
     async with _instance(redis, "other", "q1"):
-        ahead = ex.prepare("p1", SYMBOL, order.client_order_id, journal.symbol_watch(SYMBOL))
+        ahead = _ahead(ex, "p1", SYMBOL, order.client_order_id, journal.symbol_watch(SYMBOL))
         assert await ahead.position(0) is None
         fake.add_order(SYMBOL, "SELL", "0.006", "alF-q1")  # its order, in flight during the read
     async with _instance(redis, "us", "p1") as lease:
@@ -194,7 +202,7 @@ async def test_a_redis_change_during_the_wait_looks_again_and_adopts_a_lost_send
     journal, order = _journal(redis, identity), request()
     cid = order.client_order_id
     await _permitted(redis, "p1")
-    ahead = ex.prepare("p1", SYMBOL, cid, journal.symbol_watch(SYMBOL))
+    ahead = _ahead(ex, "p1", SYMBOL, cid, journal.symbol_watch(SYMBOL))
     found = await ahead.lookup(0)
     assert found is not None and found.gone and await ahead.position(0) is not None
     # The Redis changes while the plan waits (it lost an earlier run's record), and that
@@ -213,7 +221,7 @@ async def test_a_redis_change_during_the_wait_reads_everything_again_before_send
     identity = IdentityTracker()
     journal, order = _journal(redis, identity), request()
     await _permitted(redis, "p1")
-    ahead = ex.prepare("p1", SYMBOL, order.client_order_id, journal.symbol_watch(SYMBOL))
+    ahead = _ahead(ex, "p1", SYMBOL, order.client_order_id, journal.symbol_watch(SYMBOL))
     assert await ahead.lookup(0) is not None and await ahead.position(0) is not None
     changed = identity.changed_at_ms = int(time.time() * 1000)
     async with _instance(redis, "us", "p1") as lease:
@@ -248,3 +256,24 @@ async def test_a_read_on_a_connection_the_server_dropped_is_asked_once_more(
     fake.inject("GET", POSITION_RISK, dropped(place=False), dropped(place=False))
     with pytest.raises(StatusUnknown):  # twice: no answer, as before
         await ex.position(SYMBOL)
+
+
+async def test_at_most_so_many_plans_a_minute_are_read_ahead_for(
+    redis: Redis, make: Callable[..., BinanceExecutor], fake: FakeBinance
+) -> None:
+    """Blocked plans spend what was read ahead for them: the weight is bounded; past
+    the bound a plan reads after its permits, as before, and still executes."""
+    ex = make(read_ahead_per_min=2)
+    await ex.start()
+    journal = _journal(redis)
+    watch = journal.symbol_watch(SYMBOL)
+    first, second = ex.prepare("a", SYMBOL, "alF-a", watch), ex.prepare("b", SYMBOL, "alF-b", watch)
+    assert first is not None and second is not None
+    assert ex.prepare("p1", SYMBOL, request().client_order_id, watch) is None
+    first.cancel()
+    second.cancel()
+    await _permitted(redis, "p1")
+    async with _instance(redis, "us", "p1") as lease:
+        order = request()
+        log = journal.order_log("p1", order.client_order_id, symbol=SYMBOL, lease_token=lease.token)
+        assert (await ex.execute(order, log)).executed
