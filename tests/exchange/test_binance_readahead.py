@@ -258,22 +258,26 @@ async def test_a_read_on_a_connection_the_server_dropped_is_asked_once_more(
         await ex.position(SYMBOL)
 
 
-async def test_at_most_so_many_plans_a_minute_are_read_ahead_for(
+async def test_reads_ahead_for_plans_that_were_not_sent_are_bounded(
     redis: Redis, make: Callable[..., BinanceExecutor], fake: FakeBinance
 ) -> None:
-    """Blocked plans spend what was read ahead for them: the weight is bounded; past
-    the bound a plan reads after its permits, as before, and still executes."""
-    ex = make(read_ahead_per_min=2)
+    """Blocked plans spent what was read ahead for them: past a bound a minute, plans
+    read after their permits, as before, and still execute. Plans that are sent do
+    not count (their reads were needed anyway)."""
+    ex = make(wasted_per_min=2)
     await ex.start()
     journal = _journal(redis)
     watch = journal.symbol_watch(SYMBOL)
-    first, second = ex.prepare("a", SYMBOL, "alF-a", watch), ex.prepare("b", SYMBOL, "alF-b", watch)
-    assert first is not None and second is not None
-    assert ex.prepare("p1", SYMBOL, request().client_order_id, watch) is None
-    first.cancel()
-    second.cancel()
-    await _permitted(redis, "p1")
+    await _permitted(redis, "p1", "p2")
+    used = _ahead(ex, "p1", SYMBOL, request("p1").client_order_id, watch)
     async with _instance(redis, "us", "p1") as lease:
-        order = request()
-        log = journal.order_log("p1", order.client_order_id, symbol=SYMBOL, lease_token=lease.token)
-        assert (await ex.execute(order, log)).executed
+        log = journal.order_log("p1", "alF-p1", symbol=SYMBOL, lease_token=lease.token)
+        assert (await ex.execute(request("p1"), log, prepared=used)).executed
+    used.cancel()  # as processing does once the result is out: not a waste
+    for plan in ("a", "b"):  # two plans blocked after their reads
+        _ahead(ex, plan, SYMBOL, f"alF-{plan}", watch).cancel()
+    assert ex.prepare("p2", SYMBOL, request("p2").client_order_id, watch) is None
+    async with _instance(redis, "us", "p2") as lease:
+        log = journal.order_log("p2", "alF-p2", symbol=SYMBOL, lease_token=lease.token)
+        fake.positions[SYMBOL] = Decimal("0.010")
+        assert (await ex.execute(request("p2"), log)).executed

@@ -85,9 +85,9 @@ _log = get_logger("apply_layer.binance")
 # Reads overtaken by another instance's record (AttemptsChanged, PositionMoved) are made
 # again under the lease, where that cannot happen again; this bounds it all the same.
 MAX_READ_AGAIN = 3
-# Plans read ahead for in any minute: weight 6 each (positionRisk 5, lookup 1), so at
-# most 360 of the IP's 2,400 a minute even if every one of them ended blocked.
-READ_AHEAD_PER_MIN = 60
+# Plans read ahead for and then not sent in any minute (blocked): weight 6 each
+# (positionRisk 5, lookup 1), so at most 360 of the IP's 2,400 a minute go for nothing.
+WASTED_PER_MIN = 60
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class BinanceExecutor:
         policy: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         keepalive_sec: float = KEEPALIVE_SEC,
-        read_ahead_per_min: int = READ_AHEAD_PER_MIN,
+        wasted_per_min: int = WASTED_PER_MIN,
     ) -> None:
         timeout = (
             http_timeout_sec
@@ -145,8 +145,8 @@ class BinanceExecutor:
         self._sleep = sleep
         self.lookup = OrderLookup(self.client, self.policy, sleep)
         self.market = Market(self.client, ttl_sec=exchange_info_ttl_sec, clock=clock)
-        self.read_ahead_per_min = read_ahead_per_min
-        self._read_aheads: deque[float] = deque()  # when each of the last minute's began
+        self.wasted_per_min = wasted_per_min
+        self._wasted: deque[float] = deque()  # when each read ahead for nothing was dropped
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> BinanceExecutor:
@@ -184,18 +184,26 @@ class BinanceExecutor:
         side, while it waits for its permits (``readahead``).
 
         A plan read ahead for and then blocked (a permit denied or missing) spent
-        weight 6 of the IP's 2,400 a minute that P3.3 shares: at most
-        ``read_ahead_per_min`` plans a minute are read ahead for; the others read
-        after their permits, as before (None).
+        weight 6 of the IP's 2,400 a minute that P3.3 shares, for nothing: once
+        ``wasted_per_min`` such plans were counted in the last minute, plans read
+        after their permits, as before (None), until the minute has passed.
         """
         now = time.monotonic()
-        while self._read_aheads and now - self._read_aheads[0] >= 60.0:
-            self._read_aheads.popleft()
-        if len(self._read_aheads) >= self.read_ahead_per_min:
-            _log.info("binance_read_ahead_skipped", plan=plan_id, per_min=self.read_ahead_per_min)
+        while self._wasted and now - self._wasted[0] >= 60.0:
+            self._wasted.popleft()
+        if len(self._wasted) >= self.wasted_per_min:
+            _log.info(
+                "binance_read_ahead_skipped", plan=plan_id, wasted_per_min=self.wasted_per_min
+            )
             return None
-        self._read_aheads.append(now)
-        return ReadAhead(self.lookup, self.market, symbol, client_order_id, watch)
+        return ReadAhead(
+            self.lookup,
+            self.market,
+            symbol,
+            client_order_id,
+            watch,
+            on_waste=lambda: self._wasted.append(time.monotonic()),
+        )
 
     async def execute(
         self, order: OrderRequest, log: OrderLog, prepared: Prepared | None = None
@@ -203,6 +211,8 @@ class BinanceExecutor:
         ahead = prepared if isinstance(prepared, ReadAhead) else None
         if ahead is not None and ahead.client_order_id != order.client_order_id:
             ahead = None  # read for another id (a resumed order's): of no use here
+        if ahead is not None:
+            ahead.used = True  # its weight was not wasted, whatever it is still worth
         try:
             for _ in range(MAX_READ_AGAIN):
                 try:

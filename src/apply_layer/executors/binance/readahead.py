@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TypeVar
@@ -63,8 +63,11 @@ class ReadAhead:
         symbol: str,
         client_order_id: str,
         watch: SendWatch,
+        on_waste: Callable[[], None] | None = None,
     ) -> None:
         self.symbol, self.client_order_id, self._watch = symbol, client_order_id, watch
+        self.used = False  # set when its order went to ``execute``
+        self._on_waste, self._cancelled = on_waste, False
         self.lookup_unseen = watch.unrecorded_until_ms()
         self._lookup = _spawn(lookup.resolve(symbol, client_order_id, self.lookup_unseen))
         self._position = _spawn(self._read_position(market))
@@ -95,8 +98,12 @@ class ReadAhead:
         return read if read.mark is not None else None
 
     def cancel(self) -> None:
+        """Drop the reads; if no order came of them, tell ``on_waste`` (once)."""
         self._lookup.cancel()
         self._position.cancel()
+        if not self.used and not self._cancelled and self._on_waste is not None:
+            self._on_waste()
+        self._cancelled = True
 
 
 def _spawn(coro: Awaitable[T]) -> asyncio.Task[T]:
