@@ -14,7 +14,8 @@ gate"). docs/PERFORMANCE.md explains every column and records a full run.
 Scenarios: 1 reaction, 2 denial, 3 end-to-end throughput (permits 50-300 ms
 after each plan), 4 throughput with permits already present (+ Redis
 commands per plan, + redis-benchmark of gate.lua), 5 soak (RSS, Redis
-memory), 6 idle CPU.
+memory), 6 idle CPU, 7 the order path in testnet mode (fake exchange over TLS,
+answers held 0/20/50 ms; the project beside the code the branch started from).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from bench.context import FULL, MB, QUICK, TINY, Ctx
 from bench.e2e import scenario_e2e
 from bench.latency import scenario_denial, scenario_reaction
 from bench.measure import loadavg
+from bench.order_path import scenario_order_path
 from bench.present import scenario_present
 from bench.report import ScenarioReport, render_table
 from bench.soak import scenario_idle, scenario_soak
@@ -54,6 +56,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Awaitable[ScenarioReport]]] = {
     "4": scenario_present,
     "5": scenario_soak,
     "6": scenario_idle,
+    "7": scenario_order_path,
 }
 
 
@@ -101,7 +104,7 @@ async def main_async(args: argparse.Namespace) -> int:
     only = [x.strip() for x in args.only.split(",")] if args.only else list(SCENARIOS)
     unknown = [x for x in only if x not in SCENARIOS]
     if unknown:
-        print(f"bench: unknown scenario {unknown[0]!r} (1-6)", file=sys.stderr)
+        print(f"bench: unknown scenario {unknown[0]!r} (1-7)", file=sys.stderr)
         return 2
     workdir: Path = args.workdir
     server = EmbeddedRedis(notify_keyspace_events="K$h")
@@ -117,6 +120,7 @@ async def main_async(args: argparse.Namespace) -> int:
         high_in_flight=args.high_in_flight,
         n_symbols=args.symbols,
         profile=args.profile,
+        order_path_base=args.order_path_base,
     )
     info = machine(server)
     command = " ".join([".venv/bin/python", "-m", "bench", *sys.argv[1:]])
@@ -198,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--soak-plans", type=int, help="override scenario 5's plan count")
     parser.add_argument("--profile", help="also profile scenario 3 with py-spy into this file")
     parser.add_argument("--workdir", help="keep daemon logs here (default: a temp dir)")
+    parser.add_argument(
+        "--order-path-base",
+        default="",
+        help="scenario 7: the revision whose daemon is 'today's order path' (default: "
+        "git merge-base HEAD main)",
+    )
     return parser
 
 

@@ -55,6 +55,11 @@ class Sizes:
     idle_sec: float = 60.0
     idle_settle_sec: float = 2.0
     side_runs: bool = True  # scenario 3's extra runs (in-flight 1024, two daemons, ...)
+    path_delays: tuple[int, ...] = (0, 20, 50)  # scenario 7: ms every answer is held
+    path_plans: int = 100
+    path_idle_plans: int = 5
+    path_idle_sec: float = 7.0
+    path_old: bool = True  # scenario 7's middle column: the branch's base, same run
 
 
 FULL = Sizes("full")
@@ -79,6 +84,8 @@ QUICK = Sizes(
     soak_ttl_wait=False,
     soak_sample_sec=1.0,
     idle_sec=10.0,
+    path_plans=30,
+    path_idle_plans=2,
 )
 TINY = Sizes(  # the smoke test: every scenario, numbers meaningless
     "tiny",
@@ -104,6 +111,11 @@ TINY = Sizes(  # the smoke test: every scenario, numbers meaningless
     idle_sec=1.0,
     idle_settle_sec=0.2,
     side_runs=False,
+    path_delays=(20,),
+    path_plans=3,
+    path_idle_plans=1,
+    path_idle_sec=1.0,
+    path_old=False,
 )
 
 
@@ -119,6 +131,7 @@ class Ctx:
     n_symbols: int
     profile: Path | None
     e2e_throughput: float = math.nan
+    order_path_base: str = ""  # scenario 7: the revision of "today's order path" ("": main's)
 
     @property
     def url(self) -> str:

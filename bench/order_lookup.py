@@ -30,6 +30,7 @@ from pydantic import SecretStr
 from apply_layer.executors.base import OrderRequest
 from apply_layer.executors.binance.executor import BinanceExecutor
 from apply_layer.executors.binance.model import OrderNotFound
+from apply_layer.executors.binance.readahead import ReadAhead
 from apply_layer.logs import setup_logging
 from apply_layer.outcomes import StepResult
 from tests.fake_binance import API_KEY, API_SECRET
@@ -50,7 +51,9 @@ with FakeBinance(keep_alive=True) as fake:
 class NoCheck(BinanceExecutor):
     """The executor without the adoption check: for this measurement only."""
 
-    async def _adopt_existing(self, order: OrderRequest, unseen_ms: int) -> StepResult | None:
+    async def _adopt_existing(
+        self, order: OrderRequest, unseen_ms: int, ahead: ReadAhead | None = None
+    ) -> StepResult | None:
         return None
 
 

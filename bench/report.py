@@ -23,7 +23,7 @@ class Row:
     old_behaviour: float | None = None
     old_gate: float | None = None
     unit: str = ""
-    better: str = "lower"  # "lower" or "higher": which way the ratio is taken
+    better: str = "lower"  # "lower" or "higher": which way the ratio is taken; "" none
     target: str = ""
     met: bool | None = None
 
@@ -34,6 +34,8 @@ class Row:
         if any(math.isnan(v) for v in (self.project, other)):
             return None
         new, old = self.project, other
+        if not self.better:
+            return None
         if self.better == "higher":
             return new / old if old > 0 else None
         return old / max(new, 1e-6)

@@ -57,6 +57,7 @@ class ChaosConfig:
     down_after_ms: int = 2000  # failover runs: when the sentinels call the primary down
     wait_replicas: int = 0  # APPLY_REDIS_WAIT_REPLICAS of the daemons (failover runs)
     split_brain: bool = False  # failover runs: pause the primary (SIGSTOP), not kill it
+    state_dirs: bool = False  # each instance keeps the Redis identity (APPLY_STATE_DIR)
 
 
 @dataclass
@@ -216,6 +217,10 @@ class Chaos:
         return self.c.redis_restarts
 
     def _daemon(self, slot: int) -> Daemon:
+        kept: dict[str, Any] = {}
+        if self.c.state_dirs:  # the same directory for every restart of this instance
+            kept["state_dir"] = self.workdir / f"state-{slot}"
+            kept["state_dir"].mkdir(exist_ok=True)
         return Daemon(
             self._redis_url(),
             self.workdir,
@@ -230,6 +235,7 @@ class Chaos:
             lease_ms=2000,
             claim_idle_sec=2,
             keyspace_events="detect",
+            **kept,
         )
 
     async def _retry(self, make_call: Any) -> Any:

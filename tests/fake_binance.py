@@ -22,6 +22,8 @@ import hashlib
 import hmac
 import itertools
 import json
+import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -112,18 +114,29 @@ class Seen:
     path: str
     params: dict[str, str]
     raw: str
+    at: float = 0.0  # time.time() when the request had been read (for measurements)
 
 
 class FakeBinance:
     """The exchange; ``url`` is its base URL. Use as a context manager."""
 
     def __init__(
-        self, *, api_key: str = API_KEY, api_secret: str = API_SECRET, keep_alive: bool = False
+        self,
+        *,
+        api_key: str = API_KEY,
+        api_secret: str = API_SECRET,
+        keep_alive: bool = False,
+        tls: tuple[str, str] | None = None,
+        hold_sec: float = 0.0,
     ) -> None:
         """``keep_alive``: HTTP/1.1 persistent connections, as Binance keeps them (for
-        measurements; the tests' default, HTTP/1.0, opens a connection per request)."""
+        measurements; the tests' default, HTTP/1.0, opens a connection per request).
+        ``tls``: (certificate, key) files to speak HTTPS with; ``hold_sec``: every
+        answer is held this long, as a distant exchange would be (the benchmark's)."""
         self.api_key, self.api_secret = api_key, api_secret
         self.keep_alive = keep_alive
+        self.hold_sec = hold_sec
+        self.accepted: list[float] = []  # time.time() of each connection accepted
         self.skew_ms = 0  # the server's clock minus the real one
         self.dual_side = False
         self.positions: dict[str, Decimal] = {}
@@ -139,7 +152,7 @@ class FakeBinance:
         self.faults: dict[tuple[str, str], deque[Fault]] = {}
         self.lock = threading.RLock()
         self._ids = itertools.count(8_000_001)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._httpd = _Server(("127.0.0.1", 0), _handler_for(self), self, tls)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
@@ -155,7 +168,8 @@ class FakeBinance:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        scheme = "https" if self._httpd.tls else "http"
+        return f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}"
 
     def now_ms(self) -> int:
         return int(time.time() * 1000) + self.skew_ms
@@ -275,10 +289,13 @@ class FakeBinance:
         body = req.rfile.read(length).decode() if length else ""
         params = dict(parse_qsl(body)) | dict(parse_qsl(split.query))  # query string wins
         raw = split.query + body
+        at = time.time()
         with self.lock:
-            self.seen.append(Seen(self.now_ms(), method, split.path, params, raw))
+            self.seen.append(Seen(self.now_ms(), method, split.path, params, raw, at))
             queue = self.faults.get((method, split.path))
             fault = queue.popleft() if queue else None
+        if self.hold_sec:  # outside the lock: requests on other connections are held at once
+            time.sleep(self.hold_sec)
         if fault is not None and fault.early:
             return _send(req, fault.status, fault.body, fault.headers)
         if split.path == "/fapi/v1/time" and method == "GET":
@@ -433,6 +450,33 @@ def _send(
         req.wfile.write(data)
     except OSError:
         pass  # the client gave up waiting: exactly what a slow answer is for
+
+
+class _Server(ThreadingHTTPServer):
+    """Counts the connections it accepts; with ``tls``, each handshake is made in the
+    connection's own thread (a slow one never holds up the others)."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        fake: FakeBinance,
+        tls: tuple[str, str] | None,
+    ) -> None:
+        super().__init__(address, handler)
+        self.fake, self.tls = fake, tls
+        self._context: ssl.SSLContext | None = None
+        if tls is not None:
+            self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._context.load_cert_chain(*tls)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = super().get_request()
+        with self.fake.lock:
+            self.fake.accepted.append(time.time())
+        if self._context is not None:
+            conn = self._context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, address
 
 
 def _handler_for(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from apply_layer import keys as K
 from apply_layer.checks import CheckLine
 from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest
+from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared, SendWatch
 from apply_layer.outcomes import StepResult
 from apply_layer.settings import Settings, load_settings
 from apply_layer.statuses import StepStatus
@@ -328,7 +328,9 @@ class MemoryLog:
             raise ConnectionError("journal down")
         return [t for t, _, _ in self.sends]
 
-    async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+    async def record_attempt(
+        self, sent_at_ms: int, *, quantity: Decimal, side: str, position_mark: str | None = None
+    ) -> None:
         if self.broken == "write":
             raise ConnectionError("journal down")
         self.sends.append((sent_at_ms, quantity, side))
@@ -356,6 +358,11 @@ class StubExecutor:
 
     async def find_order(self, ref: OrderRef, unseen_ms: int) -> StepResult | None:
         return None  # these executors' orders live in their own test's memory
+
+    def prepare(
+        self, plan_id: str, symbol: str, client_order_id: str, watch: SendWatch
+    ) -> Prepared | None:
+        return None
 
 
 class SlowExecutor(StubExecutor):

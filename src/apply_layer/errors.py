@@ -10,7 +10,11 @@ where each class lives (``errors`` unless named)::
 
     Nothing was sent: safe to end the plan, or to try again later
     ├── RetryLater               leave the entry pending; recovery resumes it
-    │   └── LeaseBusy            another holder kept the symbol lease too long
+    │   ├── LeaseBusy            another holder kept the symbol lease too long
+    │   ├── AttemptsChanged      a send record refused: another attempt was
+    │   │                        recorded for the plan since the caller looked
+    │   └── PositionMoved        a send record refused: another order was
+    │                            recorded on the symbol since the position read
     ├── NotReplicated            the send record missed its replicas: not sent
     ├── SendRefused              a resumed plan whose permits fail their signatures:
     │                            its order may be looked up, never sent
@@ -61,6 +65,16 @@ class CommandError(Exception):
 
 class RetryLater(Exception):
     """Not now: leave the stream entry pending; recovery picks it up again later."""
+
+
+class AttemptsChanged(RetryLater):
+    """The attempt script refused a record: the plan's attempts are no longer the ones
+    the caller last saw (another instance recorded one). Nothing was written or sent."""
+
+
+class PositionMoved(RetryLater):
+    """The attempt script refused a record: another order was recorded on the symbol
+    since the position the caller sized against was read. Nothing was written or sent."""
 
 
 class ConfigError(Exception):

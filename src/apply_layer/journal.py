@@ -29,7 +29,13 @@ from redis.exceptions import ResponseError
 from apply_layer import corrections, lua
 from apply_layer import keys as K
 from apply_layer.batching import BatchedScript, ScriptHost, run_packed
-from apply_layer.errors import NotReplicated, OrderMayBeOut, RetryLater
+from apply_layer.errors import (
+    AttemptsChanged,
+    NotReplicated,
+    OrderMayBeOut,
+    PositionMoved,
+    RetryLater,
+)
 from apply_layer.lease import LEASE_LUA, Lease
 from apply_layer.logs import format_qty
 from apply_layer.redis_identity import IdentityTracker
@@ -240,9 +246,51 @@ class Journal:
     ) -> JournalOrderLog:
         return JournalOrderLog(self, plan_id, client_order_id, symbol, lease_token)
 
+    def symbol_watch(self, symbol: str) -> JournalSymbolWatch:
+        return JournalSymbolWatch(self, symbol)
+
+    def unrecorded_until_ms(self) -> int:
+        """When the Redis behind the journal last changed (or this process first met it,
+        or, with a kept identity, an earlier run did).
+
+        Without an identity tracker (unit tests on one server) nothing can be lost: 0.
+        """
+        return self.identity.changed_at_ms if self.identity is not None else 0
+
+
+class JournalSymbolWatch:
+    """What an executor reading ahead of the lease needs (``executors.base.SendWatch``)."""
+
+    def __init__(self, journal: Journal, symbol: str) -> None:
+        self._journal = journal
+        self._keys = (K.last_send(symbol), K.symbol_lease(symbol))
+
+    async def symbol_mark(self) -> str | None:
+        """The symbol's last recorded send ("" if none), or None while its lease is held.
+
+        The mark first, then the lease, in one round trip: a send recorded after the
+        mark moves it (the attempt script then refuses a record made on it); a send
+        recorded before it is finished once its lease is free (the lease goes with the
+        result), so a position read after this call includes it. A held lease means
+        an order may be in flight, and no position read now can be trusted.
+        """
+        pipe = self._journal.redis.pipeline(transaction=False)
+        pipe.get(self._keys[0])
+        pipe.get(self._keys[1])
+        mark, lease = await pipe.execute()
+        return None if lease is not None else str(mark or "")
+
+    def unrecorded_until_ms(self) -> int:
+        return self._journal.unrecorded_until_ms()
+
 
 class JournalOrderLog:
-    """An executor's view of one plan's journal (see ``executors.base.OrderLog``)."""
+    """An executor's view of one plan's journal (see ``executors.base.OrderLog``).
+
+    ``record_attempt`` is a compare-and-set on the attempts the last
+    ``attempts()`` (or record) saw, and, given a ``position_mark``, on the
+    symbol's last send: see ``lua/record_attempt.lua``.
+    """
 
     def __init__(
         self, journal: Journal, plan_id: str, client_order_id: str, symbol: str, lease_token: str
@@ -250,40 +298,43 @@ class JournalOrderLog:
         self._journal = journal
         self._key = K.journal(plan_id)
         self._lease_key = K.symbol_lease(symbol)
+        self._last_send_key = K.last_send(symbol)
         self._lease_token = lease_token
         self._client_order_id = client_order_id
+        self._seen: str | None = None  # the attempts as last read or written
 
     async def attempts(self) -> list[int]:
         raw = await self._journal.redis.hget(self._key, "order.attempts")
-        return [int(x) for x in str(raw).split(",")] if raw else []
+        self._seen = str(raw) if raw else ""
+        return [int(x) for x in self._seen.split(",")] if self._seen else []
 
     def unrecorded_until_ms(self) -> int:
-        """When the Redis behind the journal last changed (or this process first met it).
+        return self._journal.unrecorded_until_ms()
 
-        Without an identity tracker (unit tests on one server) nothing can be lost: 0.
-        """
-        identity = self._journal.identity
-        return identity.changed_at_ms if identity is not None else 0
-
-    async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
-        keys = [self._key, self._lease_key]
+    async def record_attempt(
+        self, sent_at_ms: int, *, quantity: Decimal, side: str, position_mark: str | None = None
+    ) -> None:
+        keys = [self._key, self._lease_key, self._last_send_key]
         args: list[str | int] = [
             sent_at_ms,
             self._client_order_id,
             format_qty(quantity),
             side,
             self._lease_token,
+            "*" if self._seen is None else self._seen,
+            "*" if position_mark is None else position_mark,
+            K.LAST_SEND_TTL_SEC,
         ]
         if self._journal.wait_replicas:
-            await self._record_and_wait(keys, args)
-            return
-        try:
-            await self._journal._attempt(keys=keys, args=args)
-        except ResponseError as exc:
-            # Refused by the fence or the state check: nothing may be sent now.
-            raise RetryLater(str(exc)) from None
+            reply = await self._record_and_wait(keys, args)
+        else:
+            try:
+                reply = await self._journal._attempt(keys=keys, args=args)
+            except ResponseError as exc:
+                raise _refusal(exc) from None
+        self._seen = str(reply)
 
-    async def _record_and_wait(self, keys: list[str], args: list[str | int]) -> None:
+    async def _record_and_wait(self, keys: list[str], args: list[str | int]) -> object:
         """The attempt script, then ``WAIT`` on the same connection (WAIT covers only the
         writes of the connection it runs on), in one round trip."""
         wanted = self._journal.wait_replicas
@@ -298,13 +349,25 @@ class JournalOrderLog:
             self._journal.redis, [command, ("WAIT", wanted, WAIT_TIMEOUT_MS)]
         )
         if isinstance(recorded, ResponseError):
-            raise RetryLater(str(recorded))
+            raise _refusal(recorded)
         if isinstance(acked, ResponseError) or int(acked) < wanted:
             reached = "an error" if isinstance(acked, ResponseError) else f"{int(acked)}"
             raise NotReplicated(
                 f"the send record reached {reached} of {wanted} replica(s) within "
                 f"{WAIT_TIMEOUT_MS} ms (APPLY_REDIS_WAIT_REPLICAS): nothing was sent"
             )
+        return recorded
+
+
+def _refusal(exc: ResponseError) -> RetryLater:
+    """The attempt script's refusal as the exception the executor acts on; nothing may be
+    sent now (fence, state) or not on what the caller read (attempts, position)."""
+    text = str(exc)
+    if text.startswith("ATTEMPTS_CHANGED"):
+        return AttemptsChanged(text)
+    if text.startswith("POSITION_MOVED"):
+        return PositionMoved(text)
+    return RetryLater(text)
 
 
 def _now_ms() -> int:

@@ -23,6 +23,11 @@ CLAIM_TEMPLATE = "quantum:apply:claim:{plan_id}"
 JOURNAL_TEMPLATE = "quantum:apply:journal:{plan_id}"
 COOLDOWN_TEMPLATE = "quantum:cooldown:last_exec_ts:{symbol}"
 SYMBOL_LEASE_TEMPLATE = "quantum:apply:lease:{symbol}"
+# The last send recorded on a symbol (``<journal key>@<send ms>``), set by the attempt
+# script: a position read ahead of the lease is trusted only if this has not moved
+# since. Under the lease's prefix, so the daemon's ACL (~quantum:apply:lease:*) covers it.
+LAST_SEND_TEMPLATE = "quantum:apply:lease:{symbol}:last_send"
+LAST_SEND_TTL_SEC = 24 * 3600
 
 STREAM_MAXLEN = 10_000
 COOLDOWN_TTL_SEC = 3600
@@ -65,6 +70,10 @@ def cooldown(symbol: str) -> str:
 
 def symbol_lease(symbol: str) -> str:
     return SYMBOL_LEASE_TEMPLATE.format(symbol=symbol)
+
+
+def last_send(symbol: str) -> str:
+    return LAST_SEND_TEMPLATE.format(symbol=symbol)
 
 
 def glob_of(template: str) -> str:

@@ -47,7 +47,7 @@ from apply_layer.errors import (
     RetryLater,
     SendRefused,
 )
-from apply_layer.executors.base import Executor, OrderLog, OrderRequest
+from apply_layer.executors.base import Executor, OrderLog, OrderRequest, Prepared, client_order_id
 from apply_layer.gate import GateResult, PermitGate
 from apply_layer.journal import Claim, Journal
 from apply_layer.lease import Lease, SymbolLeases
@@ -294,6 +294,12 @@ class Processor:
             stale = lifecycle.stale_authorization(gate_at_ms, int(time.time() * 1000))
             if stale is not None:
                 return stale, None
+        # The exchange reads the order will need run during the permit wait; they are
+        # checked under the lease before any send (executors/base.py), and dropped
+        # with ``held`` if the plan ends otherwise.
+        prepared = self._read_ahead(plan, state)
+        if prepared is not None:
+            held.callback(prepared.cancel)
         decision = await self.gate.wait_and_consume(plan.plan_id, plan.symbol)
         metrics.PERMIT_WAIT.labels("ok" if decision.allowed else "block").observe(
             decision.wait_ms / 1000
@@ -307,7 +313,19 @@ class Processor:
         refused = self.signatures.check(decision, _close_step(plan))
         if refused and not sent_before:
             return blocked(refused, decision.wait_ms), None
-        return await self._execute(plan, decision, held, sent_before=sent_before, refused=refused)
+        return await self._execute(
+            plan, decision, held, sent_before=sent_before, refused=refused, prepared=prepared
+        )
+
+    def _read_ahead(self, plan: Plan, state: str) -> Prepared | None:
+        """Start the executor's reads for a new order; none for one that may be out
+        (its fate is looked up under the lease, from its journal)."""
+        step = plan.close_step
+        if state == JournalState.SUBMITTING or step is None:
+            return None
+        cid = client_order_id(plan.plan_id, step.name)
+        watch = self.journal.symbol_watch(plan.symbol)
+        return self.executor.prepare(plan.plan_id, plan.symbol, cid, watch)
 
     async def _execute(
         self,
@@ -317,6 +335,7 @@ class Processor:
         *,
         sent_before: bool,
         refused: str = "",
+        prepared: Prepared | None = None,
     ) -> tuple[Outcome, Lease | None]:
         """Place the close under the symbol's lease, which stays held in ``held``.
 
@@ -353,7 +372,7 @@ class Processor:
             if sent_before:  # an order may be out: its fate is found under the lease
                 raise RetryLater(f"{exc} holds another Redis type") from None
             return lifecycle.lease_wrong_type(wait_ms), None
-        return await self._place(plan, order, wait_ms, lease, refused), lease
+        return await self._place(plan, order, wait_ms, lease, refused, prepared), lease
 
     @contextlib.asynccontextmanager
     async def _symbol_lease(self, plan: Plan, *, new_order: bool) -> AsyncIterator[Lease]:
@@ -370,9 +389,16 @@ class Processor:
             yield lease
 
     async def _place(
-        self, plan: Plan, order: OrderRequest, wait_ms: int, lease: Lease, refused: str = ""
+        self,
+        plan: Plan,
+        order: OrderRequest,
+        wait_ms: int,
+        lease: Lease,
+        refused: str = "",
+        prepared: Prepared | None = None,
     ) -> Outcome:
-        """Execute under the lease; ``refused`` (a block reason): look the order up only."""
+        """Execute under the lease; ``refused`` (a block reason): look the order up only;
+        ``prepared``: the reads made during the permit wait (checked before any send)."""
         step = plan.close_step
         assert step is not None
         order_log: OrderLog = self.journal.order_log(
@@ -381,7 +407,7 @@ class Processor:
         if refused:
             order_log = LookupOnly(order_log, refused)
         try:
-            result = await self.executor.execute(order, order_log)
+            result = await self.executor.execute(order, order_log, prepared=prepared)
         except SendRefused as exc:  # no earlier order found, and none may be sent
             log.warning("order_not_sent", plan_id=plan.plan_id, reason=exc.reason)
             return blocked(exc.reason, wait_ms)

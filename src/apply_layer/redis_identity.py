@@ -21,13 +21,28 @@ until then (``executors/binance/executor.py``).
 A connection to a replica is refused (its reads may be stale and it cannot
 take the journal's writes): with Sentinel the pool then asks the sentinels
 again; with a plain URL the service reports Redis unavailable.
+
+**Across restarts.** A process cannot tell what its predecessor talked to,
+unless the predecessor wrote it down where a Redis loss cannot reach: the
+identity and the moment it was first seen go to a small file in the state
+directory (``APPLY_STATE_DIR``, by default systemd's ``$STATE_DIRECTORY``),
+written whenever the identity is first seen or changes. A start that meets
+the same ``run_id`` and ``master_replid`` as the file met the same server
+process with the same replication history: nothing it acknowledged can have
+been lost in between, so the moment from the file stands, and the first
+plans are sent at once. Anything else (no file, an unreadable one, another
+identity, an ``INFO`` refused) counts as a change, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
@@ -38,6 +53,19 @@ from apply_layer import metrics
 from apply_layer.logs import get_logger
 
 log = get_logger()
+
+STATE_FILE = "redis-identity.json"
+
+
+def state_file(state_dir: Path | None) -> Path | None:
+    """Where the identity is kept: ``state_dir``, else ``$STATE_DIRECTORY`` (its first
+    entry), else nowhere."""
+    if state_dir is None:
+        from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        if not from_systemd:
+            return None
+        state_dir = Path(from_systemd)
+    return state_dir / STATE_FILE
 
 
 def parse_info(text: Any) -> dict[str, str]:
@@ -87,10 +115,14 @@ class ReplicaRefused(RedisConnectionError):
 
 
 class IdentityTracker:
-    """One per process: the identity last seen and when it last changed."""
+    """One per process: the identity last seen and when it last changed (kept in
+    ``state_path`` too, if given, for the next process)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, state_path: Path | None = None
+    ) -> None:
         self._clock = clock
+        self.state_path = state_path
         self.identity: ServerIdentity | None = None
         self.changed_at_ms = 0  # 0: no connection yet, so nothing read from Redis either
         self.changes = 0  # changes noticed after the first sighting
@@ -125,14 +157,28 @@ class IdentityTracker:
                     hint="INFO refused: every reconnect is treated as a possible loss of writes",
                 )
             self.unknown = True
+            self._forget()
             self._changed(now)
             return
         previous, self.identity = self.identity, identity
         if previous is None:
-            self.changed_at_ms = now
-            log.info("redis_identity", run_id=identity.run_id, replid=identity.replid)
+            kept = self._kept_since(identity)
+            if kept is not None:
+                self.changed_at_ms = kept
+                log.info(
+                    "redis_identity_unchanged",
+                    run_id=identity.run_id,
+                    replid=identity.replid,
+                    since_ms=kept,
+                    meaning="the server an earlier run saw: nothing was lost, sends start at once",
+                )
+            else:
+                self.changed_at_ms = now
+                self._keep(identity, now)
+                log.info("redis_identity", run_id=identity.run_id, replid=identity.replid)
         elif previous.key == identity.key and was is not None and was != identity.key:
             self._changed(now)
+            self._keep(identity, now)  # a restart must not take an earlier moment
             log.info(
                 "redis_connection_moved",
                 run_id=identity.run_id,
@@ -144,6 +190,7 @@ class IdentityTracker:
             )
         elif previous.key != identity.key:
             self._changed(now)
+            self._keep(identity, now)
             self.changes += 1
             metrics.REDIS_IDENTITY_CHANGES.inc()
             log.warning(
@@ -155,6 +202,44 @@ class IdentityTracker:
                 meaning="restart, restore or failover: recent writes may be lost; "
                 "orders are looked up before any send",
             )
+
+    def _kept_since(self, identity: ServerIdentity) -> int | None:
+        """The moment the kept file says ``identity`` was first seen, if it says so."""
+        if self.state_path is None or self.unknown:
+            return None
+        try:
+            data = json.loads(self.state_path.read_text(encoding="utf-8"))
+            kept = (str(data["run_id"]), str(data["replid"]))
+            since = int(data["since_ms"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # no file, or not ours to trust: a change, as without one
+        if not identity.run_id or kept != identity.key or not 0 < since <= self._clock() * 1000:
+            return None
+        return since
+
+    def _keep(self, identity: ServerIdentity, since_ms: int) -> None:
+        """Write the identity for the next process (atomically: a crash leaves the old
+        file or the new one, and either only ever makes a start wait)."""
+        if self.state_path is None:
+            return
+        text = json.dumps(
+            {"run_id": identity.run_id, "replid": identity.replid, "since_ms": since_ms}
+        )
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            log.warning("redis_identity_not_kept", path=str(self.state_path), error=str(exc))
+            self._forget()
+
+    def _forget(self) -> None:
+        if self.state_path is not None:
+            with contextlib.suppress(OSError):
+                self.state_path.unlink()
 
     async def on_connect(self, conn: AbstractConnection) -> None:
         """``redis_connect_func`` of every pooled connection: handshake, then identify."""

@@ -44,7 +44,7 @@ from apply_layer.logs import get_logger
 from apply_layer.metrics_http import MetricsServer
 from apply_layer.processing import Processor
 from apply_layer.redis_client import close_redis, redis_for
-from apply_layer.redis_identity import IdentityTracker
+from apply_layer.redis_identity import IdentityTracker, state_file
 from apply_layer.republish import RecentResults, republish_after_changes
 from apply_layer.settings import Settings, unknown_env_vars
 from apply_layer.statuses import HandledKind
@@ -68,7 +68,7 @@ class ApplyService:
         name = f"apply_layer:{settings.consumer_name}"
         # Every connection reports the server it reached: a different one may have lost
         # writes, and the executor then looks orders up before sending (redis_identity).
-        self.identity = IdentityTracker()
+        self.identity = IdentityTracker(state_path=state_file(settings.state_dir))
         self.redis: Redis = redis_for(settings, name=name, identity=self.identity)
         self.reader: Redis = redis_for(
             settings, name=f"{name}:reader", block_sec=settings.poll_sec, identity=self.identity

@@ -14,8 +14,14 @@ from tests.chaos import ChaosConfig, run_chaos
 from tests.chaos_redis import run_failover_chaos, run_rollback_chaos
 
 
-async def test_chaos_small(tmp_path: Path) -> None:
-    config = ChaosConfig(plans=60, rate=15, instances=2, kills=4, redis_restarts=1, seed=11)
+@pytest.mark.parametrize("kept", [False, True], ids=["no-state-dir", "identity-kept"])
+async def test_chaos_small(tmp_path: Path, kept: bool) -> None:
+    """With ``kept``, every instance keeps the Redis identity across its kills: a restart
+    against the same Redis sends at once, one after the Redis restart waits as before
+    (which of the two each restart meets depends on the timing; both must be safe)."""
+    config = ChaosConfig(
+        plans=60, rate=15, instances=2, kills=4, redis_restarts=1, seed=11, state_dirs=kept
+    )
     report = await run_chaos(config, tmp_path)
     print("\n".join(report.lines()))
     assert report.published == 60
@@ -29,6 +35,13 @@ async def test_chaos_small(tmp_path: Path) -> None:
     assert report.outcome_mismatches == 0
     assert report.agreeing == sum(report.outcomes.values())  # the last result, every plan
     assert report.unrecorded_consumptions == 0
+    assert (kept_lines(tmp_path) > 0) == kept  # some instances did start without the wait
+
+
+def kept_lines(workdir: Path) -> int:
+    return sum(
+        log.read_text().count("redis_identity_unchanged") for log in workdir.glob("chaos-*.log")
+    )
 
 
 def outage_lines(workdir: Path) -> int:
@@ -63,9 +76,12 @@ async def test_failover_chaos_small(tmp_path: Path) -> None:
     assert 0 < outage_lines(tmp_path) <= report.failovers * config.instances
 
 
-async def test_rollback_chaos_small(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kept", [False, True], ids=["no-state-dir", "identity-kept"])
+async def test_rollback_chaos_small(tmp_path: Path, kept: bool) -> None:
     """Redis brought back twice from a snapshot up to 1.5 s old while plans flow."""
-    config = ChaosConfig(plans=60, rate=10, instances=2, kills=0, rollbacks=2, seed=13)
+    config = ChaosConfig(
+        plans=60, rate=10, instances=2, kills=0, rollbacks=2, seed=13, state_dirs=kept
+    )
     report = await run_rollback_chaos(config, tmp_path)
     print("\n".join(report.lines()))
     assert report.published == 60 and report.rollbacks == 2

@@ -94,3 +94,33 @@ async def test_kill_9_between_send_and_response(
     assert (await redis.hgetall(K.journal("k9")))["state"] == "executed"
     await asyncio.sleep(0.3)  # the ack follows the result
     assert await pending_count(redis) == 0
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["identity-kept", "no-state-dir"])
+async def test_a_restart_against_an_unchanged_redis_sends_without_waiting(
+    redis: Redis,
+    fake: FakeBinance,
+    testnet: Callable[[str], Daemon],
+    tmp_path: Path,
+    kept: bool,
+) -> None:
+    """A plan published while the daemon was down: with the Redis identity kept in the
+    state directory, its lookup's "no such order" counts at once (one lookup, then the
+    order); without it, not before the new start's recvWindow (+ 1 s) has passed."""
+    state = {"state_dir": tmp_path / "state"} if kept else {}
+    (tmp_path / "state").mkdir()
+    first = await testnet("rs", **state).start().ready(redis)
+    # A send the first run's predecessor made, lost with the Redis it was on, could still
+    # execute until recvWindow + 1 s after the first run met this Redis: wait that out.
+    await asyncio.sleep((1000 + 1000 + 300) / 1000)
+    first.stop()
+    await grant(redis, "rs1", safe_qty=0.01, position=0.012)
+    await publish_plan(redis, "rs1")
+    second = await testnet("rs", **state).start().ready(redis)
+    result = await wait_result(redis, "rs1")
+    assert result["status"] == "EXECUTED" and fake.order_count(COID.format("rs1")) == 1
+    lookups = len(fake.requests("GET", ORDER))
+    if kept:
+        assert "redis_identity_unchanged" in second.log() and lookups == 1
+    else:
+        assert "redis_identity_unchanged" not in second.log() and lookups > 1

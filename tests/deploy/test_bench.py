@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.xdist_group("bench")
 
 ROOT = Path(__file__).resolve().parents[2]  # where ``bench`` and ``tests`` are packages
-SCENARIOS = {"1", "2", "3", "4", "5", "6"}
+SCENARIOS = {"1", "2", "3", "4", "5", "6", "7"}
 
 
 def _finite(value: Any) -> bool:
@@ -69,6 +69,7 @@ def test_every_scenario_has_rows_with_numbers(report: dict[str, Any]) -> None:
         ("4", "4 permits present"),
         ("5", "5 soak"),
         ("6", "6 idle"),
+        ("7", "7 order path D=20"),
     ]:
         assert f"| {name}" in table, key
     assert report["machine"]["nproc"] and report["machine"]["redis"].startswith("Redis server")
@@ -106,6 +107,12 @@ def test_the_columns_compare_what_they_say(report: dict[str, Any]) -> None:
     assert soak["rss_mb"]["start"] > 0 and soak["redis_mb"]["baseline"] > 0
     idle = scenarios["6"]["data"]
     assert 0 <= idle["project_cpu_pct"] <= 100 and 0 <= idle["old_behaviour_cpu_pct"] <= 100
+    # 7: every plan executed over TLS, its POST seen at the exchange after its last permit.
+    path = scenarios["7"]["data"]["D20"]["project"]
+    plans = [*path["steady"], *path["idle"], path["restart"]]
+    assert plans and all(p["status"] == "EXECUTED" for p in plans)
+    assert all(0 < p["to_post_ms"] < p["to_result_ms"] for p in plans)
+    assert path["connections"] >= 1 and all(p["weight"] > 0 for p in plans)
 
 
 def test_the_calls_micro_benchmark_prints_both_paths() -> None:

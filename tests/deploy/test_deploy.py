@@ -161,6 +161,7 @@ def _unit_directives() -> dict[str, list[str]]:
         ("Service.ExecStart", EXEC_START),
         ("Service.NoNewPrivileges", "yes"),
         ("Service.ProtectSystem", "strict"),
+        ("Service.StateDirectory", "quantum-apply-layer"),  # the kept Redis identity
         ("Service.ProtectHome", "yes"),
         ("Service.PrivateTmp", "yes"),
         ("Service.MemoryDenyWriteExecute", "yes"),

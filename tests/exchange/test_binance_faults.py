@@ -257,7 +257,14 @@ async def test_a_journal_refusing_a_resend_stops_before_it(
     ex: BinanceExecutor, fake: FakeBinance
 ) -> None:
     class RefuseSecond(MemoryLog):
-        async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+        async def record_attempt(
+            self,
+            sent_at_ms: int,
+            *,
+            quantity: Decimal,
+            side: str,
+            position_mark: str | None = None,
+        ) -> None:
             if self.sends:
                 raise ConnectionError("lease lost")
             await super().record_attempt(sent_at_ms, quantity=quantity, side=side)

@@ -141,7 +141,14 @@ async def test_a_redis_change_between_the_check_and_the_send_checks_again(
     cid = request().client_order_id
 
     class ChangesOnRecord(MemoryLog):
-        async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+        async def record_attempt(
+            self,
+            sent_at_ms: int,
+            *,
+            quantity: Decimal,
+            side: str,
+            position_mark: str | None = None,
+        ) -> None:
             await super().record_attempt(sent_at_ms, quantity=quantity, side=side)
             if len(self.sends) == 1:
                 self.unseen_ms = int(time.time() * 1000)

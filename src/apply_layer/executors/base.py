@@ -9,6 +9,13 @@ blindly resent: ``OrderLog.attempts`` tells an executor, even after a crash,
 whether and when an earlier run already sent this order, and
 ``OrderLog.unrecorded_until_ms`` until when a send may have been made that the
 journal lost (Redis lost writes).
+
+An executor may read ahead of the lease: :meth:`Executor.prepare` is called
+when a plan is claimed, before the permit wait, with a :class:`SendWatch` on
+the symbol, and what it read is handed back to ``execute``. Whatever was read
+then is checked under the lease before the send: ``record_attempt`` refuses
+(``errors.AttemptsChanged``, ``errors.PositionMoved``) to record a send made
+on reads that another attempt or another order on the symbol has overtaken.
 """
 
 from __future__ import annotations
@@ -94,9 +101,16 @@ class OrderLog(Protocol):
         """Epoch ms of every earlier send of this plan's order, oldest first."""
         ...
 
-    async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+    async def record_attempt(
+        self, sent_at_ms: int, *, quantity: Decimal, side: str, position_mark: str | None = None
+    ) -> None:
         """Journal a send *before* it leaves; raises if the journal cannot be written
-        (``errors.NotReplicated`` if it was written but not replicated as required)."""
+        (``errors.NotReplicated`` if it was written but not replicated as required).
+
+        Refuses, writing nothing, if an attempt was recorded since ``attempts()``
+        was read (``errors.AttemptsChanged``), or, with ``position_mark``, if
+        another send was recorded on the symbol since ``SendWatch.symbol_mark``
+        returned it (``errors.PositionMoved``)."""
         ...
 
     def unrecorded_until_ms(self) -> int:
@@ -112,6 +126,25 @@ class OrderLog(Protocol):
         ...
 
 
+class SendWatch(Protocol):
+    """The journal's side of a read ahead of the lease (see the module docstring)."""
+
+    async def symbol_mark(self) -> str | None:
+        """The symbol's last recorded send, to be read *before* its position; None
+        while another holder has the symbol's lease (an order may be in flight)."""
+        ...
+
+    def unrecorded_until_ms(self) -> int:
+        """As ``OrderLog.unrecorded_until_ms``."""
+        ...
+
+
+class Prepared(Protocol):
+    """What an executor read ahead for one plan; cancelled if the plan ends unsent."""
+
+    def cancel(self) -> None: ...
+
+
 class Executor(Protocol):
     """Places (or pretends to place) the reduce-only close of a permitted plan."""
 
@@ -123,8 +156,20 @@ class Executor(Protocol):
 
     async def close(self) -> None: ...
 
-    async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
-        """Size and place the close exactly once; never raises for an exchange answer."""
+    def prepare(
+        self, plan_id: str, symbol: str, client_order_id: str, watch: SendWatch
+    ) -> Prepared | None:
+        """Start what can be read before the permits arrive (None: nothing to read);
+        the result goes to ``execute`` as ``prepared``."""
+        ...
+
+    async def execute(
+        self, order: OrderRequest, log: OrderLog, prepared: Prepared | None = None
+    ) -> StepResult:
+        """Size and place the close exactly once; never raises for an exchange answer.
+
+        ``prepared``: what this executor's ``prepare`` returned for the plan (None
+        if it read nothing ahead)."""
         ...
 
     async def preflight(self) -> list[CheckLine]:

@@ -9,7 +9,7 @@ reports the step as ``DRY_RUN``; the plan ends SKIPPED ``dry_run`` with
 from __future__ import annotations
 
 from apply_layer.checks import CheckLine
-from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest
+from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared, SendWatch
 from apply_layer.executors.paper import lot_filter
 from apply_layer.outcomes import StepResult
 from apply_layer.sizing import size_close
@@ -32,7 +32,14 @@ class DryRunExecutor:
         """None: a dry run never places an order, so none can exist."""
         return None
 
-    async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
+    def prepare(
+        self, plan_id: str, symbol: str, client_order_id: str, watch: SendWatch
+    ) -> Prepared | None:
+        return None  # nothing to read ahead: the simulation answers at once
+
+    async def execute(
+        self, order: OrderRequest, log: OrderLog, prepared: Prepared | None = None
+    ) -> StepResult:
         sizing = size_close(
             safe_qty=order.safe_qty,
             pct=order.pct,

@@ -19,7 +19,7 @@ from decimal import Decimal
 
 from apply_layer.checks import CheckLine
 from apply_layer.errors import NotReplicated
-from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest
+from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared, SendWatch
 from apply_layer.outcomes import StepResult
 from apply_layer.sizing import LotFilter, size_close
 from apply_layer.statuses import StepStatus
@@ -72,7 +72,14 @@ class PaperExecutor:
             return None
         return replace(found, step=ref.step, adopted=True)
 
-    async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
+    def prepare(
+        self, plan_id: str, symbol: str, client_order_id: str, watch: SendWatch
+    ) -> Prepared | None:
+        return None  # nothing to read ahead: the simulation answers at once
+
+    async def execute(
+        self, order: OrderRequest, log: OrderLog, prepared: Prepared | None = None
+    ) -> StepResult:
         coid = order.client_order_id
         if coid in self.orders:
             return self.orders[coid]

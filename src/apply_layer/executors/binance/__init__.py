@@ -6,5 +6,8 @@
   window), and ``RetryPolicy``, the bounds on every wait and resend.
 - ``market``: the lot rules (``exchangeInfo``, cached) and the position an
   order is sized against.
+- ``readahead``: the lookup and the position read, made during the permit
+  wait and checked under the lease before they are used.
+- ``preflight``: what ``apply-layer check`` reports for the exchange.
 - ``executor``: places one reduce-only MARKET close, exactly once.
 """

@@ -28,6 +28,7 @@ import hmac
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -62,6 +63,11 @@ POSITION_RISK_PATH = "/fapi/v3/positionRisk"
 POSITION_MODE_PATH = "/fapi/v1/positionSide/dual"
 ORDER_PATH = "/fapi/v1/order"
 RECV_WINDOW_MAX_MS = 60_000
+# How long an idle connection is kept for reuse. Binance documents no idle timeout
+# for its REST hosts; users report idle connections surviving 180 s and dropped
+# at 300 s (docs/BINANCE.md, "Connections"). httpx's own default is 5 s, which
+# made almost every close pay a new TCP and TLS handshake.
+KEEPALIVE_SEC = 150.0
 
 _NOT_PROCESSED_503 = ("Service Unavailable", "Internal error; unable to process your request")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
@@ -110,6 +116,8 @@ class BinanceClient:
         timeout: httpx.Timeout | None = None,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
+        keepalive_sec: float = KEEPALIVE_SEC,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         if not 1 <= recv_window_ms <= RECV_WINDOW_MAX_MS:
             raise ValueError(f"recvWindow must be 1..{RECV_WINDOW_MAX_MS} ms")
@@ -118,6 +126,8 @@ class BinanceClient:
         self._key, self._secret = api_key, api_secret
         self._timeout = timeout or httpx.Timeout(connect=5.0, read=10.0, write=10.0, pool=5.0)
         self._clock, self._transport = clock, transport
+        self._limits = httpx.Limits(keepalive_expiry=keepalive_sec)
+        self._verify = verify
         self._http: httpx.AsyncClient | None = None
         self.offset_ms = 0  # server time minus local time
         self.rtt_ms = 0  # round trip of the last time sync: bounds the offset's error
@@ -133,7 +143,11 @@ class BinanceClient:
     async def open(self) -> None:
         if self._http is None:
             self._http = httpx.AsyncClient(
-                base_url=self.base_url, timeout=self._timeout, transport=self._transport
+                base_url=self.base_url,
+                timeout=self._timeout,
+                transport=self._transport,
+                limits=self._limits,
+                verify=self._verify,
             )
 
     async def aclose(self) -> None:
@@ -264,15 +278,25 @@ class BinanceClient:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         url = f"{path}?{query}" if query else path
         where = f"{method} {path}"
-        try:
-            response = await self._http.request(
-                method, url, content=body.encode() if body else None, headers=headers
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise NotProcessed(f"{where}: {type(exc).__name__}, request not sent") from None
-        except httpx.RequestError as exc:  # timeouts, dropped connections, bad answers
-            raise StatusUnknown(f"{where}: {type(exc).__name__}, no answer") from None
-        return self._decode(where, response)
+        # A kept-alive connection the server closed as we wrote to it fails at once
+        # with nothing read. A read is asked again once, on a fresh connection; an
+        # order never is (its fate is then unknown and it is looked up).
+        tries = 2 if method == "GET" else 1
+        for attempt in range(tries):
+            try:
+                response = await self._http.request(
+                    method, url, content=body.encode() if body else None, headers=headers
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise NotProcessed(f"{where}: {type(exc).__name__}, request not sent") from None
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                if attempt + 1 < tries:
+                    continue
+                raise StatusUnknown(f"{where}: {type(exc).__name__}, no answer") from None
+            except httpx.RequestError as exc:  # timeouts, dropped connections, bad answers
+                raise StatusUnknown(f"{where}: {type(exc).__name__}, no answer") from None
+            return self._decode(where, response)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _scrub(self, text: str) -> str:
         """Exchange words without our key, secret or any signature-shaped hex, trimmed."""

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -47,9 +48,15 @@ from pydantic import SecretStr
 
 from apply_layer import metrics
 from apply_layer.checks import CheckLine
-from apply_layer.errors import ConfigError, NotReplicated
-from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest
-from apply_layer.executors.binance.client import BinanceClient
+from apply_layer.errors import (
+    AttemptsChanged,
+    ConfigError,
+    NotReplicated,
+    PositionMoved,
+    RetryLater,
+)
+from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared, SendWatch
+from apply_layer.executors.binance.client import KEEPALIVE_SEC, BinanceClient
 from apply_layer.executors.binance.lookup import OrderLookup, RetryPolicy
 from apply_layer.executors.binance.market import HedgeMode, Market
 from apply_layer.executors.binance.model import (
@@ -64,6 +71,8 @@ from apply_layer.executors.binance.model import (
     TimestampRejected,
     step_result,
 )
+from apply_layer.executors.binance.preflight import preflight
+from apply_layer.executors.binance.readahead import ReadAhead
 from apply_layer.logs import format_qty, get_logger
 from apply_layer.outcomes import StepResult
 from apply_layer.settings import Settings
@@ -71,10 +80,23 @@ from apply_layer.sizing import size_close
 from apply_layer.statuses import StepStatus
 
 _log = get_logger("apply_layer.binance")
-HEDGE_REFUSED = (
-    "hedge mode (dualSidePosition=true) is refused: reduce-only closes need one-way mode; "
-    "switch the account to one-way"
-)
+
+
+# Reads overtaken by another instance's record (AttemptsChanged, PositionMoved) are made
+# again under the lease, where that cannot happen again; this bounds it all the same.
+MAX_READ_AGAIN = 3
+# Plans read ahead for and then not sent in any minute (blocked): weight 6 each
+# (positionRisk 5, lookup 1), so at most 360 of the IP's 2,400 a minute go for nothing.
+WASTED_PER_MIN = 60
+
+
+@dataclass(frozen=True)
+class _Sized:
+    """A close sized for sending: side, quantity, and the position read's last-send mark."""
+
+    qty: Decimal
+    side: str
+    mark: str | None
 
 
 class BinanceConfigError(ConfigError):
@@ -100,6 +122,8 @@ class BinanceExecutor:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         policy: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        keepalive_sec: float = KEEPALIVE_SEC,
+        wasted_per_min: int = WASTED_PER_MIN,
     ) -> None:
         timeout = (
             http_timeout_sec
@@ -114,12 +138,15 @@ class BinanceExecutor:
             timeout=timeout,
             clock=clock,
             transport=transport,
+            keepalive_sec=keepalive_sec,
         )
         self.allowlist = tuple(allowlist)
         self.policy = policy or RetryPolicy()
         self._sleep = sleep
         self.lookup = OrderLookup(self.client, self.policy, sleep)
         self.market = Market(self.client, ttl_sec=exchange_info_ttl_sec, clock=clock)
+        self.wasted_per_min = wasted_per_min
+        self._wasted: deque[float] = deque()  # when each read ahead for nothing was dropped
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> BinanceExecutor:
@@ -129,6 +156,7 @@ class BinanceExecutor:
             "api_secret": settings.binance_api_secret,
             "recv_window_ms": settings.binance_recv_window_ms,
             "http_timeout_sec": settings.binance_http_timeout_sec,
+            "keepalive_sec": settings.binance_keepalive_sec,
             "allowlist": tuple(settings.allowlist),
         }
         return cls(**(kwargs | overrides))
@@ -147,40 +175,61 @@ class BinanceExecutor:
         await self.client.aclose()
 
     async def preflight(self) -> list[CheckLine]:
-        await self.client.open()
-        lines: list[CheckLine] = []
-        try:
-            offset = await self.client.sync_time()
-            detail = f"{offset:+d} ms (round trip {self.client.rtt_ms} ms), compensated"
-            lines.append(CheckLine("binance clock offset", True, detail))
-        except BinanceError as exc:
-            lines.append(CheckLine("binance clock offset", False, f"GET /fapi/v1/time: {exc}"))
-        if not self.client.has_credentials:
-            lines.append(
-                CheckLine("binance credentials", False, "APPLY_BINANCE_API_KEY/SECRET not set")
-            )
-        else:
-            try:
-                dual = await self.client.dual_side_position()
-            except BinanceError as exc:
-                lines.append(CheckLine("binance credentials", False, f"signed call: {exc}"))
-            else:
-                lines.append(CheckLine("binance credentials", True, "signed call accepted"))
-                detail = HEDGE_REFUSED if dual else "one-way"
-                lines.append(CheckLine("binance position mode", not dual, detail))
-        try:
-            await self.market.load_rules()
-        except BinanceError as exc:
-            lines.append(CheckLine("binance exchangeInfo", False, str(exc)))
-            return lines
-        for symbol in self.allowlist:
-            rules = self.market.rules.get(symbol)
-            problem = self.market.rules.problem(symbol) or "not listed on the exchange"
-            detail = rules.describe() if rules else problem
-            lines.append(CheckLine(f"binance filters {symbol}", rules is not None, detail))
-        return lines
+        return await preflight(self.client, self.market, self.allowlist)
 
-    async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
+    def prepare(
+        self, plan_id: str, symbol: str, client_order_id: str, watch: SendWatch
+    ) -> ReadAhead | None:
+        """Start the lookup and the position read of a claimed plan's order, side by
+        side, while it waits for its permits (``readahead``).
+
+        A plan read ahead for and then blocked (a permit denied or missing) spent
+        weight 6 of the IP's 2,400 a minute that P3.3 shares, for nothing: once
+        ``wasted_per_min`` such plans were counted in the last minute, plans read
+        after their permits, as before (None), until the minute has passed.
+        """
+        now = time.monotonic()
+        while self._wasted and now - self._wasted[0] >= 60.0:
+            self._wasted.popleft()
+        if len(self._wasted) >= self.wasted_per_min:
+            _log.info(
+                "binance_read_ahead_skipped", plan=plan_id, wasted_per_min=self.wasted_per_min
+            )
+            return None
+        return ReadAhead(
+            self.lookup,
+            self.market,
+            symbol,
+            client_order_id,
+            watch,
+            on_waste=lambda: self._wasted.append(time.monotonic()),
+        )
+
+    async def execute(
+        self, order: OrderRequest, log: OrderLog, prepared: Prepared | None = None
+    ) -> StepResult:
+        ahead = prepared if isinstance(prepared, ReadAhead) else None
+        if ahead is not None and ahead.client_order_id != order.client_order_id:
+            ahead = None  # read for another id (a resumed order's): of no use here
+        if ahead is not None:
+            ahead.used = True  # its weight was not wasted, whatever it is still worth
+        try:
+            for _ in range(MAX_READ_AGAIN):
+                try:
+                    return await self._execute(order, log, ahead)
+                except (AttemptsChanged, PositionMoved) as exc:
+                    # Nothing was recorded or sent: what was read is overtaken. Read
+                    # again under the lease (where no other instance can record).
+                    _log.warning("binance_reads_overtaken", plan=order.plan_id, reason=str(exc))
+                    ahead = None
+            raise RetryLater(f"{order.client_order_id}: reads overtaken {MAX_READ_AGAIN} times")
+        finally:
+            if prepared is not None:
+                prepared.cancel()
+
+    async def _execute(
+        self, order: OrderRequest, log: OrderLog, ahead: ReadAhead | None
+    ) -> StepResult:
         cid = order.client_order_id
         earlier = await log.attempts()  # journal errors propagate: the service retries later
         unseen = log.unrecorded_until_ms()
@@ -193,10 +242,21 @@ class BinanceExecutor:
                 return self._report(order, found.order)
             if not found.gone:
                 return self._result(order, StepStatus.FAILED, "order_unknown", found.detail)
+            ahead = None  # its position was read before this order was sent: read again
         else:
-            adopted = await self._adopt_existing(order, unseen)
+            adopted = await self._adopt_existing(order, unseen, ahead)
             if adopted is not None:
                 return adopted
+        sized = await self._size(order, unseen, ahead)
+        if isinstance(sized, StepResult):
+            return sized
+        return await self._send(order, log, sized, checked_until=unseen)
+
+    async def _size(
+        self, order: OrderRequest, unseen_ms: int, ahead: ReadAhead | None = None
+    ) -> StepResult | _Sized:
+        """The close's side and quantity against the position (read ahead if that read
+        still stands, else now), or the step's result if it cannot be sized."""
         try:
             rules = await self.market.rules_for(order.symbol)
             if rules is None:
@@ -204,7 +264,12 @@ class BinanceExecutor:
                 if problem:  # listed, perhaps, but its filters cannot be read: never guess them
                     return self._result(order, StepStatus.FAILED, "exchange_info_invalid", problem)
                 return self._result(order, StepStatus.REJECTED, "symbol_not_listed", order.symbol)
-            live = await self.market.position(order.symbol)
+            read = await ahead.position(unseen_ms) if ahead is not None else None
+            live, mark = (
+                (read.amount, read.mark)
+                if read is not None
+                else (await self.market.position(order.symbol), None)
+            )
         except HedgeMode as exc:
             return self._result(order, StepStatus.REJECTED, "hedge_mode", str(exc))
         except ExchangeInfoInvalid as exc:
@@ -220,9 +285,11 @@ class BinanceExecutor:
         )
         if not sizing.ok:
             return self._result(order, StepStatus.REJECTED, sizing.error, sizing.detail)
-        return await self._send(order, log, sizing.qty, sizing.side, checked_until=unseen)
+        return _Sized(sizing.qty, sizing.side, mark)
 
-    async def _adopt_existing(self, order: OrderRequest, unseen_ms: int) -> StepResult | None:
+    async def _adopt_existing(
+        self, order: OrderRequest, unseen_ms: int, ahead: ReadAhead | None = None
+    ) -> StepResult | None:
         """Before a first send: an order with this client order id must not exist already.
 
         The journal shows no send, but Redis may have lost one (see
@@ -231,10 +298,14 @@ class BinanceExecutor:
         doubled. If the order exists, it is adopted: reported, never sent
         again. "No such order" counts only once a send stamped at ``unseen_ms``
         could no longer execute; a lookup that cannot be completed sends
-        nothing.
+        nothing. A lookup read ahead stands if the Redis has not changed since it
+        began: the journal showed no attempt after it (the caller's read), and
+        the attempt script refuses a record if one is made before the send.
         """
         cid = order.client_order_id
-        found = await self.lookup.resolve(order.symbol, cid, unseen_ms)
+        found = await ahead.lookup(unseen_ms) if ahead is not None else None
+        if found is None:
+            found = await self.lookup.resolve(order.symbol, cid, unseen_ms)
         if found.order is not None:
             metrics.ORDERS_ADOPTED.inc()
             _log.warning(
@@ -252,24 +323,29 @@ class BinanceExecutor:
         return None
 
     async def _send(
-        self, order: OrderRequest, log: OrderLog, qty: Decimal, side: str, *, checked_until: int
+        self, order: OrderRequest, log: OrderLog, sized: _Sized, *, checked_until: int
     ) -> StepResult:
         """The send loop: one journalled attempt per request, bounded, never blind.
 
         ``checked_until``: the unseen-send moment the last lookup accounted for.
+        ``sized.mark``: the symbol's last-send mark the position read followed
+        (None: read under the lease), checked by the attempt script.
         """
         p, cid = self.policy, order.client_order_id
+        qty, side, mark = sized.qty, sized.side, sized.mark
         resends = rate_waits = not_processed = resyncs = 0
         while True:
             sent_at = self.client.local_ms()
             # If the journal refuses (Redis down, lease lost) this raises and nothing is sent;
             # the caller leaves the plan to recovery, which resumes through ``attempts()``.
+            # AttemptsChanged / PositionMoved: nothing recorded; ``execute`` reads again.
             try:
-                await log.record_attempt(sent_at, quantity=qty, side=side)
+                await log.record_attempt(sent_at, quantity=qty, side=side, position_mark=mark)
             except NotReplicated as exc:
                 return self._result(
                     order, StepStatus.FAILED, "journal_not_replicated", str(exc), side, qty
                 )
+            mark = None  # recorded under the lease: no other send can come between now
             unseen = log.unrecorded_until_ms()
             if unseen > checked_until:
                 # The record went to a Redis other than the one the lookup was made for:
@@ -284,6 +360,13 @@ class BinanceExecutor:
                     return self._result(
                         order, StepStatus.FAILED, "order_unknown", found.detail, side, qty
                     )
+                if sized.mark is not None:
+                    # The position was read ahead, on the other Redis's word that no
+                    # order had gone out since: read it again, under the lease.
+                    again = await self._size(order, unseen)
+                    if isinstance(again, StepResult):
+                        return again
+                    qty, side = again.qty, again.side
                 continue
             _log.info(
                 "binance_order_send",
