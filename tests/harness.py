@@ -374,7 +374,9 @@ class SlowExecutor(StubExecutor):
         self.total = 0
         self.max_total = 0
 
-    async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
+    async def execute(
+        self, order: OrderRequest, log: OrderLog, prepared: Prepared | None = None
+    ) -> StepResult:
         await log.record_attempt(0, quantity=order.safe_qty, side="SELL")
         self.active[order.symbol] += 1
         self.total += 1

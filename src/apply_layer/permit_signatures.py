@@ -125,5 +125,7 @@ class LookupOnly:
     def unrecorded_until_ms(self) -> int:
         return self._inner.unrecorded_until_ms()
 
-    async def record_attempt(self, sent_at_ms: int, *, quantity: Decimal, side: str) -> None:
+    async def record_attempt(
+        self, sent_at_ms: int, *, quantity: Decimal, side: str, position_mark: str | None = None
+    ) -> None:
         raise SendRefused(self.reason)

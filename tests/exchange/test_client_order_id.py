@@ -14,7 +14,13 @@ from redis.asyncio import Redis
 from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.errors import RetryLater
-from apply_layer.executors.base import CLIENT_ORDER_ID_MAX, OrderLog, OrderRequest, client_order_id
+from apply_layer.executors.base import (
+    CLIENT_ORDER_ID_MAX,
+    OrderLog,
+    OrderRequest,
+    Prepared,
+    client_order_id,
+)
 from apply_layer.gate import GateConfig, PermitGate
 from apply_layer.journal import Journal
 from apply_layer.outcomes import StepResult
@@ -73,7 +79,9 @@ class _Recorder(StubExecutor):
         self.stop_after_record = stop_after_record
         self.seen: list[str] = []
 
-    async def execute(self, order: OrderRequest, log: OrderLog) -> StepResult:
+    async def execute(
+        self, order: OrderRequest, log: OrderLog, prepared: Prepared | None = None
+    ) -> StepResult:
         self.seen.append(order.client_order_id)
         if self.stop_after_record:
             await log.record_attempt(1, quantity=Decimal("0.009"), side="SELL")
