@@ -102,7 +102,7 @@ async def serve(port: int, addr: str = "127.0.0.1") -> MetricsServer | None:
     counts, outcomes and timings it shows are nobody else's business unless
     the operator chooses to expose them. It runs on the caller's event loop,
     with bounded connections and timeouts (``metrics_http``). Returns the
-    server (None when off); a port in use is a CommandError naming it.
+    server (None when off); a port in use is a ConfigError naming it (exit 2).
     """
     if port == 0:
         return None

@@ -32,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from apply_layer import __version__, metrics, stream_reader, systemd
 from apply_layer import keys as K
 from apply_layer.batching import ScriptBatcher
-from apply_layer.errors import CommandError, ConfigError, RetryLater
+from apply_layer.errors import ConfigError, RetryLater
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
 from apply_layer.gate import GateConfig, PermitGate
@@ -135,10 +135,10 @@ class ApplyService:
             log.error("executor_start_failed", mode=self.settings.mode, error=str(exc))
 
     async def _start_metrics(self) -> MetricsServer | None:
-        """First: a port in use stops the start (CommandError naming it) before the rest."""
+        """First: a port in use stops the start (ConfigError naming it, exit 2) before the rest."""
         try:
             return await metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
-        except CommandError:
+        except ConfigError:
             await close_redis(self.redis)
             await close_redis(self.reader)
             raise
