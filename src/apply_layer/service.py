@@ -36,7 +36,7 @@ from apply_layer.errors import ConfigError, RetryLater
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
 from apply_layer.gate import GateConfig, PermitGate
-from apply_layer.housekeeping import Housekeeping
+from apply_layer.housekeeping import Housekeeping, mark_unknown
 from apply_layer.journal import Journal
 from apply_layer.keyspace import KeyspaceWatcher
 from apply_layer.logs import get_logger
@@ -241,6 +241,7 @@ class ApplyService:
         if self._redis_up:
             self._redis_up = False
             metrics.REDIS_UP.set(0)
+            mark_unknown()
             log.error("redis_unavailable", error=str(exc) or type(exc).__name__)
             systemd.notify("STATUS=Redis unavailable; retrying")
         self._backlog, self._backlog_cursor = True, "0"
