@@ -124,6 +124,21 @@ async def test_keyspace_events_turned_off_on_a_running_server_are_noticed(
     await _running(redis_server, redis, body)
 
 
+async def test_keyspace_events_off_at_start_are_used_once_they_appear(
+    redis_server: EmbeddedRedis, redis: Redis
+) -> None:
+    gauge = {"configured": "detect"}
+
+    async def body() -> None:
+        await until(lambda: sample("apply_keyspace_notifications_active", **gauge) == 0)
+        await asyncio.sleep(1.0)  # two ticks: still off
+        assert sample("apply_keyspace_notifications_active", **gauge) == 0
+        await redis.config_set("notify-keyspace-events", "K$h")
+        await until(lambda: sample("apply_keyspace_notifications_active", **gauge) == 1)
+
+    await _running(redis_server, redis, body)
+
+
 async def test_enable_mode_turns_keyspace_events_back_on(
     redis_server: EmbeddedRedis, redis: Redis
 ) -> None:
