@@ -151,6 +151,7 @@ class KeyspaceWatcher:
                 self._wake_all()  # re-check anything written while they were off
             if self._task is None:  # off at start: subscribe now
                 self._task = asyncio.create_task(self._run(), name="keyspace-watcher")
+                self.status = "on (the server publishes K$h now)"
             return
         if self._mode == "enable":
             try:

@@ -63,25 +63,30 @@ class PrometheusServer:
     """``prometheus`` scraping ``target`` as job apply-layer, rules scaled by ``factor``."""
 
     def __init__(self, workdir: Path, target: str, factor: float) -> None:
-        self.workdir, self.port = workdir, free_port()
+        self.workdir, self.port, self.target = workdir, free_port(), target
         rules = workdir / "rules.yml"
         rules.write_text(yaml.safe_dump(scaled_rules(factor), sort_keys=False))
-        config = {
-            "global": {
-                "scrape_interval": "1s",
-                "evaluation_interval": "1s",
-                "scrape_timeout": "900ms",
-            },
-            "rule_files": [str(rules)],
-            "scrape_configs": [
-                {"job_name": "apply-layer", "static_configs": [{"targets": [target]}]}
-            ],
-        }
-        self.config = workdir / "prometheus.yml"
-        self.config.write_text(yaml.safe_dump(config))
+        self.rules, self.config = rules, workdir / "prometheus.yml"
+        self._write_config([target])
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def _write_config(self, targets: list[str]) -> None:
+        scrape = {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"}
+        config: dict[str, Any] = {
+            "global": scrape,
+            "rule_files": [str(self.rules)],
+            "scrape_configs": [
+                {"job_name": "apply-layer", "static_configs": [{"targets": targets}]}
+            ],
+        }
+        self.config.write_text(yaml.safe_dump(config))
+
+    def retarget(self, targets: list[str]) -> None:
+        """Scrape ``targets`` from now on (none: the target was removed), via /-/reload."""
+        self._write_config(targets)
+        httpx.post(f"{self.url}/-/reload", timeout=10).raise_for_status()
 
     def start(self) -> PrometheusServer:
         binary = shutil.which("prometheus")
@@ -94,6 +99,7 @@ class PrometheusServer:
                 f"--storage.tsdb.path={self.workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--log.level=warn",
+                "--web.enable-lifecycle",
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

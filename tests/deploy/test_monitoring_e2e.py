@@ -10,7 +10,7 @@ alert the runbook names and asserts that the alerts firing are exactly the
 ones expected, then undoes the fault and waits for silence. The times it
 measured are printed (``-s``) and recorded in docs/OPERATIONS.md.
 
-It takes about four minutes, so it runs nightly (scripts/monitoring-e2e.sh
+It takes about six minutes, so it runs nightly (scripts/monitoring-e2e.sh
 sets APPLY_MONITORING_E2E=1); the fast part, that the scaled rules still load,
 runs with the suite.
 """
@@ -193,6 +193,9 @@ async def _phases(
         fired = ", ".join(f"{a} {seen[a]:.0f} s" for a in sorted(seen))
         table.add(name, fired, max(seen[a] for a in expected), time.monotonic() - undone)
 
+    async def nothing() -> None:
+        return None
+
     async def kill_on() -> None:
         await redis.set("quantum:kill", "1")
 
@@ -224,6 +227,44 @@ async def _phases(
 
     # The hung daemon answers no scrape: Down, and not NoExecution (issue 23 item 3).
     await fault("daemon hung (SIGSTOP), scrapes fail", hang, resume, {"ApplyLayerDown"})
+
+    async def unscrape() -> None:
+        prom.retarget([])
+
+    async def rescrape() -> None:
+        prom.retarget([prom.target])
+
+    # The target removed from the scrape configuration: Absent, and again not
+    # NoExecution (issue 23 item 3: the series go stale, nothing counts them).
+    await fault("target removed from Prometheus", unscrape, rescrape, {"ApplyLayerAbsent"})
+
+    async def restart_twice() -> None:
+        for _ in range(2):
+            daemon.kill()
+            daemon.start()
+            await daemon.ready(redis)
+            await asyncio.sleep(3)  # a few scrapes of each process
+
+    # Two crashes (kill -9) and restarts within the scaled half hour.
+    await fault(
+        "daemon killed and restarted twice",
+        restart_twice,
+        nothing,
+        {"ApplyLayerRestarting"},
+        # A killed process's symbol leases hold their symbols until they expire
+        # (APPLY_LEASE_MS): plans back up in the 4 slots and go stale, truly.
+        allowed=frozenset(
+            {
+                "ApplyLayerDown",
+                "ApplyLayerNoExecution",
+                "ApplyLayerStreamLag",
+                "ApplyLayerStalePlans",
+                "ApplyLayerPendingStuck",
+                "ApplyLayerPendingGrowing",
+            }
+        ),
+        timeout=90,
+    )
 
     banned_at: list[int] = []
 
@@ -262,9 +303,6 @@ async def _phases(
 
     async def limit() -> None:
         fake.ban(2.0, status=429)
-
-    async def nothing() -> None:
-        return None
 
     await fault("Binance 429 (2 s back-off)", limit, nothing, {"ApplyLayerRateLimited"})
 
