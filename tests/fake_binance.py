@@ -150,6 +150,9 @@ class FakeBinance:
         self.on_lookup: dict[str, tuple[dict[str, str], Fault]] = {}  # cid -> order to place
         self.seen: list[Seen] = []
         self.faults: dict[tuple[str, str], deque[Fault]] = {}
+        self.banned_until_ms = 0  # ban(): every request before it is answered 418/429
+        self.ban_status = 418
+        self._ban_retry_after = True
         self.lock = threading.RLock()
         self._ids = itertools.count(8_000_001)
         self._httpd = _Server(("127.0.0.1", 0), _handler_for(self), self, tls)
@@ -178,6 +181,22 @@ class FakeBinance:
         """Apply ``faults`` to the next requests to ``method path``, one each."""
         with self.lock:
             self.faults.setdefault((method, path), deque()).extend(faults)
+
+    def ban(self, seconds: float, status: int = 418, *, retry_after: bool = True) -> int:
+        """Ban the client's IP as Binance does: every request (any path) is answered
+        ``status`` until the end, with ``Retry-After`` (unless ``retry_after`` is
+        False) and the end in the message ("IP banned until <ms>"). Returns the
+        end (server epoch ms)."""
+        with self.lock:
+            self.banned_until_ms = self.now_ms() + int(seconds * 1000)
+            self.ban_status = status
+            self._ban_retry_after = retry_after
+            return self.banned_until_ms
+
+    def requests_between(self, start_ms: int, end_ms: int) -> list[Seen]:
+        """Requests received in ``[start_ms, end_ms)`` (server time)."""
+        with self.lock:
+            return [s for s in self.seen if start_ms <= s.at_ms < end_ms]
 
     def order_count(self, client_order_id: str) -> int:
         with self.lock:
@@ -294,6 +313,14 @@ class FakeBinance:
             self.seen.append(Seen(self.now_ms(), method, split.path, params, raw, at))
             queue = self.faults.get((method, split.path))
             fault = queue.popleft() if queue else None
+            left_ms = self.banned_until_ms - self.now_ms()
+            banned = left_ms > 0
+            headers = {"Retry-After": str(-(-left_ms // 1000))} if self._ban_retry_after else {}
+        if banned:
+            msg = f"Way too many requests; IP(127.0.0.1) banned until {self.banned_until_ms}."
+            if self.ban_status == 429:
+                msg = "Too many requests; current limit is 2400 requests per minute."
+            return _send(req, self.ban_status, {"code": -1003, "msg": msg}, headers)
         if self.hold_sec:  # outside the lock: requests on other connections are held at once
             time.sleep(self.hold_sec)
         if fault is not None and fault.early:

@@ -2,7 +2,12 @@
 
 - The heartbeat (``quantum:svc:apply_layer:heartbeat``, expiring after three
   ticks, 15 s at least): operators see which daemons are alive.
-- The group's pending entries, exported for the alerts (one ``XPENDING``).
+- The group's pending entries and its lag (entries not yet delivered to it),
+  exported for the alerts (``XPENDING``, ``XINFO GROUPS``); while Redis
+  cannot be read they are NaN (:func:`mark_unknown`), not their last value.
+- The kill switch, read (``TYPE``/``GET`` of its keys) so its gauge clears
+  within a tick of the key's deletion.
+- The server's keyspace-events setting (``KeyspaceWatcher.check_server``).
 - ``XAUTOCLAIM`` of entries idle past ``APPLY_CLAIM_IDLE_SEC`` in *any*
   consumer's pending list: a crashed instance's plans (and ours, if a try was
   deferred) are resumed from their journal state. This, with the service's
@@ -30,6 +35,7 @@ from apply_layer import keys as K
 from apply_layer.batching import run_packed
 from apply_layer.keyspace import KeyspaceWatcher
 from apply_layer.logs import get_logger
+from apply_layer.permits import kill_on
 from apply_layer.settings import Settings
 from apply_layer.stream_reader import StreamEntry
 
@@ -40,6 +46,22 @@ log = get_logger()
 FORGET_CONSUMER_MS = 3_600_000
 FORGET_EVERY_SEC = 60.0
 MAX_CLAIM_COUNT = 100
+# When XINFO GROUPS cannot tell the lag (entries deleted past the group's
+# position), the undelivered entries are counted, up to this many.
+LAG_COUNT_CAP = 1000
+UNKNOWN = float("nan")
+
+
+def mark_unknown() -> None:
+    """Redis cannot be read: the backlog and kill switch gauges say so (NaN).
+
+    A gauge left at its last value during an outage tells a story nobody
+    measured (issue 23): NaN compares false, so the backlog and kill-switch
+    alerts go quiet and ApplyLayerRedisDown speaks for the outage.
+    """
+    for gauge in (metrics.PENDING, metrics.PENDING_OLDEST, metrics.STREAM_LAG):
+        gauge.set(UNKNOWN)
+    metrics.KILL_SWITCH_ON.set(UNKNOWN)
 
 
 class Housekeeping:
@@ -72,6 +94,7 @@ class Housekeeping:
         if now < self._next_run:
             return
         self._next_run = now + self.settings.poll_sec
+        await self.watcher.check_server()
         metrics.KEYSPACE_ACTIVE.labels(self.settings.keyspace_events).set(
             1 if self.watcher.active else 0
         )
@@ -85,6 +108,7 @@ class Housekeeping:
         ttl = max(15, int(self.settings.poll_sec * 3))
         await self.redis.set(K.HEARTBEAT_KEY, json.dumps(beat), ex=ttl)
         await self._export_backlog()
+        await self._export_kill_switch()
         await self._claim_idle()
         if now >= self._next_forget:
             self._next_forget = now + FORGET_EVERY_SEC
@@ -98,6 +122,31 @@ class Housekeeping:
         ms = oldest.partition("-")[0]
         age = time.time() - int(ms) / 1000 if ms.isdigit() else 0.0
         metrics.PENDING_OLDEST.set(max(0.0, age))
+        metrics.STREAM_LAG.set(await self._lag())
+
+    async def _lag(self) -> float:
+        """Entries the group has not been given yet (a backlog before the daemon reads it)."""
+        group = self.settings.consumer_group
+        groups: Any = await self.redis.xinfo_groups(K.PLAN_STREAM)
+        mine = next((g for g in groups if str(g.get("name")) == group), None)
+        if mine is None:
+            return UNKNOWN
+        if mine.get("lag") is not None:
+            return float(mine["lag"])
+        last = str(mine.get("last-delivered-id") or "0-0")
+        after: Any = await self.redis.xrange(K.PLAN_STREAM, f"({last}", "+", count=LAG_COUNT_CAP)
+        return float(len(after))
+
+    async def _export_kill_switch(self) -> None:
+        """1 while any kill switch is on (the gate's rule, ``permits.kill_on``), else 0."""
+        on = self.settings.kill_switch
+        for key in K.KILL_SWITCH_KEYS:
+            if on:
+                break
+            kind = str(await self.redis.type(key))
+            value: Any = await self.redis.get(key) if kind == "string" else None
+            on = kill_on(kind, value)
+        metrics.KILL_SWITCH_ON.set(1 if on else 0)
 
     async def _forget_idle_consumers(self) -> None:
         consumers: Any = await self.redis.xinfo_consumers(

@@ -16,6 +16,16 @@ and an ACL that refuses a channel answers with an error afterwards. A
 refused or failed subscribe is logged once and retried with a doubling
 pause (up to a minute for a refusal, which an operator has to fix), never
 in a tight loop.
+
+A subscription alone does not prove that events flow: ``CONFIG SET
+notify-keyspace-events ""`` on a running server leaves it confirmed and
+silent. So the housekeeping tick re-reads the server's setting
+(:meth:`KeyspaceWatcher.check_server`, only where ``CONFIG GET`` is allowed):
+while the setting lacks ``K$h`` the watcher counts as inactive (the gauge
+shows 0 and the gate relies on its step poll, as it always can), with one
+log line when that starts and one when events are back; in ``enable`` mode it
+turns them on again. A watcher that found them off at start subscribes once
+they appear.
 """
 
 from __future__ import annotations
@@ -72,11 +82,13 @@ class KeyspaceWatcher:
         self.status = "off" if mode == "off" else "starting"
         self.attempts = 0  # subscribe attempts so far (each one a new connection)
         self.error = ""  # why the last attempt failed, "" once subscribed
+        self.server_off = False  # the server's setting lacks K$h (last read)
+        self._config_readable = False  # CONFIG GET answered at start: re-read it later
 
     @property
     def active(self) -> bool:
         """True while events are flowing; waiters may then rely on them for latency."""
-        return self._subscribed.is_set()
+        return self._subscribed.is_set() and not self.server_off
 
     async def start(self) -> str:
         """Detect (or enable) notifications and subscribe; returns a one-line status."""
@@ -84,6 +96,7 @@ class KeyspaceWatcher:
             self.status = "off (APPLY_KEYSPACE_EVENTS=off): polling only"
             return self.status
         flags = await self._server_flags()
+        self._config_readable = flags is not None
         note = ""
         if flags is None:
             # A least-privilege ACL user has no CONFIG (deploy/redis/): whether the
@@ -92,6 +105,7 @@ class KeyspaceWatcher:
             note = " (CONFIG GET refused: events arrive only if the server has K$h)"
         elif not covers(flags):
             if self._mode != "enable":
+                self.server_off = True
                 self.status = (
                     f"off on the server (notify-keyspace-events={flags!r}): polling only; "
                     "set APPLY_KEYSPACE_EVENTS=enable or add 'K$h' to react in ~1 ms"
@@ -113,10 +127,59 @@ class KeyspaceWatcher:
             self.status = "subscribing (polling meanwhile)" + note
         return self.status
 
+    async def check_server(self) -> None:
+        """Re-read ``notify-keyspace-events`` (housekeeping, each tick); see the module doc.
+
+        A no-op in ``off`` mode and where ``CONFIG GET`` was refused at start
+        (a least-privilege ACL user: asking every tick would only fill the
+        server's ACL log). Redis errors propagate, like the tick's others.
+        """
+        if self._mode == "off":
+            return
+        if self.status == "starting":  # Redis was unreachable at start: start now
+            await self.start()
+            return
+        if not self._config_readable:
+            return
+        flags = await self._server_flags()
+        if flags is None:
+            return
+        if covers(flags):
+            if self.server_off:
+                self.server_off = False
+                log.info("keyspace_events_back", notify_keyspace_events=flags)
+                self._wake_all()  # re-check anything written while they were off
+            if self._task is None:  # off at start: subscribe now
+                self._task = asyncio.create_task(self._run(), name="keyspace-watcher")
+                self.status = "on (the server publishes K$h now)"
+            return
+        if self._mode == "enable":
+            try:
+                await self._redis.config_set("notify-keyspace-events", merged_flags(flags))
+            except ResponseError:
+                pass  # refused (a renamed CONFIG): reported as off, below
+            else:
+                log.warning(
+                    "keyspace_events_reenabled",
+                    was=flags,
+                    why="notify-keyspace-events lost K$h on the server (CONFIG SET, a "
+                    "restart, a failover); APPLY_KEYSPACE_EVENTS=enable turns it on again",
+                )
+                return
+        if not self.server_off:
+            self.server_off = True
+            log.warning(
+                "keyspace_events_off",
+                notify_keyspace_events=flags,
+                hint="the permit wait polls every APPLY_PERMIT_STEP_MS until the server "
+                "publishes K$h again (or set APPLY_KEYSPACE_EVENTS=enable)",
+            )
+
     async def _server_flags(self) -> str | None:
+        """The server's setting; None if CONFIG GET is refused (an unreachable Redis raises)."""
         try:
             reply = await self._redis.config_get("notify-keyspace-events")
-        except (ResponseError, RedisError):
+        except ResponseError:
             return None
         return str(reply.get("notify-keyspace-events") or "")
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from apply_layer.keys import ISSUERS
 from apply_layer.metrics_http import MetricsServer
+from apply_layer.sizing import REFUSALS
 
 PLANS = Counter(
     "apply_plans_total", "Plans by final outcome and reason class", ["status", "reason"]
@@ -47,6 +49,16 @@ PENDING = Gauge(
 PENDING_OLDEST = Gauge(
     "apply_pending_oldest_age_seconds",
     "Age of the oldest unacknowledged plan entry (from its stream id; 0 when none)",
+)
+STREAM_LAG = Gauge(
+    "apply_stream_lag_entries",
+    "Plan entries not yet delivered to the consumer group (XINFO GROUPS lag; "
+    "NaN while Redis cannot be read)",
+)
+KILL_SWITCH_ON = Gauge(
+    "apply_kill_switch_on",
+    "1 while a kill switch is on (a key or APPLY_KILL_SWITCH), read every APPLY_POLL_SEC; "
+    "NaN while Redis cannot be read",
 )
 KEYSPACE_ACTIVE = Gauge(
     "apply_keyspace_notifications_active",
@@ -88,11 +100,26 @@ EXCHANGE_REJECTIONS = Counter(
     "apply_exchange_rejections_total",
     "Orders the exchange refused (the Binance code is in the binance_order_outcome log line)",
 )
+EXCHANGE_BLOCKED_UNTIL = Gauge(
+    "apply_exchange_blocked_until_timestamp_seconds",
+    "End of the exchange's last 429 back-off or 418 IP ban (epoch s): no request is sent "
+    "before it (0: none yet)",
+    ["http_status"],
+)
+EXCHANGE_CLOCK_OFFSET = Gauge(
+    "apply_exchange_clock_offset_seconds",
+    "Exchange server time minus local time at the last time sync (compensated in requests)",
+)
 # The same reason: every series an alert counts from exists at 0 from the start.
 for _resolution in ("found", "absent", "unresolved"):
     EXCHANGE_UNKNOWN_FATE.labels(_resolution)
 for _status in ("429", "418"):
     EXCHANGE_RATE_LIMITED.labels(_status)
+    EXCHANGE_BLOCKED_UNTIL.labels(_status)
+PLANS.labels("SKIPPED", "stale_plan")
+PLANS.labels("FAILED", "exchange_unavailable")
+for _refusal in REFUSALS:
+    PLANS.labels("REJECTED", _refusal)
 
 
 async def serve(port: int, addr: str = "127.0.0.1") -> MetricsServer | None:
@@ -102,7 +129,7 @@ async def serve(port: int, addr: str = "127.0.0.1") -> MetricsServer | None:
     counts, outcomes and timings it shows are nobody else's business unless
     the operator chooses to expose them. It runs on the caller's event loop,
     with bounded connections and timeouts (``metrics_http``). Returns the
-    server (None when off); a port in use is a CommandError naming it.
+    server (None when off); a port in use is a ConfigError naming it (exit 2).
     """
     if port == 0:
         return None
@@ -116,6 +143,10 @@ PERMIT_SIGNATURES = Counter(
     "Signatures of consumed permits checked (APPLY_PERMIT_SIGNING warn/require), by result",
     ["issuer", "result"],  # result: ok, missing, malformed, unknown_kid, mismatch, expired
 )
+
+for _issuer in ISSUERS:
+    for _result in ("missing", "malformed", "unknown_kid", "mismatch", "expired"):
+        PERMIT_SIGNATURES.labels(_issuer, _result)  # the alert must see the first failure
 
 PLAN_CONFLICTS = Counter(
     "apply_plan_conflicts_total",

@@ -43,7 +43,7 @@ from prometheus_client.exposition import (
 )
 from prometheus_client.registry import Collector
 
-from apply_layer.errors import CommandError
+from apply_layer.errors import ConfigError
 
 MAX_CONNECTIONS = 32
 HEADER_TIMEOUT_SEC = 5.0
@@ -86,18 +86,19 @@ class MetricsServer:
 
     async def start(self, port: int, addr: str = "127.0.0.1") -> None:
         """Listen on ``addr:port``; a port in use (or any bind error) is a
-        :class:`CommandError` that names it."""
+        :class:`ConfigError` that names it: the settings' exit status (2), so the
+        operator looks at APPLY_METRICS_PORT/BIND, not at Redis."""
         try:
             sock = _listening_socket(addr, port)
         except OSError as exc:
             where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
             if exc.errno == errno.EADDRINUSE:
-                raise CommandError(
+                raise ConfigError(
                     f"the metrics port {where} (APPLY_METRICS_PORT) is already in use: "
                     "another apply-layer or another service holds it"
                 ) from None
             why = exc.strerror or str(exc)
-            raise CommandError(
+            raise ConfigError(
                 f"cannot serve metrics on {where} (APPLY_METRICS_BIND, APPLY_METRICS_PORT): {why}"
             ) from None
         self._server = await asyncio.start_server(

@@ -32,12 +32,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from apply_layer import __version__, metrics, stream_reader, systemd
 from apply_layer import keys as K
 from apply_layer.batching import ScriptBatcher
-from apply_layer.errors import CommandError, ConfigError, FunctionLibraryMissing, RetryLater
+from apply_layer.errors import ConfigError, FunctionLibraryMissing, RetryLater
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
 from apply_layer.functions import LIBRARY
 from apply_layer.gate import GateConfig, PermitGate
-from apply_layer.housekeeping import Housekeeping
+from apply_layer.housekeeping import Housekeeping, mark_unknown
 from apply_layer.journal import Journal
 from apply_layer.keyspace import KeyspaceWatcher
 from apply_layer.logs import get_logger
@@ -137,10 +137,10 @@ class ApplyService:
             log.error("executor_start_failed", mode=self.settings.mode, error=str(exc))
 
     async def _start_metrics(self) -> MetricsServer | None:
-        """First: a port in use stops the start (CommandError naming it) before the rest."""
+        """First: a port in use stops the start (ConfigError naming it, exit 2) before the rest."""
         try:
             return await metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
-        except CommandError:
+        except ConfigError:
             await close_redis(self.redis)
             await close_redis(self.reader)
             raise
@@ -259,6 +259,7 @@ class ApplyService:
         if self._redis_up:
             self._redis_up = False
             metrics.REDIS_UP.set(0)
+            mark_unknown()
             log.error("redis_unavailable", error=str(exc) or type(exc).__name__)
             systemd.notify("STATUS=Redis unavailable; retrying")
         self._backlog, self._backlog_cursor = True, "0"

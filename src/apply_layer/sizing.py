@@ -24,6 +24,17 @@ from decimal import (
 # No position comes near this; past it an amount is a mistake, not a position
 # (P3.3's ``exchange_position_amt`` of ``1e999999999`` overflowed the arithmetic).
 MAX_POSITION_AMT = Decimal("1e15")
+# Every error size_close can return: a plan ends REJECTED with one of them
+# (apply_plans_total's reason), and the ApplyLayerSizingRefusals alert counts them.
+REFUSALS = (
+    "qty_below_min",
+    "no_position",
+    "position_mismatch",
+    "invalid_safe_qty",
+    "invalid_pct",
+    "invalid_position_amt",
+    "unsizable",
+)
 
 # The arithmetic of sizing. Decimal's default context keeps 28 digits and rounds
 # half-even, so a 34-digit safe_qty of 0.0049999... divided by a lot step of 0.001

@@ -116,7 +116,9 @@ def dashboard_queries(data: dict[str, Any]) -> list[tuple[str, str]]:
     for var in data["templating"]["list"]:
         if var["type"] == "query":
             query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
-            inner = re.fullmatch(r"label_values\((.*),\s*\w+\)", query)
+            inner = re.fullmatch(r"label_values\((.*),\s*\w+\)", query) or re.fullmatch(
+                r"query_result\((.*)\)", query
+            )
             assert inner, f"variable {var['name']}: {query}"
             out.append((f"variable {var['name']}", inner.group(1)))
     return out
@@ -277,3 +279,37 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = run_promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_instance_variable_lists_only_live_instances() -> None:
+    """Issue 23: label_values() over the time range listed stopped instances too."""
+    (var,) = [v for v in dashboard()["templating"]["list"] if v["name"] == "instance"]
+    query = var["query"]["query"]
+    assert query == 'query_result(up{job="apply-layer"} == 1)', query
+    sample = '{__name__="up", instance="vps:8043", job="apply-layer"} 1 1700000000000'
+    match = re.search(var["regex"].strip("/"), sample)
+    assert match and match.group(1) == "vps:8043"
+
+
+def test_the_sizing_alert_counts_every_sizing_refusal() -> None:
+    from apply_layer.sizing import REFUSALS
+
+    expr = alerts()["ApplyLayerSizingRefusals"]["expr"]
+    listed = re.search(r'reason=~"([^"]+)"', expr)
+    assert listed and set(listed.group(1).split("|")) == set(REFUSALS)
+
+
+def test_every_series_an_alert_counts_from_exists_at_zero() -> None:
+    """increase() cannot see a series' first sample: the counters these alerts read
+    must be exported before their first increment."""
+    wanted = [
+        ("apply_plans_total", {"status": "SKIPPED", "reason": "stale_plan"}),
+        ("apply_plans_total", {"status": "FAILED", "reason": "exchange_unavailable"}),
+        ("apply_plans_total", {"status": "REJECTED", "reason": "qty_below_min"}),
+        ("apply_permit_signatures_total", {"issuer": "p33", "result": "mismatch"}),
+        ("apply_exchange_blocked_until_timestamp_seconds", {"http_status": "418"}),
+        ("apply_redis_identity_changes_total", {}),
+        ("apply_orders_adopted_total", {}),
+    ]
+    for name, labels in wanted:
+        assert REGISTRY.get_sample_value(name, labels) is not None, (name, labels)

@@ -317,10 +317,11 @@ async def test_rate_limits_and_rejections_are_counted(
     limited = _exported("apply_exchange_rate_limited_total", http_status="429")
     banned = _exported("apply_exchange_rate_limited_total", http_status="418")
     refused = _exported("apply_exchange_rejections_total")
-    fake.inject("POST", ORDER, rate_limited(0), rate_limited(120, status=418))
-    assert (await ex.execute(request("rl"), MemoryLog())).error == "rate_limited:418"
+    # The rejection first: after the 418 the client sends nothing for 120 s (ban.py).
     fake.inject("POST", ORDER, rejected(-2022, "ReduceOnly Order is rejected."))
     assert (await ex.execute(request("rj"), MemoryLog())).error == "exchange_rejected:-2022"
+    fake.inject("POST", ORDER, rate_limited(0), rate_limited(120, status=418))
+    assert (await ex.execute(request("rl"), MemoryLog())).error == "rate_limited:418"
     assert _exported("apply_exchange_rate_limited_total", http_status="429") == limited + 1
     assert _exported("apply_exchange_rate_limited_total", http_status="418") == banned + 1
     assert _exported("apply_exchange_rejections_total") == refused + 1

@@ -9,6 +9,7 @@ journal refuses never leaves.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -23,6 +24,7 @@ from redis.asyncio import Redis
 from apply_layer import keys as K
 from apply_layer.errors import RetryLater
 from apply_layer.executors.base import CLIENT_ORDER_ID_MAX, OrderRequest, client_order_id
+from apply_layer.executors.binance.ban import ExchangeBan
 from apply_layer.executors.binance.executor import BinanceExecutor
 from apply_layer.executors.binance.lookup import RetryPolicy
 from apply_layer.journal import Journal
@@ -61,6 +63,11 @@ class Sleeps:
     async def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
 
+    def clock(self) -> float:
+        """Monotonic time as if the waits had been slept: the client's ban (ban.py)
+        sees a Retry-After waited out, as it would in real time."""
+        return time.monotonic() + sum(self.waits)
+
 
 def request(plan: str = "p1") -> OrderRequest:
     return OrderRequest(
@@ -80,6 +87,9 @@ async def ex(fake: FakeBinance) -> AsyncIterator[BinanceExecutor]:
         policy=POLICY,
         sleep=Sleeps(),
     )
+    sleeper = executor._sleep
+    assert isinstance(sleeper, Sleeps)
+    executor.client.ban = ExchangeBan(clock=sleeper.clock)
     await executor.start()
     yield executor
     await executor.close()

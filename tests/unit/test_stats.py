@@ -638,3 +638,20 @@ def test_stats_from_unreachable_redis(
     assert main(["stats", "--from-redis"]) == 1
     err = capsys.readouterr().err
     assert "cannot reach Redis at redis://127.0.0.1" in err and "Traceback" not in err
+
+
+def test_since_takes_a_dash_value_as_printed_in_the_runbook() -> None:
+    from apply_layer.commands import build_parser, join_dash_values
+
+    assert join_dash_values(["stats", "--since", "-30m"]) == ["stats", "--since=-30m"]
+    assert join_dash_values(["stats", "--from-redis", "--since", "-1h", "--json"]) == [
+        "stats",
+        "--from-redis",
+        "--since=-1h",
+        "--json",
+    ]
+    # Another long option is not a value, and nothing after "--" is touched.
+    assert join_dash_values(["stats", "--since", "--json"]) == ["stats", "--since", "--json"]
+    assert join_dash_values(["--", "--since", "-1h"]) == ["--", "--since", "-1h"]
+    args = build_parser().parse_args(join_dash_values(["stats", "--since", "-30m"]))
+    assert args.since == "-30m"

@@ -28,6 +28,12 @@ from apply_layer.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
+# Options whose value may start with "-": ``--since -30m`` is journalctl's own
+# spelling, printed in the runbook and the alerts. argparse takes "-30m" for an
+# option and stops with "expected one argument" (exit 2), so main() joins the
+# pair into ``--since=-30m`` before parsing, which argparse reads as a value.
+DASH_VALUE_OPTIONS = frozenset({"--since"})
+
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -71,9 +77,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def join_dash_values(argv: Sequence[str]) -> list[str]:
+    """``--since -30m`` -> ``--since=-30m`` (see ``DASH_VALUE_OPTIONS``); nothing else changes.
+
+    Only a value that does not look like one of our long options is joined
+    (``--since --json`` stays a usage error), and nothing after ``--``.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return out + list(argv[i:])
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if word in DASH_VALUE_OPTIONS and nxt and nxt.startswith("-") and not nxt.startswith("--"):
+            out.append(f"{word}={nxt}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_dash_values(sys.argv[1:] if argv is None else argv))
     try:
         settings = load_settings(args.env_file)
     except SettingsError as exc:

@@ -6,7 +6,9 @@ exactly-once sending depends on it:
 * a value (2xx);
 * :class:`ExchangeRejected`: the exchange refused the request, so it did not
   execute (4xx with a ``code``; ``-2013`` and ``-1021`` have their own classes);
-* :class:`RateLimited`: 429/418, rejected before processing;
+* :class:`RateLimited`: 429/418, rejected before processing; after one, the
+  client sends nothing until the back-off or ban ends (``ban``: refused
+  requests raise its ``BanActive``, a RateLimited that never left);
 * :class:`NotProcessed`: definitely not processed (the connection never opened,
   503 "Service Unavailable." / "Internal error; unable to process your request"),
   so resending is safe;
@@ -39,6 +41,7 @@ import httpx
 from pydantic import SecretStr
 
 from apply_layer import metrics
+from apply_layer.executors.binance.ban import ExchangeBan
 from apply_layer.executors.binance.model import (
     INVALID_TIMESTAMP,
     NO_SUCH_ORDER,
@@ -132,6 +135,7 @@ class BinanceClient:
         self.offset_ms = 0  # server time minus local time
         self.rtt_ms = 0  # round trip of the last time sync: bounds the offset's error
         self.time_syncs = 0
+        self.ban = ExchangeBan()  # one per client: the daemon's every request and symbol
         _install_log_redaction()
 
     @property
@@ -169,6 +173,7 @@ class BinanceClient:
             raise BinanceError("GET /fapi/v1/time: no serverTime in the answer") from None
         self.offset_ms, self.rtt_ms = server - (before + after) // 2, after - before
         self.time_syncs += 1
+        metrics.EXCHANGE_CLOCK_OFFSET.set(self.offset_ms / 1000)
         return self.offset_ms
 
     async def exchange_rules(self) -> ExchangeRules:
@@ -273,6 +278,7 @@ class BinanceClient:
     ) -> Any:
         if self._http is None:
             raise BinanceError("client not open")
+        self.ban.refuse()  # a 429 back-off or a 418 ban not over yet: nothing leaves
         headers = dict(headers or {})
         if body:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
@@ -327,8 +333,8 @@ class BinanceClient:
             msg = self._scrub(response.text.strip())
         if status in (418, 429):
             metrics.EXCHANGE_RATE_LIMITED.labels(str(status)).inc()
-            retry_after = _retry_after(response.headers.get("Retry-After"))
-            raise RateLimited(status, retry_after, msg)
+            told = _retry_after(response.headers.get("Retry-After"))
+            raise RateLimited(status, self.ban.record(status, told, msg, self.offset_ms), msg)
         if code in UNKNOWN_STATUS_CODES:
             raise StatusUnknown(f"{where}: HTTP {status} code {code}: {msg}")
         if code in RETRYABLE_CODES or (

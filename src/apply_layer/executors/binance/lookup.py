@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apply_layer import metrics
+from apply_layer.executors.binance.ban import BanActive
 from apply_layer.executors.binance.client import BinanceClient
 from apply_layer.executors.binance.model import (
     BinanceError,
@@ -94,7 +95,8 @@ class OrderLookup:
                 wait = min(delay, (closes_at - started) / 1000 + 0.001)
             except BinanceError as exc:
                 errors += 1
-                metrics.EXCHANGE_LOOKUP_ERRORS.inc()
+                if not isinstance(exc, BanActive):  # refused here: the exchange was not asked
+                    metrics.EXCHANGE_LOOKUP_ERRORS.inc()
                 if errors > p.max_lookup_errors or (
                     isinstance(exc, RateLimited)
                     and (exc.retry_after_sec or 0) > p.max_retry_after_sec
