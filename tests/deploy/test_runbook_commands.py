@@ -35,7 +35,8 @@ def _spans(text: str) -> list[str]:
     """Inline code spans starting with ``apply-layer``, whitespace (line wraps) folded."""
     found = []
     for span in re.findall(r"`([^`]+)`", text):
-        command = " ".join(span.split())
+        # A pipeline's first command is ours (``apply-layer functions | redis-cli ...``).
+        command = " ".join(span.split()).split(" | ", 1)[0]
         if command.startswith("apply-layer ") and not command.startswith(NOT_RUN):
             found.append(command)
     return found
@@ -61,6 +62,7 @@ def test_the_extraction_finds_the_commands_people_are_told_to_run() -> None:
     assert "apply-layer stats --since -30m" in commands
     assert "apply-layer stats --from-redis --since -30m" in commands
     assert "apply-layer check" in commands and "apply-layer permits PLAN_ID" in commands
+    assert "apply-layer functions" in commands  # from a pipeline into redis-cli
     assert len(commands) >= 5, commands
 
 
