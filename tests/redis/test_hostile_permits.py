@@ -6,8 +6,14 @@ delete consumed permits in the foreground: a 400 MB string froze Redis for
 2.7 s, a 2-million-field HASH for 4.6 s, and every other client with it.
 Here the same kinds of values, at sizes fit for CI (tens of MB, 100,000
 fields), are planted where the gate reads; the server's own SLOWLOG times
-every command it runs, and no command may take 10 ms. The full-size figures
-come from ``bench/permit_stall.py`` (docs/SECURITY.md).
+every command it runs, and MONITOR shows every command the gate's script
+runs on them: none of them reads a value it refuses (GET, HGETALL...) or frees
+one in the foreground (DEL). The 10 ms target itself is the benchmark's
+(``bench/permit_stall.py``, full sizes, figures in docs/SECURITY.md): a test
+on a shared 2-core machine cannot time 10 ms without flaking (a descheduled
+Redis showed a 12 ms script under load), so the SLOWLOG here guards the gross
+regression (reading these values took 1.9 s) with a bound no scheduler hiccup
+reaches.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from apply_layer.permits import MAX_PERMIT_BYTES
 
 SYM = "BTCUSDT"
 FAST = GateConfig(wait_ms=300, step_ms=20)
-STALL_LIMIT_US = 10_000  # the target: no Redis stall over 10 ms from any permit
+STALL_GUARD_US = 250_000  # the gross regression; the 10 ms target is bench/permit_stall.py's
+READS_WHOLE = {"GET", "GETDEL", "HGETALL", "HVALS", "HKEYS", "HMGET", "HGET", "DEL", "DUMP"}
 BIG_STRING = 32 << 20  # bytes
 BIG_HASH = 100_000  # fields
 
@@ -49,6 +56,15 @@ async def slowest(redis: Redis) -> tuple[int, list[Any]]:
     return max((int(e["duration"]) for e in entries), default=0), entries
 
 
+async def watch(redis: Redis, seen: list[str]) -> None:
+    """Append every command scripts run (MONITOR's ``lua`` client) until cancelled."""
+    async with redis.monitor() as monitor:  # connected, MONITOR on; released after
+        while True:
+            command = await monitor.next_command()
+            if command.get("client_type") == "lua":
+                seen.append(str(command["command"]))
+
+
 async def lazyfreed(redis: Redis) -> int:
     stats: dict[str, Any] = await redis.info("memory")
     return int(stats.get("lazyfreed_objects", 0))
@@ -63,17 +79,25 @@ async def test_oversized_permits_are_refused_without_stalling_redis(redis: Redis
     await redis.config_set("slowlog-log-slower-than", 0)
     await redis.slowlog_reset()
     freed_before = await lazyfreed(redis)
+    seen: list[str] = []
+    monitor = asyncio.create_task(watch(redis, seen))
+    await asyncio.sleep(0.05)  # MONITOR is on before the gate runs
     try:
         denied = await wait_and_consume_permits(redis, "huge", SYM, FAST)
         marked = await wait_and_consume_permits(redis, "huge-marker", SYM, FAST)
         worst, entries = await slowest(redis)
     finally:
+        monitor.cancel()
         await redis.config_set("slowlog-log-slower-than", 10_000)
 
-    # No command, the gate's script included, held Redis for 10 ms.
+    # The script sized each huge value and read none of it, nor freed one in the foreground.
+    huge = {gov, p33, K.governor_block("huge-marker"), "quantum:kill"}
+    on_huge = [c for c in seen if len(c.split()) > 1 and c.split()[1].strip('"') in huge]
+    assert {c.split()[0].upper() for c in on_huge} >= {"STRLEN", "HLEN"}, seen
+    assert not [c for c in on_huge if c.split()[0].upper() in READS_WHOLE], on_huge
     scripts = [e for e in entries if e["command"].lower().startswith((b"evalsha", b"fcall"))]
     assert scripts, entries
-    assert worst < STALL_LIMIT_US, sorted(entries, key=lambda e: -int(e["duration"]))[:3]
+    assert worst < STALL_GUARD_US, sorted(entries, key=lambda e: -int(e["duration"]))[:3]
     # Refused, as before: by their size, and summarised, never kept whole.
     assert denied.status == "DENY", denied
     assert denied.error == "governor_permit_denied:oversized", denied
