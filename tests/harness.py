@@ -11,11 +11,13 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from apply_layer import keys as K
 from apply_layer.checks import CheckLine
@@ -231,6 +233,23 @@ async def grant(
 async def results(redis: Redis) -> list[dict[str, str]]:
     entries: list[tuple[str, dict[str, str]]] = await redis.xrange(K.RESULT_STREAM)  # type: ignore[assignment]
     return [dict(fields) for _, fields in entries]
+
+
+async def until(check: Callable[[], object], timeout: float = 20.0) -> None:
+    """Until ``check()`` (a plain or async callable) is truthy; a Redis or socket error
+    while Redis is down or being restored counts as "not yet"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return
+        except (RedisError, OSError):
+            pass
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
 
 
 async def wait_result(redis: Redis, plan_id: str, timeout: float = 15.0) -> dict[str, str]:

@@ -24,20 +24,17 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.redis_client import create_redis
 from tests.fake_binance import ORDER, FakeBinance
-from tests.harness import Daemon, FakeBinanceDaemons, Snapshots, grant, publish_plan
+from tests.harness import Daemon, FakeBinanceDaemons, Snapshots, grant, publish_plan, until
 
 PLAN = "lw1"
 CID = f"al75-{PLAN}"
@@ -61,28 +58,6 @@ def testnet(
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.signal(signal.SIGCONT)
     daemons.stop()
-
-
-@pytest.fixture
-async def client(own_redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
-    redis = create_redis(own_redis_server.url, name="tests")
-    yield redis
-    await redis.aclose()
-
-
-async def until(check: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return
-        except (RedisError, OSError):
-            pass
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def plan_results(redis: Redis, plan_id: str = PLAN) -> list[dict[str, str]]:

@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.redis_client import create_redis
 from tests.fake_binance import ORDER, FakeBinance, Fault, late_until_looked_up
 from tests.harness import (
     Daemon,
@@ -41,6 +38,7 @@ from tests.harness import (
     grant,
     pending_count,
     publish_plan,
+    until,
 )
 
 POSITION_RISK = "/fapi/v3/positionRisk"
@@ -65,28 +63,6 @@ def testnet(
     daemons = FakeBinanceDaemons(own_redis_server.url, tmp_path, fake.url, lease_ms=2000)
     yield daemons
     daemons.stop()
-
-
-@pytest.fixture
-async def client(own_redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
-    redis = create_redis(own_redis_server.url, name="tests")
-    yield redis
-    await redis.aclose()
-
-
-async def until(check: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return
-        except (RedisError, OSError):
-            pass
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def plan_results(redis: Redis) -> list[dict[str, str]]:
@@ -188,7 +164,12 @@ async def test_rolled_back_redis_never_doubles_an_order(
     await until(lambda: plan_results(client), timeout=40)
     # A result can be out (written again from memory) while a restored copy of the
     # entry is still being handled anew: wait until the daemon is done with the plan.
-    await until(settled(client), timeout=40)
+    try:
+        await until(settled(client), timeout=40)
+    except AssertionError:
+        journal = await client.hgetall(K.journal(PLAN))
+        pending = await client.xpending(K.PLAN_STREAM, "apply_layer")
+        raise AssertionError(f"not settled: {journal} {pending}\n{daemon.log()}") from None
     await asyncio.sleep(1.0)  # time for a second order or result, if one were coming
     results = await plan_results(client)
     assert fake.order_count(CID) == 1, daemon.log()
@@ -209,7 +190,12 @@ async def test_rolled_back_redis_never_doubles_an_order(
     else:
         assert adopted is lost_the_send, result
     assert fake.positions["BTCUSDT"] == Decimal("0.003")  # filled once
-    assert await journal_state(client) == "executed"
+    # The journal ends "executed". A copy of the entry handled anew while the result
+    # was written again from memory can hold "permitted" (its gate's write) until its
+    # own publish finds the result out and sets the state back to it (issue 25), up to
+    # the lookup's window later: the audit record catches up, the result never changes.
+    await until(state_is(client, "executed"), timeout=15)
+    assert len(await plan_results(client)) == 1 and fake.order_count(CID) == 1
     if not killed and snapshot_at != "after_result":
         messages = [r.get("message") for r in daemon.records()]
         assert "redis_identity_changed" in messages

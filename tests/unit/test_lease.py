@@ -46,6 +46,20 @@ async def test_refuses_a_finished_plan(redis: Redis) -> None:
     assert await redis.exists(K.symbol_lease("BTCUSDT")) == 0
 
 
+async def test_a_finished_plan_a_late_gate_wrote_over_gets_its_state_back(redis: Redis) -> None:
+    """A copy redelivered after Redis lost writes can pass its gate (state 'permitted')
+    while its result is written again; the lease then refuses it, and the journal's
+    state says what the result says again, as the publish script would make it."""
+    journal = Journal(redis, dedupe_ttl_sec=60, journal_ttl_sec=60)
+    await journal.claim("again", "BTCUSDT", "1-0")
+    await journal.publish("again", "BTCUSDT", "executed", {"status": "EXECUTED"})
+    await redis.hset(K.journal("again"), "state", "permitted")  # the late gate's write
+    with pytest.raises(AlreadyFinal):
+        async with leases(redis).hold("BTCUSDT", "again", wait_sec=1, new_order=True):
+            pass
+    assert await redis.hget(K.journal("again"), "state") == "executed"
+
+
 @pytest.mark.parametrize("source", ["env", "quantum:kill", "quantum:global:kill_switch"])
 async def test_the_kill_switch_stops_new_orders_not_lookups(redis: Redis, source: str) -> None:
     if source != "env":

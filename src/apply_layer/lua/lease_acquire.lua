@@ -18,7 +18,16 @@
 -- plan's result is out), KILL (the kill switch is on), WRONGTYPE (the lease
 -- key holds another Redis type).
 
-if redis.call('HEXISTS', KEYS[2], 'result_id') == 1 then return 'FINAL' end
+if redis.call('HEXISTS', KEYS[2], 'result_id') == 1 then
+  -- The result out stands, and the journal's state says so (as publish.lua keeps
+  -- it): a gate that ran for a copy of the plan redelivered after Redis lost writes,
+  -- while its result was written again, may have written 'permitted' over it.
+  local was = redis.call('HGET', KEYS[2], 'outcome_status') or ''
+  if was ~= '' and redis.call('HGET', KEYS[2], 'state') ~= string.lower(was) then
+    redis.call('HSET', KEYS[2], 'state', string.lower(was))
+  end
+  return 'FINAL'
+end
 if ARGV[4] == '1' and (ARGV[3] == '1' or kill_on(KEYS[3]) or kill_on(KEYS[4])) then
   return 'KILL'
 end
