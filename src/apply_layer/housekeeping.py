@@ -1,13 +1,15 @@
 """What the service's intake loop does between reads, once per ``APPLY_POLL_SEC``.
 
 - The heartbeat (``quantum:svc:apply_layer:heartbeat``, expiring after three
-  ticks, 15 s at least): operators see which daemons are alive.
+  ticks, 15 s at least): operators see which daemons are alive, and the
+  keyspace watcher expects the write's own keyspace event (its canary).
 - The group's pending entries and its lag (entries not yet delivered to it),
   exported for the alerts (``XPENDING``, ``XINFO GROUPS``); while Redis
   cannot be read they are NaN (:func:`mark_unknown`), not their last value.
 - The kill switch, read (``TYPE``/``GET`` of its keys) so its gauge clears
   within a tick of the key's deletion.
-- The server's keyspace-events setting (``KeyspaceWatcher.check_server``).
+- Whether keyspace events flow (``KeyspaceWatcher.check``: the last
+  heartbeat's event, and the server's setting where ``CONFIG GET`` is allowed).
 - ``XAUTOCLAIM`` of entries idle past ``APPLY_CLAIM_IDLE_SEC`` in *any*
   consumer's pending list: a crashed instance's plans (and ours, if a try was
   deferred) are resumed from their journal state. This, with the service's
@@ -94,7 +96,7 @@ class Housekeeping:
         if now < self._next_run:
             return
         self._next_run = now + self.settings.poll_sec
-        await self.watcher.check_server()
+        await self.watcher.check()
         metrics.KEYSPACE_ACTIVE.labels(self.settings.keyspace_events).set(
             1 if self.watcher.active else 0
         )
@@ -106,7 +108,8 @@ class Housekeeping:
             "in_flight": len(self._in_flight),
         }
         ttl = max(15, int(self.settings.poll_sec * 3))
-        await self.redis.set(K.HEARTBEAT_KEY, json.dumps(beat), ex=ttl)
+        with self.watcher.canary_write():
+            await self.redis.set(K.HEARTBEAT_KEY, json.dumps(beat), ex=ttl)
         await self._export_backlog()
         await self._export_kill_switch()
         await self._claim_idle()

@@ -14,6 +14,8 @@ PLAN_STREAM = "quantum:stream:apply.plan"
 RESULT_STREAM = "quantum:stream:apply.result"
 KILL_SWITCH_KEYS = ("quantum:global:kill_switch", "quantum:kill")
 HEARTBEAT_KEY = "quantum:svc:apply_layer:heartbeat"
+# Written every tick, the heartbeat is also the keyspace watcher's canary: with
+# notify-keyspace-events K$ its SET is published on keyspace_channel(HEARTBEAT_KEY, db).
 
 GOVERNOR_BLOCK_TEMPLATE = "quantum:governor:block:{plan_id}"
 # The daemon's own claim on a plan id (which stream entry drives it). Not
@@ -74,6 +76,15 @@ def symbol_lease(symbol: str) -> str:
 
 def last_send(symbol: str) -> str:
     return LAST_SEND_TEMPLATE.format(symbol=symbol)
+
+
+def keyspace_channel(key: str, db: int) -> str:
+    """The channel Redis publishes writes to ``key`` (a key or a glob) on, in database ``db``.
+
+    The watcher pattern-subscribes to these, the ACL grants them (``&`` rules,
+    compared as text), ``check`` probes them: all from here.
+    """
+    return f"__keyspace@{db}__:{key}"
 
 
 def glob_of(template: str) -> str:

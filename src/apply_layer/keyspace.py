@@ -19,19 +19,31 @@ in a tight loop.
 
 A subscription alone does not prove that events flow: ``CONFIG SET
 notify-keyspace-events ""`` on a running server leaves it confirmed and
-silent. So the housekeeping tick re-reads the server's setting
-(:meth:`KeyspaceWatcher.check_server`, only where ``CONFIG GET`` is allowed):
-while the setting lacks ``K$h`` the watcher counts as inactive (the gauge
-shows 0 and the gate relies on its step poll, as it always can), with one
-log line when that starts and one when events are back; in ``enable`` mode it
-turns them on again. A watcher that found them off at start subscribes once
-they appear.
+silent. Two signs tell, checked each housekeeping tick (:meth:`KeyspaceWatcher.check`):
+
+- The canary, for every user: the watcher also subscribes to the heartbeat
+  key's channel (``keys.keyspace_channel(HEARTBEAT_KEY, db)``), and each
+  heartbeat ``SET`` the housekeeping makes (:meth:`KeyspaceWatcher.canary_write`)
+  must come back as an event within ``CANARY_SEC``. A write whose event
+  never came means events are off (or lost on the way).
+- The server's setting, re-read with ``CONFIG GET`` where the user may run it
+  (an admin user; the shipped least-privilege user may not, as ``CONFIG GET``
+  would show ``requirepass``): it notices within one tick, names the setting,
+  sees a missing ``h`` (HASH permits) that a string canary cannot, and lets
+  ``enable`` mode turn events on again.
+
+While either says off, the watcher counts as inactive (the gauge shows 0 and
+the gate relies on its step poll, as it always can), with one log line when
+that starts (``keyspace_events_off``, with why) and one when events are back
+(``keyspace_events_back``). A watcher that found them off at start (by
+``CONFIG GET``) subscribes once they appear.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterable, Iterator
 
 from redis.asyncio import Redis
@@ -39,6 +51,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from apply_layer import keys as K
 from apply_layer.logs import get_logger
 from apply_layer.redis_client import redis_db
 
@@ -53,12 +66,27 @@ MAX_BACKOFF_SEC = 5.0  # the connection was lost: Redis is usually back within s
 MAX_REFUSED_BACKOFF_SEC = 60.0  # the server said no (ACL): it says no until someone fixes it
 SUBSCRIBE_TIMEOUT_SEC = 5.0
 START_WAIT_SEC = 2.0
+# The canary: the heartbeat the housekeeping writes every tick. Its event takes a
+# millisecond on a healthy server; one not seen this long after the write means
+# events are off. Judged at the ticks, so with APPLY_POLL_SEC above this the verdict
+# comes at the tick after the write (5 s by default), below it after CANARY_SEC.
+CANARY_KEY = K.HEARTBEAT_KEY
+CANARY_SEC = 2.0
 
 
 def covers(flags: str, needed: str = REQUIRED_CLASSES) -> bool:
     """Whether a ``notify-keyspace-events`` value publishes every class in ``needed``."""
     expanded = flags.replace("A", "g$lshzxetd")
     return all(c in expanded for c in needed)
+
+
+def channels(patterns: Iterable[str], db: int) -> list[str]:
+    """Every channel the watcher subscribes to: the gate's patterns and the canary's key.
+
+    ``check`` probes and the shipped ACL grants exactly these (the ACL compares
+    a PSUBSCRIBE pattern as text, so each one is listed).
+    """
+    return [K.keyspace_channel(p, db) for p in sorted({*patterns, CANARY_KEY})]
 
 
 def merged_flags(flags: str, needed: str = REQUIRED_CLASSES) -> str:
@@ -72,8 +100,8 @@ class KeyspaceWatcher:
     def __init__(self, redis: Redis, patterns: Iterable[str], mode: str = "detect") -> None:
         self._redis = redis
         self._db = redis_db(redis)
-        self._patterns = sorted(set(patterns))
-        self._prefix = f"__keyspace@{self._db}__:"
+        self._channels = channels(patterns, self._db)
+        self._prefix = K.keyspace_channel("", self._db)
         self._mode = mode
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -83,12 +111,15 @@ class KeyspaceWatcher:
         self.attempts = 0  # subscribe attempts so far (each one a new connection)
         self.error = ""  # why the last attempt failed, "" once subscribed
         self.server_off = False  # the server's setting lacks K$h (last read)
+        self.canary_off = False  # a heartbeat write's event did not come (the last one)
+        self._canary_since: float | None = None  # the oldest write whose event is awaited
+        self._reported_off = False  # what the last keyspace_events_off/_back line said
         self._config_readable = False  # CONFIG GET answered at start: re-read it later
 
     @property
     def active(self) -> bool:
         """True while events are flowing; waiters may then rely on them for latency."""
-        return self._subscribed.is_set() and not self.server_off
+        return self._subscribed.is_set() and not self.server_off and not self.canary_off
 
     async def start(self) -> str:
         """Detect (or enable) notifications and subscribe; returns a one-line status."""
@@ -101,11 +132,12 @@ class KeyspaceWatcher:
         if flags is None:
             # A least-privilege ACL user has no CONFIG (deploy/redis/): whether the
             # server publishes events is unknown, so subscribe anyway; if it does
-            # not, nothing arrives and the poll is the fallback, as always.
-            note = " (CONFIG GET refused: events arrive only if the server has K$h)"
+            # not, the heartbeat's event never arrives (the canary, check()) and the
+            # poll is the fallback, as always.
+            note = " (CONFIG GET refused: the heartbeat's own event tells whether events flow)"
         elif not covers(flags):
             if self._mode != "enable":
-                self.server_off = True
+                self.server_off = self._reported_off = True  # the start line says so
                 self.status = (
                     f"off on the server (notify-keyspace-events={flags!r}): polling only; "
                     "set APPLY_KEYSPACE_EVENTS=enable or add 'K$h' to react in ~1 ms"
@@ -127,28 +159,91 @@ class KeyspaceWatcher:
             self.status = "subscribing (polling meanwhile)" + note
         return self.status
 
-    async def check_server(self) -> None:
-        """Re-read ``notify-keyspace-events`` (housekeeping, each tick); see the module doc.
+    async def check(self) -> None:
+        """Whether events flow (housekeeping, each tick, before the heartbeat); see the module doc.
 
-        A no-op in ``off`` mode and where ``CONFIG GET`` was refused at start
-        (a least-privilege ACL user: asking every tick would only fill the
-        server's ACL log). Redis errors propagate, like the tick's others.
+        A no-op in ``off`` mode. The server's setting is re-read only where
+        ``CONFIG GET`` answered at start (a least-privilege ACL user: asking
+        every tick would only fill the server's ACL log); the canary is judged
+        for everyone. Redis errors propagate, like the tick's others.
         """
         if self._mode == "off":
             return
         if self.status == "starting":  # Redis was unreachable at start: start now
             await self.start()
             return
-        if not self._config_readable:
+        if self._config_readable:
+            await self._check_setting()
+        self._check_canary()
+
+    @contextlib.contextmanager
+    def canary_write(self) -> Iterator[None]:
+        """Wrap the heartbeat's ``SET``: its keyspace event is then expected.
+
+        Armed before the write (its event may be read before the write's reply
+        is), only while subscribed (a write before the subscription can never
+        be seen), and disarmed if the write fails (no write, no event: a full
+        Redis answering OOM is not a sign that events are off).
+        """
+        armed = self._subscribed.is_set() and self._canary_since is None
+        if armed:
+            self._canary_since = time.monotonic()
+        try:
+            yield
+        except BaseException:
+            if armed:
+                self._canary_since = None
+            raise
+
+    def _check_canary(self) -> None:
+        since = self._canary_since
+        if since is None or self.canary_off:
             return
+        waited = time.monotonic() - since
+        if waited < CANARY_SEC:
+            return
+        self.canary_off = True
+        self._report(
+            why=f"no keyspace event for the heartbeat written {waited:.1f} s ago "
+            f"(expected within {CANARY_SEC:g} s): notify-keyspace-events lacks K$ on the "
+            "server, or events are lost on the way",
+            channel=self._prefix + CANARY_KEY,
+        )
+
+    def _canary_seen(self) -> None:
+        self._canary_since = None
+        if self.canary_off:
+            self.canary_off = False
+            self._report(why="the heartbeat's keyspace event arrived")
+
+    def _report(self, **fields: object) -> None:
+        """One line when events stop flowing (by either sign), one when both say they flow."""
+        off = self.server_off or self.canary_off
+        if off == self._reported_off:
+            return
+        self._reported_off = off
+        if off:
+            log.warning(
+                "keyspace_events_off",
+                hint="the permit wait polls every APPLY_PERMIT_STEP_MS until the server "
+                "publishes K$h again (or set APPLY_KEYSPACE_EVENTS=enable)",
+                **fields,
+            )
+        else:
+            log.info("keyspace_events_back", **fields)
+            self._wake_all()  # re-check anything written while they were off
+
+    async def _check_setting(self) -> None:
+        """Re-read ``notify-keyspace-events`` (where ``CONFIG GET`` is allowed)."""
         flags = await self._server_flags()
         if flags is None:
             return
         if covers(flags):
             if self.server_off:
                 self.server_off = False
-                log.info("keyspace_events_back", notify_keyspace_events=flags)
-                self._wake_all()  # re-check anything written while they were off
+                self._report(
+                    why="notify-keyspace-events has K$h again", notify_keyspace_events=flags
+                )
             if self._task is None:  # off at start: subscribe now
                 self._task = asyncio.create_task(self._run(), name="keyspace-watcher")
                 self.status = "on (the server publishes K$h now)"
@@ -168,11 +263,9 @@ class KeyspaceWatcher:
                 return
         if not self.server_off:
             self.server_off = True
-            log.warning(
-                "keyspace_events_off",
+            self._report(
+                why="notify-keyspace-events lacks K$h on the server (CONFIG GET)",
                 notify_keyspace_events=flags,
-                hint="the permit wait polls every APPLY_PERMIT_STEP_MS until the server "
-                "publishes K$h again (or set APPLY_KEYSPACE_EVENTS=enable)",
             )
 
     async def _server_flags(self) -> str | None:
@@ -222,6 +315,8 @@ class KeyspaceWatcher:
         if message.get("type") != "pmessage":
             return
         key = str(message["channel"]).removeprefix(self._prefix)
+        if key == CANARY_KEY:
+            self._canary_seen()
         for event in self._waiters.get(key, ()):
             event.set()
 
@@ -245,14 +340,13 @@ class KeyspaceWatcher:
     async def _run(self) -> None:
         backoff = FIRST_BACKOFF_SEC
         failing = False  # logged once per run of failures, not once per retry
-        channels = [self._prefix + p for p in self._patterns]
         while True:
             pubsub = self._redis.pubsub()
             self.attempts += 1
             try:
                 if self._mode == "enable":
                     await self._ensure_enabled()  # after a failover, the new primary's too
-                await self._subscribe(pubsub, channels)
+                await self._subscribe(pubsub, self._channels)
                 # Confirmed by Redis: only now is the backoff reset.
                 self._subscribed.set()
                 self._tried.set()
@@ -275,6 +369,7 @@ class KeyspaceWatcher:
                     failing = True
                     self._log_failure(refused, lost=self._subscribed.is_set())
                 self._subscribed.clear()
+                self._canary_since = None  # its event may have been lost with the connection
                 self._tried.set()
                 self._wake_all()
                 await asyncio.sleep(backoff)
@@ -288,7 +383,7 @@ class KeyspaceWatcher:
             log.warning(
                 "keyspace_watcher_refused",
                 error=self.error,
-                patterns=",".join(self._prefix + p for p in self._patterns),
+                patterns=",".join(self._channels),
                 hint="the Redis user needs these channels, listed literally "
                 "(deploy/redis/apply-layer.acl); polling meanwhile, retrying with backoff",
             )

@@ -30,6 +30,7 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 from apply_layer import keys as K
 from apply_layer.errors import ProbeRefused
 from apply_layer.gate import GateConfig
+from apply_layer.keyspace import channels as keyspace_channels
 
 Role = Literal["daemon", "cli"]
 ACL_FILE = "deploy/redis/apply-layer.acl"
@@ -170,9 +171,8 @@ def daemon_probes(
         )
         # Consumed with UNLINK, the one write the daemon may make to a permit.
         probes.append(Probe(("UNLINK", permit[0]), "+unlink", "%W" + permit[1]))
-    if keyspace:
-        for pattern in config.watch_patterns():
-            channel = f"__keyspace@{db}__:{pattern}"
+    if keyspace:  # the gate's patterns and the heartbeat's channel (the watcher's canary)
+        for channel in keyspace_channels(config.watch_patterns(), db):
             probes.append(Probe(("PSUBSCRIBE", channel), "+psubscribe", "", "&" + channel))
     return probes
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError
 
 from apply_layer import keyspace as notify
 from apply_layer.embedded_redis import EmbeddedRedis
@@ -87,8 +88,9 @@ async def test_once_the_channels_are_granted_it_subscribes_and_wakes(
     try:
         await watcher.start()
         assert not watcher.active
-        # The literal patterns the watcher uses: the ACL compares them as text.
-        channels = [f"&__keyspace@0__:{p}" for p in PATTERNS]
+        # The literal patterns the watcher uses (the gate's and the heartbeat's, its
+        # canary): the ACL compares them as text.
+        channels = ["&" + c for c in notify.channels(PATTERNS, 0)]
         await setuser(admin, USER, *channels)
         for _ in range(60):
             if watcher.active:
@@ -124,7 +126,7 @@ async def test_without_config_get_it_still_subscribes(
     own_redis_server: EmbeddedRedis, admin: Redis
 ) -> None:
     """A least-privilege user has no CONFIG: the watcher subscribes anyway."""
-    channels = [f"&__keyspace@0__:{p}" for p in PATTERNS]
+    channels = ["&" + c for c in notify.channels(PATTERNS, 0)]
     await setuser(admin, USER, "-config|get", *channels)
     client = create_redis(_user_url(own_redis_server), name="watcher")
     watcher = KeyspaceWatcher(client, PATTERNS, mode="detect")
@@ -135,3 +137,57 @@ async def test_without_config_get_it_still_subscribes(
     finally:
         await watcher.stop()
         await client.aclose()
+
+
+async def test_a_failed_heartbeat_write_is_not_taken_for_events_off(
+    own_redis_server: EmbeddedRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The canary expects an event only for a write that happened: a full Redis
+    (``OOM``, ``maxmemory`` with ``noeviction``) refuses the heartbeat, and that
+    is not keyspace events off. A write that happened and brought no event is."""
+    from apply_layer import keys as K
+    from apply_layer.housekeeping import Housekeeping
+    from tests.harness import settings_for
+
+    monkeypatch.setattr(notify, "CANARY_SEC", 0.3)
+    admin = create_redis(own_redis_server.url, name="admin")
+    await admin.config_set("notify-keyspace-events", "K$h")
+    await admin.xgroup_create(K.PLAN_STREAM, "apply_layer", id="$", mkstream=True)
+    client = create_redis(own_redis_server.url, name="watcher")
+    watcher = KeyspaceWatcher(client, PATTERNS, mode="detect")
+    settings = settings_for(own_redis_server, poll_sec=0.01)
+    chores = Housekeeping(
+        settings, client, watcher, in_flight=(), room=lambda: 0, spawn=lambda entry: None
+    )
+
+    async def tick() -> None:
+        await asyncio.sleep(0.02)  # past poll_sec: the tick is due
+        await chores.run_if_due()
+
+    def off_lines() -> int:
+        return [r.getMessage() for r in caplog.records].count("keyspace_events_off")
+
+    try:
+        await watcher.start()
+        await tick()
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", "1")
+        with pytest.raises(OutOfMemoryError):
+            await tick()
+        await asyncio.sleep(0.6)  # twice the bound
+        await admin.config_set("maxmemory", "0")
+        await tick()
+        await asyncio.sleep(0.1)
+        assert watcher.active and off_lines() == 0
+        # The same written for real, with events off on the server: noticed.
+        await admin.config_set("notify-keyspace-events", "")
+        await tick()
+        await asyncio.sleep(0.6)
+        await tick()
+        assert not watcher.active and off_lines() == 1
+    finally:
+        await watcher.stop()
+        await client.aclose()
+        await admin.aclose()

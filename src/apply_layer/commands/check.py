@@ -217,9 +217,9 @@ async def _keyspace_check(redis: Redis, settings: Settings) -> CheckLine:
         return CheckLine(
             "keyspace events",
             True,
-            "unknown (CONFIG GET refused, as for the ACL user): `run` subscribes anyway; "
-            "events arrive only if the server has notify-keyspace-events K$h, else the "
-            f"gate polls every {settings.permit_step_ms} ms",
+            "unknown (CONFIG GET refused, as for the ACL user): `run` subscribes anyway "
+            "and expects its heartbeat's own event each tick; without one it polls every "
+            f"{settings.permit_step_ms} ms and apply_keyspace_notifications_active says 0",
         )
     if covers(flags):
         return CheckLine(
