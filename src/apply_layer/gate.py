@@ -322,7 +322,7 @@ class PermitGate:
                 mapping={"state": JournalState.BLOCKED, "gate_override": result.reason},
             )
         if result.owner:  # a replayed decision was counted by its owner
-            metrics.GATE_DECISIONS.labels(symbol, result.status, result.reason_class).inc()
+            metrics.child(metrics.GATE_DECISIONS, symbol, result.status, result.reason_class).inc()
         self._log(result)
         return result
 

@@ -10,6 +10,8 @@ to it.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from apply_layer.keys import ISSUERS
@@ -120,6 +122,28 @@ PLANS.labels("SKIPPED", "stale_plan")
 PLANS.labels("FAILED", "exchange_unavailable")
 for _refusal in REFUSALS:
     PLANS.labels("REJECTED", _refusal)
+
+
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+_CHILDREN: dict[tuple[object, tuple[str, ...]], object] = {}
+
+
+def child(metric: _M, *labels: str) -> _M:
+    """``metric.labels(*labels)``, looked up once per label set (issue 22).
+
+    The hot path counts every plan in four or five labelled series; each
+    ``labels()`` call converts and validates its values and takes the metric's
+    lock to find a child that, once made, never changes. Keeping the children
+    here returns the very objects ``labels()`` returns, so the series and their
+    values are the same. The cache grows with the label sets, which are few on
+    purpose (module docstring: classes and allowlisted symbols, never plan ids).
+    The values are strings or StrEnum members, which are their text.
+    """
+    key = (metric, labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*labels)
+    return found  # type: ignore[return-value]  # stored by this function, for this metric
 
 
 async def serve(port: int, addr: str = "127.0.0.1") -> MetricsServer | None:

@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cached_property
 
 from apply_layer.errors import InvalidPlan
 
@@ -81,8 +82,9 @@ class Plan:
     steps: tuple[Step, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def close_step(self) -> Step | None:
+        """Found once per plan (issue 22: asked 7 times a plan); ``steps`` never changes."""
         return next((s for s in self.steps if s.is_close), None)
 
     @property

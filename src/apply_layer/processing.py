@@ -301,7 +301,7 @@ class Processor:
         if prepared is not None:
             held.callback(prepared.cancel)
         decision = await self.gate.wait_and_consume(plan.plan_id, plan.symbol)
-        metrics.PERMIT_WAIT.labels("ok" if decision.allowed else "block").observe(
+        metrics.child(metrics.PERMIT_WAIT, "ok" if decision.allowed else "block").observe(
             decision.wait_ms / 1000
         )
         if not decision.allowed:
@@ -418,12 +418,12 @@ class Processor:
                 raise  # something may have been sent: leave it to recovery's lookup
             log.exception("executor_error", plan_id=plan.plan_id)
             result = lifecycle.executor_error(step.name, exc)
-        metrics.ORDERS.labels(result.status).inc()
+        metrics.child(metrics.ORDERS, result.status).inc()
         if step.warning:
             log.warning("step_pct_mismatch", plan_id=plan.plan_id, detail=step.warning)
         outcome = lifecycle.step_outcome(plan, result, wait_ms)
         if outcome.executed:
-            metrics.LAST_SUCCESS.labels(plan.symbol).set(time.time())
+            metrics.child(metrics.LAST_SUCCESS, plan.symbol).set(time.time())
         return outcome
 
     # ---- publication: every result leaves here ----------------------------------
@@ -446,7 +446,7 @@ class Processor:
         if not ending.journalled:
             if not await self.journal.publish_unjournalled(fields, entry_id):
                 return Handled(HandledKind.DONE)  # no longer pending: its result is out
-            metrics.PLANS.labels(outcome.status, outcome.reason_class).inc()
+            metrics.child(metrics.PLANS, outcome.status, outcome.reason_class).inc()
             event = "plan_rejected" if outcome.status == OutcomeStatus.REJECTED else "plan_outcome"
             log.warning(event, entry_id=entry_id, plan_id=ending.plan_id, error=outcome.error)
             return Handled(HandledKind.PUBLISHED, outcome)
@@ -462,7 +462,7 @@ class Processor:
         )
         if not new:
             return Handled(HandledKind.DONE, outcome)
-        metrics.PLANS.labels(outcome.status, outcome.reason_class).inc()
+        metrics.child(metrics.PLANS, outcome.status, outcome.reason_class).inc()
         log.info(
             "plan_outcome",
             plan_id=ending.plan_id,
