@@ -334,7 +334,7 @@ async def _exchange(conn: AbstractConnection, packed: bytes, count: int) -> list
     deadline = asyncio.get_running_loop().time() + (conn.socket_timeout or COMMAND_TIMEOUT_SEC)
     try:
         async with asyncio.timeout_at(deadline):
-            await _write(conn, packed)
+            await conn.send_packed_command(packed, check_health=False)
         async with asyncio.timeout_at(deadline):
             for _ in range(count):
                 try:
@@ -345,30 +345,6 @@ async def _exchange(conn: AbstractConnection, packed: bytes, count: int) -> list
         await conn.disconnect(nowait=True)
         raise RedisTimeoutError(f"no reply to a batch of {count} scripts in time") from None
     return replies
-
-
-async def _write(conn: AbstractConnection, packed: bytes) -> None:
-    """redis-py's ``send_packed_command``, without its own timer on a connected write.
-
-    With ``socket_timeout`` set, redis-py wraps every write in ``wait_for``, which
-    on Python 3.11 makes a task and costs a loop turn per batch (issue 22: about
-    9 us of CPU per batch measured, 1.5 batches a plan in paper mode). Here the
-    caller's ``timeout_at`` already bounds the write with the same deadline, so
-    a connected write goes without it: the attribute is lifted for the call only,
-    on a connection this batch holds alone (checked out of the pool), and put
-    back whatever happens. The write's error handling is redis-py's own
-    (``OSError`` -> ``ConnectionError``, the connection closed on any failure). A
-    connection that must (re)connect first keeps every timer of redis-py's.
-    """
-    timeout = conn.socket_timeout
-    if not conn.is_connected or not timeout:
-        await conn.send_packed_command(packed, check_health=False)
-        return
-    conn.socket_timeout = None
-    try:
-        await conn.send_packed_command(packed, check_health=False)
-    finally:
-        conn.socket_timeout = timeout
 
 
 def _packed(

@@ -265,35 +265,3 @@ async def test_the_batch_deadline_holds_even_if_the_write_swallows_its_timer(
     finally:
         await client.aclose()
     assert time.monotonic() - started < 1.5  # not the 3 s BLPOP: the reads had a deadline too
-
-
-async def test_a_connected_write_stalled_for_ever_still_ends_at_the_batch_deadline(
-    redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The write of a connected batch goes without redis-py's own wait_for (issue 22):
-    the batch's deadline alone must bound it, and the connection's socket_timeout,
-    lifted for the write, must be back afterwards (also after the failure)."""
-    client = Redis.from_url(redis_server.url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    await client.ping()  # connected: the write takes the path without redis-py's timer
-    seen: list[float | None] = []
-
-    async def stalled_write(self: AbstractConnection, command: Any) -> None:
-        seen.append(self.socket_timeout)
-        await asyncio.sleep(30)  # a peer that never drains
-
-    monkeypatch.setattr(AbstractConnection, "_send_packed_command", stalled_write)
-    started = time.monotonic()
-    try:
-        with pytest.raises(RedisTimeoutError):
-            await run_packed(client, [("PING",)])
-        assert time.monotonic() - started < 1.5
-        assert seen == [None]  # redis-py's timer was not armed: ours ended the write
-        monkeypatch.undo()
-        assert await run_packed(client, [("PING",)]) == [b"PONG"]
-        conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            assert conn.socket_timeout == 0.2
-        finally:
-            await client.connection_pool.release(conn)
-    finally:
-        await client.aclose()
