@@ -3,7 +3,7 @@
 # `prometheus`, as CI installs for promtool) with the shipped alert rules
 # scaled 60 times faster, scraping the real daemon every second while real
 # faults are caused one at a time (tests/deploy/test_monitoring_e2e.py).
-# About six minutes. Extra args go to pytest; -s prints the table of fault,
+# About ten minutes. Extra args go to pytest; -s prints the table of fault,
 # alert and time that docs/OPERATIONS.md records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
