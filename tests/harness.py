@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -11,11 +12,13 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+import redis as sync_redis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -233,6 +236,22 @@ async def grant(
 async def results(redis: Redis) -> list[dict[str, str]]:
     entries: list[tuple[str, dict[str, str]]] = await redis.xrange(K.RESULT_STREAM)  # type: ignore[assignment]
     return [dict(fields) for _, fields in entries]
+
+
+@contextlib.contextmanager
+def cli_database(
+    server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, index: int
+) -> Iterator[sync_redis.Redis]:
+    """Database ``index`` of ``server``, emptied, set as ``APPLY_REDIS_URL`` for the
+    commands a test runs in-process; a plain client of it for the test to write with."""
+    url = server.url.removesuffix("/0") + f"/{index}"
+    monkeypatch.setenv("APPLY_REDIS_URL", url)
+    client = sync_redis.Redis.from_url(url, decode_responses=True)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 async def until(check: Callable[[], object], timeout: float = 20.0) -> None:

@@ -11,16 +11,13 @@ import redis as sync_redis
 from apply_layer.commands import main
 from apply_layer.embedded_redis import EmbeddedRedis, free_port
 from apply_layer.redis_client import redact_url
+from tests.harness import cli_database
 
 
 @pytest.fixture
 def db(redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch) -> Iterator[sync_redis.Redis]:
-    url = redis_server.url.removesuffix("/0") + "/5"
-    monkeypatch.setenv("APPLY_REDIS_URL", url)
-    client = sync_redis.Redis.from_url(url, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.close()
+    with cli_database(redis_server, monkeypatch, 5) as client:
+        yield client
 
 
 def test_permits_shows_each_issuer_and_the_would_be_decision(

@@ -13,16 +13,13 @@ from apply_layer import keys as K
 from apply_layer.commands import main
 from apply_layer.commands.dedupe_clear import PREFIX, Selection, clear_dedupe, is_dedupe_key
 from apply_layer.embedded_redis import EmbeddedRedis, free_port
+from tests.harness import cli_database
 
 
 @pytest.fixture
 def db(redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch) -> Iterator[sync_redis.Redis]:
-    url = redis_server.url.removesuffix("/0") + "/7"
-    monkeypatch.setenv("APPLY_REDIS_URL", url)
-    client = sync_redis.Redis.from_url(url, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.close()
+    with cli_database(redis_server, monkeypatch, 7) as client:
+        yield client
 
 
 def _dedupe(db: sync_redis.Redis, *plans: str) -> None:

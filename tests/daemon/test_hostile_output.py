@@ -42,7 +42,7 @@ from apply_layer.logs import get_logger, permit_block_line, permit_ok_line, setu
 from apply_layer.metrics_http import HEADER_TIMEOUT_SEC, MAX_CONNECTIONS, MetricsServer
 from apply_layer.signing import sign_permit
 from apply_layer.stats import parse_line, summarize_lines
-from tests.harness import Daemon, settings_for
+from tests.harness import Daemon, cli_database, settings_for
 
 IDLE_CONNECTIONS = 1000
 RSS_GROWTH_BOUND_MB = 8  # docs/OPERATIONS.md, "Metrics": what 1,000 idle connections may add
@@ -347,12 +347,8 @@ GOVERNOR = {"granted": True, "symbol": "BTCUSDT"}
 
 @pytest.fixture
 def db(redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch) -> Iterator[sync_redis.Redis]:
-    url = redis_server.url.removesuffix("/0") + "/6"
-    monkeypatch.setenv("APPLY_REDIS_URL", url)
-    client = sync_redis.Redis.from_url(url, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.close()
+    with cli_database(redis_server, monkeypatch, 6) as client:
+        yield client
 
 
 def _permits(plan_id: str, capsys: pytest.CaptureFixture[str], *extra: str) -> str:

@@ -37,6 +37,7 @@ from apply_layer.stats import (
     render_text,
     summarize_lines,
 )
+from tests.harness import cli_database
 
 OLD_OK = "[PERMIT_WAIT] OK plan=67e6da21fa9fe506 wait_ms=345 safe_qty=0.0080"
 OLD_BLOCK = "[PERMIT_WAIT] BLOCK plan=abc123def456 reason=missing_p33 gov_ttl=50 p33_ttl=-10"
@@ -567,12 +568,8 @@ def test_journalctl_missing(
 
 @pytest.fixture
 def db(redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch) -> Iterator[sync_redis.Redis]:
-    url = redis_server.url.removesuffix("/0") + "/6"
-    monkeypatch.setenv("APPLY_REDIS_URL", url)
-    client = sync_redis.Redis.from_url(url, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.close()
+    with cli_database(redis_server, monkeypatch, 6) as client:
+        yield client
 
 
 def _result(db: sync_redis.Redis, entry_id: str, status: str, wait_ms: str, **extra: str) -> None:
