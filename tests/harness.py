@@ -15,9 +15,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -30,6 +29,9 @@ from apply_layer.outcomes import StepResult
 from apply_layer.settings import Settings, load_settings
 from apply_layer.statuses import StepStatus
 from tests.fake_binance import API_KEY, API_SECRET
+
+if TYPE_CHECKING:  # the benchmarks import this module, and never pytest
+    import pytest
 
 SYM = "BTCUSDT"
 STEPS = {
