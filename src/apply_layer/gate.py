@@ -38,7 +38,8 @@ from apply_layer.decision import (
 )
 from apply_layer.keys import ISSUERS, Issuer
 from apply_layer.keyspace import KeyspaceWatcher
-from apply_layer.logs import get_logger, permit_block_line, permit_ok_line
+from apply_layer.log_format import permit_block_line, permit_ok_line
+from apply_layer.logs import get_logger
 from apply_layer.permits import (
     MAX_PERMIT_BYTES,
     MAX_PERMIT_FIELDS,

@@ -14,6 +14,9 @@ or paragraph separator would otherwise start a line of its own (a forged
 terminal. :func:`escape_controls` writes each such character as its Python
 escape (``\\n``, ``\\x1b``, ``\\u2028``) in both formats, and a console record
 is always exactly one line: its traceback, if any, is the last field.
+
+The marker line's text and the escaping are pure and live in ``log_format``
+(re-exported here); this module is the setup only.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import structlog
 from pythonjsonlogger.json import JsonFormatter
 
 # The pure parts (the marker line's format, the escaping) are log_format's;
-# re-exported here for the callers that import them with the setup.
+# re-exported here for callers not yet moved to it (journal.py's format_qty).
 from apply_layer.log_format import PERMIT_WAIT as PERMIT_WAIT
 from apply_layer.log_format import escape_controls as escape_controls
 from apply_layer.log_format import format_qty as format_qty

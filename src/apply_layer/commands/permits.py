@@ -7,7 +7,7 @@ check) on the permits as they are now. Where the keys cannot be read here it
 says so, and never OK. Everything it prints from Redis is anybody's text
 (issue 21, finding 8: terminal escapes in a permit drew a fake "the gate would
 decide: OK"), so the text output escapes every control character
-(:func:`~apply_layer.logs.escape_controls`); ``--json`` is JSON's own escaping.
+(:func:`~apply_layer.log_format.escape_controls`); ``--json`` is JSON's own escaping.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from apply_layer import keys as K
 from apply_layer.decision import Judged, Situation, block_reason, decide
 from apply_layer.errors import CommandError, ConfigError
 from apply_layer.gate import GateConfig, GateResult
-from apply_layer.logs import escape_controls
+from apply_layer.log_format import escape_controls
 from apply_layer.permit_signatures import SignaturePolicy
 from apply_layer.permits import (
     MAX_PERMIT_BYTES,

@@ -33,7 +33,8 @@ from apply_layer.commands.demo import governor_permit, guard_shared_redis, p33_p
 from apply_layer.embedded_redis import private_redis
 from apply_layer.errors import BinanceError, CommandError
 from apply_layer.executors.binance.executor import BinanceExecutor
-from apply_layer.logs import format_qty, setup_logging
+from apply_layer.log_format import format_qty
+from apply_layer.logs import setup_logging
 from apply_layer.plans import SYMBOL_RE
 from apply_layer.redis_client import create_redis, redact_url
 from apply_layer.service import ApplyService

@@ -60,7 +60,7 @@ from apply_layer.executors.binance.model import (
     OrderInfo,
     parse_exchange_info,
 )
-from apply_layer.logs import format_qty
+from apply_layer.log_format import format_qty
 
 TIME_PATH = "/fapi/v1/time"
 EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"

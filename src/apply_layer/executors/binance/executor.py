@@ -70,7 +70,8 @@ from apply_layer.executors.binance.market import Market
 from apply_layer.executors.binance.model import OrderInfo, SymbolRules, step_result
 from apply_layer.executors.binance.preflight import preflight
 from apply_layer.executors.binance.readahead import ReadAhead
-from apply_layer.logs import format_qty, get_logger
+from apply_layer.log_format import format_qty
+from apply_layer.logs import get_logger
 from apply_layer.outcomes import StepResult
 from apply_layer.settings import Settings
 from apply_layer.sizing import size_close
