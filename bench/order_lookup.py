@@ -27,9 +27,9 @@ from decimal import Decimal
 
 from pydantic import SecretStr
 
+from apply_layer.errors import OrderNotFound
 from apply_layer.executors.base import OrderRequest
 from apply_layer.executors.binance.executor import BinanceExecutor
-from apply_layer.executors.binance.model import OrderNotFound
 from apply_layer.executors.binance.readahead import ReadAhead
 from apply_layer.logs import setup_logging
 from apply_layer.outcomes import StepResult

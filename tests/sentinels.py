@@ -20,7 +20,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from apply_layer.embedded_redis import EmbeddedRedis, RedisUnavailable, find_redis_server, free_port
+from apply_layer.embedded_redis import EmbeddedRedis, find_redis_server, free_port
+from apply_layer.errors import RedisUnavailable
 from apply_layer.redis_identity import parse_info
 
 SERVICE = "quantum"

@@ -5,7 +5,7 @@ one atomic step, or is blocked; only then is one reduce-only close placed,
 exactly once. docs/ARCHITECTURE.md follows one plan through these modules.
 
 The module map, by layer. A layer imports only those below it; the pure
-core imports nothing but itself (and ``logs``' formatting helpers)::
+core imports nothing but the standard library and itself (tests/unit/test_pure_core.py)::
 
     commands/          apply-layer <command>; one module per subcommand
       __init__            the dispatcher: settings, logging, exit statuses
@@ -18,7 +18,7 @@ core imports nothing but itself (and ``logs``' formatting helpers)::
     permit_signatures  which issuers must sign, and what a bad signature does
 
     Redis shell
-      gate             wait_and_consume_permits (lua/gate.lua)
+      gate             wait_and_consume_permits (lua/gate.lua): the wait loop
       journal          where a plan stands; claim, send record, the one publish
       lease            one execution per symbol; its fence and release
       lua/             every script, one .lua file each, KEYS/ARGV in a header
@@ -35,19 +35,23 @@ core imports nothing but itself (and ``logs``' formatting helpers)::
 
     Pure core (no I/O)
       plans            a stream entry becomes a Plan or InvalidPlan
-      permits          a stored permit is allow, deny or missing
+      permits          a stored permit is allow, deny or missing: the grant
+                       and quantity rules, once
+      decision         the gate's decision order and reasons; its defaults
       sizing           how much to close, rounded down to the lot step
       lifecycle        screening, stale authorisation, step result to outcome
       outcomes         Outcome, StepResult and the result entry's fields
       statuses         every status and state, a documented StrEnum each
-      signing          signed permits: canonical text, HMAC, key files
+      signing          signed permits: canonical text, HMAC, the key ring
       stats            what the [PERMIT_WAIT] lines say
+      log_format       the [PERMIT_WAIT] line's format; escaping log values
       keys             every Redis key and stream name
-      errors           the exceptions, and the tree of all of them
+      errors           every exception class, and the tree of all of them
       checks           CheckLine, one line of `apply-layer check`
 
     Used everywhere: settings (the one settings object), logs (the one
     logging setup), metrics, systemd (sd_notify), caller_tokens,
+    signing_keys (the issuers' key file),
     embedded_redis (a private redis-server for the demo and the tests).
 """
 

@@ -20,11 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from apply_layer.errors import CommandError
-
-
-class RedisUnavailable(RuntimeError):
-    """No redis-server binary could be found or started."""
+from apply_layer.errors import CommandError, RedisUnavailable
 
 
 def find_redis_server() -> str:

@@ -26,23 +26,35 @@ from apply_layer import keys as K
 from apply_layer import lua, metrics
 from apply_layer.batching import ScriptHost
 from apply_layer.caller_tokens import new_token
+from apply_layer.decision import (
+    DECISIONS,
+    DEFAULT_JOURNAL_TTL_SEC,
+    DEFAULT_PERMIT_STEP_MS,
+    DEFAULT_PERMIT_WAIT_MS,
+    DEFAULT_REQUIRED_PERMITS,
+    Judged,
+    Situation,
+    block_reason,
+)
 from apply_layer.keys import ISSUERS, Issuer
 from apply_layer.keyspace import KeyspaceWatcher
-from apply_layer.logs import get_logger, permit_block_line, permit_ok_line
+from apply_layer.log_format import permit_block_line, permit_ok_line
+from apply_layer.logs import get_logger
 from apply_layer.permits import (
-    KILL_SWITCH_LUA,
     MAX_PERMIT_BYTES,
     MAX_PERMIT_FIELDS,
     MAX_PERMIT_MEMORY,
     OVERSIZED_PREFIX,
     PermitVerdict,
     evaluate_permit,
-    governor_block_reason,
 )
 from apply_layer.settings import Settings
 from apply_layer.statuses import GateStatus, JournalState
 
 log = get_logger()
+
+# The kill switch rule for Lua scripts (``kill_on``), prepended to gate.lua.
+KILL_SWITCH_LUA = lua.source("kill_switch")
 
 GATE_SCRIPT = (
     KILL_SWITCH_LUA
@@ -57,10 +69,10 @@ _PER_ISSUER = 6  # name, kind, raw, ttl, verdict, category
 class GateConfig:
     """What the gate needs from the settings."""
 
-    issuers: tuple[Issuer, ...] = (ISSUERS["governor"], ISSUERS["p33"])
-    wait_ms: int = 1200
-    step_ms: int = 100
-    journal_ttl_sec: int = 7 * 24 * 3600
+    issuers: tuple[Issuer, ...] = tuple(ISSUERS[name] for name in DEFAULT_REQUIRED_PERMITS)
+    wait_ms: int = DEFAULT_PERMIT_WAIT_MS
+    step_ms: int = DEFAULT_PERMIT_STEP_MS
+    journal_ttl_sec: int = DEFAULT_JOURNAL_TTL_SEC
     kill_switch: bool = False
 
     @classmethod
@@ -132,69 +144,6 @@ class GateResult:
         if self.allowed:
             return permit_ok_line(self.plan_id, self.symbol, self.wait_ms, self.safe_qty)
         return permit_block_line(self.plan_id, self.symbol, self.wait_ms, self.reason, self.ttls)
-
-
-#: What the gate script may decide (MISMATCH is Python's own verdict; WAIT is no decision).
-DECISIONS = frozenset(GateStatus) - {GateStatus.MISMATCH, GateStatus.WAIT}
-
-
-@dataclass(frozen=True)
-class Judged:
-    """One required permit as the decision sees it: its issuer, verdict and deny reason."""
-
-    issuer: str
-    verdict: str  # allow, deny, missing
-    reason: str = ""  # the permit's own reason, else its deny category
-
-
-@dataclass(frozen=True)
-class Situation:
-    """What the gate reads for one plan, judged: everything its decision depends on."""
-
-    kill: bool  # APPLY_KILL_SWITCH or a kill switch key is on
-    governor_block: str | None  # the block marker's text; None when there is no marker
-    permits: tuple[Judged, ...]  # in the order of the required issuers
-
-    @property
-    def missing(self) -> list[str]:
-        return [p.issuer for p in self.permits if p.verdict == "missing"]
-
-
-def decide(seen: Situation, *, final: bool) -> GateStatus:
-    """The gate's decision order: ``KILL``, ``GOV_BLOCK``, ``DENY``, ``ALLOW``, then
-    ``TIMEOUT`` at the deadline (``final``) or ``WAIT`` before it.
-
-    ``gate.lua`` applies this order on the server, atomically, and is the one
-    that decides; this is the same order in Python, for whoever must say what
-    the gate would decide without running it (``apply-layer permits``).
-    tests/redis/test_decision_order.py holds the two together.
-    """
-    if seen.kill:
-        return GateStatus.KILL
-    if seen.governor_block is not None:
-        return GateStatus.GOV_BLOCK
-    if any(p.verdict == "deny" for p in seen.permits):
-        return GateStatus.DENY
-    if not seen.missing:
-        return GateStatus.ALLOW
-    return GateStatus.TIMEOUT if final else GateStatus.WAIT
-
-
-def block_reason(status: GateStatus, seen: Situation) -> str:
-    """The short reason a blocking decision gives (docs/GATE.md "Reasons")."""
-    if status == GateStatus.KILL:
-        return "kill_switch"
-    if status == GateStatus.GOV_BLOCK:
-        return f"governor_blocked:{governor_block_reason(seen.governor_block)}"
-    if status == GateStatus.DENY:
-        first = next(p for p in seen.permits if p.verdict == "deny")
-        return f"{first.issuer}_permit_denied:{first.reason}"
-    if status == GateStatus.TIMEOUT:
-        missing = seen.missing
-        if len(missing) == len(seen.permits) and len(missing) > 1:
-            return "missing_all"
-        return "missing_" + "_".join(missing)
-    raise ValueError(f"not a blocking gate status: {status!r}")
 
 
 def build_result(

@@ -14,6 +14,9 @@ or paragraph separator would otherwise start a line of its own (a forged
 terminal. :func:`escape_controls` writes each such character as its Python
 escape (``\\n``, ``\\x1b``, ``\\u2028``) in both formats, and a console record
 is always exactly one line: its traceback, if any, is the last field.
+
+The marker line's text and the escaping are pure and live in ``log_format``
+(re-exported here); this module is the setup only.
 """
 
 from __future__ import annotations
@@ -21,14 +24,20 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import IO, Any
 
 import structlog
 from pythonjsonlogger.json import JsonFormatter
 
+# The pure parts (the marker line's format, the escaping) are log_format's;
+# re-exported here for callers not yet moved to it (journal.py's format_qty).
+from apply_layer.log_format import PERMIT_WAIT as PERMIT_WAIT
+from apply_layer.log_format import escape_controls as escape_controls
+from apply_layer.log_format import format_qty as format_qty
+from apply_layer.log_format import permit_block_line as permit_block_line
+from apply_layer.log_format import permit_ok_line as permit_ok_line
+
 LOGGER_NAME = "apply_layer"
-PERMIT_WAIT = "[PERMIT_WAIT]"
 
 # Attributes every LogRecord has; anything else on a record is an event field.
 _RECORD_ATTRS = frozenset(
@@ -38,23 +47,6 @@ _RECORD_ATTRS = frozenset(
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
-
-
-def escape_controls(text: str) -> str:
-    """``text`` with every character that is not printable written as its escape.
-
-    "Not printable" is :meth:`str.isprintable`'s: the C0 and C1 controls
-    (``\\n``, ``\\r``, ``\\t``, ESC, NEL U+0085), DEL, the line and paragraph
-    separators U+2028/U+2029, format characters such as the bidi overrides,
-    and every space but the ASCII one. Ordinary text comes back unchanged.
-    """
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
-
-
-def _escape(ch: str) -> str:
-    return repr(ch)[1:-1]  # '\\n', '\\x1b', '\\x85', '\\u2028': never a quote (printable)
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -136,30 +128,3 @@ def setup_logging(level: str = "INFO", fmt: str = "console", stream: IO[str] | N
 def get_logger(name: str = LOGGER_NAME) -> Any:
     """A structlog logger bound to the stdlib logger ``name``."""
     return structlog.get_logger(name)
-
-
-def format_qty(value: Decimal | None) -> str:
-    """A quantity as plain decimal text: no exponent, no float artefacts."""
-    if value is None:
-        return "none"
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text or "0"
-
-
-def permit_ok_line(plan_id: str, symbol: str, wait_ms: int, safe_qty: Decimal | None) -> str:
-    return (
-        f"{PERMIT_WAIT} OK plan={plan_id} symbol={symbol} wait_ms={wait_ms} "
-        f"safe_qty={format_qty(safe_qty)}"
-    )
-
-
-def permit_block_line(
-    plan_id: str, symbol: str, wait_ms: int, reason: str, ttls: Mapping[str, int]
-) -> str:
-    tail = "".join(f" {issuer}_ttl={ttl}" for issuer, ttl in ttls.items())
-    return (
-        f"{PERMIT_WAIT} BLOCK plan={plan_id} symbol={symbol} wait_ms={wait_ms} "
-        f"reason={reason}{tail}"
-    )

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from apply_layer.logs import format_qty
+from apply_layer.log_format import format_qty
 from apply_layer.statuses import (
     RESULT_DECISIONS,
     STATES,

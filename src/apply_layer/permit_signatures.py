@@ -23,7 +23,8 @@ from apply_layer.keys import ISSUERS
 from apply_layer.logs import get_logger
 from apply_layer.plans import Step
 from apply_layer.settings import Settings
-from apply_layer.signing import KeyRing, Mode, keys_path, read_keys, verify_permit
+from apply_layer.signing import KeyRing, Mode, verify_permit
+from apply_layer.signing_keys import keys_path, read_keys
 
 log = get_logger()
 

@@ -1,5 +1,8 @@
 """Permit verdicts (pure): is a stored permit an allow, a deny, or missing?
 
+The one statement in Python of the permit rules: the gate's re-check, the
+signatures (``signing.py``) and the commands all use these functions.
+
 The gate's Lua script decides atomically on the server with the same rules
 (``gate.lua``); this module re-reads the raw values the script returns so the
 service gets typed, exact values (``safe_qty`` as a Decimal from the permit's
@@ -33,11 +36,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from apply_layer import lua
 from apply_layer.keys import Issuer
 
 Verdict = Literal["allow", "deny", "missing"]
@@ -92,12 +95,55 @@ def sanitise_reason(text: str) -> str:
     return cleaned or "unspecified"
 
 
-def _is_true(value: Any) -> bool:
+def _from_float(value: Any) -> Any:
+    """An issuer's Python float as the gate reads it: JSON writes a float as its
+    ``repr``, which the gate decodes as that exact Decimal. Anything else as it is.
+
+    The gate itself never holds a float (it decodes numbers as Decimal, and a
+    HASH's fields are strings), so for the gate this is the identity; it makes
+    the signer, which sees the issuer's dict, read what the gate will.
+    """
+    if isinstance(value, float):
+        try:
+            return Decimal(repr(value))
+        except InvalidOperation:  # pragma: no cover - repr() of a float is valid Decimal text
+            return Decimal("NaN")
+    return value
+
+
+def is_true(value: Any) -> bool:
+    """A grant flag's truth: ``true``, the number 1, or the string ``true``/``1`` in any case."""
     if value is True:
         return True
     if isinstance(value, Decimal | int) and not isinstance(value, bool):
         return bool(value == 1)
     return isinstance(value, str) and value.lower() in ("true", "1")
+
+
+def grant_flags(fields: Mapping[str, Any]) -> list[Any]:
+    """The grant flags a permit carries: ``granted`` and/or ``allow``, those present.
+
+    Read as the gate reads them: an issuer's Python float as its JSON text.
+    """
+    return [_from_float(fields[k]) for k in ("granted", "allow") if k in fields]
+
+
+def grants(fields: Mapping[str, Any]) -> bool:
+    """Rule 2: the permit's own grant, ``granted``/``allow`` present and every one true."""
+    flags = grant_flags(fields)
+    return bool(flags) and all(is_true(flag) for flag in flags)
+
+
+def permit_qty(fields: Mapping[str, Any]) -> Decimal | None:
+    """Rule 4: the quantity a P3.3 permit grants (``safe_qty``, else ``safe_close_qty``).
+
+    Read as the gate reads it: an issuer's Python float (``sign_permit`` gets
+    the issuer's dict before it is written) as the JSON text it is written as.
+    """
+    candidate = fields.get("safe_qty")
+    if candidate is None:
+        candidate = fields.get("safe_close_qty")
+    return parse_qty(_from_float(candidate))
 
 
 def _as_double(value: Decimal) -> float:
@@ -187,10 +233,9 @@ def evaluate_permit(issuer: Issuer, kind: str, raw: str | None, symbol: str) -> 
     def deny(category: str, detail: str = "") -> PermitVerdict:
         return PermitVerdict(name, kind, "deny", category, detail, fields=kept)
 
-    flags = [data[k] for k in ("granted", "allow") if k in data]
-    if not flags:
+    if not grant_flags(data):
         return deny("not_granted")
-    if not all(_is_true(flag) for flag in flags):
+    if not grants(data):
         own = data.get("reason")
         return deny("denied", sanitise_reason(own) if isinstance(own, str) else "")
     named = data.get("symbol")
@@ -198,10 +243,7 @@ def evaluate_permit(issuer: Issuer, kind: str, raw: str | None, symbol: str) -> 
         return deny("symbol_mismatch")
     qty: Decimal | None = None
     if issuer.carries_qty:
-        candidate = data.get("safe_qty")
-        if candidate is None:
-            candidate = data.get("safe_close_qty")
-        qty = parse_qty(candidate)
+        qty = permit_qty(data)
         if qty is None:
             return deny("invalid_qty")
     return PermitVerdict(name, kind, "allow", safe_qty=qty, fields=kept)
@@ -224,10 +266,6 @@ def governor_block_reason(raw: str | None) -> str:
     if isinstance(data, dict) and isinstance(data.get("reason"), str):
         return sanitise_reason(data["reason"])
     return "unspecified"
-
-
-# The kill switch rule for Lua scripts, prepended to gate.lua and lease_acquire.lua.
-KILL_SWITCH_LUA = lua.source("kill_switch")
 
 
 def kill_on(kind: str, value: str | None) -> bool:

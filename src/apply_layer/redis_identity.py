@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from apply_layer import metrics
+from apply_layer.errors import ReplicaRefused
 from apply_layer.logs import get_logger
 
 log = get_logger()
@@ -108,10 +108,6 @@ class ServerIdentity:
     @property
     def key(self) -> tuple[str, str]:
         return (self.run_id, self.replid)
-
-
-class ReplicaRefused(RedisConnectionError):
-    """The connection reached a replica; the daemon only talks to a primary."""
 
 
 class IdentityTracker:

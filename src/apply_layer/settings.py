@@ -26,6 +26,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from apply_layer.decision import (
+    DEFAULT_JOURNAL_TTL_SEC,
+    DEFAULT_PERMIT_STEP_MS,
+    DEFAULT_PERMIT_WAIT_MS,
+    DEFAULT_REQUIRED_PERMITS,
+)
 from apply_layer.errors import SettingsError
 from apply_layer.keys import ISSUERS
 from apply_layer.plans import SYMBOL_RE
@@ -99,14 +105,14 @@ class Settings(BaseSettings):
     mode: Mode = "dry_run"
     allowlist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT"])
     poll_sec: float = Field(default=5.0, gt=0, le=60)
-    permit_wait_ms: int = Field(default=1200, ge=0, le=60_000)
-    permit_step_ms: int = Field(default=100, ge=1, le=10_000)
+    permit_wait_ms: int = Field(default=DEFAULT_PERMIT_WAIT_MS, ge=0, le=60_000)
+    permit_step_ms: int = Field(default=DEFAULT_PERMIT_STEP_MS, ge=1, le=10_000)
     required_permits: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["governor", "p33"]
+        default_factory=lambda: list(DEFAULT_REQUIRED_PERMITS)
     )
     plan_max_age_sec: float = Field(default=60.0, gt=0)
     dedupe_ttl_sec: int = Field(default=300, ge=1)
-    journal_ttl_sec: int = Field(default=7 * 24 * 3600, ge=60)
+    journal_ttl_sec: int = Field(default=DEFAULT_JOURNAL_TTL_SEC, ge=60)
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "console"
     metrics_port: int = Field(default=8043, ge=0, le=65535)

@@ -1,4 +1,4 @@
-"""Signed permits (pure): canonical text, HMAC-SHA256 signatures, key files, modes.
+"""Signed permits (pure): canonical text, HMAC-SHA256 signatures, modes.
 
 Anyone who can write to Redis can write a permit, and anyone who can XADD can
 publish a plan. A signed permit carries an HMAC-SHA256, made with a key only
@@ -30,8 +30,11 @@ come from the plan entry the daemon is executing, not from the permit, so a
 signed permit cannot be moved to another plan, nor to another close of the
 same plan. (Version 1, without step and pct, is no longer accepted.)
 
-The issuers' keys, and the files they are read from, are ``signing_keys``'
-(re-exported here: ``from apply_layer.signing import read_keys, sign_permit``).
+Pure: no file, no environment. The key ring (:class:`KeyRing`) is a value
+here; reading it from a key file is ``signing_keys``' (``read_keys``,
+``keys_path``), the one module of the two that does I/O. The grant and
+quantity rules a signature binds are ``permits``' (:func:`~apply_layer.permits.grants`,
+:func:`~apply_layer.permits.permit_qty`), the very ones the gate applies.
 """
 
 from __future__ import annotations
@@ -41,28 +44,38 @@ import hmac
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
 from apply_layer.keys import ISSUERS, Issuer
-from apply_layer.permits import _is_true, parse_qty
+from apply_layer.permits import grants, permit_qty
 from apply_layer.plans import CLOSE_STEPS, STEP_NAME_RE
-from apply_layer.signing_keys import CREDENTIAL_NAME as CREDENTIAL_NAME
-from apply_layer.signing_keys import KEY_ID_RE as KEY_ID_RE
-from apply_layer.signing_keys import MIN_KEY_BYTES as MIN_KEY_BYTES
-from apply_layer.signing_keys import KeyRing as KeyRing
-from apply_layer.signing_keys import file_problem as file_problem
-from apply_layer.signing_keys import keys_path as keys_path
-from apply_layer.signing_keys import parse_keys as parse_keys
-from apply_layer.signing_keys import read_keys as read_keys
 
 Mode = Literal["off", "warn", "require"]
 MODES: tuple[Mode, ...] = ("off", "warn", "require")
 VERSION = "quantum-permit-v2"
 SIGNATURE_FIELDS = ("sig", "kid", "sig_exp_ms")
+KEY_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _HEX_SIG = re.compile(r"[0-9a-f]{64}")
 _INT_TEXT = re.compile(r"[0-9]{1,16}")
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """Secrets by issuer and key id. Its repr names the key ids only."""
+
+    keys: Mapping[str, Mapping[str, bytes]] = field(default_factory=dict, repr=False)
+
+    def key(self, issuer: str, kid: str) -> bytes | None:
+        return self.keys.get(issuer, {}).get(kid)
+
+    def kids(self, issuer: str) -> list[str]:
+        """The issuer's key ids in file order (the last is the newest)."""
+        return list(self.keys.get(issuer, {}))
+
+    def __repr__(self) -> str:
+        return f"KeyRing({ {i: list(k) for i, k in self.keys.items()} })"
 
 
 def parse_modes(text: str) -> dict[str, Mode]:
@@ -151,22 +164,6 @@ def canonical_text(
 
 def compute_signature(key: bytes, text: str) -> str:
     return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-def grants(fields: Mapping[str, Any]) -> bool:
-    """The permit's own grant: ``granted``/``allow`` present and every one true."""
-    flags = [fields[k] for k in ("granted", "allow") if k in fields]
-    return bool(flags) and all(_is_true(flag) for flag in flags)
-
-
-def permit_qty(fields: Mapping[str, Any]) -> Decimal | None:
-    """The quantity the gate reads (``safe_qty``, else ``safe_close_qty``)."""
-    candidate = fields.get("safe_qty")
-    if candidate is None:
-        candidate = fields.get("safe_close_qty")
-    if isinstance(candidate, float):  # an issuer's float: JSON writes it as repr()
-        candidate = Decimal(repr(candidate))
-    return parse_qty(candidate)
 
 
 def _issuer(name: str) -> Issuer:

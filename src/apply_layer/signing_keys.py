@@ -12,37 +12,18 @@ in an error, since with the columns out of order any word may be the secret.
 from __future__ import annotations
 
 import os
-import re
 import stat
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from apply_layer.errors import KeyFileError
 from apply_layer.keys import ISSUERS
+from apply_layer.signing import KEY_ID_RE, KeyRing
 
 CREDENTIAL_NAME = "permit-keys"  # LoadCredential=permit-keys:/etc/quantum/permit-keys
-KEY_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MIN_KEY_BYTES = 32
 MAX_KEY_FILE_BYTES = 1 << 20  # a key file is a few lines; never read a huge one whole
-
-
-@dataclass(frozen=True)
-class KeyRing:
-    """Secrets by issuer and key id. Its repr names the key ids only."""
-
-    keys: Mapping[str, Mapping[str, bytes]] = field(default_factory=dict, repr=False)
-
-    def key(self, issuer: str, kid: str) -> bytes | None:
-        return self.keys.get(issuer, {}).get(kid)
-
-    def kids(self, issuer: str) -> list[str]:
-        """The issuer's key ids in file order (the last is the newest)."""
-        return list(self.keys.get(issuer, {}))
-
-    def __repr__(self) -> str:
-        return f"KeyRing({ {i: list(k) for i, k in self.keys.items()} })"
 
 
 def _looks_like_secret(word: str) -> bool:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Literal
 
-from apply_layer.logs import PERMIT_WAIT
+from apply_layer.log_format import PERMIT_WAIT
 
 PERCENTILES = (50, 95, 99)
 # Bucket bounds in ms around the 1200 ms permit deadline: bucket i holds

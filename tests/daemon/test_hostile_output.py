@@ -38,7 +38,8 @@ from apply_layer import keys as K
 from apply_layer.commands import main
 from apply_layer.embedded_redis import EmbeddedRedis, free_port
 from apply_layer.housekeeping import Housekeeping
-from apply_layer.logs import get_logger, permit_block_line, permit_ok_line, setup_logging
+from apply_layer.log_format import permit_block_line, permit_ok_line
+from apply_layer.logs import get_logger, setup_logging
 from apply_layer.metrics_http import HEADER_TIMEOUT_SEC, MAX_CONNECTIONS, MetricsServer
 from apply_layer.signing import sign_permit
 from apply_layer.stats import parse_line, summarize_lines

@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from apply_layer import keys as K
-from apply_layer import signing
+from apply_layer import signing_keys
 from apply_layer.embedded_redis import EmbeddedRedis, free_port
 from apply_layer.errors import KeyFileError, SendRefused, SettingsError
 from apply_layer.executors.binance.executor import BinanceExecutor
@@ -46,7 +46,8 @@ from apply_layer.outcomes import StepResult
 from apply_layer.permit_signatures import LookupOnly
 from apply_layer.processing import Processor
 from apply_layer.settings import load_settings
-from apply_layer.signing import parse_keys, read_keys, sign_permit
+from apply_layer.signing import sign_permit
+from apply_layer.signing_keys import parse_keys, read_keys
 from apply_layer.sizing import LotFilter, size_close
 from apply_layer.statuses import StepStatus
 from tests.exchange.executor_helpers import POLICY, RECV_WINDOW, posts, request
@@ -181,7 +182,7 @@ def test_a_key_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     stranger = max(os.geteuid(), 0) + 4242
     fields = list(real)
     fields[stat.ST_UID] = stranger
-    problem = signing.file_problem(path, os.stat_result(fields))
+    problem = signing_keys.file_problem(path, os.stat_result(fields))
     assert problem is not None and f"owned by uid {stranger}" in problem and str(path) in problem
     if os.geteuid() == 0:  # the real thing, where the test may chown
         os.chown(path, 65534, 65534)

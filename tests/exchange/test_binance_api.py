@@ -10,8 +10,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from apply_layer.executors.binance.client import BinanceClient, sign
-from apply_layer.executors.binance.model import (
+from apply_layer.errors import (
     BinanceError,
     ExchangeRejected,
     NotProcessed,
@@ -19,8 +18,9 @@ from apply_layer.executors.binance.model import (
     RateLimited,
     StatusUnknown,
     TimestampRejected,
-    stricter,
 )
+from apply_layer.executors.binance.client import BinanceClient, sign
+from apply_layer.executors.binance.model import stricter
 from apply_layer.sizing import LotFilter
 from tests.fake_binance import (
     API_KEY,

@@ -18,8 +18,8 @@ from decimal import Decimal
 import pytest
 from prometheus_client import REGISTRY
 
+from apply_layer.errors import RateLimited
 from apply_layer.executors.binance.ban import ExchangeBan, ban_end_ms
-from apply_layer.executors.binance.model import RateLimited
 from tests.exchange.executor_helpers import POLICY, Make, request
 from tests.fake_binance import ORDER, FakeBinance
 from tests.harness import MemoryLog

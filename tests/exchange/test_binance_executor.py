@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from apply_layer.executors.binance.executor import BinanceConfigError, BinanceExecutor
-from apply_layer.executors.binance.model import ExchangeInfoInvalid
+from apply_layer.errors import BinanceConfigError, ExchangeInfoInvalid
+from apply_layer.executors.binance.executor import BinanceExecutor
 from apply_layer.logs import setup_logging
 from apply_layer.outcomes import StepResult
 from apply_layer.settings import Settings

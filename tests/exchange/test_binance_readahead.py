@@ -20,11 +20,10 @@ import pytest
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
-from apply_layer.errors import AttemptsChanged, PositionMoved
+from apply_layer.errors import AttemptsChanged, PositionMoved, StatusUnknown
 from apply_layer.executors.base import SendWatch
 from apply_layer.executors.binance.client import KEEPALIVE_SEC
 from apply_layer.executors.binance.executor import BinanceExecutor
-from apply_layer.executors.binance.model import StatusUnknown
 from apply_layer.executors.binance.readahead import ReadAhead
 from apply_layer.journal import Journal, JournalOrderLog
 from apply_layer.lease import Lease, SymbolLeases

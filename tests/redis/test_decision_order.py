@@ -1,7 +1,7 @@
 """``apply-layer permits`` says what the gate then decides, situation by situation.
 
 The gate's decision order is applied by ``gate.lua`` on the server; the
-``permits`` command says what it would decide from ``gate.decide``, the same
+``permits`` command says what it would decide from ``decision.decide``, the same
 order in Python. For each situation in the table the keys are written on a
 real redis-server, the command's view is read (``peek_plan``), then the real
 gate runs, and the two must agree: allow vs block, and the same reason.
@@ -20,7 +20,8 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.commands.permits import peek_plan
-from apply_layer.gate import GateConfig, block_reason, decide, wait_and_consume_permits
+from apply_layer.decision import block_reason, decide
+from apply_layer.gate import GateConfig, wait_and_consume_permits
 from apply_layer.keys import ISSUERS
 from apply_layer.statuses import GateStatus
 

@@ -8,7 +8,8 @@ import socket
 import pytest
 
 from apply_layer import embedded_redis
-from apply_layer.embedded_redis import PORT_RANGE_ENV, EmbeddedRedis, RedisUnavailable, free_port
+from apply_layer.embedded_redis import PORT_RANGE_ENV, EmbeddedRedis, free_port
+from apply_layer.errors import RedisUnavailable
 
 
 def test_this_worker_allocates_below_the_ephemeral_ports() -> None:

@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 from apply_layer import keys as K
 from apply_layer.commands.check import kill_switch_check
 from apply_layer.commands.permits import peek_plan
-from apply_layer.gate import GateConfig, PermitGate
+from apply_layer.gate import KILL_SWITCH_LUA, GateConfig, PermitGate
 from apply_layer.lease import ACQUIRE_SCRIPT
-from apply_layer.permits import KILL_SWITCH_LUA, kill_on
+from apply_layer.permits import kill_on
 
 KILL_ON = KILL_SWITCH_LUA + "return kill_on(KEYS[1]) and 1 or 0"
 

@@ -19,8 +19,9 @@ from redis.exceptions import RedisError
 
 from apply_layer.checks import CheckLine
 from apply_layer.commands import main
+from apply_layer.errors import ReplicaRefused
 from apply_layer.redis_client import close_redis, create_redis, redis_for
-from apply_layer.redis_identity import IdentityTracker, ReplicaRefused
+from apply_layer.redis_identity import IdentityTracker
 from apply_layer.settings import Settings
 from apply_layer.topology import persistence_line, replication_lines
 from tests.sentinels import SERVICE, RedisSentinels, sentinel_supported

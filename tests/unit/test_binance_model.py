@@ -7,13 +7,15 @@ from typing import Any
 
 import pytest
 
-from apply_layer.executors.binance.model import (
+from apply_layer.errors import (
     BinanceError,
     ExchangeInfoInvalid,
     ExchangeRejected,
-    OrderInfo,
     RateLimited,
     StatusUnknown,
+)
+from apply_layer.executors.binance.model import (
+    OrderInfo,
     parse_exchange_info,
     step_result,
     stricter,

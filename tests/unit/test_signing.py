@@ -16,18 +16,16 @@ from hypothesis import strategies as st
 
 from apply_layer.errors import KeyFileError, SettingsError
 from apply_layer.keys import ISSUERS
-from apply_layer.permits import decode_permit, evaluate_permit
+from apply_layer.permits import decode_permit, evaluate_permit, grants, permit_qty
 from apply_layer.settings import load_settings
 from apply_layer.signing import (
     KeyRing,
     canonical_text,
-    keys_path,
-    parse_keys,
     parse_modes,
-    read_keys,
     sign_permit,
     verify_permit,
 )
+from apply_layer.signing_keys import keys_path, parse_keys, read_keys
 
 KEY_OLD = bytes(range(32))
 KEY_NEW = bytes(range(100, 132))
@@ -348,7 +346,7 @@ def test_the_settings_give_each_required_issuer_its_mode(monkeypatch: pytest.Mon
 
 def test_the_unit_offers_the_key_credential_but_starts_without_it() -> None:
     """LoadCredential= of a missing file fails the unit: it is a drop-in, shown commented."""
-    from apply_layer.signing import CREDENTIAL_NAME
+    from apply_layer.signing_keys import CREDENTIAL_NAME
 
     unit = Path(__file__).resolve().parents[2] / "deploy/systemd/quantum-apply-layer.service"
     lines = unit.read_text().splitlines()
@@ -397,3 +395,40 @@ def test_sign_permit_command_signs_and_explains_its_refusals(
         main(["sign-permit", "--issuer", "p33", "--plan-id", "bad id!", "--step", STEP, "{}"])
     assert bad_plan.value.code == 2
     assert SECRET_HEX not in capsys.readouterr().err
+
+
+# What issuers write from Python (P3.3 is Python: json.dumps, floats as repr) and
+# what a hand-written or other-language issuer may write: each grant flag and
+# quantity, as the issuer's dict holds it.
+GRANT_VALUES: list[Any] = [True, False, 1, 0, 2, 1.0, 0.0, 1.5, "true", "TRUE", "1", "1.0", "yes"]
+GRANT_VALUES += [None, "", float("nan")]
+QTY_VALUES: list[Any] = [0.002, 0.1 + 0.2, 1e-07, 1e20, 2, 0, -0.5, "0.002", "1e-3", " 1"]
+QTY_VALUES += ["-1", "abc", None, True, float("inf"), float("nan"), 5e-324, 1.7976931348623157e308]
+
+
+@pytest.mark.parametrize("flag", ["allow", "granted"])
+@pytest.mark.parametrize("value", GRANT_VALUES, ids=repr)
+def test_the_gate_and_the_signer_read_every_grant_flag_alike(flag: str, value: Any) -> None:
+    """One grant rule (``permits.grants``): the signer's dict and the gate's JSON agree."""
+    permit = {flag: value, "symbol": "BTCUSDT", "safe_qty": "0.002"}
+    gate = evaluate_permit(ISSUERS["p33"], "string", json.dumps(permit), "BTCUSDT")
+    assert grants(permit) == grants(_stored(permit)) == (gate.verdict == "allow")
+    signed = _sign(permit)
+    assert _verify(_stored(signed)) == "ok"  # the signed grant is the one the gate read
+
+
+@pytest.mark.parametrize("field", ["safe_qty", "safe_close_qty"])
+@pytest.mark.parametrize("value", QTY_VALUES, ids=repr)
+def test_the_gate_and_the_signer_read_every_quantity_alike(field: str, value: Any) -> None:
+    """One quantity rule (``permits.permit_qty``): a float counts as the JSON text it
+    is written as, so the signed quantity is exactly the one the gate grants."""
+    permit = {"allow": True, "symbol": "BTCUSDT", field: value}
+    gate = evaluate_permit(ISSUERS["p33"], "string", json.dumps(permit), "BTCUSDT")
+    ours = permit_qty(permit)
+    assert ours == permit_qty(_stored(permit)) == gate.safe_qty
+    assert (ours is not None) == (gate.verdict == "allow")
+    if ours is None:
+        with pytest.raises(ValueError, match="needs a finite safe_qty > 0"):
+            _sign(permit)
+        return
+    assert _verify(_stored(_sign(permit))) == "ok"

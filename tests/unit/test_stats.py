@@ -23,7 +23,8 @@ from apply_layer.commands import main
 from apply_layer.commands import stats as stats_command
 from apply_layer.commands.stats import parse_since
 from apply_layer.embedded_redis import EmbeddedRedis, free_port
-from apply_layer.logs import get_logger, permit_block_line, permit_ok_line, setup_logging
+from apply_layer.log_format import permit_block_line, permit_ok_line
+from apply_layer.logs import get_logger, setup_logging
 from apply_layer.stats import (
     BUCKET_EDGES,
     PermitEvent,

@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.errors import CommandError
-from apply_layer.logs import escape_controls
+from apply_layer.log_format import escape_controls
 from apply_layer.plans import PLAN_ID_CHARS, PLAN_ID_RE, not_a_plan_id
 from apply_layer.redis_client import close_redis, redis_for
 from apply_layer.settings import Settings

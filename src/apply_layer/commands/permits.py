@@ -1,13 +1,13 @@
 """``apply-layer permits``: what the gate would see now for one plan (read-only).
 
-Its verdict is the daemon's: the gate's decision order (``gate.decide``), then,
+Its verdict is the daemon's: the gate's decision order (``decision.decide``), then,
 for an allowed plan, the signature policy of ``APPLY_PERMIT_SIGNING``
 (:class:`~apply_layer.permit_signatures.SignaturePolicy`, the daemon's own
 check) on the permits as they are now. Where the keys cannot be read here it
 says so, and never OK. Everything it prints from Redis is anybody's text
 (issue 21, finding 8: terminal escapes in a permit drew a fake "the gate would
 decide: OK"), so the text output escapes every control character
-(:func:`~apply_layer.logs.escape_controls`); ``--json`` is JSON's own escaping.
+(:func:`~apply_layer.log_format.escape_controls`); ``--json`` is JSON's own escaping.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from apply_layer import keys as K
+from apply_layer.decision import Judged, Situation, block_reason, decide
 from apply_layer.errors import CommandError, ConfigError
-from apply_layer.gate import GateConfig, GateResult, Judged, Situation, block_reason, decide
-from apply_layer.logs import escape_controls
+from apply_layer.gate import GateConfig, GateResult
+from apply_layer.log_format import escape_controls
 from apply_layer.permit_signatures import SignaturePolicy
 from apply_layer.permits import (
     MAX_PERMIT_BYTES,
@@ -72,7 +73,7 @@ class PlanView:
 
     @property
     def would_decide(self) -> str:
-        """The gate's decision if it ran now (the deadline not yet passed): gate.decide's."""
+        """The gate's decision if it ran now (the deadline not yet passed): decision.decide's."""
         if self.journal.get("gate_status"):
             return f"already decided: {self.journal['gate_status']} ({self.journal.get('state')})"
         seen = self.situation

@@ -25,7 +25,8 @@ from apply_layer import keys as K
 from apply_layer.errors import CommandError, KeyFileError
 from apply_layer.plans import PLAN_ID_RE, not_a_plan_id
 from apply_layer.settings import Settings
-from apply_layer.signing import keys_path, read_keys, sign_permit
+from apply_layer.signing import sign_permit
+from apply_layer.signing_keys import keys_path, read_keys
 
 
 def _ttl(value: str) -> float:

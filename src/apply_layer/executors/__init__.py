@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from apply_layer.errors import ExecutorUnavailable
 from apply_layer.executors.base import Executor
-from apply_layer.settings import Settings
+
+if TYPE_CHECKING:  # the settings (pydantic) are the caller's: importing an executor's
+    # pure parts (executors.base, executors.binance.model) must not load them
+    from apply_layer.settings import Settings
 
 
 def create_executor(settings: Settings) -> Executor:

@@ -1,5 +1,5 @@
 -- The kill switch rule, shared by every script that must honour it (gate.lua,
--- lease_acquire.lua); prepended to them by Python (permits.KILL_SWITCH_LUA).
+-- lease_acquire.lua); prepended to them by Python (gate.KILL_SWITCH_LUA, lease.py).
 -- A kill switch key is on when it is a string holding 1, true or on (any
 -- case); a key of another type, or missing, is off. permits.kill_on is its
 -- Python twin (tests/redis/test_kill_switch.py holds the two together).

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from apply_layer import metrics
-from apply_layer.executors.binance.model import RateLimited
+from apply_layer.errors import BanActive
 from apply_layer.logs import get_logger
 
 _log = get_logger("apply_layer.binance")
@@ -39,16 +39,6 @@ _log = get_logger("apply_layer.binance")
 DEFAULT_PAUSE_SEC = {429: 1.0, 418: 120.0}
 LOG_AGAIN_AFTER_SEC = 2.0  # a ban lengthened by more than this is logged again
 _BANNED_UNTIL = re.compile(r"banned until (\d{10,14})")
-
-
-class BanActive(RateLimited):
-    """Refused here, not sent: the exchange's back-off or ban has not ended yet."""
-
-    def __init__(self, http_status: int, remaining_sec: float, until_epoch: float) -> None:
-        until = datetime.fromtimestamp(until_epoch, UTC).isoformat(timespec="seconds")
-        super().__init__(
-            http_status, remaining_sec, f"not sent: paused until {until} (HTTP {http_status})"
-        )
 
 
 def ban_end_ms(message: str) -> int | None:

@@ -41,24 +41,26 @@ import httpx
 from pydantic import SecretStr
 
 from apply_layer import metrics
+from apply_layer.errors import (
+    BinanceError,
+    ExchangeRejected,
+    NotProcessed,
+    OrderNotFound,
+    RateLimited,
+    StatusUnknown,
+    TimestampRejected,
+)
 from apply_layer.executors.binance.ban import ExchangeBan
 from apply_layer.executors.binance.model import (
     INVALID_TIMESTAMP,
     NO_SUCH_ORDER,
     RETRYABLE_CODES,
     UNKNOWN_STATUS_CODES,
-    BinanceError,
-    ExchangeRejected,
     ExchangeRules,
-    NotProcessed,
     OrderInfo,
-    OrderNotFound,
-    RateLimited,
-    StatusUnknown,
-    TimestampRejected,
     parse_exchange_info,
 )
-from apply_layer.logs import format_qty
+from apply_layer.log_format import format_qty
 
 TIME_PATH = "/fapi/v1/time"
 EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"

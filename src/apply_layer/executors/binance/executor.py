@@ -50,30 +50,28 @@ from apply_layer import metrics
 from apply_layer.checks import CheckLine
 from apply_layer.errors import (
     AttemptsChanged,
-    ConfigError,
+    BinanceConfigError,
+    BinanceError,
+    ExchangeInfoInvalid,
+    ExchangeRejected,
+    HedgeMode,
+    NotProcessed,
     NotReplicated,
     PositionMoved,
+    RateLimited,
     RetryLater,
+    StatusUnknown,
+    TimestampRejected,
 )
 from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared, SendWatch
 from apply_layer.executors.binance.client import KEEPALIVE_SEC, BinanceClient
 from apply_layer.executors.binance.lookup import OrderLookup, RetryPolicy
-from apply_layer.executors.binance.market import HedgeMode, Market
-from apply_layer.executors.binance.model import (
-    BinanceError,
-    ExchangeInfoInvalid,
-    ExchangeRejected,
-    NotProcessed,
-    OrderInfo,
-    RateLimited,
-    StatusUnknown,
-    SymbolRules,
-    TimestampRejected,
-    step_result,
-)
+from apply_layer.executors.binance.market import Market
+from apply_layer.executors.binance.model import OrderInfo, SymbolRules, step_result
 from apply_layer.executors.binance.preflight import preflight
 from apply_layer.executors.binance.readahead import ReadAhead
-from apply_layer.logs import format_qty, get_logger
+from apply_layer.log_format import format_qty
+from apply_layer.logs import get_logger
 from apply_layer.outcomes import StepResult
 from apply_layer.settings import Settings
 from apply_layer.sizing import size_close
@@ -97,10 +95,6 @@ class _Sized:
     qty: Decimal
     side: str
     mark: str | None
-
-
-class BinanceConfigError(ConfigError):
-    """The executor cannot start as configured (e.g. no API key in testnet mode)."""
 
 
 class BinanceExecutor:

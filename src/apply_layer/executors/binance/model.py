@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from apply_layer.logs import format_qty
+from apply_layer.errors import BinanceError, ExchangeInfoInvalid, StatusUnknown
+from apply_layer.log_format import format_qty
 from apply_layer.outcomes import StepResult
 from apply_layer.sizing import LotFilter, exact_normalize
 from apply_layer.statuses import StepStatus
@@ -23,51 +24,6 @@ NO_SUCH_ORDER = -2013
 UNKNOWN_STATUS_CODES = frozenset({-1006, -1007})  # "execution status unknown"
 RETRYABLE_CODES = frozenset({-1001, -1008})  # internal error / overloaded: not processed
 FINAL_STATUSES = frozenset({"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"})
-
-
-class BinanceError(Exception):
-    """Anything that went wrong talking to Binance; messages carry no secrets."""
-
-
-class ExchangeRejected(BinanceError):
-    """A definite refusal: the request did not execute."""
-
-    def __init__(self, code: int | None, msg: str, http_status: int) -> None:
-        self.code, self.msg, self.http_status = code, msg, http_status
-        super().__init__(f"HTTP {http_status} code {code}: {msg}")
-
-    @property
-    def tag(self) -> str:
-        """What ``exchange_rejected:<tag>`` shows: the code, else the HTTP status."""
-        return str(self.code) if self.code is not None else f"http_{self.http_status}"
-
-
-class OrderNotFound(ExchangeRejected):
-    """``-2013`` Order does not exist."""
-
-
-class TimestampRejected(ExchangeRejected):
-    """``-1021``: timestamp outside recvWindow (or 1000 ms ahead); not executed."""
-
-
-class RateLimited(BinanceError):
-    """429 (rate limit) or 418 (IP banned): rejected, resending later is safe."""
-
-    def __init__(self, http_status: int, retry_after_sec: float | None, msg: str) -> None:
-        self.http_status, self.retry_after_sec = http_status, retry_after_sec
-        super().__init__(f"HTTP {http_status} (retry after {retry_after_sec} s): {msg}")
-
-
-class ExchangeInfoInvalid(BinanceError):
-    """``exchangeInfo`` answered with something that is not a list of symbols."""
-
-
-class NotProcessed(BinanceError):
-    """Definitely not processed (never sent, or Binance says it failed): safe to resend."""
-
-
-class StatusUnknown(BinanceError):
-    """The request may or may not have executed: look it up, never resend blindly."""
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from apply_layer.checks import CheckLine
+from apply_layer.errors import BinanceError
 from apply_layer.executors.binance.client import BinanceClient
 from apply_layer.executors.binance.market import Market
-from apply_layer.executors.binance.model import BinanceError
 
 HEDGE_REFUSED = (
     "hedge mode (dualSidePosition=true) is refused: reduce-only closes need one-way mode; "
