@@ -47,12 +47,13 @@ from apply_layer.errors import (
     RetryLater,
     SendRefused,
 )
-from apply_layer.executors.base import Executor, OrderLog, OrderRequest, Prepared, client_order_id
+from apply_layer.executors.base import Executor, OrderLog, OrderRequest, Prepared
 from apply_layer.gate import GateResult, PermitGate
 from apply_layer.journal import Claim, Journal
 from apply_layer.lease import Lease, SymbolLeases
 from apply_layer.lifecycle import echo
 from apply_layer.logs import get_logger
+from apply_layer.order_ids import client_order_id
 from apply_layer.outcomes import Outcome, blocked, rejected, result_fields
 from apply_layer.permit_signatures import LookupOnly, SignaturePolicy
 from apply_layer.plans import INVALID_CONTENT, Plan, Step, parse_plan, safe_plan_id
