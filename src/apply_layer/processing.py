@@ -348,16 +348,13 @@ class Processor:
         assert step is not None and step.pct is not None  # parse_plan guarantees one close step
         assert decision.safe_qty is not None  # an ALLOW always carries P3.3's quantity
         wait_ms = decision.wait_ms
-        p33 = decision.permits.get("p33")
         order = OrderRequest(
             plan_id=plan.plan_id,
             symbol=plan.symbol,
             step=step.name,
             pct=step.pct,
             safe_qty=decision.safe_qty,
-            reported_amt=lifecycle.signed_decimal(p33.fields.get("exchange_position_amt"))
-            if p33
-            else None,
+            reported_amt=lifecycle.reported_position(decision.permits),
             sent_client_order_id=(
                 await self.journal.sent_client_order_id(plan.plan_id) if sent_before else ""
             ),
