@@ -73,6 +73,29 @@ class Claim:
         return self.holder == entry_id
 
 
+@dataclass(frozen=True)
+class JournalRecord:
+    """A plan's journal as one read saw it: what a resumed plan needs, read once.
+
+    A plan resumed in ``permitted`` needs when its permits were consumed; one
+    resumed in ``submitting`` needs the client order id its last send went out
+    under. Both come from this one read, passed along, rather than each part
+    reading the hash again.
+    """
+
+    fields: Mapping[str, str]
+
+    @property
+    def gate_at_ms(self) -> int:
+        """When the gate consumed the permits (0 if it never did: long ago)."""
+        return int(self.fields.get("gate_at_ms", "0"))
+
+    @property
+    def sent_client_order_id(self) -> str:
+        """The client order id journalled with the plan's last send ("" if none)."""
+        return self.fields.get("order.client_order_id", "")
+
+
 class Journal:
     """Journal operations bound to one Redis client and the TTL settings."""
 
@@ -122,14 +145,10 @@ class Journal:
             str(reply[0]), str(reply[1]), str(reply[2]), str(reply[3]), str(reply[4]), first
         )
 
-    async def sent_client_order_id(self, plan_id: str) -> str:
-        """The client order id journalled with the plan's last send ("" if none)."""
-        value = await self.redis.hget(K.journal(plan_id), "order.client_order_id")
-        return str(value) if value else ""
-
-    async def read(self, plan_id: str) -> dict[str, str]:
+    async def read(self, plan_id: str) -> JournalRecord:
+        """The plan's journal in one read (HGETALL)."""
         data = await self.redis.hgetall(K.journal(plan_id))
-        return {str(k): str(v) for k, v in data.items()}
+        return JournalRecord({str(k): str(v) for k, v in data.items()})
 
     async def publish(
         self,

@@ -49,7 +49,7 @@ from apply_layer.errors import (
 )
 from apply_layer.executors.base import Executor, OrderLog, OrderRequest, Prepared
 from apply_layer.gate import GateResult, PermitGate
-from apply_layer.journal import Claim, Journal
+from apply_layer.journal import Claim, Journal, JournalRecord
 from apply_layer.lease import Lease, SymbolLeases
 from apply_layer.lifecycle import echo
 from apply_layer.logs import get_logger
@@ -279,7 +279,13 @@ class Processor:
         self, plan: Plan, state: str, held: contextlib.AsyncExitStack
     ) -> tuple[Outcome, Lease | None]:
         """The outcome to publish and, if an order was placed, the lease to publish it
-        under (entered into ``held``, which the caller keeps open until it is out)."""
+        under (entered into ``held``, which the caller keeps open until it is out).
+
+        A resumed plan's journal is read once, here, and the record passed along.
+        """
+        record: JournalRecord | None = None
+        if state in (JournalState.PERMITTED, JournalState.SUBMITTING):
+            record = await self.journal.read(plan.plan_id)
         if state == JournalState.RECEIVED:
             screened = lifecycle.screen(
                 plan,
@@ -289,10 +295,8 @@ class Processor:
             )
             if screened is not None:
                 return screened, None
-        elif state == JournalState.PERMITTED:
-            journal = await self.journal.read(plan.plan_id)
-            gate_at_ms = int(journal.get("gate_at_ms", "0"))
-            stale = lifecycle.stale_authorization(gate_at_ms, int(time.time() * 1000))
+        elif state == JournalState.PERMITTED and record is not None:
+            stale = lifecycle.stale_authorization(record.gate_at_ms, int(time.time() * 1000))
             if stale is not None:
                 return stale, None
         # The exchange reads the order will need run during the permit wait; they are
@@ -314,8 +318,15 @@ class Processor:
         refused = self.signatures.check(decision, _close_step(plan))
         if refused and not sent_before:
             return blocked(refused, decision.wait_ms), None
+        sent_cid = record.sent_client_order_id if sent_before and record is not None else ""
         return await self._execute(
-            plan, decision, held, sent_before=sent_before, refused=refused, prepared=prepared
+            plan,
+            decision,
+            held,
+            sent_cid=sent_cid,
+            sent_before=sent_before,
+            refused=refused,
+            prepared=prepared,
         )
 
     def _read_ahead(self, plan: Plan, state: str) -> Prepared | None:
@@ -335,14 +346,16 @@ class Processor:
         held: contextlib.AsyncExitStack,
         *,
         sent_before: bool,
+        sent_cid: str = "",
         refused: str = "",
         prepared: Prepared | None = None,
     ) -> tuple[Outcome, Lease | None]:
         """Place the close under the symbol's lease, which stays held in ``held``.
 
         ``sent_before``: an earlier run may have sent it already, so its fate
-        must be found out (the executor looks it up); the kill switch stops new
-        orders, not the lookup of one that may be out.
+        must be found out (the executor looks it up, under ``sent_cid``, the id
+        the journal recorded with that send); the kill switch stops new orders,
+        not the lookup of one that may be out.
         """
         step = plan.close_step
         assert step is not None and step.pct is not None  # parse_plan guarantees one close step
@@ -355,9 +368,7 @@ class Processor:
             pct=step.pct,
             safe_qty=decision.safe_qty,
             reported_amt=lifecycle.reported_position(decision.permits),
-            sent_client_order_id=(
-                await self.journal.sent_client_order_id(plan.plan_id) if sent_before else ""
-            ),
+            sent_client_order_id=sent_cid,
         )
         try:
             lease = await held.enter_async_context(

@@ -16,7 +16,7 @@ from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.errors import RetryLater
 from apply_layer.executors.base import OrderLog, OrderRequest, Prepared
 from apply_layer.gate import GateConfig, PermitGate
-from apply_layer.journal import Journal
+from apply_layer.journal import Journal, JournalRecord
 from apply_layer.order_ids import CLIENT_ORDER_ID_MAX, client_order_id
 from apply_layer.outcomes import StepResult
 from apply_layer.plans import CLOSE_STEPS, PLAN_ID_RE
@@ -118,13 +118,23 @@ class _Recorder(StubExecutor):
         )
 
 
+class _CountingJournal(Journal):
+    """Counts the processor's reads of a plan's journal hash."""
+
+    reads = 0
+
+    async def read(self, plan_id: str) -> JournalRecord:
+        self.reads += 1
+        return await super().read(plan_id)
+
+
 async def test_a_resumed_order_keeps_the_client_order_id_it_was_sent_with(
     redis: Redis, redis_server: EmbeddedRedis
 ) -> None:
     plan_id = "upgrade-" + "y" * 40
     entry_id, fields = await pending_entry(redis, plan_id)
     await grant(redis, plan_id)
-    journal = Journal(redis, dedupe_ttl_sec=300, journal_ttl_sec=3600)
+    journal = _CountingJournal(redis, dedupe_ttl_sec=300, journal_ttl_sec=3600)
     gate = PermitGate(redis, GateConfig(wait_ms=500, step_ms=20))
     first = _Recorder(stop_after_record=True)
     settings = settings_for(redis_server)
@@ -135,7 +145,9 @@ async def test_a_resumed_order_keeps_the_client_order_id_it_was_sent_with(
     old_form = f"al75-{_digest(plan_id)}"
     await redis.hset(K.journal(plan_id), "order.client_order_id", old_form)
     second = _Recorder(stop_after_record=False)
+    assert journal.reads == 0  # a new plan reads no journal record
     await Processor(settings, redis, gate, journal, second).handle(entry_id, fields)
     assert second.seen == [old_form]
+    assert journal.reads == 1  # the resumed plan's record, read once and passed along
     (result,) = await results(redis)
     assert result["status"] == "EXECUTED"
