@@ -453,13 +453,13 @@ class Processor:
             close_pct=ending.close_pct,
         )
         if not ending.journalled:
-            if not await self.journal.publish_unjournalled(fields, entry_id):
+            if not await self.journal.results.publish_unjournalled(fields, entry_id):
                 return Handled(HandledKind.DONE)  # no longer pending: its result is out
             metrics.child(metrics.PLANS, outcome.status, outcome.reason_class).inc()
             event = "plan_rejected" if outcome.status == OutcomeStatus.REJECTED else "plan_outcome"
             log.warning(event, entry_id=entry_id, plan_id=ending.plan_id, error=outcome.error)
             return Handled(HandledKind.PUBLISHED, outcome)
-        _, new = await self.journal.publish(
+        reply = await self.journal.results.publish(
             ending.plan_id,
             ending.symbol,
             outcome.state,
@@ -469,7 +469,9 @@ class Processor:
             lease=lease,
             unless_sent=ending.unless_sent,
         )
-        if not new:
+        if reply.lease_released and lease is not None:
+            self.leases.released_with(lease)
+        if not reply.new:
             return Handled(HandledKind.DONE, outcome)
         metrics.child(metrics.PLANS, outcome.status, outcome.reason_class).inc()
         log.info(
