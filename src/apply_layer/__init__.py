@@ -19,7 +19,8 @@ core imports nothing but the standard library and itself (tests/unit/test_pure_c
 
     Redis shell
       gate             wait_and_consume_permits (lua/gate.lua): the wait loop
-      journal          where a plan stands; claim, send record, the one publish
+      journal          where a plan stands; claim, send record, the record read once
+      results          the one publish: result entry, final state, ack, lease release
       lease            one execution per symbol; its fence and release
       lua/             every script, one .lua file each, KEYS/ARGV in a header
       keyspace         keyspace notifications that wake the gate's waiters
@@ -30,8 +31,9 @@ core imports nothing but the standard library and itself (tests/unit/test_pure_c
       republish        writes recent results again after such a loss
       redis_acl, topology   what `check` asks Redis about
     Exchange shell
-      executors/       base (the protocol), paper, dry_run, binance/
-      executors/binance/   model (pure), client, market, lookup, executor
+      executors/       base (the protocol), in_process, paper, dry_run, binance/
+      executors/binance/   model (pure), client, market, lookup, close_size,
+                           adoption, send, outcome, executor
 
     Pure core (no I/O)
       plans            a stream entry becomes a Plan or InvalidPlan
@@ -46,6 +48,7 @@ core imports nothing but the standard library and itself (tests/unit/test_pure_c
       stats            what the [PERMIT_WAIT] lines say
       log_format       the [PERMIT_WAIT] line's format; escaping log values
       keys             every Redis key and stream name
+      order_ids        a plan step's client order id (codes from plans)
       errors           every exception class, and the tree of all of them
       checks           CheckLine, one line of `apply-layer check`
 

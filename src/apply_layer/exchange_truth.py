@@ -37,9 +37,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Protocol
 
-from apply_layer.executors.base import OrderRef, client_order_id
+from apply_layer.executors.base import OrderRef
 from apply_layer.lifecycle import step_outcome
 from apply_layer.logs import get_logger
+from apply_layer.order_ids import client_order_id
 from apply_layer.outcomes import Outcome, StepResult
 from apply_layer.plans import Plan
 from apply_layer.statuses import OutcomeStatus

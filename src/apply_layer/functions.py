@@ -37,8 +37,9 @@ from dataclasses import dataclass
 
 from apply_layer.corrections import CORRECT_SCRIPT
 from apply_layer.gate import GATE_SCRIPT
-from apply_layer.journal import ATTEMPT_SCRIPT, CLAIM_SCRIPT, PUBLISH_SCRIPT, UNJOURNALLED_SCRIPT
+from apply_layer.journal import ATTEMPT_SCRIPT, CLAIM_SCRIPT
 from apply_layer.lease import ACQUIRE_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT
+from apply_layer.results import PUBLISH_SCRIPT, UNJOURNALLED_SCRIPT
 
 LIBRARY_PREFIX = "apply_layer_"
 

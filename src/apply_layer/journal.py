@@ -11,9 +11,8 @@ the permits it consumed. ``submitting`` is written before every send with the
 send time (``lua/record_attempt.lua``), only while the caller holds the symbol
 lease. Final states are written by ``lua/publish.lua`` in the same atomic step
 as the one result entry and the cooldown key (and the entry's acknowledgement
-and the lease's release), so "final" and "result published" can never
-disagree, and a resend of that script (after a lost reply) finds ``result_id``
-and publishes nothing twice. What "holds the lease" means is lease.py's.
+and the lease's release): that is ``results.py``'s job, reached as
+:attr:`Journal.results`. What "holds the lease" means is lease.py's.
 """
 
 from __future__ import annotations
@@ -26,35 +25,25 @@ from decimal import Decimal
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from apply_layer import corrections, lua
 from apply_layer import keys as K
+from apply_layer import lua
 from apply_layer.batching import BatchedScript, ScriptHost, run_packed
-from apply_layer.errors import (
-    AttemptsChanged,
-    NotReplicated,
-    OrderMayBeOut,
-    PositionMoved,
-    RetryLater,
-)
-from apply_layer.lease import LEASE_LUA, Lease
+from apply_layer.errors import AttemptsChanged, NotReplicated, PositionMoved, RetryLater
+from apply_layer.lease import LEASE_LUA
 from apply_layer.logs import format_qty
 from apply_layer.redis_identity import IdentityTracker
-from apply_layer.republish import Published, RecentResults
-from apply_layer.statuses import FINAL_STATES
+from apply_layer.republish import RecentResults
+from apply_layer.results import Results
 
 # How long a send record may wait for APPLY_REDIS_WAIT_REPLICAS replicas before the send
 # is given up (replicas on a LAN acknowledge in well under a millisecond).
 WAIT_TIMEOUT_MS = 1000
 
 # The scripts, one atomic step each; every file's header names its KEYS, ARGV
-# and reply. The two that touch the symbol lease (the fence before a send is
-# recorded, the release with the result) are composed with the lease's own
-# rules, which lease.py owns (lease.LEASE_LUA).
+# and reply. The fence before a send is recorded is composed with the lease's
+# own rules, which lease.py owns (lease.LEASE_LUA); the publish scripts are
+# results.py's.
 CLAIM_SCRIPT = lua.source("claim")
-PUBLISH_SCRIPT = (
-    LEASE_LUA + f"local COOLDOWN_TTL_SEC = {K.COOLDOWN_TTL_SEC}\n" + lua.source("publish")
-)
-UNJOURNALLED_SCRIPT = lua.source("publish_unjournalled")
 ATTEMPT_SCRIPT = LEASE_LUA + lua.source("record_attempt")
 
 
@@ -71,6 +60,29 @@ class Claim:
 
     def owned_by(self, entry_id: str) -> bool:
         return self.holder == entry_id
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    """A plan's journal as one read saw it: what a resumed plan needs, read once.
+
+    A plan resumed in ``permitted`` needs when its permits were consumed; one
+    resumed in ``submitting`` needs the client order id its last send went out
+    under. Both come from this one read, passed along, rather than each part
+    reading the hash again.
+    """
+
+    fields: Mapping[str, str]
+
+    @property
+    def gate_at_ms(self) -> int:
+        """When the gate consumed the permits (0 if it never did: long ago)."""
+        return int(self.fields.get("gate_at_ms", "0"))
+
+    @property
+    def sent_client_order_id(self) -> str:
+        """The client order id journalled with the plan's last send ("" if none)."""
+        return self.fields.get("order.client_order_id", "")
 
 
 class Journal:
@@ -90,17 +102,17 @@ class Journal:
     ) -> None:
         self.redis = redis
         self.identity = identity
-        self.recent = recent
         self.wait_replicas = wait_replicas
         self.group = group
         self.dedupe_ttl_sec = dedupe_ttl_sec
         self.journal_ttl_sec = journal_ttl_sec
         host = scripts or redis
         self._claim = host.register_script(CLAIM_SCRIPT)
-        self._publish = host.register_script(PUBLISH_SCRIPT)
         self._attempt = host.register_script(ATTEMPT_SCRIPT)
-        self._unjournalled = host.register_script(UNJOURNALLED_SCRIPT)
-        self._correct = host.register_script(corrections.CORRECT_SCRIPT)
+        # Publishing a result is its own job (results.py), on the same client and host.
+        self.results = Results(
+            redis, journal_ttl_sec=journal_ttl_sec, group=group, scripts=scripts, recent=recent
+        )
 
     async def claim(self, plan_id: str, symbol: str, entry_id: str, content: str = "") -> Claim:
         """Claim the plan for ``entry_id``; ``content`` (what it asks for) is journalled
@@ -122,124 +134,16 @@ class Journal:
             str(reply[0]), str(reply[1]), str(reply[2]), str(reply[3]), str(reply[4]), first
         )
 
-    async def sent_client_order_id(self, plan_id: str) -> str:
-        """The client order id journalled with the plan's last send ("" if none)."""
-        value = await self.redis.hget(K.journal(plan_id), "order.client_order_id")
-        return str(value) if value else ""
-
-    async def read(self, plan_id: str) -> dict[str, str]:
+    async def read(self, plan_id: str) -> JournalRecord:
+        """The plan's journal in one read (HGETALL)."""
         data = await self.redis.hgetall(K.journal(plan_id))
-        return {str(k): str(v) for k, v in data.items()}
-
-    async def publish(
-        self,
-        plan_id: str,
-        symbol: str,
-        state: str,
-        fields: Mapping[str, str],
-        *,
-        cooldown: bool = False,
-        entry_id: str = "",
-        lease: Lease | None = None,
-        unless_sent: bool = False,
-        remember: bool = True,
-    ) -> tuple[str, bool]:
-        """Write the final state and the one result entry; returns (entry id, new?).
-
-        ``new`` is also True when an executed result corrected a published one
-        that said no order was placed (``corrections.py``).
-
-        With ``entry_id`` the stream entry is acknowledged, and with ``lease``
-        the symbol lease released, in the same atomic step. With
-        ``unless_sent`` nothing is written while an order may be out (state
-        ``submitting``): :class:`OrderMayBeOut` is raised instead. The result is
-        kept in ``recent`` (if set) to be written again should Redis lose it.
-        """
-        if state not in FINAL_STATES:
-            raise ValueError(f"not a final state: {state}")
-        flat = [item for pair in fields.items() for item in pair]
-        reply = await self._publish(
-            keys=[
-                K.journal(plan_id),
-                K.RESULT_STREAM,
-                K.cooldown(symbol),
-                K.PLAN_STREAM,
-                lease.key if lease else K.symbol_lease(symbol),
-            ],
-            args=[
-                state,
-                _now_ms(),
-                self.journal_ttl_sec,
-                "1" if cooldown else "0",
-                K.STREAM_MAXLEN,
-                fields.get("status", ""),
-                fields.get("error", ""),
-                self.group,
-                entry_id,
-                lease.token if lease else "",
-                "1" if unless_sent else "0",
-                *flat,
-            ],
-        )
-        if int(reply[1]) == -1:
-            raise OrderMayBeOut(plan_id)
-        if lease is not None:
-            lease.released = True
-        result_id, new = str(reply[0]), int(reply[1]) == 1
-        out_status = str(reply[2]) if len(reply) > 2 else ""
-        if not new and result_id and corrections.may_correct(fields, out_status):
-            # A result is out already; if it says "no order" while this one has the
-            # order, the truth is published as a correcting entry (corrections.py).
-            result_id, new = await corrections.correct(
-                self._correct,
-                plan_id=plan_id,
-                symbol=symbol,
-                wrong_id=result_id,
-                fields=fields,
-                journal_ttl_sec=self.journal_ttl_sec,
-            )
-        if self.recent is not None and remember:
-            items = tuple(fields.items())
-            self.recent.add(
-                Published(plan_id, symbol, state, items, cooldown, entry_id, time.monotonic())
-            )
-        return result_id, new
-
-    async def publish_unjournalled(self, fields: Mapping[str, str], entry_id: str) -> bool:
-        """Publish a result and acknowledge its entry, for an entry with no usable journal.
-
-        Returns False when the entry was no longer pending (its result is out).
-        """
-        flat = [item for pair in fields.items() for item in pair]
-        reply = await self._unjournalled(
-            keys=[K.RESULT_STREAM, K.PLAN_STREAM],
-            args=[K.STREAM_MAXLEN, self.group, entry_id, *flat],
-        )
-        return int(reply[1]) == 1
+        return JournalRecord({str(k): str(v) for k, v in data.items()})
 
     async def ack(self, entry_id: str) -> None:
         """Acknowledge an entry that ends without a result of its own (a duplicate,
         a result already out, an entry trimmed away); a result's publish script
-        acknowledges its entry itself."""
+        acknowledges its entry itself (``results.py``)."""
         await self.redis.xack(K.PLAN_STREAM, self.group, entry_id)
-
-    async def republish_recent(self) -> int:
-        """Write every recent result again where Redis lost it; returns how many were."""
-        if self.recent is None:
-            return 0
-        restored = 0
-        for item in self.recent.current():
-            _, new = await self.publish(
-                item.plan_id,
-                item.symbol,
-                item.state,
-                dict(item.fields),
-                cooldown=item.cooldown,
-                entry_id=item.entry_id,
-                remember=False,
-            )
-            restored += new
-        return restored
 
     def order_log(
         self, plan_id: str, client_order_id: str, *, symbol: str, lease_token: str

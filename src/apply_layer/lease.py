@@ -47,7 +47,7 @@ RENEW_SCRIPT = lua.source("lease_renew", prelude=("lease",))
 class Lease:
     key: str
     token: str
-    released: bool = False  # set when the publish script released it
+    released: bool = False  # the publish script released it (see SymbolLeases.released_with)
 
 
 class SymbolLeases:
@@ -112,6 +112,11 @@ class SymbolLeases:
             if not lease.released:
                 with contextlib.suppress(Exception):  # expiry frees it if Redis is down
                     await self._release(keys=[lease.key], args=[lease.token])
+
+    def released_with(self, lease: Lease) -> None:
+        """Record that the result's publish script released ``lease`` in its step
+        (``results.PublishReply.lease_released``): ``hold`` then leaves the key alone."""
+        lease.released = True
 
     async def _keep(self, lease: Lease) -> None:
         while True:

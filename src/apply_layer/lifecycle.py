@@ -8,6 +8,7 @@ publish) and asks these functions what each step means:
   earlier run consumed its permits, then stopped) still execute?
 - :func:`step_outcome`: the executor's answer for the close step, as the
   plan's outcome (with its ``steps_results``).
+- :func:`reported_position`: P3.3's signed position, from the consumed permits.
 - :func:`executor_error`, :func:`internal_error`, :func:`wrong_type`: the
   outcomes of the failures the processor catches.
 
@@ -17,13 +18,17 @@ The result entry itself is :func:`apply_layer.outcomes.result_fields`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apply_layer.outcomes import Outcome, StepResult, blocked, rejected, skipped
 from apply_layer.plans import Plan
 from apply_layer.statuses import OutcomeStatus, StepStatus
+
+if TYPE_CHECKING:
+    from apply_layer.permits import PermitVerdict
 
 #: A consumed authorization is good for as long as the permit was.
 PERMIT_TTL_MS = 60_000
@@ -114,6 +119,17 @@ def signed_decimal(value: Any) -> Decimal | None:
     except InvalidOperation:
         return None
     return amount if amount.is_finite() else None
+
+
+def reported_position(permits: Mapping[str, PermitVerdict]) -> Decimal | None:
+    """P3.3's signed ``exchange_position_amt`` among the consumed permits (the one field
+    of a permit the executor uses besides ``safe_qty``), or None if it gave none usable.
+
+    The one place that knows which permit carries it and under what name: the
+    processor asks for the position, not for a permit's fields.
+    """
+    p33 = permits.get("p33")
+    return signed_decimal(p33.fields.get("exchange_position_amt")) if p33 else None
 
 
 def echo(value: str) -> str:

@@ -47,12 +47,13 @@ from apply_layer.errors import (
     RetryLater,
     SendRefused,
 )
-from apply_layer.executors.base import Executor, OrderLog, OrderRequest, Prepared, client_order_id
+from apply_layer.executors.base import Executor, OrderLog, OrderRequest, Prepared
 from apply_layer.gate import GateResult, PermitGate
-from apply_layer.journal import Claim, Journal
+from apply_layer.journal import Claim, Journal, JournalRecord
 from apply_layer.lease import Lease, SymbolLeases
 from apply_layer.lifecycle import echo
 from apply_layer.logs import get_logger
+from apply_layer.order_ids import client_order_id
 from apply_layer.outcomes import Outcome, blocked, rejected, result_fields
 from apply_layer.permit_signatures import LookupOnly, SignaturePolicy
 from apply_layer.plans import INVALID_CONTENT, Plan, Step, parse_plan, safe_plan_id
@@ -278,7 +279,13 @@ class Processor:
         self, plan: Plan, state: str, held: contextlib.AsyncExitStack
     ) -> tuple[Outcome, Lease | None]:
         """The outcome to publish and, if an order was placed, the lease to publish it
-        under (entered into ``held``, which the caller keeps open until it is out)."""
+        under (entered into ``held``, which the caller keeps open until it is out).
+
+        A resumed plan's journal is read once, here, and the record passed along.
+        """
+        record: JournalRecord | None = None
+        if state in (JournalState.PERMITTED, JournalState.SUBMITTING):
+            record = await self.journal.read(plan.plan_id)
         if state == JournalState.RECEIVED:
             screened = lifecycle.screen(
                 plan,
@@ -288,10 +295,8 @@ class Processor:
             )
             if screened is not None:
                 return screened, None
-        elif state == JournalState.PERMITTED:
-            journal = await self.journal.read(plan.plan_id)
-            gate_at_ms = int(journal.get("gate_at_ms", "0"))
-            stale = lifecycle.stale_authorization(gate_at_ms, int(time.time() * 1000))
+        elif state == JournalState.PERMITTED and record is not None:
+            stale = lifecycle.stale_authorization(record.gate_at_ms, int(time.time() * 1000))
             if stale is not None:
                 return stale, None
         # The exchange reads the order will need run during the permit wait; they are
@@ -313,8 +318,15 @@ class Processor:
         refused = self.signatures.check(decision, _close_step(plan))
         if refused and not sent_before:
             return blocked(refused, decision.wait_ms), None
+        sent_cid = record.sent_client_order_id if sent_before and record is not None else ""
         return await self._execute(
-            plan, decision, held, sent_before=sent_before, refused=refused, prepared=prepared
+            plan,
+            decision,
+            held,
+            sent_cid=sent_cid,
+            sent_before=sent_before,
+            refused=refused,
+            prepared=prepared,
         )
 
     def _read_ahead(self, plan: Plan, state: str) -> Prepared | None:
@@ -334,32 +346,29 @@ class Processor:
         held: contextlib.AsyncExitStack,
         *,
         sent_before: bool,
+        sent_cid: str = "",
         refused: str = "",
         prepared: Prepared | None = None,
     ) -> tuple[Outcome, Lease | None]:
         """Place the close under the symbol's lease, which stays held in ``held``.
 
         ``sent_before``: an earlier run may have sent it already, so its fate
-        must be found out (the executor looks it up); the kill switch stops new
-        orders, not the lookup of one that may be out.
+        must be found out (the executor looks it up, under ``sent_cid``, the id
+        the journal recorded with that send); the kill switch stops new orders,
+        not the lookup of one that may be out.
         """
         step = plan.close_step
         assert step is not None and step.pct is not None  # parse_plan guarantees one close step
         assert decision.safe_qty is not None  # an ALLOW always carries P3.3's quantity
         wait_ms = decision.wait_ms
-        p33 = decision.permits.get("p33")
         order = OrderRequest(
             plan_id=plan.plan_id,
             symbol=plan.symbol,
             step=step.name,
             pct=step.pct,
             safe_qty=decision.safe_qty,
-            reported_amt=lifecycle.signed_decimal(p33.fields.get("exchange_position_amt"))
-            if p33
-            else None,
-            sent_client_order_id=(
-                await self.journal.sent_client_order_id(plan.plan_id) if sent_before else ""
-            ),
+            reported_amt=lifecycle.reported_position(decision.permits),
+            sent_client_order_id=sent_cid,
         )
         try:
             lease = await held.enter_async_context(
@@ -444,13 +453,13 @@ class Processor:
             close_pct=ending.close_pct,
         )
         if not ending.journalled:
-            if not await self.journal.publish_unjournalled(fields, entry_id):
+            if not await self.journal.results.publish_unjournalled(fields, entry_id):
                 return Handled(HandledKind.DONE)  # no longer pending: its result is out
             metrics.child(metrics.PLANS, outcome.status, outcome.reason_class).inc()
             event = "plan_rejected" if outcome.status == OutcomeStatus.REJECTED else "plan_outcome"
             log.warning(event, entry_id=entry_id, plan_id=ending.plan_id, error=outcome.error)
             return Handled(HandledKind.PUBLISHED, outcome)
-        _, new = await self.journal.publish(
+        reply = await self.journal.results.publish(
             ending.plan_id,
             ending.symbol,
             outcome.state,
@@ -460,7 +469,9 @@ class Processor:
             lease=lease,
             unless_sent=ending.unless_sent,
         )
-        if not new:
+        if reply.lease_released and lease is not None:
+            self.leases.released_with(lease)
+        if not reply.new:
             return Handled(HandledKind.DONE, outcome)
         metrics.child(metrics.PLANS, outcome.status, outcome.reason_class).inc()
         log.info(

@@ -3,7 +3,7 @@
 A failover to a replica that lagged, or a restart from an older snapshot,
 can lose a plan's result together with its stream entry, its claim and its
 journal: then nothing would ever handle that plan again, although the daemon
-read it and (perhaps) placed its order. So the journal remembers the results
+read it and (perhaps) placed its order. So ``results.py`` remembers the results
 it published in the last ten minutes (at most 10,000), and when
 ``redis_identity`` notices that the server is not the one it was, the
 service writes them again. The publish script writes nothing where the
@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from apply_layer.logs import get_logger
 
 if TYPE_CHECKING:
-    from apply_layer.journal import Journal
+    from apply_layer.results import Results
 
 log = get_logger()
 
@@ -69,7 +69,7 @@ class RecentResults:
 
 
 async def republish_after_changes(
-    journal: Journal,
+    results: Results,
     changed: asyncio.Event,
     *,
     on_error: Callable[[BaseException], None],
@@ -84,7 +84,7 @@ async def republish_after_changes(
         backoff = 0.2
         while True:
             try:
-                restored = await journal.republish_recent()
+                restored = await results.republish_recent()
                 break
             except (RedisError, OSError) as exc:
                 on_error(exc)
@@ -95,6 +95,6 @@ async def republish_after_changes(
         log.warning(
             "results_republished",
             restored=restored,
-            remembered=len(journal.recent or ()),
+            remembered=len(results.recent or ()),
             why="Redis changed (restart, restore or failover); results it lost written again",
         )

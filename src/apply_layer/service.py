@@ -181,7 +181,7 @@ class ApplyService:
         watchdog = asyncio.create_task(self._watchdog())
         republisher = asyncio.create_task(
             republish_after_changes(
-                self.journal,
+                self.journal.results,
                 self._identity_changed,
                 on_error=self._redis_failed,
                 pause=self._pause,

@@ -339,7 +339,7 @@ async def test_a_finished_but_unacknowledged_entry_is_acked_without_a_second_res
     redis: Redis, daemons: DaemonFactory
 ) -> None:
     await _pending_for(redis, "victim", "unacked")
-    await Journal(redis, dedupe_ttl_sec=300, journal_ttl_sec=3600).publish(
+    await Journal(redis, dedupe_ttl_sec=300, journal_ttl_sec=3600).results.publish(
         "unacked", "BTCUSDT", "skipped", {"plan_id": "unacked", "status": "SKIPPED"}
     )
     assert await pending_count(redis) == 1

@@ -17,6 +17,7 @@ from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.errors import RetryLater
 from apply_layer.executors.base import OrderRequest
 from apply_layer.journal import Journal
+from apply_layer.results import PublishReply
 from apply_layer.service import ApplyService
 from tests.harness import MemoryLog, SlowExecutor, grant, publish_plan, settings_for, wait_result
 
@@ -54,16 +55,16 @@ async def test_one_execution_per_symbol_at_a_time(
 async def test_publish_is_once_only(redis: Redis) -> None:
     journal = Journal(redis, dedupe_ttl_sec=60, journal_ttl_sec=60)
     await journal.claim("once", "BTCUSDT", "1-0")
-    first = await journal.publish(
+    first = await journal.results.publish(
         "once", "BTCUSDT", "blocked", {"plan_id": "once", "status": "BLOCKED"}
     )
-    again = await journal.publish(
+    again = await journal.results.publish(
         "once", "BTCUSDT", "blocked", {"plan_id": "once", "status": "BLOCKED"}
     )
-    assert first[1] is True and again == (first[0], False)
+    assert first.new is True and again == PublishReply(first.result_id, False)
     assert await redis.xlen(K.RESULT_STREAM) == 1
     with pytest.raises(ValueError, match="not a final state"):
-        await journal.publish("once", "BTCUSDT", "permitted", {})
+        await journal.results.publish("once", "BTCUSDT", "permitted", {})
 
 
 async def test_a_send_is_never_recorded_without_authorization_and_the_lease(redis: Redis) -> None:

@@ -23,11 +23,12 @@ from redis.asyncio import Redis
 
 from apply_layer import keys as K
 from apply_layer.errors import RetryLater
-from apply_layer.executors.base import CLIENT_ORDER_ID_MAX, OrderRequest, client_order_id
+from apply_layer.executors.base import OrderRequest
 from apply_layer.executors.binance.ban import ExchangeBan
 from apply_layer.executors.binance.executor import BinanceExecutor
 from apply_layer.executors.binance.lookup import RetryPolicy
 from apply_layer.journal import Journal
+from apply_layer.order_ids import CLIENT_ORDER_ID_MAX, client_order_id
 from tests.fake_binance import (
     API_KEY,
     API_SECRET,

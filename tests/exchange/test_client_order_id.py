@@ -14,15 +14,10 @@ from redis.asyncio import Redis
 from apply_layer import keys as K
 from apply_layer.embedded_redis import EmbeddedRedis
 from apply_layer.errors import RetryLater
-from apply_layer.executors.base import (
-    CLIENT_ORDER_ID_MAX,
-    OrderLog,
-    OrderRequest,
-    Prepared,
-    client_order_id,
-)
+from apply_layer.executors.base import OrderLog, OrderRequest, Prepared
 from apply_layer.gate import GateConfig, PermitGate
-from apply_layer.journal import Journal
+from apply_layer.journal import Journal, JournalRecord
+from apply_layer.order_ids import CLIENT_ORDER_ID_MAX, client_order_id
 from apply_layer.outcomes import StepResult
 from apply_layer.plans import CLOSE_STEPS, PLAN_ID_RE
 from apply_layer.processing import Processor
@@ -51,6 +46,30 @@ def test_a_plan_id_equal_to_another_plans_digest_gets_its_own_order_id() -> None
     assert hashed == f"alF.{_digest(long_id)}"
     # Before: both were alF-<digest>, and the second plan "adopted" the first one's order.
     assert client_order_id(_digest(long_id), "CLOSE_FULL") == f"alF-{_digest(long_id)}" != hashed
+
+
+# Every known step's id, written out: the codes are derived from plans.CLOSE_STEPS now,
+# and an order in flight is found again only under the id it was sent with.
+KNOWN_STEP_IDS = {
+    "CLOSE_FULL": "alF-p1",
+    "CLOSE_PARTIAL_75": "al75-p1",
+    "CLOSE_PARTIAL_50": "al50-p1",
+    "CLOSE_PARTIAL_25": "al25-p1",
+    "PARTIAL_75": "al75-p1",
+    "PARTIAL_50": "al50-p1",
+    "PARTIAL_25": "al25-p1",
+}
+
+
+def test_every_known_step_keeps_its_order_id() -> None:
+    assert set(KNOWN_STEP_IDS) == set(CLOSE_STEPS)  # a new step must be pinned here too
+    for step, cid in KNOWN_STEP_IDS.items():
+        assert client_order_id("p1", step) == cid
+        hashed = client_order_id("x" * 40, step)
+        assert hashed == cid.replace("-p1", f".{_digest('x' * 40)}")
+    # A step name no table knows: a 4-hex-digit digest of the name, as before.
+    code = hashlib.blake2b(b"TRAILING_STOP", digest_size=2).hexdigest()
+    assert client_order_id("p1", "TRAILING_STOP") == f"al{code}-p1"
 
 
 @given(plan_ids, steps)
@@ -99,13 +118,23 @@ class _Recorder(StubExecutor):
         )
 
 
+class _CountingJournal(Journal):
+    """Counts the processor's reads of a plan's journal hash."""
+
+    reads = 0
+
+    async def read(self, plan_id: str) -> JournalRecord:
+        self.reads += 1
+        return await super().read(plan_id)
+
+
 async def test_a_resumed_order_keeps_the_client_order_id_it_was_sent_with(
     redis: Redis, redis_server: EmbeddedRedis
 ) -> None:
     plan_id = "upgrade-" + "y" * 40
     entry_id, fields = await pending_entry(redis, plan_id)
     await grant(redis, plan_id)
-    journal = Journal(redis, dedupe_ttl_sec=300, journal_ttl_sec=3600)
+    journal = _CountingJournal(redis, dedupe_ttl_sec=300, journal_ttl_sec=3600)
     gate = PermitGate(redis, GateConfig(wait_ms=500, step_ms=20))
     first = _Recorder(stop_after_record=True)
     settings = settings_for(redis_server)
@@ -116,7 +145,9 @@ async def test_a_resumed_order_keeps_the_client_order_id_it_was_sent_with(
     old_form = f"al75-{_digest(plan_id)}"
     await redis.hset(K.journal(plan_id), "order.client_order_id", old_form)
     second = _Recorder(stop_after_record=False)
+    assert journal.reads == 0  # a new plan reads no journal record
     await Processor(settings, redis, gate, journal, second).handle(entry_id, fields)
     assert second.seen == [old_form]
+    assert journal.reads == 1  # the resumed plan's record, read once and passed along
     (result,) = await results(redis)
     assert result["status"] == "EXECUTED"

@@ -39,9 +39,10 @@ def fields(outcome: Outcome) -> dict[str, str]:
 
 
 async def publish(journal: Journal, outcome: Outcome) -> tuple[str, bool]:
-    return await journal.publish(
+    reply = await journal.results.publish(
         PLAN, SYMBOL, outcome.state, fields(outcome), cooldown=outcome.executed
     )
+    return reply.result_id, reply.new
 
 
 async def stream(redis: Redis) -> list[dict[str, str]]:
@@ -111,7 +112,7 @@ async def test_results_written_again_after_a_loss_correct_what_they_meet(redis: 
     await redis.delete(K.journal(PLAN), K.RESULT_STREAM)  # the loss
     other = Journal(redis, dedupe_ttl_sec=300, journal_ttl_sec=3600)  # another instance
     wrong_id, _ = await publish(other, blocked("permit_timeout_or_missing:missing_all", 1200))
-    assert await journal.republish_recent() == 1
+    assert await journal.results.republish_recent() == 1
     wrong, right = await stream(redis)
     assert (wrong["status"], right["status"], right["corrects"]) == (
         "BLOCKED",

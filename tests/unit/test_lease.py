@@ -39,7 +39,7 @@ async def test_a_long_hold_is_renewed(redis: Redis) -> None:
 async def test_refuses_a_finished_plan(redis: Redis) -> None:
     journal = Journal(redis, dedupe_ttl_sec=60, journal_ttl_sec=60)
     await journal.claim("done", "BTCUSDT", "1-0")
-    await journal.publish("done", "BTCUSDT", "skipped", {"status": "SKIPPED"})
+    await journal.results.publish("done", "BTCUSDT", "skipped", {"status": "SKIPPED"})
     with pytest.raises(AlreadyFinal):
         async with leases(redis).hold("BTCUSDT", "done", wait_sec=1, new_order=True):
             pass
@@ -52,7 +52,7 @@ async def test_a_finished_plan_a_late_gate_wrote_over_gets_its_state_back(redis:
     state says what the result says again, as the publish script would make it."""
     journal = Journal(redis, dedupe_ttl_sec=60, journal_ttl_sec=60)
     await journal.claim("again", "BTCUSDT", "1-0")
-    await journal.publish("again", "BTCUSDT", "executed", {"status": "EXECUTED"})
+    await journal.results.publish("again", "BTCUSDT", "executed", {"status": "EXECUTED"})
     await redis.hset(K.journal("again"), "state", "permitted")  # the late gate's write
     with pytest.raises(AlreadyFinal):
         async with leases(redis).hold("BTCUSDT", "again", wait_sec=1, new_order=True):
@@ -82,10 +82,10 @@ async def test_publish_releases_the_lease_and_acks_in_one_step(redis: Redis) -> 
     journal = Journal(redis, dedupe_ttl_sec=60, journal_ttl_sec=60)
     await journal.claim("p1", "BTCUSDT", str(entry))
     async with leases(redis).hold("BTCUSDT", "p1", wait_sec=1, new_order=True) as lease:
-        await journal.publish(
+        reply = await journal.results.publish(
             "p1", "BTCUSDT", "executed", {"status": "EXECUTED"}, entry_id=str(entry), lease=lease
         )
-        assert lease.released
+        assert reply.lease_released and not lease.released  # a fact; the holder records it
         assert await redis.exists(K.symbol_lease("BTCUSDT")) == 0
         assert (await redis.xpending(K.PLAN_STREAM, "apply_layer"))["pending"] == 0
 
@@ -131,5 +131,5 @@ async def test_a_lease_taken_over_fences_the_old_holder_and_is_left_to_the_new(
     await log.record_attempt(7, quantity=Decimal(1), side="SELL")
     assert await log.attempts() == [7]
     await redis.set(ours.key, "other:2", px=60_000)
-    await journal.publish("p1", "BTCUSDT", "failed", {"status": "FAILED"}, lease=ours)
+    await journal.results.publish("p1", "BTCUSDT", "failed", {"status": "FAILED"}, lease=ours)
     assert await redis.get(ours.key) == "other:2"

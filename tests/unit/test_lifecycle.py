@@ -10,6 +10,7 @@ import pytest
 from apply_layer import lifecycle
 from apply_layer.lifecycle import PERMIT_TTL_MS
 from apply_layer.outcomes import Outcome, StepResult
+from apply_layer.permits import PermitVerdict
 from apply_layer.plans import Plan, Step
 from apply_layer.statuses import OutcomeStatus, StepStatus
 
@@ -187,3 +188,15 @@ def test_echo(raw: str, echoed: str) -> None:
 )
 def test_signed_decimal(raw: object, amount: Decimal | None) -> None:
     assert lifecycle.signed_decimal(raw) == amount
+
+
+def test_reported_position_is_p33s_signed_amount_or_none() -> None:
+    def verdict(kind: str, **fields: object) -> PermitVerdict:
+        return PermitVerdict(kind, "string", "allow", fields=dict(fields))
+
+    p33 = verdict("p33", exchange_position_amt="-0.009", safe_qty="0.009")
+    gov = verdict("gov", exchange_position_amt="5")  # only P3.3's amount counts
+    assert lifecycle.reported_position({"gov": gov, "p33": p33}) == Decimal("-0.009")
+    assert lifecycle.reported_position({"gov": gov}) is None
+    assert lifecycle.reported_position({"p33": verdict("p33")}) is None
+    assert lifecycle.reported_position({"p33": verdict("p33", exchange_position_amt="x")}) is None

@@ -111,7 +111,9 @@ async def test_a_result_out_with_the_entry_still_pending_is_acknowledged(fake: R
     journal = Journal(fake, dedupe_ttl_sec=300, journal_ttl_sec=3600, group=GROUP)
     await journal.claim("done2", "BTCUSDT", entry_id)
     # Published without the ack (entry_id ""): the crash came between the two.
-    await journal.publish("done2", "BTCUSDT", "skipped", {"plan_id": "done2", "status": "SKIPPED"})
+    await journal.results.publish(
+        "done2", "BTCUSDT", "skipped", {"plan_id": "done2", "status": "SKIPPED"}
+    )
     assert await pending_count(fake) == 1
     handled = await proc.handle(entry_id, fields)
     assert handled.kind == "done"

@@ -35,6 +35,7 @@ PURE = (
     "apply_layer.lifecycle",
     "apply_layer.log_format",
     "apply_layer.outcomes",
+    "apply_layer.order_ids",
     "apply_layer.permits",
     "apply_layer.plans",
     "apply_layer.signing",

@@ -33,15 +33,17 @@ def test_recent_results_are_bounded_in_count_and_age() -> None:
 async def test_a_lost_result_comes_back_once(redis: Redis) -> None:
     journal = Journal(redis, dedupe_ttl_sec=300, journal_ttl_sec=3600, recent=RecentResults())
     fields = {"plan_id": "rp", "symbol": "BTCUSDT", "status": "EXECUTED", "error": ""}
-    await journal.publish("rp", "BTCUSDT", "executed", fields, cooldown=True)
-    await journal.publish("kept", "BTCUSDT", "blocked", {"plan_id": "kept", "status": "BLOCKED"})
-    assert await journal.republish_recent() == 0  # nothing lost: nothing written
+    await journal.results.publish("rp", "BTCUSDT", "executed", fields, cooldown=True)
+    await journal.results.publish(
+        "kept", "BTCUSDT", "blocked", {"plan_id": "kept", "status": "BLOCKED"}
+    )
+    assert await journal.results.republish_recent() == 0  # nothing lost: nothing written
     # Redis loses the first plan's result and journal (a failover, a restore) ...
     await redis.delete(K.journal("rp"))
     await redis.xtrim(K.RESULT_STREAM, maxlen=0)
     await redis.xadd(K.RESULT_STREAM, {"plan_id": "kept", "status": "BLOCKED"})
-    assert await journal.republish_recent() == 1  # ... and gets it back, unchanged
-    assert await journal.republish_recent() == 0
+    assert await journal.results.republish_recent() == 1  # ... and gets it back, unchanged
+    assert await journal.results.republish_recent() == 0
     by_plan = [r["plan_id"] for r in await results(redis)]
     assert sorted(by_plan) == ["kept", "rp"]
     back = next(r for r in await results(redis) if r["plan_id"] == "rp")

@@ -20,44 +20,13 @@ on reads that another attempt or another order on the symbol has overtaken.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
 from apply_layer.checks import CheckLine
+from apply_layer.order_ids import client_order_id as client_order_id  # the rule lives there
 from apply_layer.outcomes import StepResult
-
-CLIENT_ORDER_ID_MAX = 36  # Binance: ^[\.A-Z\:/a-z0-9_-]{1,36}$
-_STEP_CODES = {
-    "CLOSE_FULL": "F",
-    "CLOSE_PARTIAL_75": "75",
-    "CLOSE_PARTIAL_50": "50",
-    "CLOSE_PARTIAL_25": "25",
-    # harvest_v2's names: one plan has one close step, so sharing a code is safe.
-    "PARTIAL_75": "75",
-    "PARTIAL_50": "50",
-    "PARTIAL_25": "25",
-}
-
-
-def client_order_id(plan_id: str, step: str) -> str:
-    """Deterministic ``newClientOrderId`` for one plan step (at most 36 characters).
-
-    Readable when the plan id is short (``al75-67e6da21fa9fe506``); otherwise the
-    plan id is replaced by a 24-hex-digit BLAKE2b digest of it, after a ``.``
-    instead of the ``-`` (``al75.<digest>``). A plan id never holds a ``.``,
-    so the two forms never meet: a plan whose id *is* another plan's digest
-    cannot take that plan's order for its own. (Until 0.1.0 both forms used
-    ``-``; an order sent under the old hashed form is still found, because a
-    resumed plan uses the id its journal recorded, see ``OrderRequest``.)
-    """
-    code = _STEP_CODES.get(step) or hashlib.blake2b(step.encode(), digest_size=2).hexdigest()
-    readable = f"al{code}-{plan_id}"
-    if len(readable) <= CLIENT_ORDER_ID_MAX and "." not in plan_id:
-        return readable
-    digest = hashlib.blake2b(plan_id.encode(), digest_size=12).hexdigest()
-    return f"al{code}.{digest}"
 
 
 @dataclass(frozen=True)

@@ -9,21 +9,16 @@ reports the step as ``DRY_RUN``; the plan ends SKIPPED ``dry_run`` with
 from __future__ import annotations
 
 from apply_layer.checks import CheckLine
-from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared, SendWatch
+from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared
+from apply_layer.executors.in_process import InProcessExecutor
 from apply_layer.executors.paper import lot_filter
 from apply_layer.outcomes import StepResult
 from apply_layer.sizing import size_close
 from apply_layer.statuses import StepStatus
 
 
-class DryRunExecutor:
+class DryRunExecutor(InProcessExecutor):
     mode = "dry_run"
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     async def preflight(self) -> list[CheckLine]:
         return [CheckLine("exchange", True, "dry_run: no orders are placed")]
@@ -31,11 +26,6 @@ class DryRunExecutor:
     async def find_order(self, ref: OrderRef, unseen_ms: int) -> StepResult | None:
         """None: a dry run never places an order, so none can exist."""
         return None
-
-    def prepare(
-        self, plan_id: str, symbol: str, client_order_id: str, watch: SendWatch
-    ) -> Prepared | None:
-        return None  # nothing to read ahead: the simulation answers at once
 
     async def execute(
         self, order: OrderRequest, log: OrderLog, prepared: Prepared | None = None

@@ -19,7 +19,8 @@ from decimal import Decimal
 
 from apply_layer.checks import CheckLine
 from apply_layer.errors import NotReplicated
-from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared, SendWatch
+from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared
+from apply_layer.executors.in_process import InProcessExecutor
 from apply_layer.outcomes import StepResult
 from apply_layer.sizing import LotFilter, size_close
 from apply_layer.statuses import StepStatus
@@ -44,19 +45,13 @@ def lot_filter(symbol: str) -> LotFilter:
     return SIMULATED_FILTERS.get(symbol, DEFAULT_FILTER)
 
 
-class PaperExecutor:
+class PaperExecutor(InProcessExecutor):
     mode = "paper"
 
     def __init__(self) -> None:
         self.positions: dict[str, Decimal] = {}
         self.orders: OrderedDict[str, StepResult] = OrderedDict()
         self._ids = itertools.count(1_000_001)
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     async def preflight(self) -> list[CheckLine]:
         return [CheckLine("exchange", True, "paper: simulated in-process exchange, nothing leaves")]
@@ -71,11 +66,6 @@ class PaperExecutor:
         if found is None:
             return None
         return replace(found, step=ref.step, adopted=True)
-
-    def prepare(
-        self, plan_id: str, symbol: str, client_order_id: str, watch: SendWatch
-    ) -> Prepared | None:
-        return None  # nothing to read ahead: the simulation answers at once
 
     async def execute(
         self, order: OrderRequest, log: OrderLog, prepared: Prepared | None = None

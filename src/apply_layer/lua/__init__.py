@@ -11,13 +11,14 @@ The scripts, who runs them, and what is prepended to each:
 
 - ``gate.lua``: the permit gate (``gate.PermitGate``); ``kill_switch``, then
   the permit size limits as a line of constants from ``permits.py``.
-- ``claim.lua``, ``publish.lua``, ``publish_unjournalled.lua``,
-  ``record_attempt.lua``: the plan journal (``journal.py``); ``lease`` before
-  ``publish`` (the release) and ``record_attempt`` (the fence).
+- ``claim.lua``, ``record_attempt.lua``: the plan journal (``journal.py``);
+  ``publish.lua``, ``publish_unjournalled.lua``: a plan's result
+  (``results.py``); ``lease`` before ``publish`` (the release) and
+  ``record_attempt`` (the fence).
 - ``lease_acquire.lua`` (``kill_switch``, ``lease``), ``lease_renew.lua`` and
   ``lease_release.lua`` (``lease``): the symbol lease (``lease.py``).
-- ``correct.lua``: a correcting result entry (``corrections.py``, called by the
-  journal's publish); ``COOLDOWN_TTL_SEC`` from ``keys.py``, as for ``publish``.
+- ``correct.lua``: a correcting result entry (``corrections.py``, called by
+  ``results.py``'s publish); ``COOLDOWN_TTL_SEC`` from ``keys.py``, as for ``publish``.
 """
 
 from __future__ import annotations

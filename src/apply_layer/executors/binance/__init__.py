@@ -9,5 +9,9 @@
 - ``readahead``: the lookup and the position read, made during the permit
   wait and checked under the lease before they are used.
 - ``preflight``: what ``apply-layer check`` reports for the exchange.
-- ``executor``: places one reduce-only MARKET close, exactly once.
+- ``close_size``: the close's side and quantity against the live position.
+- ``adoption``: the lookups before a send (a resumed order, one Redis lost).
+- ``send``: the journalled send loop, and what each failed send means.
+- ``outcome``: a step's result from what the exchange said, logged once.
+- ``executor``: places one reduce-only MARKET close, exactly once, through them.
 """
