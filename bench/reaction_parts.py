@@ -15,6 +15,12 @@ after the gate starts waiting. Prints the p50 of each part, from the
     resume   reply read -> the gate's task runs again
     build    the reply turned into a GateResult (verdicts re-checked in Python)
     log      the [PERMIT_WAIT] line formatted and written
+
+and, within rtt, Redis's own time running the deciding script (its SLOWLOG
+duration).
+
+The server's SLOWLOG threshold is set to 0 for this; it is read and reset
+between plans, outside the timed span.
 """
 
 from __future__ import annotations
@@ -80,6 +86,13 @@ def _marking(wake: Any) -> Any:
     return set_and_mark
 
 
+async def _script_seconds(redis: Any) -> float:
+    """The newest script call's duration in the server's SLOWLOG: the deciding one."""
+    entries = await redis.slowlog_get(32)  # newest first
+    scripts = [e for e in entries if e["command"].split(b" ", 1)[0] in (b"EVALSHA", b"FCALL")]
+    return float(scripts[0]["duration"]) / 1e6 if scripts else float("nan")
+
+
 async def main_async(plans: int) -> None:
     _instrument()
     log_file = Path(tempfile.mkdtemp(prefix="reaction-parts-")) / "gate.log"
@@ -87,16 +100,19 @@ async def main_async(plans: int) -> None:
         setup_logging("INFO", "console", stream)
         redis, writer = create_redis(server.url), create_redis(server.url)
         await redis.config_set("notify-keyspace-events", "K$h")
+        await redis.config_set("slowlog-log-slower-than", 0)
         config = GateConfig()
         watcher = KeyspaceWatcher(redis, config.watch_patterns(), "detect")
         print("keyspace events:", await watcher.start())
         gate = PermitGate(redis, config, watcher, ScriptBatcher(redis))
         await gate.load()
         parts: dict[str, list[float]] = {}
+        script_ms: list[float] = []  # within rtt: not one of the consecutive parts
         polled = 0
         for i in range(plans):
             plan_id = f"parts-{i}"
             gov = json.dumps({"granted": True, "symbol": SYMBOL})
+            await writer.slowlog_reset()  # here: a round trip just before the SET warms the path
             await writer.set(ISSUERS["governor"].key(plan_id), gov, ex=60)
             task = asyncio.create_task(gate.wait_and_consume(plan_id, SYMBOL))
             await asyncio.sleep(random.uniform(0.02, 0.32))
@@ -122,12 +138,16 @@ async def main_async(plans: int) -> None:
                 "log": marks["log1"] - marks["log0"],
                 "total": end - start,
             }
+            script_ms.append(await _script_seconds(writer) * 1000)
             for name, seconds in spans.items():
                 parts.setdefault(name, []).append(seconds * 1000)
         measured = len(parts.get("total", []))
         print(f"{measured} reactions ({polled} found by the fallback poll, left out)")
         for name, values in parts.items():
             print(f"{name:8} p50 {statistics.median(values):6.3f} ms")
+        if script_ms:
+            median = statistics.median(script_ms)
+            print(f"of rtt, Redis running the deciding script: median {median:.3f} ms")
         await watcher.stop()
         await redis.aclose()
         await writer.aclose()

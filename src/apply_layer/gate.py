@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from apply_layer.decision import (
 from apply_layer.keys import ISSUERS, Issuer
 from apply_layer.keyspace import KeyspaceWatcher
 from apply_layer.log_format import permit_block_line, permit_ok_line
-from apply_layer.logs import get_logger
+from apply_layer.logs import get_logger, write_marker_line
 from apply_layer.permits import (
     MAX_PERMIT_BYTES,
     MAX_PERMIT_FIELDS,
@@ -286,10 +287,16 @@ class PermitGate:
             "wait_ms": result.wait_ms,
             "status": result.status,
         }
+        # The line is written before the decision returns; write_marker_line
+        # writes the bytes get_logger() would, without structlog's chain.
         if result.allowed:
-            log.info(result.log_line(), safe_qty=str(result.safe_qty), **fields)
+            write_marker_line(
+                logging.INFO, result.log_line(), {"safe_qty": str(result.safe_qty), **fields}
+            )
         else:
-            log.warning(result.log_line(), reason=result.reason, **fields)
+            write_marker_line(
+                logging.WARNING, result.log_line(), {"reason": result.reason, **fields}
+            )
 
 
 async def wait_and_consume_permits(

@@ -114,15 +114,51 @@ def setup_logging(level: str = "INFO", fmt: str = "console", stream: IO[str] | N
     root.setLevel(level)
     root.propagate = False
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.format_exc_info,
-            structlog.stdlib.render_to_log_kwargs,
-        ],
+        processors=list(_PROCESSORS),
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         cache_logger_on_first_use=False,
     )
+
+
+# The chain setup_logging installs; write_marker_line takes its short cut only under it
+# (compared by content: structlog.testing.capture_logs replaces a chain in place).
+_PROCESSORS: tuple[Any, ...] = (
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.format_exc_info,
+    structlog.stdlib.render_to_log_kwargs,
+)
+_STDLIB = logging.getLogger(LOGGER_NAME)
+
+
+def write_marker_line(level: int, line: str, fields: dict[str, Any]) -> None:
+    """Write a ``[PERMIT_WAIT]`` line now, as ``get_logger().info(line, **fields)`` would.
+
+    The gate writes this line before it returns its decision, once per plan,
+    usually after the process sat idle: run cold, structlog's lazy proxy,
+    its processor chain and stdlib's ``findCaller`` (a stack walk) cost more
+    than the line itself (docs/PERFORMANCE.md, "What bounds the missed
+    targets"). Under the chain :func:`setup_logging` installs, the record
+    that chain would hand to the stdlib logger is built here directly: the
+    same message, the same ``extra`` fields in the same order (the call's,
+    then any bound context variable not among them), the same logger and
+    handlers, so the same bytes (tests/unit/test_marker_line.py). Only the
+    record's source location, which neither format writes, is left unknown.
+    Under any other configuration (``structlog.testing.capture_logs``, a
+    caller's own ``structlog.configure``) it goes through structlog.
+    """
+    if tuple(structlog.get_config()["processors"]) != _PROCESSORS:
+        structlog.get_logger(LOGGER_NAME).log(level, line, **fields)
+        return
+    if not _STDLIB.isEnabledFor(level):
+        return
+    extra = dict(fields)
+    for name, value in structlog.contextvars.get_contextvars().items():
+        extra.setdefault(name, value)
+    record = _STDLIB.makeRecord(
+        LOGGER_NAME, level, "(unknown file)", 0, line, (), None, extra=extra
+    )
+    _STDLIB.handle(record)
 
 
 def get_logger(name: str = LOGGER_NAME) -> Any:
