@@ -22,6 +22,12 @@ can); the connection is left clean after a complete reply, and closed after
 anything else. A read is not retried here: a connection lost mid-reply may
 have delivered entries we never saw, and the service's outage path re-reads
 its own pending entries before anything new.
+
+A read's deadline counts the time the event loop ran, not the time the
+process was stopped (SIGSTOP, a frozen VM): :class:`_Deadline`. Otherwise a
+daemon resumed past a read's deadline finds the read's timer and the reply
+Redis sent long ago ready in the same turn of the loop, the timer cancels the
+read first, and a stopped process reads as a Redis outage (issue 23).
 """
 
 from __future__ import annotations
@@ -51,6 +57,10 @@ ENTRY_COST_MAX = 2 * MAX_ENTRY_BYTES + 2 * MAX_ENTRY_FIELDS * 100
 CHUNK = 65536
 # A reply up to this size is parsed by hiredis (fast); a longer one streamed.
 FAST_REPLY_MAX = 4 << 20
+# A deadline's timer run this late means the loop was not running (the process was
+# stopped); the read then gets this long, from the resume, for a reply already sent.
+STALL_SEC = 0.5
+STALL_GRACE_SEC = 0.5
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,47 @@ def _entry_from_buffer(buf: bytes, pos: int) -> tuple[StreamEntry, int] | int:
     return StreamEntry(entry_id, fields, size), pos
 
 
+class _Deadline:
+    """An ``asyncio.timeout`` that expires only after the loop itself has waited.
+
+    Its timer checks how late the loop came to it: on time, the read expires
+    (one turn of the loop later, so a reply that arrived in the same turn as
+    the timer is read first, not thrown away), and a Redis that does not
+    answer is reported as soon as before; more than :data:`STALL_SEC` late,
+    the process was stopped (or its loop blocked) through the deadline and
+    the socket was never looked at, so the read gets :data:`STALL_GRACE_SEC`
+    from now: a reply waiting in the socket is read at once, a missing one
+    still expires. ``asyncio.timeout`` alone cancels the read in the turn its
+    timer is due, even when the reply is ready in that same turn.
+    """
+
+    def __init__(self, timeout: asyncio.Timeout, delay: float) -> None:
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._when = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+        self.reschedule(self._loop.time() + delay)
+
+    def reschedule(self, when: float) -> None:
+        """Expire at ``when`` (loop time) instead."""
+        self.cancel()
+        self._when = when
+        self._handle = self._loop.call_at(when, self._due)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _due(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        if now - self._when > STALL_SEC:
+            self.reschedule(now + STALL_GRACE_SEC)
+        else:
+            self._timeout.reschedule(now)  # expires: the read is cancelled
+
+
 class _Reply:
     """Just enough of a RESP parser for stream replies, reading from the socket.
 
@@ -145,7 +196,7 @@ class _Reply:
     keep is read past in chunks, never held whole.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, timeout: asyncio.Timeout) -> None:
+    def __init__(self, reader: asyncio.StreamReader, timeout: _Deadline) -> None:
         self.reader = reader
         self.timeout = timeout
         self.buf = b""
@@ -284,7 +335,7 @@ def _from_parsed(reply: Any, xreadgroup: bool) -> list[StreamEntry]:
 
 
 async def _read_reply(
-    reader: asyncio.StreamReader, deadline: asyncio.Timeout, xreadgroup: bool
+    reader: asyncio.StreamReader, deadline: _Deadline, xreadgroup: bool
 ) -> list[StreamEntry]:
     """The fast path: hiredis parses a reply of at most FAST_REPLY_MAX bytes.
 
@@ -327,8 +378,12 @@ async def _run(
         reader = conn._reader  # the socket's StreamReader: the reply is parsed from it here
         if reader is None:
             raise RedisConnectionError("connection closed before the stream reply")
-        async with asyncio.timeout(wait_sec + COMMAND_TIMEOUT_SEC) as timeout:
-            entries = await _read_reply(reader, timeout, xreadgroup)
+        async with asyncio.timeout(None) as timeout:
+            deadline = _Deadline(timeout, wait_sec + COMMAND_TIMEOUT_SEC)
+            try:
+                entries = await _read_reply(reader, deadline, xreadgroup)
+            finally:
+                deadline.cancel()
         clean = True
         return entries
     except ResponseError:

@@ -237,6 +237,7 @@ async def test_each_fault_fires_its_alert_and_no_other(
             poll_sec=0.5,
             max_in_flight=4,  # a backlog shows as stream lag soon enough
             plan_max_age_sec=10,  # and plans go stale within the test
+            lease_ms=1000,  # a plan waits 2 s for a busy symbol lease, then is deferred
             permit_signing="governor=warn",
             permit_keys_file=str(keys),
         )
@@ -474,17 +475,10 @@ async def _phases(
         daemon.signal(signal.SIGCONT)
         await asyncio.sleep(3)  # what the resumed daemon reports belongs to this fault
 
-    # The hung daemon answers no scrape: Down, and not NoExecution (issue 23 item 3).
-    await fault(
-        "daemon hung (SIGSTOP), scrapes fail",
-        hang,
-        resume,
-        {"ApplyLayerDown"},
-        # Resumed, a stream read whose deadline ran out while the process was stopped
-        # reports Redis unavailable for about 0.2 s (seen once in three runs): with
-        # RedisDown's "for: 1m" scaled to 1 s that fires; unscaled it would not.
-        allowed=frozenset({"ApplyLayerRedisDown"}),
-    )
+    # The hung daemon answers no scrape: Down, and not NoExecution (issue 23 item 3);
+    # nor RedisDown once resumed: a read whose deadline passed while the process was
+    # stopped is not an outage (stream_reader._Deadline, tests/daemon/test_suspended.py).
+    await fault("daemon hung (SIGSTOP), scrapes fail", hang, resume, {"ApplyLayerDown"})
 
     async def unscrape() -> None:
         prom.retarget([])
@@ -579,6 +573,37 @@ async def _phases(
 
     await fault("3 closes below the lot minimum", unsizable, nothing, {"ApplyLayerSizingRefusals"})
 
+    leases = [K.symbol_lease(symbol) for symbol in ("BTCUSDT", "ETHUSDT")]
+
+    async def stuck_instance() -> None:
+        # Another instance, stuck mid-plan, holds both symbols' leases and its renewer
+        # keeps them (a long TTL here): each plan waits its 2 * APPLY_LEASE_MS for the
+        # lease, is deferred (plan_deferred) and its entry stays pending, unacknowledged
+        # and out of flight, until a claim retries it after APPLY_CLAIM_IDLE_SEC.
+        for lease in leases:
+            await redis.set(lease, "stuck-instance:e2e", px=600_000)
+
+    async def stuck_instance_gone() -> None:
+        await redis.delete(*leases)
+
+    await fault(
+        "another instance holds both symbols' leases (stuck)",
+        stuck_instance,
+        stuck_instance_gone,
+        {"ApplyLayerPendingGrowing"},
+        # What else is true: no close executes, the oldest entry waits, the stream
+        # is read slower than written and plans wait past their age.
+        allowed=frozenset(
+            {
+                "ApplyLayerNoExecution",
+                "ApplyLayerPendingStuck",
+                "ApplyLayerStreamLag",
+                "ApplyLayerStalePlans",
+            }
+        ),
+        timeout=90,
+    )
+
     async def slow_fills() -> None:  # the issue's backlog: about 1.3 closes/s for 2 plans/s
         fake.inject("POST", ORDER, *[Fault(place=True, delay=1.5) for _ in range(200)])
 
@@ -609,5 +634,14 @@ async def _phases(
         redis_down,
         redis_up,
         {"ApplyLayerRedisDown"},
-        allowed=frozenset({"ApplyLayerRedisIdentityChanged"}),
+        # Back empty, Redis may have lost sends: each plan's first send waits until a
+        # lost one could no longer execute (the lookup window, recvWindow 5 s), which
+        # holds the 4 slots for about 6 s at 2 plans/s: a true backlog of 10 or more.
+        allowed=frozenset(
+            {
+                "ApplyLayerRedisIdentityChanged",
+                "ApplyLayerStreamLag",
+                "ApplyLayerPendingStuck",
+            }
+        ),
     )

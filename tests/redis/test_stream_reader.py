@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apply_layer import stream_reader
 from apply_layer.embedded_redis import EmbeddedRedis
@@ -163,3 +166,41 @@ async def test_memory_held_while_reading_huge_entries_is_bounded(client: Redis) 
     assert [e.fields for e in entries] == [{"plan_id": f"h{n}"} for n in range(8)]
     print(f"peak Python allocation while reading 8 x 8 MiB: {peak / 2**20:.1f} MiB")
     assert peak < 3 * FAST_REPLY_MAX, f"{peak / 2**20:.1f} MiB held"  # it was 64 MiB and more
+
+
+async def test_a_loop_stalled_past_the_deadline_still_reads_the_waiting_reply(
+    client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop not running through a read's deadline (as in a SIGSTOP: the
+    clock runs on) is no timeout when the reply is in the socket (issue 23)."""
+    monkeypatch.setattr(stream_reader, "COMMAND_TIMEOUT_SEC", 0.3)
+    for _ in range(3):
+        reading = asyncio.ensure_future(
+            stream_reader.xreadgroup(client, G, C, S, ">", count=1, block_ms=100)
+        )
+        await asyncio.sleep(0.05)  # sent; its (empty) reply comes after the 0.1 s block
+        time.sleep(1.5)  # noqa: ASYNC251 - the point: the loop stands still past the 0.4 s deadline
+        assert await reading == []
+    await client.xadd(S, PLAN)  # type: ignore[arg-type]
+    (entry,) = await read(client)  # and the connection is still in step
+    assert entry.fields == PLAN
+
+
+async def test_a_server_that_stops_answering_still_times_out_on_time(
+    own_redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stall grace does not delay a real timeout: a silent server (stopped)."""
+    monkeypatch.setattr(stream_reader, "COMMAND_TIMEOUT_SEC", 0.3)
+    r = Redis.from_url(own_redis_server.url, decode_responses=True)
+    await r.xgroup_create(S, G, id="0", mkstream=True)
+    assert own_redis_server.proc is not None
+    own_redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            await stream_reader.xreadgroup(r, G, C, S, ">", count=1, block_ms=100)
+        took = time.monotonic() - started
+    finally:
+        own_redis_server.proc.send_signal(signal.SIGCONT)
+        await r.aclose()
+    assert 0.39 <= took < 0.4 + stream_reader.STALL_SEC, took
