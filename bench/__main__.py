@@ -36,8 +36,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import apply_layer
-from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.redis_client import create_redis
+from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store.connection import create_redis
 from bench.context import FULL, MB, QUICK, TINY, Ctx
 from bench.e2e import scenario_e2e
 from bench.latency import scenario_denial, scenario_reaction

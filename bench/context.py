@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.ops.embedded_redis import EmbeddedRedis
 from bench.load import (
     Daemon,
     symbols,

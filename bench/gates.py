@@ -32,13 +32,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from apply_layer.batching import ScriptBatcher
-from apply_layer.gate import GateConfig, PermitGate
-from apply_layer.keys import ISSUERS
-from apply_layer.keyspace import KeyspaceWatcher
+from apply_layer.core.keys import ISSUERS
 from apply_layer.logs import setup_logging
-from apply_layer.redis_client import create_redis
 from apply_layer.settings import load_settings
+from apply_layer.store.batching import ScriptBatcher
+from apply_layer.store.connection import create_redis
+from apply_layer.store.gate import GateConfig, PermitGate
+from apply_layer.store.keyspace import KeyspaceWatcher
 from bench.measure import set_notifications, summary_ms
 from tests.harness import SYM as SYMBOL
 

@@ -28,9 +28,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from apply_layer.batching import run_packed
-from apply_layer.keys import ISSUERS, PLAN_STREAM, RESULT_STREAM, STREAM_MAXLEN
-from apply_layer.redis_client import create_redis
+from apply_layer.core.keys import ISSUERS, PLAN_STREAM, RESULT_STREAM, STREAM_MAXLEN
+from apply_layer.store.batching import run_packed
+from apply_layer.store.connection import create_redis
 from bench.measure import proc_rss_mb, self_cpu_seconds, summary_ms
 from tests.harness import STEPS
 from tests.harness import Daemon as HarnessDaemon

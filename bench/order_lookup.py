@@ -27,12 +27,12 @@ from decimal import Decimal
 
 from pydantic import SecretStr
 
-from apply_layer.errors import OrderNotFound
+from apply_layer.core.errors import OrderNotFound
+from apply_layer.core.outcomes import StepResult
 from apply_layer.executors.base import OrderRequest
 from apply_layer.executors.binance.executor import BinanceExecutor
 from apply_layer.executors.binance.readahead import ReadAhead
 from apply_layer.logs import setup_logging
-from apply_layer.outcomes import StepResult
 from tests.fake_binance import API_KEY, API_SECRET
 from tests.harness import MemoryLog
 

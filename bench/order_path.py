@@ -39,8 +39,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.order_ids import client_order_id
+from apply_layer.core import keys as K
+from apply_layer.core.order_ids import client_order_id
 from bench.context import Ctx
 from bench.load import Daemon
 from bench.report import Row, ScenarioReport

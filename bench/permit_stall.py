@@ -27,11 +27,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.gate import GateConfig, wait_and_consume_permits
-from apply_layer.keys import ISSUERS
-from apply_layer.redis_client import create_redis
+from apply_layer.core import keys as K
+from apply_layer.core.keys import ISSUERS
+from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store.connection import create_redis
+from apply_layer.store.gate import GateConfig, wait_and_consume_permits
 
 SYM = "BTCUSDT"
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from apply_layer import keys as K
-from apply_layer.gate import GATE_SCRIPT
+from apply_layer.core import keys as K
+from apply_layer.store.gate import GATE_SCRIPT
 from bench.context import BENCH_COMMANDS, WINDOW, Ctx, rnd, running
 from bench.e2e import daemon_load, load_line
 from bench.load import (

@@ -35,15 +35,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import apply_layer.batching as batching
-import apply_layer.gate as gate_module
-from apply_layer.batching import ScriptBatcher
-from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.gate import GateConfig, PermitGate
-from apply_layer.keys import ISSUERS
-from apply_layer.keyspace import KeyspaceWatcher
+import apply_layer.store.batching as batching
+import apply_layer.store.gate as gate_module
+from apply_layer.core.keys import ISSUERS
 from apply_layer.logs import setup_logging
-from apply_layer.redis_client import create_redis
+from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store.batching import ScriptBatcher
+from apply_layer.store.connection import create_redis
+from apply_layer.store.gate import GateConfig, PermitGate
+from apply_layer.store.keyspace import KeyspaceWatcher
 from tests.harness import SYM as SYMBOL
 
 marks: dict[str, float] = {}

@@ -15,9 +15,9 @@ import asyncio
 import time
 from typing import Any
 
-from apply_layer.batching import ScriptBatcher
-from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.redis_client import create_redis
+from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store.batching import ScriptBatcher
+from apply_layer.store.connection import create_redis
 
 SCRIPT = "return {KEYS[1], ARGV[1], 'x'}"
 

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from apply_layer import keys as K
+from apply_layer.core import keys as K
 from bench.context import MB, WINDOW, Ctx, daemon_commands, rnd, running
 from bench.load import (
     Daemon,
@@ -19,7 +19,7 @@ from bench.load import (
 from bench.measure import CpuMeter, client_memory, commandstats, count_keys, used_memory
 from bench.report import Row, ScenarioReport
 
-# What a run leaves behind, by kind (SCAN patterns of apply_layer.keys): what TTLs expire,
+# What a run leaves behind, by kind (SCAN patterns of apply_layer.core.keys): what TTLs expire,
 # then everything else the daemon writes.
 TTL_KEYS = [K.glob_of(K.JOURNAL_TEMPLATE), K.glob_of(K.CLAIM_TEMPLATE)]
 LEFT_KEYS = [

@@ -21,10 +21,10 @@ from decimal import Decimal
 
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.batching import ScriptBatcher
-from apply_layer.journal import Journal
-from apply_layer.redis_client import create_redis
+from apply_layer.core import keys as K
+from apply_layer.store.batching import ScriptBatcher
+from apply_layer.store.connection import create_redis
+from apply_layer.store.journal import Journal
 from tests.harness import PrimaryAndReplica
 
 LEASE_HOLDER = "bench:lease"  # the symbol lease the records are fenced by

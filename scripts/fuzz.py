@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The nightly fuzz run: tests/unit/test_fuzz.py at 10,000 examples a property.
+"""The nightly fuzz run: tests/core/test_parsers_fuzz.py at 10,000 examples a property.
 
     .venv/bin/python scripts/fuzz.py [--profile nightly|ci] [extra pytest args]
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STATS = re.compile(r"(\d+) passing, (\d+) failing, and (\d+) invalid")
-DURATION = re.compile(r"([\d.]+)s call\s+tests/unit/test_fuzz\.py::(\w+)")
+DURATION = re.compile(r"([\d.]+)s call\s+tests/core/test_parsers_fuzz\.py::(\w+)")
 
 
 def main() -> int:
@@ -35,7 +35,7 @@ def main() -> int:
         sys.executable,
         "-m",
         "pytest",
-        "tests/unit/test_fuzz.py",
+        "tests/core/test_parsers_fuzz.py",
         "-q",
         "-p",
         "no:cacheprovider",
@@ -50,7 +50,7 @@ def main() -> int:
     print(f"\n== fuzz summary (profile {args.profile})")
     print("| property | passing | failing | invalid | time |")
     print("|---|---|---|---|---|")
-    for block in run.stdout.split("tests/unit/test_fuzz.py::")[1:]:
+    for block in run.stdout.split("tests/core/test_parsers_fuzz.py::")[1:]:
         name = block.split(":", 1)[0].strip()
         stats = STATS.search(block)
         if stats is None or not name.startswith("test_"):

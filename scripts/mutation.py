@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "apply_layer"
 MUTANTS = ROOT / "mutants" / "src" / "apply_layer"
 MODULES = (
-    "sizing",
-    "permits",
-    "plans",
+    "core.sizing",
+    "core.permits",
+    "core.plans",
     "executors.binance.model",
-    "outcomes",
-    "lifecycle",
-    "stats",
+    "core.outcomes",
+    "core.lifecycle",
+    "core.marker_stats",
 )
 KILLED = {1, 3, 36, 37, 24, -24, 152, 255}  # failed, pytest error, timeout, type check
 SURVIVED = {0}
@@ -57,150 +57,156 @@ class HandMutant:
     tests: tuple[str, ...]
 
 
-GATE_TESTS = ("tests/redis/test_gate.py", "tests/unit/test_permits.py")
+GATE_TESTS = ("tests/store/test_gate.py", "tests/core/test_permits.py")
 KILL_TESTS = (
-    "tests/redis/test_kill_switch.py",
-    "tests/redis/test_gate.py",
-    "tests/unit/test_permits.py",
-    "tests/unit/test_lease.py",
+    "tests/store/test_kill_switch.py",
+    "tests/store/test_gate.py",
+    "tests/core/test_permits.py",
+    "tests/store/test_lease.py",
 )
-PLAN_TESTS = ("tests/unit/test_plans.py",)
-LEASE_TESTS = ("tests/unit/test_lease.py",)
-STALL_TESTS = ("tests/redis/test_hostile_permits.py",)
-MODEL_TESTS = ("tests/unit/test_binance_model.py", "tests/exchange/test_binance_api.py")
+PLAN_TESTS = ("tests/core/test_plans.py",)
+LEASE_TESTS = ("tests/store/test_lease.py",)
+STALL_TESTS = ("tests/store/test_gate_hostile_permits.py",)
+MODEL_TESTS = ("tests/executors/binance/test_model.py", "tests/executors/binance/test_client.py")
 
 HAND_MUTANTS: tuple[HandMutant, ...] = (
     # gate.lua: the verdict rules
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "if v == true or v == 1 then",
         "if v == true or v ~= 0 then",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "return l == 'true' or l == '1'",
         "return l == 'true' or l ~= '0'",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "obj = {allow = (obj == 1)}",
         "obj = {allow = (obj ~= 0)}",
         GATE_TESTS,
     ),
-    HandMutant("lua", "lua/gate.lua", "q == q and q > 0 and", "q == q and q >= 0 and", GATE_TESTS),
     HandMutant(
-        "lua", "lua/gate.lua", "q > 0 and q < math.huge", "q > 0 and q <= math.huge", GATE_TESTS
+        "lua", "store/lua/gate.lua", "q == q and q > 0 and", "q == q and q >= 0 and", GATE_TESTS
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
+        "q > 0 and q < math.huge",
+        "q > 0 and q <= math.huge",
+        GATE_TESTS,
+    ),
+    HandMutant(
+        "lua",
+        "store/lua/gate.lua",
         "return 'deny', 'not_granted' end",
         "return 'allow', '' end",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "s ~= cjson.null and s ~= symbol then",
         "s ~= cjson.null and false then",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "if q == nil or q == cjson.null then q = obj['safe_close_qty'] end",
         "",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "if not ok then return kind, raw, 'deny', 'malformed' end",
         "if not ok then return kind, raw, 'missing', '' end",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "return kind, '', 'deny', 'wrong_type'",
         "return kind, '', 'missing', ''",
         GATE_TESTS,
     ),
-    HandMutant("lua", "lua/gate.lua", "(g ~= nil and not is_true(g)) or ", "", GATE_TESTS),
+    HandMutant("lua", "store/lua/gate.lua", "(g ~= nil and not is_true(g)) or ", "", GATE_TESTS),
     # gate.lua: the decision and what it consumes
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "if any_deny then status = 'DENY'",
         "if false then status = 'DENY'",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "elseif final then status = 'TIMEOUT'",
         "elseif true then status = 'TIMEOUT'",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "elseif not any_missing then status = 'ALLOW'",
         "elseif true then status = 'ALLOW'",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "or status == 'DENY' or status == 'GOV_BLOCK'",
         "or status == 'DENY'",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "local consume = status == 'ALLOW' or",
         "local consume = status == 'KILL' or status == 'ALLOW' or",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "if consume and p.verdict ~= 'missing' then",
         "if consume then",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "if not status and redis.call('TYPE', KEYS[2])['ok'] == 'string' then",
         "if false then",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "if kill_env or kill_on(KEYS[3]) or kill_on(KEYS[4]) then",
         "if kill_env or kill_on(KEYS[3]) then",
         GATE_TESTS,
     ),
-    HandMutant("lua", "lua/gate.lua", "if recorded then", "if false then", GATE_TESTS),
-    HandMutant("lua", "lua/gate.lua", "head[1] == token and 1 or 0", "1", GATE_TESTS),
+    HandMutant("lua", "store/lua/gate.lua", "if recorded then", "if false then", GATE_TESTS),
+    HandMutant("lua", "store/lua/gate.lua", "head[1] == token and 1 or 0", "1", GATE_TESTS),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "'state', status == 'ALLOW' and 'permitted' or 'blocked',",
         "'state', 'permitted',",
         GATE_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "redis.call('EXPIRE', journal, ttl)\nreturn reply",
         "return reply",
         GATE_TESTS,
@@ -208,21 +214,21 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
     # gate.lua and kill_switch.lua: no permit stalls Redis (issue 21)
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "if count > MAX_PERMIT_FIELDS or memory > MAX_PERMIT_MEMORY then",
         "if false then",
         STALL_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/gate.lua",
+        "store/lua/gate.lua",
         "redis.call('UNLINK', p.key)",
         "redis.call('DEL', p.key)",
         STALL_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/kill_switch.lua",
+        "store/lua/kill_switch.lua",
         "if redis.call('STRLEN', key) > 4 then return false end",
         "",
         STALL_TESTS,
@@ -230,28 +236,28 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
     # kill_switch.lua (gate and lease)
     HandMutant(
         "lua",
-        "lua/kill_switch.lua",
+        "store/lua/kill_switch.lua",
         "return l == '1' or l == 'true' or l == 'on'",
         "return l == '1' or l == 'true'",
         KILL_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/kill_switch.lua",
+        "store/lua/kill_switch.lua",
         "return l == '1' or l == 'true' or l == 'on'",
         "return l ~= '0'",
         KILL_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/kill_switch.lua",
+        "store/lua/kill_switch.lua",
         "~= 'string' then return false end",
         "~= 'string' then return true end",
         KILL_TESTS,
     ),
     HandMutant(
         "lua",
-        "lua/kill_switch.lua",
+        "store/lua/kill_switch.lua",
         "local l = string.lower(redis.call('GET', key))",
         "local l = redis.call('GET', key)",
         KILL_TESTS,
@@ -259,74 +265,74 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
     # lease.lua and the scripts composed with it (lease_*.lua, record_attempt.lua, publish.lua)
     HandMutant(
         "lease",
-        "lua/lease.lua",
+        "store/lua/lease.lua",
         "return redis.call('GET', key) == token",
         "return true",
         LEASE_TESTS,
     ),
     HandMutant(
         "lease",
-        "lua/lease.lua",
+        "store/lua/lease.lua",
         "if redis.call('GET', key) == token then return redis.call('DEL', key) end",
         "if true then return redis.call('DEL', key) end",
         LEASE_TESTS,
     ),
     HandMutant(
-        "lease", "lua/lease_acquire.lua", "ARGV[1], 'NX', 'PX'", "ARGV[1], 'PX'", LEASE_TESTS
+        "lease", "store/lua/lease_acquire.lua", "ARGV[1], 'NX', 'PX'", "ARGV[1], 'PX'", LEASE_TESTS
     ),
     HandMutant(
         "lease",
-        "lua/lease_acquire.lua",
+        "store/lua/lease_acquire.lua",
         "if lease_held(KEYS[1], ARGV[1]) then return 'OK' end",
         "",
         LEASE_TESTS,
     ),
-    HandMutant("lease", "lua/lease_acquire.lua", "ARGV[4] == '1' and ", "", LEASE_TESTS),
+    HandMutant("lease", "store/lua/lease_acquire.lua", "ARGV[4] == '1' and ", "", LEASE_TESTS),
     HandMutant(
         "lease",
-        "lua/lease_acquire.lua",
-        "'result_id') == 1 then return 'FINAL'",
-        "'result_id') == 2 then return 'FINAL'",
+        "store/lua/lease_acquire.lua",
+        "if redis.call('HEXISTS', KEYS[2], 'result_id') == 1 then",
+        "if redis.call('HEXISTS', KEYS[2], 'result_id') == 2 then",
         LEASE_TESTS,
     ),
     HandMutant(
         "lease",
-        "lua/lease_acquire.lua",
+        "store/lua/lease_acquire.lua",
         "if t ~= 'none' and t ~= 'string' then return 'WRONGTYPE' end",
         "",
         ("tests/daemon/test_poison.py",),
     ),
     HandMutant(
         "lease",
-        "lua/lease_renew.lua",
+        "store/lua/lease_renew.lua",
         "then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end",
         "then return 1 end",
         LEASE_TESTS,
     ),
     HandMutant(
         "lease",
-        "lua/lease_renew.lua",
+        "store/lua/lease_renew.lua",
         "if lease_held(KEYS[1], ARGV[1]) then",
         "if true then",
         LEASE_TESTS,
     ),
     HandMutant(
         "lease",
-        "lua/lease_release.lua",
+        "store/lua/lease_release.lua",
         "return lease_release(KEYS[1], ARGV[1])",
         "return 0",
         LEASE_TESTS,
     ),
     HandMutant(
         "lease",
-        "lua/publish.lua",
+        "store/lua/publish.lua",
         "if ARGV[10] ~= '' then lease_release(KEYS[5], ARGV[10]) end",
         "",
         LEASE_TESTS,
     ),
     HandMutant(
         "lease",
-        "lua/record_attempt.lua",
+        "store/lua/record_attempt.lua",
         "if not lease_held(KEYS[2], ARGV[5]) then",
         "if false then",
         LEASE_TESTS,
@@ -334,60 +340,66 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
     # plans.py constants
     HandMutant(
         "constants",
-        "plans.py",
+        "core/plans.py",
         '"CLOSE_PARTIAL_25": Decimal(25),',
         '"CLOSE_PARTIAL_25": Decimal(24),',
         PLAN_TESTS,
     ),
     HandMutant(
         "constants",
-        "plans.py",
+        "core/plans.py",
         '"CLOSE_PARTIAL_50": Decimal(50),',
         '"CLOSE_PARTIAL_50": Decimal(51),',
         PLAN_TESTS,
     ),
-    HandMutant("constants", "plans.py", '"CLOSE_PARTIAL_50": Decimal(50),', "", PLAN_TESTS),
+    HandMutant("constants", "core/plans.py", '"CLOSE_PARTIAL_50": Decimal(50),', "", PLAN_TESTS),
     HandMutant(
         "constants",
-        "plans.py",
+        "core/plans.py",
         '"PARTIAL_75": Decimal(75),',
         '"PARTIAL_75": Decimal(74),',
         PLAN_TESTS,
     ),
-    HandMutant("constants", "plans.py", '"PARTIAL_25": Decimal(25),', "", PLAN_TESTS),
-    HandMutant("constants", "plans.py", '"FULL_CLOSE": "CLOSE_FULL",', "", PLAN_TESTS),
+    HandMutant("constants", "core/plans.py", '"PARTIAL_25": Decimal(25),', "", PLAN_TESTS),
+    HandMutant("constants", "core/plans.py", '"FULL_CLOSE": "CLOSE_FULL",', "", PLAN_TESTS),
     HandMutant(
         "constants",
-        "plans.py",
+        "core/plans.py",
         '"PARTIAL_50": "CLOSE_PARTIAL_50",',
         '"PARTIAL_50": "CLOSE_PARTIAL_25",',
         PLAN_TESTS,
     ),
-    HandMutant("constants", "plans.py", "MAX_STEPS = 16", "MAX_STEPS = 17", PLAN_TESTS),
+    HandMutant("constants", "core/plans.py", "MAX_STEPS = 16", "MAX_STEPS = 17", PLAN_TESTS),
     HandMutant(
-        "constants", "plans.py", "MAX_FIELD_BYTES = 8192", "MAX_FIELD_BYTES = 8193", PLAN_TESTS
+        "constants", "core/plans.py", "MAX_FIELD_BYTES = 8192", "MAX_FIELD_BYTES = 8193", PLAN_TESTS
     ),
-    HandMutant(
-        "constants", "plans.py", "MAX_ENTRY_BYTES = 65536", "MAX_ENTRY_BYTES = 655360", PLAN_TESTS
-    ),
-    HandMutant("constants", "plans.py", "MS_THRESHOLD = 1e11", "MS_THRESHOLD = 1e12", PLAN_TESTS),
     HandMutant(
         "constants",
-        "plans.py",
+        "core/plans.py",
+        "MAX_ENTRY_BYTES = 65536",
+        "MAX_ENTRY_BYTES = 655360",
+        PLAN_TESTS,
+    ),
+    HandMutant(
+        "constants", "core/plans.py", "MS_THRESHOLD = 1e11", "MS_THRESHOLD = 1e12", PLAN_TESTS
+    ),
+    HandMutant(
+        "constants",
+        "core/plans.py",
         'PLAN_ID_RE = re.compile(f"[{PLAN_ID_CHARS}]{{1,64}}")',
         'PLAN_ID_RE = re.compile(f"[{PLAN_ID_CHARS}]{{1,65}}")',
         PLAN_TESTS,
     ),
     HandMutant(
         "constants",
-        "plans.py",
+        "core/plans.py",
         'SYMBOL_RE = re.compile(r"[A-Z0-9]{2,30}")',
         'SYMBOL_RE = re.compile(r"[A-Z0-9]{1,30}")',
         PLAN_TESTS,
     ),
     HandMutant(
         "constants",
-        "plans.py",
+        "core/plans.py",
         'DECISIONS = ("EXECUTE", "SKIP", "BLOCKED", "ERROR")',
         'DECISIONS = ("EXECUTE", "SKIP", "BLOCKED")',
         PLAN_TESTS,
@@ -466,91 +478,97 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
     # statuses.py constants (the result's decision and journal states)
     HandMutant(
         "constants",
-        "statuses.py",
+        "core/statuses.py",
         "OutcomeStatus.BLOCKED: ResultDecision.BLOCKED,",
         "OutcomeStatus.BLOCKED: ResultDecision.ERROR,",
-        ("tests/unit/test_outcomes.py",),
+        ("tests/core/test_outcomes.py",),
     ),
     HandMutant(
         "constants",
-        "statuses.py",
+        "core/statuses.py",
         "OutcomeStatus.SKIPPED: ResultDecision.SKIP,",
         "OutcomeStatus.SKIPPED: ResultDecision.BLOCKED,",
-        ("tests/unit/test_outcomes.py",),
+        ("tests/core/test_outcomes.py",),
     ),
     HandMutant(
         "constants",
-        "statuses.py",
+        "core/statuses.py",
         "OutcomeStatus.FAILED: ResultDecision.ERROR,",
         "OutcomeStatus.FAILED: ResultDecision.SKIP,",
-        ("tests/unit/test_outcomes.py",),
+        ("tests/core/test_outcomes.py",),
     ),
     HandMutant(
         "constants",
-        "statuses.py",
+        "core/statuses.py",
         "OutcomeStatus.EXECUTED: ResultDecision.EXECUTE,",
         "OutcomeStatus.EXECUTED: ResultDecision.BLOCKED,",
-        ("tests/unit/test_outcomes.py",),
+        ("tests/core/test_outcomes.py",),
     ),
     HandMutant(
         "constants",
-        "statuses.py",
+        "core/statuses.py",
         "OutcomeStatus.REJECTED: JournalState.REJECTED,",
         "OutcomeStatus.REJECTED: JournalState.FAILED,",
-        ("tests/unit/test_outcomes.py",),
+        ("tests/core/test_outcomes.py",),
     ),
     # the client order id and the claim namespace
     HandMutant(
         "constants",
-        "executors/base.py",
-        '"CLOSE_PARTIAL_25": "25",',
-        '"CLOSE_PARTIAL_25": "50",',
-        ("tests/exchange/test_binance_limits.py", "tests/exchange/test_binance_executor.py"),
+        "core/order_ids.py",
+        'return "F" if pct == 100 else f"{pct:f}"',
+        'return "F" if pct == 100 else f"{100 - pct:f}"',
+        (
+            "tests/executors/binance/test_order_ids.py",
+            "tests/executors/binance/test_executor.py",
+        ),
     ),
     HandMutant(
         "constants",
-        "executors/base.py",
+        "core/order_ids.py",
         "CLIENT_ORDER_ID_MAX = 36",
         "CLIENT_ORDER_ID_MAX = 37",
-        ("tests/exchange/test_binance_limits.py", "tests/exchange/test_binance_executor.py"),
+        (
+            "tests/executors/binance/test_order_ids.py",
+            "tests/executors/binance/test_executor.py",
+        ),
     ),
     HandMutant(
         "constants",
-        "keys.py",
+        "core/keys.py",
         "COOLDOWN_TTL_SEC = 3600",
         "COOLDOWN_TTL_SEC = 3000",
         ("tests/daemon/test_daemon_e2e.py::test_paper_happy_path",),
     ),
     HandMutant(
         "constants",
-        "keys.py",
+        "core/keys.py",
         'CLAIM_TEMPLATE = "quantum:apply:claim:{plan_id}"',
         'CLAIM_TEMPLATE = "quantum:apply:dedupe:{plan_id}"',
         (
             "tests/daemon/test_conformance.py::test_the_planners_dedupe_key_is_left_alone_and_its_plans_execute",
         ),
     ),
-    # stats.py constants
+    # marker_stats.py constants
     HandMutant(
         "constants",
-        "stats.py",
+        "core/marker_stats.py",
         "BUCKET_EDGES = (1, 5, 20, 50, 100, 250, 500, 1000, 1500)",
         "BUCKET_EDGES = (1, 5, 20, 50, 100, 250, 500, 1000, 1200)",
-        ("tests/unit/test_stats.py",),
+        ("tests/core/test_marker_stats.py",),
     ),
     HandMutant(
         "constants",
-        "stats.py",
+        "core/marker_stats.py",
         'CATEGORY_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")',
         'CATEGORY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")',
-        ("tests/unit/test_stats.py",),
+        ("tests/core/test_marker_stats.py",),
     ),
     HandMutant(
         "constants",
-        "stats.py",
+        "core/marker_stats.py",
         "PERCENTILES = (50, 95, 99)",
         "PERCENTILES = (50, 90, 99)",
-        ("tests/unit/test_stats.py",),
+        ("tests/core/test_marker_stats.py",),
     ),
 )
 

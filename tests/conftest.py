@@ -1,7 +1,7 @@
 """Shared fixtures: a real redis-server per session, a clean database per test.
 
 Hypothesis profiles (``HYPOTHESIS_PROFILE``): ``ci`` (the default) runs the
-fuzz tests (tests/unit/test_fuzz.py) at 200 examples each; ``nightly`` at 10,000
+fuzz tests (tests/core/test_parsers_fuzz.py) at 200 examples each; ``nightly`` at 10,000
 each (``scripts/fuzz.py``, docs/TESTING.md). Tests that set their own
 ``max_examples`` keep it in both.
 """
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 from redis.asyncio import Redis
 
-from apply_layer.embedded_redis import PORT_RANGE_ENV, EmbeddedRedis
 from apply_layer.logs import setup_logging
-from apply_layer.redis_client import create_redis
+from apply_layer.ops.embedded_redis import PORT_RANGE_ENV, EmbeddedRedis
+from apply_layer.store.connection import create_redis
 
 PORTS_PER_WORKER = 500
 
@@ -82,3 +82,15 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
 @pytest.fixture(autouse=True)
 def _logging() -> None:
     setup_logging("DEBUG", "console")
+
+
+# ``scripts/test.sh --fast`` runs the tests marked ``unit``: no server, no
+# process, seconds in all. Every test of the pure core is one; elsewhere a
+# module says so itself (``pytestmark = pytest.mark.unit``).
+CORE_TESTS = os.path.join(os.path.dirname(__file__), "core") + os.sep
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if str(item.path).startswith(CORE_TESTS):
+            item.add_marker(pytest.mark.unit)

@@ -21,13 +21,13 @@ import redis as sync_redis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from apply_layer import keys as K
-from apply_layer.checks import CheckLine
-from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.core import keys as K
+from apply_layer.core.check_line import CheckLine
+from apply_layer.core.outcomes import StepResult
+from apply_layer.core.statuses import StepStatus
 from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared, SendWatch
-from apply_layer.outcomes import StepResult
+from apply_layer.ops.embedded_redis import EmbeddedRedis
 from apply_layer.settings import Settings, load_settings
-from apply_layer.statuses import StepStatus
 from tests.fake_binance import API_KEY, API_SECRET
 
 if TYPE_CHECKING:  # the benchmarks import this module, and never pytest
@@ -460,7 +460,7 @@ async def pending_entry(redis: Redis, plan_id: str) -> tuple[str, dict[str, str]
     return str(entry_id), dict(fields)
 
 
-# ---- a primary and its replica (tests/redis/test_wait_replicas.py, bench/wait_replicas.py) ----
+# ---- a primary and its replica (test_journal_wait_replicas, bench/wait_replicas) ----
 
 
 class PrimaryAndReplica:

@@ -20,9 +20,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from apply_layer.embedded_redis import EmbeddedRedis, find_redis_server, free_port
-from apply_layer.errors import RedisUnavailable
-from apply_layer.redis_identity import parse_info
+from apply_layer.core.errors import RedisUnavailable
+from apply_layer.ops.embedded_redis import EmbeddedRedis, find_redis_server, free_port
+from apply_layer.store.identity import parse_info
 
 SERVICE = "quantum"
 

@@ -29,13 +29,8 @@ from typing import IO, Any
 import structlog
 from pythonjsonlogger.json import JsonFormatter
 
-# The pure parts (the marker line's format, the escaping) are log_format's;
-# re-exported here for callers not yet moved to it (journal.py's format_qty).
-from apply_layer.log_format import PERMIT_WAIT as PERMIT_WAIT
-from apply_layer.log_format import escape_controls as escape_controls
-from apply_layer.log_format import format_qty as format_qty
-from apply_layer.log_format import permit_block_line as permit_block_line
-from apply_layer.log_format import permit_ok_line as permit_ok_line
+# The pure parts (the marker line's format, the escaping) are core/log_format's.
+from apply_layer.core.log_format import escape_controls
 
 LOGGER_NAME = "apply_layer"
 
@@ -142,7 +137,7 @@ def write_marker_line(level: int, line: str, fields: dict[str, Any]) -> None:
     that chain would hand to the stdlib logger is built here directly: the
     same message, the same ``extra`` fields in the same order (the call's,
     then any bound context variable not among them), the same logger and
-    handlers, so the same bytes (tests/unit/test_marker_line.py). Only the
+    handlers, so the same bytes (tests/test_logs.py). Only the
     record's source location, which neither format writes, is left unknown.
     Under any other configuration (``structlog.testing.capture_logs``, a
     caller's own ``structlog.configure``) it goes through structlog.

@@ -1,4 +1,4 @@
-"""Prometheus metrics (served on ``APPLY_METRICS_PORT``; 0 turns the endpoint off).
+"""Prometheus metrics (served by ``daemon/metrics_http.py`` on ``APPLY_METRICS_PORT``).
 
 Labels are low-cardinality on purpose: a reason is its class
 (``p33_permit_denied``, not the permit's free text), never a plan id; a
@@ -14,9 +14,8 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from apply_layer.keys import ISSUERS
-from apply_layer.metrics_http import MetricsServer
-from apply_layer.sizing import REFUSALS
+from apply_layer.core.keys import ISSUERS
+from apply_layer.core.sizing import REFUSALS
 
 PLANS = Counter(
     "apply_plans_total", "Plans by final outcome and reason class", ["status", "reason"]
@@ -144,22 +143,6 @@ def child(metric: _M, *labels: str) -> _M:
     if found is None:
         found = _CHILDREN[key] = metric.labels(*labels)
     return found  # type: ignore[return-value]  # stored by this function, for this metric
-
-
-async def serve(port: int, addr: str = "127.0.0.1") -> MetricsServer | None:
-    """Start the endpoint on ``addr`` (``APPLY_METRICS_BIND``) unless ``port`` is 0.
-
-    Loopback by default: the endpoint has no authentication, and the plan
-    counts, outcomes and timings it shows are nobody else's business unless
-    the operator chooses to expose them. It runs on the caller's event loop,
-    with bounded connections and timeouts (``metrics_http``). Returns the
-    server (None when off); a port in use is a ConfigError naming it (exit 2).
-    """
-    if port == 0:
-        return None
-    server = MetricsServer()
-    await server.start(port, addr)
-    return server
 
 
 PERMIT_SIGNATURES = Counter(

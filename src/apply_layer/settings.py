@@ -26,18 +26,18 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from apply_layer.decision import (
+from apply_layer.core.decision import (
     DEFAULT_JOURNAL_TTL_SEC,
     DEFAULT_PERMIT_STEP_MS,
     DEFAULT_PERMIT_WAIT_MS,
     DEFAULT_REQUIRED_PERMITS,
 )
-from apply_layer.errors import SettingsError
-from apply_layer.keys import ISSUERS
-from apply_layer.plans import SYMBOL_RE
-from apply_layer.redis_client import url_problem
-from apply_layer.signing import Mode as SigningMode
-from apply_layer.signing import parse_modes
+from apply_layer.core.errors import SettingsError
+from apply_layer.core.keys import ISSUERS
+from apply_layer.core.plans import SYMBOL_RE
+from apply_layer.core.signing import Mode as SigningMode
+from apply_layer.core.signing import parse_modes
+from apply_layer.store.connection import url_problem
 
 ENV_PREFIX = "APPLY_"
 

@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 from redis.asyncio import Redis
 
-from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.redis_client import create_redis
+from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store.connection import create_redis
 from tests.fake_binance import FakeBinance
 
 

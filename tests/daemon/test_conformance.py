@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.core import keys as K
+from apply_layer.ops.embedded_redis import EmbeddedRedis
 from tests.harness import Daemon, check_result_schema, pending_count, results, wait_result
 
 DaemonFactory = Callable[..., Daemon]

@@ -14,11 +14,11 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis, free_port
-from apply_layer.gate import GateConfig, PermitGate
-from apply_layer.journal import Journal
-from apply_layer.redis_client import create_redis
+from apply_layer.core import keys as K
+from apply_layer.ops.embedded_redis import EmbeddedRedis, free_port
+from apply_layer.store.connection import create_redis
+from apply_layer.store.gate import GateConfig, PermitGate
+from apply_layer.store.journal import Journal
 from tests.harness import Daemon, grant, pending_count, publish_plan, results, wait_result
 
 DaemonFactory = Callable[..., Daemon]

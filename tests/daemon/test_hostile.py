@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.core import keys as K
+from apply_layer.ops.embedded_redis import EmbeddedRedis
 from tests.harness import Daemon, grant, pending_count, results
 
 SEED = 13

@@ -33,16 +33,16 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from apply_layer import housekeeping
-from apply_layer import keys as K
 from apply_layer.commands import main
-from apply_layer.embedded_redis import EmbeddedRedis, free_port
-from apply_layer.housekeeping import Housekeeping
-from apply_layer.log_format import permit_block_line, permit_ok_line
+from apply_layer.core import keys as K
+from apply_layer.core.log_format import permit_block_line, permit_ok_line
+from apply_layer.core.marker_stats import parse_line, summarize_lines
+from apply_layer.core.signing import sign_permit
+from apply_layer.daemon import housekeeping
+from apply_layer.daemon.housekeeping import Housekeeping
+from apply_layer.daemon.metrics_http import HEADER_TIMEOUT_SEC, MAX_CONNECTIONS, MetricsServer
 from apply_layer.logs import get_logger, setup_logging
-from apply_layer.metrics_http import HEADER_TIMEOUT_SEC, MAX_CONNECTIONS, MetricsServer
-from apply_layer.signing import sign_permit
-from apply_layer.stats import parse_line, summarize_lines
+from apply_layer.ops.embedded_redis import EmbeddedRedis, free_port
 from tests.harness import Daemon, cli_database, settings_for
 
 IDLE_CONNECTIONS = 1000

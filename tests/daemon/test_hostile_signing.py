@@ -33,24 +33,24 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from apply_layer import keys as K
-from apply_layer import signing_keys
-from apply_layer.embedded_redis import EmbeddedRedis, free_port
-from apply_layer.errors import KeyFileError, SendRefused, SettingsError
+from apply_layer.core import keys as K
+from apply_layer.core.errors import KeyFileError, SendRefused, SettingsError
+from apply_layer.core.outcomes import StepResult
+from apply_layer.core.signing import sign_permit
+from apply_layer.core.sizing import LotFilter, size_close
+from apply_layer.core.statuses import StepStatus
+from apply_layer.daemon import signing_keys
+from apply_layer.daemon.processing import Processor
+from apply_layer.daemon.signature_policy import LookupOnly
+from apply_layer.daemon.signing_keys import parse_keys, read_keys
 from apply_layer.executors.binance.executor import BinanceExecutor
 from apply_layer.executors.binance.model import parse_exchange_info
 from apply_layer.executors.paper import PaperExecutor
-from apply_layer.gate import GateConfig, PermitGate
-from apply_layer.journal import Journal
-from apply_layer.outcomes import StepResult
-from apply_layer.permit_signatures import LookupOnly
-from apply_layer.processing import Processor
+from apply_layer.ops.embedded_redis import EmbeddedRedis, free_port
 from apply_layer.settings import load_settings
-from apply_layer.signing import sign_permit
-from apply_layer.signing_keys import parse_keys, read_keys
-from apply_layer.sizing import LotFilter, size_close
-from apply_layer.statuses import StepStatus
-from tests.exchange.executor_helpers import POLICY, RECV_WINDOW, posts, request
+from apply_layer.store.gate import GateConfig, PermitGate
+from apply_layer.store.journal import Journal
+from tests.executors.binance.executor_helpers import POLICY, RECV_WINDOW, posts, request
 from tests.fake_binance import API_KEY, API_SECRET, ORDER, FakeBinance
 from tests.harness import (
     Daemon,

@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.core import keys as K
+from apply_layer.ops.embedded_redis import EmbeddedRedis
 from tests.fake_binance import ORDER, FakeBinance
 from tests.harness import Daemon, FakeBinanceDaemons, Snapshots, grant, publish_plan, until
 

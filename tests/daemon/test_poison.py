@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer import processing
-from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.core import keys as K
+from apply_layer.daemon import processing
+from apply_layer.daemon.processing import Processor
 from apply_layer.executors.paper import PaperExecutor
-from apply_layer.gate import GateConfig, PermitGate
-from apply_layer.journal import Journal
-from apply_layer.processing import Processor
+from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store.gate import GateConfig, PermitGate
+from apply_layer.store.journal import Journal
 from tests.harness import (
     Daemon,
     grant,

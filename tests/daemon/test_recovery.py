@@ -7,9 +7,9 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.service import ApplyService
+from apply_layer.core import keys as K
+from apply_layer.daemon.service import ApplyService
+from apply_layer.ops.embedded_redis import EmbeddedRedis
 from tests.harness import (
     Daemon,
     SlowExecutor,

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.core import keys as K
+from apply_layer.ops.embedded_redis import EmbeddedRedis
 from tests.fake_binance import ORDER, FakeBinance, Fault, late_until_looked_up
 from tests.harness import (
     Daemon,

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.errors import RetryLater
+from apply_layer.core import keys as K
+from apply_layer.core.errors import RetryLater
+from apply_layer.daemon.service import ApplyService
 from apply_layer.executors.base import OrderRequest
-from apply_layer.journal import Journal
-from apply_layer.results import PublishReply
-from apply_layer.service import ApplyService
+from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store.journal import Journal
+from apply_layer.store.results import PublishReply
 from tests.harness import MemoryLog, SlowExecutor, grant, publish_plan, settings_for, wait_result
 
 

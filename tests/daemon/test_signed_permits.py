@@ -1,6 +1,6 @@
 """Signed permits against the real daemon and a real Redis, in every mode.
 
-Issuers sign with ``apply_layer.signing.sign_permit`` (the library call
+Issuers sign with ``apply_layer.core.signing.sign_permit`` (the library call
 docs/SECURITY.md shows) or with ``apply-layer sign-permit`` (the operators'
 command); the daemon checks the signatures of the permits its gate consumed.
 """
@@ -21,9 +21,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis, free_port
-from apply_layer.signing import sign_permit
+from apply_layer.core import keys as K
+from apply_layer.core.signing import sign_permit
+from apply_layer.ops.embedded_redis import EmbeddedRedis, free_port
 from tests.harness import Daemon, publish_plan, wait_result
 
 SYM = "BTCUSDT"

@@ -7,7 +7,7 @@ timer used to win: the daemon logged ``redis_unavailable`` and set
 ``apply_redis_up`` to 0 for a read Redis had answered long before (issue 23:
 ApplyLayerRedisDown after a hung daemon in the monitoring run). A read whose
 deadline passed while the loop was not running gets a short grace instead,
-and a real outage is still reported at once (tests/redis/test_stream_reader.py).
+and a real outage is still reported at once (tests/store/test_stream_reader.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from apply_layer.embedded_redis import EmbeddedRedis, free_port
+from apply_layer.ops.embedded_redis import EmbeddedRedis, free_port
 from tests.harness import Daemon, grant, publish_plan, wait_result
 
 STOPPED_SEC = 5.0  # past the read's deadline: 0.5 s of BLOCK plus 3 s

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.core import keys as K
+from apply_layer.ops.embedded_redis import EmbeddedRedis
 from tests.fake_binance import API_KEY, API_SECRET, ORDER, FakeBinance, slow
 from tests.harness import (
     Daemon,

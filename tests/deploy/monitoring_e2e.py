@@ -20,7 +20,7 @@ from typing import IO, Any
 import httpx
 import yaml
 
-from apply_layer.embedded_redis import free_port
+from apply_layer.ops.embedded_redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "apply-layer.rules.yml"

@@ -186,7 +186,7 @@ def test_unit_filters_system_calls_and_limits_resources() -> None:
 
 
 def test_unit_stop_timeout_outlasts_the_drain() -> None:
-    from apply_layer.service import DRAIN_TIMEOUT_SEC  # renaming it must fail here, not skip
+    from apply_layer.daemon.service import DRAIN_TIMEOUT_SEC  # renaming it must fail here, not skip
 
     stop = float(_unit_directives()["Service.TimeoutStopSec"][0])
     assert stop >= DRAIN_TIMEOUT_SEC + 2, "SIGKILL would cut the drain short"

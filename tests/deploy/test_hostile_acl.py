@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 from redis.exceptions import NoPermissionError
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.functions import LIBRARY, build
-from apply_layer.gate import GateConfig
-from apply_layer.redis_acl import daemon_refusals
-from apply_layer.redis_client import create_redis
+from apply_layer.core import keys as K
+from apply_layer.ops.acl_probes import daemon_refusals
+from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store.connection import create_redis
+from apply_layer.store.functions import LIBRARY, build
+from apply_layer.store.gate import GateConfig
 from tests.acl import setuser
 from tests.deploy.test_redis_acl import (  # the shipped ACL on a real server, as deployed
     DAEMON,

@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer import keyspace
-from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.redis_client import create_redis
-from apply_layer.service import ApplyService
+from apply_layer.core import keys as K
+from apply_layer.daemon.service import ApplyService
+from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store import keyspace
+from apply_layer.store.connection import create_redis
 from tests.acl import refusals
 from tests.deploy.test_redis_acl import (  # the shipped ACL on a real server, as deployed
     DAEMON,
@@ -33,7 +33,7 @@ from tests.deploy.test_redis_acl import (  # the shipped ACL on a real server, a
     _url,
 )
 from tests.harness import settings_for
-from tests.redis.test_metrics import sample, until
+from tests.test_metrics import sample, until
 
 GAUGE = "apply_keyspace_notifications_active"
 

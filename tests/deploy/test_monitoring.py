@@ -292,7 +292,7 @@ def test_the_instance_variable_lists_only_live_instances() -> None:
 
 
 def test_the_sizing_alert_counts_every_sizing_refusal() -> None:
-    from apply_layer.sizing import REFUSALS
+    from apply_layer.core.sizing import REFUSALS
 
     expr = alerts()["ApplyLayerSizingRefusals"]["expr"]
     listed = re.search(r'reason=~"([^"]+)"', expr)

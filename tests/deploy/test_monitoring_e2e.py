@@ -38,11 +38,11 @@ import pytest
 import yaml
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis, free_port
-from apply_layer.executors.base import client_order_id
-from apply_layer.redis_client import create_redis
-from apply_layer.signing import sign_permit
+from apply_layer.core import keys as K
+from apply_layer.core.order_ids import client_order_id
+from apply_layer.core.signing import sign_permit
+from apply_layer.ops.embedded_redis import EmbeddedRedis, free_port
+from apply_layer.store.connection import create_redis
 from tests.deploy.monitoring_e2e import PrometheusServer, scaled_rules
 from tests.fake_binance import (
     ORDER,

@@ -26,13 +26,13 @@ import redis as sync_redis
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
 
-from apply_layer import keys as K
-from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.functions import LIBRARY
-from apply_layer.gate import GATE_SCRIPT, GateConfig
-from apply_layer.keys import ISSUERS
-from apply_layer.redis_acl import cli_probes, daemon_probes, daemon_refusals
-from apply_layer.redis_client import create_redis
+from apply_layer.core import keys as K
+from apply_layer.core.keys import ISSUERS
+from apply_layer.ops.acl_probes import cli_probes, daemon_probes, daemon_refusals
+from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store.connection import create_redis
+from apply_layer.store.functions import LIBRARY
+from apply_layer.store.gate import GATE_SCRIPT, GateConfig
 from tests.acl import refusals, setuser
 from tests.harness import Daemon, grant, publish_plan, wait_result
 

@@ -22,10 +22,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from apply_layer import keys as K
 from apply_layer.commands import main
-from apply_layer.embedded_redis import EmbeddedRedis
-from apply_layer.redis_client import create_redis
+from apply_layer.core import keys as K
+from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store.connection import create_redis
 from tests.harness import Daemon, grant, pending_count, publish_plan, results, wait_result
 
 CONF = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "apply-layer.conf"

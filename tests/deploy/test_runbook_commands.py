@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apply_layer.embedded_redis import EmbeddedRedis
+from apply_layer.ops.embedded_redis import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATIONS = ROOT / "docs" / "OPERATIONS.md"

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from apply_layer.keys import ISSUERS
-from apply_layer.permits import decode_permit
-from apply_layer.signing import KeyRing, verify_permit
+from apply_layer.core.keys import ISSUERS
+from apply_layer.core.permits import decode_permit
+from apply_layer.core.signing import KeyRing, verify_permit
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "SECURITY.md"
 KEY = bytes(range(7, 39))

@@ -21,10 +21,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from apply_layer import __version__
-from apply_layer.errors import CommandError, ConfigError, SettingsError
+from apply_layer.core.errors import CommandError, ConfigError, SettingsError
 from apply_layer.logs import setup_logging
-from apply_layer.redis_client import redact_url
 from apply_layer.settings import Settings, load_settings
+from apply_layer.store.connection import redact_url
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 

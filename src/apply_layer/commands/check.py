@@ -11,22 +11,18 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from apply_layer import keys as K
-from apply_layer.batching import ScriptBatcher
-from apply_layer.checks import CheckLine
 from apply_layer.commands.permits import read_kill_switch
-from apply_layer.errors import (
+from apply_layer.core import keys as K
+from apply_layer.core.check_line import CheckLine
+from apply_layer.core.errors import (
     ConfigError,
     ExecutorUnavailable,
     FunctionLibraryMissing,
     ProbeRefused,
 )
+from apply_layer.daemon.signature_policy import SignaturePolicy
 from apply_layer.executors import create_executor
-from apply_layer.functions import LIBRARY
-from apply_layer.gate import GateConfig
-from apply_layer.keyspace import REQUIRED_CLASSES, covers
-from apply_layer.permit_signatures import SignaturePolicy
-from apply_layer.redis_acl import (
+from apply_layer.ops.acl_probes import (
     ACL_FILE,
     Role,
     allowed_refusals,
@@ -36,9 +32,13 @@ from apply_layer.redis_acl import (
     missing_permissions,
     whoami,
 )
-from apply_layer.redis_client import close_redis, redis_db, redis_for
+from apply_layer.ops.topology import topology_checks
 from apply_layer.settings import Settings, unknown_env_vars
-from apply_layer.topology import topology_checks
+from apply_layer.store.batching import ScriptBatcher
+from apply_layer.store.connection import close_redis, redis_db, redis_for
+from apply_layer.store.functions import LIBRARY
+from apply_layer.store.gate import GateConfig
+from apply_layer.store.keyspace import REQUIRED_CLASSES, covers
 
 DEFAULT_ENV_FILE = Path("/etc/quantum/apply-layer.env")
 

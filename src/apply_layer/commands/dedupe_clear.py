@@ -27,12 +27,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.errors import CommandError
-from apply_layer.log_format import escape_controls
-from apply_layer.plans import PLAN_ID_CHARS, PLAN_ID_RE, not_a_plan_id
-from apply_layer.redis_client import close_redis, redis_for
+from apply_layer.core import keys as K
+from apply_layer.core.errors import CommandError
+from apply_layer.core.log_format import escape_controls
+from apply_layer.core.plans import PLAN_ID_CHARS, PLAN_ID_RE, not_a_plan_id
 from apply_layer.settings import Settings
+from apply_layer.store.connection import close_redis, redis_for
 
 # A glob over plan ids: their characters plus Redis glob syntax (* ? [ ] ^ \).
 PATTERN_RE = re.compile(rf"[*?\[\]^\\{PLAN_ID_CHARS}]{{1,128}}")

@@ -27,15 +27,15 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from apply_layer import keys as K
-from apply_layer import stats
-from apply_layer.embedded_redis import private_redis
-from apply_layer.errors import CommandError
+from apply_layer.core import keys as K
+from apply_layer.core import marker_stats as stats
+from apply_layer.core.errors import CommandError
+from apply_layer.daemon.service import ApplyService
 from apply_layer.executors.paper import PaperExecutor
 from apply_layer.logs import setup_logging
-from apply_layer.redis_client import create_redis, redact_url
-from apply_layer.service import ApplyService
+from apply_layer.ops.embedded_redis import private_redis
 from apply_layer.settings import Settings, load_settings
+from apply_layer.store.connection import create_redis, redact_url
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 STEP = {"step": "CLOSE_PARTIAL_50", "type": "market_reduce_only", "side": "close", "pct": 50.0}

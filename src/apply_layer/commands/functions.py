@@ -16,8 +16,8 @@ import argparse
 import sys
 from typing import Any
 
-from apply_layer.functions import LIBRARY
 from apply_layer.settings import Settings
+from apply_layer.store.functions import LIBRARY
 
 
 async def cmd_functions(settings: Settings, args: argparse.Namespace) -> int:

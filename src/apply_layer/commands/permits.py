@@ -2,12 +2,12 @@
 
 Its verdict is the daemon's: the gate's decision order (``decision.decide``), then,
 for an allowed plan, the signature policy of ``APPLY_PERMIT_SIGNING``
-(:class:`~apply_layer.permit_signatures.SignaturePolicy`, the daemon's own
+(:class:`~apply_layer.daemon.signature_policy.SignaturePolicy`, the daemon's own
 check) on the permits as they are now. Where the keys cannot be read here it
 says so, and never OK. Everything it prints from Redis is anybody's text
 (issue 21, finding 8: terminal escapes in a permit drew a fake "the gate would
 decide: OK"), so the text output escapes every control character
-(:func:`~apply_layer.log_format.escape_controls`); ``--json`` is JSON's own escaping.
+(:func:`~apply_layer.core.log_format.escape_controls`); ``--json`` is JSON's own escaping.
 """
 
 from __future__ import annotations
@@ -20,23 +20,23 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
-from apply_layer.decision import Judged, Situation, block_reason, decide
-from apply_layer.errors import CommandError, ConfigError
-from apply_layer.gate import GateConfig, GateResult
-from apply_layer.log_format import escape_controls
-from apply_layer.permit_signatures import SignaturePolicy
-from apply_layer.permits import (
+from apply_layer.core import keys as K
+from apply_layer.core.decision import Judged, Situation, block_reason, decide
+from apply_layer.core.errors import CommandError, ConfigError
+from apply_layer.core.log_format import escape_controls
+from apply_layer.core.permits import (
     MAX_PERMIT_BYTES,
     OVERSIZED_PREFIX,
     PermitVerdict,
     evaluate_permit,
     kill_on,
 )
-from apply_layer.plans import PLAN_ID_RE, close_in_content, not_a_plan_id
-from apply_layer.redis_client import close_redis, redis_for
+from apply_layer.core.plans import PLAN_ID_RE, close_in_content, not_a_plan_id
+from apply_layer.core.statuses import GateStatus
+from apply_layer.daemon.signature_policy import SignaturePolicy
 from apply_layer.settings import Settings
-from apply_layer.statuses import GateStatus
+from apply_layer.store.connection import close_redis, redis_for
+from apply_layer.store.gate import GateConfig, GateResult
 
 
 @dataclass

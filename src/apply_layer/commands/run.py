@@ -9,7 +9,7 @@ from apply_layer.settings import Settings
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from apply_layer.service import ApplyService
+    from apply_layer.daemon.service import ApplyService
 
     return await ApplyService(settings).run()
 

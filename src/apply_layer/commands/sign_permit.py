@@ -21,12 +21,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from apply_layer import keys as K
-from apply_layer.errors import CommandError, KeyFileError
-from apply_layer.plans import PLAN_ID_RE, not_a_plan_id
+from apply_layer.core import keys as K
+from apply_layer.core.errors import CommandError, KeyFileError
+from apply_layer.core.plans import PLAN_ID_RE, not_a_plan_id
+from apply_layer.core.signing import sign_permit
+from apply_layer.daemon.signing_keys import keys_path, read_keys
 from apply_layer.settings import Settings
-from apply_layer.signing import sign_permit
-from apply_layer.signing_keys import keys_path, read_keys
 
 
 def _ttl(value: str) -> float:

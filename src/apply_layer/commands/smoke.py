@@ -28,17 +28,17 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from apply_layer import keys as K
 from apply_layer.commands.demo import governor_permit, guard_shared_redis, p33_permit, plan_fields
-from apply_layer.embedded_redis import private_redis
-from apply_layer.errors import BinanceError, CommandError
+from apply_layer.core import keys as K
+from apply_layer.core.errors import BinanceError, CommandError
+from apply_layer.core.log_format import format_qty
+from apply_layer.core.plans import SYMBOL_RE
+from apply_layer.daemon.service import ApplyService
 from apply_layer.executors.binance.executor import BinanceExecutor
-from apply_layer.log_format import format_qty
 from apply_layer.logs import setup_logging
-from apply_layer.plans import SYMBOL_RE
-from apply_layer.redis_client import create_redis, redact_url
-from apply_layer.service import ApplyService
+from apply_layer.ops.embedded_redis import private_redis
 from apply_layer.settings import Settings, not_testnet
+from apply_layer.store.connection import create_redis, redact_url
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 OPEN_TAG = "apply-smoke-open-"

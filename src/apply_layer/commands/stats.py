@@ -2,7 +2,7 @@
 
 Sources: journald (``journalctl -u UNIT -o cat``), a file, stdin, or the
 result stream (``--from-redis``). Each feeds lines or entries into a
-:class:`~apply_layer.stats.Summary`; nothing here interprets a line.
+:class:`~apply_layer.core.marker_stats.Summary`; nothing here interprets a line.
 """
 
 from __future__ import annotations
@@ -18,11 +18,17 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from apply_layer import keys as K
-from apply_layer.errors import CommandError
-from apply_layer.redis_client import close_redis, redis_for
+from apply_layer.core import keys as K
+from apply_layer.core.errors import CommandError
+from apply_layer.core.marker_stats import (
+    NUMBER_RE,
+    Summary,
+    build_report,
+    render_text,
+    summarize_lines,
+)
 from apply_layer.settings import Settings
-from apply_layer.stats import NUMBER_RE, Summary, build_report, render_text, summarize_lines
+from apply_layer.store.connection import close_redis, redis_for
 
 JOURNALCTL = "journalctl"
 DEFAULT_UNIT = "quantum-apply-layer"

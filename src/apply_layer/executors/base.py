@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from apply_layer.checks import CheckLine
-from apply_layer.order_ids import client_order_id as client_order_id  # the rule lives there
-from apply_layer.outcomes import StepResult
+from apply_layer.core.check_line import CheckLine
+from apply_layer.core.order_ids import client_order_id
+from apply_layer.core.outcomes import StepResult
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ reports the step as ``DRY_RUN``; the plan ends SKIPPED ``dry_run`` with
 
 from __future__ import annotations
 
-from apply_layer.checks import CheckLine
+from apply_layer.core.check_line import CheckLine
+from apply_layer.core.outcomes import StepResult
+from apply_layer.core.sizing import size_close
+from apply_layer.core.statuses import StepStatus
 from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared
 from apply_layer.executors.in_process import InProcessExecutor
 from apply_layer.executors.paper import lot_filter
-from apply_layer.outcomes import StepResult
-from apply_layer.sizing import size_close
-from apply_layer.statuses import StepStatus
 
 
 class DryRunExecutor(InProcessExecutor):

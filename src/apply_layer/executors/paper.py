@@ -17,13 +17,13 @@ from collections import OrderedDict
 from dataclasses import replace
 from decimal import Decimal
 
-from apply_layer.checks import CheckLine
-from apply_layer.errors import NotReplicated
+from apply_layer.core.check_line import CheckLine
+from apply_layer.core.errors import NotReplicated
+from apply_layer.core.outcomes import StepResult
+from apply_layer.core.sizing import LotFilter, size_close
+from apply_layer.core.statuses import StepStatus
 from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared
 from apply_layer.executors.in_process import InProcessExecutor
-from apply_layer.outcomes import StepResult
-from apply_layer.sizing import LotFilter, size_close
-from apply_layer.statuses import StepStatus
 
 DEFAULT_FILTER = LotFilter(
     step_size=Decimal("0.001"), min_qty=Decimal("0.001"), max_qty=Decimal(1000)

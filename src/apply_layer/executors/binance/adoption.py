@@ -10,13 +10,13 @@ lookup that cannot be completed sends nothing.
 from __future__ import annotations
 
 from apply_layer import metrics
+from apply_layer.core.outcomes import StepResult
+from apply_layer.core.statuses import StepStatus
 from apply_layer.executors.base import OrderRef, OrderRequest
 from apply_layer.executors.binance.lookup import OrderLookup
 from apply_layer.executors.binance.outcome import outcome, report
 from apply_layer.executors.binance.readahead import ReadAhead
 from apply_layer.logs import get_logger
-from apply_layer.outcomes import StepResult
-from apply_layer.statuses import StepStatus
 
 _log = get_logger("apply_layer.binance")
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from apply_layer import metrics
-from apply_layer.errors import BanActive
+from apply_layer.core.errors import BanActive
 from apply_layer.logs import get_logger
 
 _log = get_logger("apply_layer.binance")

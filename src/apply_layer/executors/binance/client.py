@@ -41,7 +41,7 @@ import httpx
 from pydantic import SecretStr
 
 from apply_layer import metrics
-from apply_layer.errors import (
+from apply_layer.core.errors import (
     BinanceError,
     ExchangeRejected,
     NotProcessed,
@@ -50,6 +50,7 @@ from apply_layer.errors import (
     StatusUnknown,
     TimestampRejected,
 )
+from apply_layer.core.log_format import format_qty
 from apply_layer.executors.binance.ban import ExchangeBan
 from apply_layer.executors.binance.model import (
     INVALID_TIMESTAMP,
@@ -60,7 +61,6 @@ from apply_layer.executors.binance.model import (
     OrderInfo,
     parse_exchange_info,
 )
-from apply_layer.log_format import format_qty
 
 TIME_PATH = "/fapi/v1/time"
 EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"

@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from apply_layer.errors import BinanceError, ExchangeInfoInvalid, HedgeMode
+from apply_layer.core.errors import BinanceError, ExchangeInfoInvalid, HedgeMode
+from apply_layer.core.outcomes import StepResult
+from apply_layer.core.sizing import size_close
+from apply_layer.core.statuses import StepStatus
 from apply_layer.executors.base import OrderRequest
 from apply_layer.executors.binance.market import Market
 from apply_layer.executors.binance.outcome import outcome
 from apply_layer.executors.binance.readahead import ReadAhead
-from apply_layer.outcomes import StepResult
-from apply_layer.sizing import size_close
-from apply_layer.statuses import StepStatus
 
 
 @dataclass(frozen=True)

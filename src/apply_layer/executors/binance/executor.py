@@ -47,8 +47,9 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from apply_layer.checks import CheckLine
-from apply_layer.errors import AttemptsChanged, BinanceConfigError, PositionMoved, RetryLater
+from apply_layer.core.check_line import CheckLine
+from apply_layer.core.errors import AttemptsChanged, BinanceConfigError, PositionMoved, RetryLater
+from apply_layer.core.outcomes import StepResult
 from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared, SendWatch
 from apply_layer.executors.binance import adoption
 from apply_layer.executors.binance.client import KEEPALIVE_SEC, BinanceClient
@@ -60,7 +61,6 @@ from apply_layer.executors.binance.preflight import preflight
 from apply_layer.executors.binance.readahead import ReadAhead
 from apply_layer.executors.binance.send import Sender
 from apply_layer.logs import get_logger
-from apply_layer.outcomes import StepResult
 from apply_layer.settings import Settings
 
 _log = get_logger("apply_layer.binance")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apply_layer import metrics
-from apply_layer.errors import BanActive, BinanceError, OrderNotFound, RateLimited
+from apply_layer.core.errors import BanActive, BinanceError, OrderNotFound, RateLimited
 from apply_layer.executors.binance.client import BinanceClient
 from apply_layer.executors.binance.model import OrderInfo
 from apply_layer.logs import get_logger

@@ -15,11 +15,11 @@ import asyncio
 from collections.abc import Callable
 from decimal import Decimal, localcontext
 
-from apply_layer.errors import BinanceError, HedgeMode
+from apply_layer.core.errors import BinanceError, HedgeMode
+from apply_layer.core.sizing import SIZING_CONTEXT
 from apply_layer.executors.binance.client import BinanceClient
 from apply_layer.executors.binance.model import ExchangeRules, SymbolRules
 from apply_layer.logs import get_logger
-from apply_layer.sizing import SIZING_CONTEXT
 
 _log = get_logger("apply_layer.binance")
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from apply_layer.errors import BinanceError, ExchangeInfoInvalid, StatusUnknown
-from apply_layer.log_format import format_qty
-from apply_layer.outcomes import StepResult
-from apply_layer.sizing import LotFilter, exact_normalize
-from apply_layer.statuses import StepStatus
+from apply_layer.core.errors import BinanceError, ExchangeInfoInvalid, StatusUnknown
+from apply_layer.core.log_format import format_qty
+from apply_layer.core.outcomes import StepResult
+from apply_layer.core.sizing import LotFilter, exact_normalize
+from apply_layer.core.statuses import StepStatus
 
 INVALID_TIMESTAMP = -1021
 NO_SUCH_ORDER = -2013

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
+from apply_layer.core.log_format import format_qty
+from apply_layer.core.outcomes import StepResult
+from apply_layer.core.statuses import StepStatus
 from apply_layer.executors.base import OrderRef, OrderRequest
 from apply_layer.executors.binance.model import OrderInfo, step_result
-from apply_layer.log_format import format_qty
 from apply_layer.logs import get_logger
-from apply_layer.outcomes import StepResult
-from apply_layer.statuses import StepStatus
 
 _log = get_logger("apply_layer.binance")
 

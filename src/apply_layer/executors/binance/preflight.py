@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from apply_layer.checks import CheckLine
-from apply_layer.errors import BinanceError
+from apply_layer.core.check_line import CheckLine
+from apply_layer.core.errors import BinanceError
 from apply_layer.executors.binance.client import BinanceClient
 from apply_layer.executors.binance.market import Market
 

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from apply_layer import metrics
-from apply_layer.errors import (
+from apply_layer.core.errors import (
     BinanceError,
     ExchangeRejected,
     NotProcessed,
@@ -25,16 +25,16 @@ from apply_layer.errors import (
     StatusUnknown,
     TimestampRejected,
 )
+from apply_layer.core.log_format import format_qty
+from apply_layer.core.outcomes import StepResult
+from apply_layer.core.statuses import StepStatus
 from apply_layer.executors.base import OrderLog, OrderRequest
 from apply_layer.executors.binance.client import BinanceClient
 from apply_layer.executors.binance.close_size import Sized, size_order
 from apply_layer.executors.binance.lookup import OrderLookup, RetryPolicy
 from apply_layer.executors.binance.market import Market
 from apply_layer.executors.binance.outcome import outcome, report
-from apply_layer.log_format import format_qty
 from apply_layer.logs import get_logger
-from apply_layer.outcomes import StepResult
-from apply_layer.statuses import StepStatus
 
 _log = get_logger("apply_layer.binance")
 
