@@ -4,6 +4,8 @@ The gate's ``[PERMIT_WAIT]`` line skips structlog for speed (logs.py); operators
 and the conformance tests grep it, so each case below writes the same line
 both ways and compares the output byte for byte (JSON's timestamp aside, the
 two records being made microseconds apart).
+
+Tests by name: core/log_format.py.
 """
 
 from __future__ import annotations

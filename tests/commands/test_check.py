@@ -1,4 +1,7 @@
-"""``apply-layer check``: one line per check, exit 1 if any fails."""
+"""``apply-layer check``: one line per check, exit 1 if any fails.
+
+Tests by name: core/check_line.py and ops/topology.py.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Each upstream shape below is what that service's code writes (docs/CONTRACT.md
 names the service and the file); each result is checked against the schema
 the system's readers apply (``check_result_schema``).
+
+Tests by name: core/keys.py (every key and field on the wire).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The daemon end to end: a real subprocess, a real redis-server, simulated upstreams."""
+"""The daemon end to end: a real subprocess, a real redis-server, simulated upstreams.
+
+Tests by name: executors/paper.py, executors/dry_run.py and executors/in_process.py.
+"""
 
 from __future__ import annotations
 

@@ -11,6 +11,8 @@
 * Finding 8: ``apply-layer permits`` printed Redis' text raw (terminal
   escapes drew a fake verdict) and said OK for a permit the daemon would
   reject over its signature.
+
+Tests by name: daemon/metrics_http.py, core/log_format.py and commands/stats.py.
 """
 
 from __future__ import annotations

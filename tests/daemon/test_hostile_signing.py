@@ -10,6 +10,8 @@ daemon's, and through the pure rule where a property says it better.
    another user owns, is refused;
 9. testnet mode refuses a non-testnet exchange host when its settings load;
 10. a plan resumed in ``submitting`` has its permits' signatures checked too.
+
+Tests by name: daemon/signature_policy.py and daemon/signing_keys.py.
 """
 
 from __future__ import annotations

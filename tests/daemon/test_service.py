@@ -1,4 +1,8 @@
-"""The service in-process: per-symbol serialization, sd_notify, once-only results."""
+"""The service in-process: per-symbol serialization, sd_notify, once-only results.
+
+Tests by name: daemon/service.py as ``apply-layer run`` (commands/run.py) starts it, and
+its sd_notify (daemon/systemd.py).
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 Issuers sign with ``apply_layer.core.signing.sign_permit`` (the library call
 docs/SECURITY.md shows) or with ``apply-layer sign-permit`` (the operators'
 command); the daemon checks the signatures of the permits its gate consumed.
+
+Tests by name: daemon/signature_policy.py, and permits signed by
+commands/sign_permit.py.
 """
 
 from __future__ import annotations

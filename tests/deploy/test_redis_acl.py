@@ -4,6 +4,8 @@ The file is applied exactly as docs/DEPLOY.md says (``redis-cli < file``),
 then the real daemon runs as ``quantum-apply`` through executed, denied,
 killed and invalid plans with the server's ACL LOG left empty, and the
 operators' ``quantum-apply-cli`` reads everything but cannot forge a permit.
+
+Tests by name: ops/acl_probes.py.
 """
 
 from __future__ import annotations

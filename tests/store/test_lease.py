@@ -1,4 +1,7 @@
-"""The symbol lease: one holder, released with the result, refusing finished plans and kills."""
+"""The symbol lease: one holder, released with the result, refusing finished plans and kills.
+
+Tests by name: store/results.py (the publish that releases the lease).
+"""
 
 from __future__ import annotations
 

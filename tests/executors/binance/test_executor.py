@@ -2,6 +2,10 @@
 
 The faults of a send are in test_binance_faults.py, resuming and adopting in
 test_binance_resume.py.
+
+Tests by name: executors/base.py and the binance executor's parts:
+executors/binance/close_size.py, executors/binance/market.py,
+executors/binance/preflight.py, executors/binance/adoption.py.
 """
 
 from __future__ import annotations

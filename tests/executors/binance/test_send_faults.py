@@ -4,6 +4,8 @@ Every fault test asserts three things: what the exchange really holds (the
 order exists at most once), what the StepResult says, and what the journal
 (an in-memory OrderLog) recorded. The counters of unknown fates, failed
 lookups, rate limits and rejections are checked here too.
+
+Tests by name: executors/binance/send.py and executors/binance/outcome.py.
 """
 
 from __future__ import annotations
