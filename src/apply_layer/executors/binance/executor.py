@@ -48,7 +48,7 @@ import httpx
 from pydantic import SecretStr
 
 from apply_layer.core.check_line import CheckLine
-from apply_layer.core.errors import AttemptsChanged, BinanceConfigError, PositionMoved, RetryLater
+from apply_layer.core.errors import BinanceConfigError, RetryLater, SendRecordRefused
 from apply_layer.core.outcomes import StepResult
 from apply_layer.executors.base import OrderLog, OrderRef, OrderRequest, Prepared, SendWatch
 from apply_layer.executors.binance import adoption
@@ -189,7 +189,7 @@ class BinanceExecutor:
             for _ in range(MAX_READ_AGAIN):
                 try:
                     return await self._execute(order, log, ahead)
-                except (AttemptsChanged, PositionMoved) as exc:
+                except SendRecordRefused as exc:
                     # Nothing was recorded or sent: what was read is overtaken. Read
                     # again under the lease (where no other instance can record).
                     _log.warning("binance_reads_overtaken", plan=order.plan_id, reason=str(exc))
