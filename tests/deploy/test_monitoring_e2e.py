@@ -490,12 +490,24 @@ async def _phases(
     # NoExecution (issue 23 item 3: the series go stale, nothing counts them).
     await fault("target removed from Prometheus", unscrape, rescrape, {"ApplyLayerAbsent"})
 
+    def started_at() -> float | None:
+        found = prom.query('process_start_time_seconds{job="apply-layer"}')
+        return float(found[0]["value"][1]) if found else None
+
     async def restart_twice() -> None:
+        # Restarting counts start times that change within its (scaled) window:
+        # each new process is killed as soon as Prometheus has scraped it once,
+        # not after a fixed sleep, so a slow start under load cannot stretch the
+        # two restarts past the window.
         for _ in range(2):
+            before = started_at()
             daemon.kill()
             daemon.start()
             await daemon.ready(redis)
-            await asyncio.sleep(3)  # a few scrapes of each process
+            deadline = time.monotonic() + 20
+            while started_at() in (before, None):
+                assert time.monotonic() < deadline, "Prometheus never scraped the new process"
+                await asyncio.sleep(0.2)
 
     # Two crashes (kill -9) and restarts within the scaled half hour.
     await fault(
