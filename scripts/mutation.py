@@ -40,6 +40,9 @@ MODULES = (
     "core.outcomes",
     "core.lifecycle",
     "core.marker_stats",
+    "core.decision",
+    "core.order_ids",
+    "core.log_format",
 )
 KILLED = {1, 3, 36, 37, 24, -24, 152, 255}  # failed, pytest error, timeout, type check
 SURVIVED = {0}
