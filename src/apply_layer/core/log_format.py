@@ -40,10 +40,10 @@ def format_qty(value: Decimal | None) -> str:
     """A quantity as plain decimal text: no exponent, no float artefacts."""
     if value is None:
         return "none"
-    text = format(value, "f")
+    text = format(value, "f")  # always a digit before any point: never empty
     if "." in text:
         text = text.rstrip("0").rstrip(".")
-    return text or "0"
+    return text
 
 
 def permit_ok_line(plan_id: str, symbol: str, wait_ms: int, safe_qty: Decimal | None) -> str:
