@@ -1,7 +1,7 @@
 """Mutation testing of the pure core: how many deliberate bugs do the tests catch?
 
     .venv/bin/python scripts/mutation.py                 # everything (~20 min)
-    .venv/bin/python scripts/mutation.py sizing plans    # some modules only
+    .venv/bin/python scripts/mutation.py core.sizing core.plans   # some modules only
     .venv/bin/python scripts/mutation.py --hand-only     # only the hand-made mutants
     .venv/bin/python scripts/mutation.py --report-only   # re-read mutmut's last results
 
@@ -407,7 +407,7 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
         'DECISIONS = ("EXECUTE", "SKIP", "BLOCKED")',
         PLAN_TESTS,
     ),
-    # binance_model.py constants
+    # executors/binance/model.py constants
     HandMutant(
         "constants",
         "executors/binance/model.py",

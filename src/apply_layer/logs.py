@@ -15,8 +15,9 @@ terminal. :func:`escape_controls` writes each such character as its Python
 escape (``\\n``, ``\\x1b``, ``\\u2028``) in both formats, and a console record
 is always exactly one line: its traceback, if any, is the last field.
 
-The marker line's text and the escaping are pure and live in ``log_format``
-(re-exported here); this module is the setup only.
+The marker line's text and the escaping are pure and live in
+``core/log_format.py`` (imported from there, not re-exported); this module is
+the setup only.
 """
 
 from __future__ import annotations

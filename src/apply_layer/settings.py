@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     binance_http_timeout_sec: float = Field(default=10.0, gt=0, le=60)
     # Idle connections to Binance kept this long for reuse (docs/BINANCE.md, "Connections").
     binance_keepalive_sec: float = Field(default=150.0, ge=0, le=3600)
-    # What must outlive a Redis loss (the Redis identity last seen, redis_identity.py);
+    # What must outlive a Redis loss (the Redis identity last seen, store/identity.py);
     # unset: systemd's $STATE_DIRECTORY (StateDirectory= in the unit), else nothing is kept.
     state_dir: Path | None = None
     # Signed permits (signing.py): off, warn or require, for all or per issuer.

@@ -3,7 +3,7 @@
 Every path ends the entry once: one published result (acknowledged in the
 same script), or, for a duplicate or a result already out, one
 acknowledgement and (for a duplicate) one log line. The gate, the lease and
-the executors are exercised on a real server (tests/daemon, tests/redis).
+the executors are exercised on a real server (tests/daemon, tests/store).
 """
 
 from __future__ import annotations

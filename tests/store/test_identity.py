@@ -1,5 +1,5 @@
 """IdentityTracker.observe: what counts as a change of server, and what as a
-connection that moved (a split brain's other side; redis_identity.py)."""
+connection that moved (a split brain's other side; store/identity.py)."""
 
 from __future__ import annotations
 

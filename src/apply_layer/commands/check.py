@@ -138,7 +138,7 @@ async def redis_checks(redis: Redis, settings: Settings, role: Role = "daemon") 
 
 
 async def library_check(redis: Redis) -> CheckLine:
-    """Whether this version's function library is loaded (functions.py), as ``run`` checks
+    """Whether this version's function library is loaded (store/functions.py), as ``run`` checks
     it at start: loaded now if the user may (not the shipped one), else a FAIL saying how."""
     batcher = ScriptBatcher(redis, library=LIBRARY)
     try:

@@ -1,7 +1,7 @@
 """``apply-layer functions``: the Redis function library this version runs, for an admin.
 
 The daemon's Redis user may call the library's functions but not load them
-(functions.py, issue 21), so an admin loads it once per version::
+(``store/functions.py``, issue 21), so an admin loads it once per version::
 
     apply-layer functions | redis-cli --user ADMIN --askpass -x FUNCTION LOAD
 

@@ -1,4 +1,4 @@
-"""``apply-layer stats``: the I/O and the command line around ``stats.py``.
+"""``apply-layer stats``: the I/O and the command line around ``core/marker_stats.py``.
 
 Sources: journald (``journalctl -u UNIT -o cat``), a file, stdin, or the
 result stream (``--from-redis``). Each feeds lines or entries into a

@@ -48,7 +48,7 @@ here; the tree, with each class's bases outside this tree in brackets::
     │                            connected to a replica, not the primary
     ├── FunctionLibraryMissing (redis RedisError)
     │                            this version's Redis function library is not
-    │                            loaded and the user may not load it (functions.py):
+    │                            loaded and the user may not load it (store/functions.py):
     │                            exits 2 at start; later, plans stay pending
     └── RedisUnavailable (RuntimeError)
                                  no redis-server to start (tests, demo)
@@ -177,7 +177,7 @@ class NotReplicated(StepInterrupted):
     in time: nothing may be sent (the executor ends the step FAILED)."""
 
 
-# ---- the Redis function library (functions.py, batching.py) ------------------------
+# ---- the Redis function library (store/functions.py, batching.py) ------------------
 
 
 class FunctionLibraryMissing(ApplyLayerError, RedisError):
@@ -189,7 +189,7 @@ class FunctionLibraryMissing(ApplyLayerError, RedisError):
 
 
 class ReplicaRefused(ApplyLayerError, RedisConnectionError):
-    """The connection reached a replica; the daemon only talks to a primary (redis_identity.py)."""
+    """The connection reached a replica; the daemon only talks to a primary (store/identity.py)."""
 
 
 # ---- embedded Redis (embedded_redis.py) --------------------------------------------

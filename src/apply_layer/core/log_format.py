@@ -3,8 +3,8 @@
 Operators grep journald for ``[PERMIT_WAIT]`` and ``apply-layer stats``
 parses those lines, so their text is a contract (docs/CONTRACT.md): it is
 written here, once, with no logging setup in sight, so that the pure core
-(outcomes, stats, the Binance model) can use it without importing structlog.
-``logs.py`` holds the setup and re-exports these names.
+(outcomes, marker_stats, the Binance model) can use it without importing structlog.
+``logs.py`` holds the setup only; callers import these names from here.
 
 No value reaches a log line with a control character in it (issue 21,
 finding 6): :func:`escape_controls` writes each such character as its Python

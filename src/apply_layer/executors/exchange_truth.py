@@ -18,7 +18,7 @@ twice; this module keeps it from being *reported* wrongly.
 
 When "may exist unseen" holds (:func:`may_be_unseen`): the Redis behind the
 journal changed, or this process first met it, at ``unseen_ms``
-(``redis_identity.IdentityTracker.changed_at_ms``), and the plan existed
+(``store.identity.IdentityTracker.changed_at_ms``), and the plan existed
 before that: its stream entry or its own ``timestamp`` is older than that
 moment (give or take :data:`CLOCK_MARGIN_MS` of clock skew between the
 planner, Redis and this host). A plan first written after the change was

@@ -95,10 +95,10 @@ def daemon_probes(
     if db:  # this database only (redis-py selects it on each connection)
         probes.append(Probe(("SELECT", str(db)), f"+select|{db}"))
     probes += [
-        # Each new connection reads the server's identity (redis_identity.py); a send
+        # Each new connection reads the server's identity (store/identity.py); a send
         # record with APPLY_REDIS_WAIT_REPLICAS goes by FCALL, then WAIT (not probed here).
         Probe(("INFO", "server"), "+info"),
-        # The scripts are functions of the library an admin loaded (functions.py):
+        # The scripts are functions of the library an admin loaded (store/functions.py):
         # FCALL needs read and write access to every key it is given, whatever the
         # function does with it; +fcall is the only command of that selector.
         *(

@@ -19,7 +19,7 @@ What stays true, call by call:
 * A connection error fails every call of the batch, as it would have failed
   each call alone; redis-py's retry first resends the whole batch, calls
   whose replies were already read included. That is safe because every
-  script we run may run twice (see ``redis_client``).
+  script we run may run twice (see ``connection``).
 * A caller cancelled before its batch leaves has nothing sent.
 * ``NOSCRIPT`` (a restarted or flushed server) reloads the script and resends
   that call once; a script that was not found did not run.
@@ -300,7 +300,7 @@ async def run_packed(redis: Redis, commands: Sequence[Sequence[KeyOrArg]]) -> li
     resent whole on a connection error by the client's retry policy, and
     returned raw: no response callbacks, and an error reply is returned as
     its ``ResponseError``, not raised. Only for commands that are safe to
-    resend (see ``redis_client``).
+    resend (see ``connection``).
     """
     packed = b"".join(_pack(tuple(command)) for command in commands)
     return await exchange_packed(redis, packed, len(commands))

@@ -104,7 +104,7 @@ def create_redis(
     ``block_sec`` is the longest blocking command this client will issue
     (``XREADGROUP BLOCK``); its socket timeout is set above it. With
     ``identity``, every new connection reports the server it reached to it
-    (see ``redis_identity``).
+    (see ``identity``).
     """
     pool = BlockingConnectionPool.from_url(url, **_client_kwargs(name, block_sec, identity))
     # from_pool: the client owns the pool, so aclose() closes its connections too.

@@ -5,7 +5,7 @@ can lose a plan's result together with its stream entry, its claim and its
 journal: then nothing would ever handle that plan again, although the daemon
 read it and (perhaps) placed its order. So ``results.py`` remembers the results
 it published in the last ten minutes (at most 10,000), and when
-``redis_identity`` notices that the server is not the one it was, the
+``identity`` notices that the server is not the one it was, the
 service writes them again. The publish script writes nothing where the
 journal still holds the plan's ``result_id``, so a result that survived is
 not duplicated; one that was lost comes back unchanged (a new stream id),

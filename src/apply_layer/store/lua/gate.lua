@@ -19,9 +19,9 @@
 -- with this call's token: a resend after a lost reply gets the same answer,
 -- and a racing caller learns the plan is already decided (owner 0).
 --
--- The verdict rules mirror permits.py; keep the two in step. kill_on() comes
+-- The verdict rules mirror core/permits.py; keep the two in step. kill_on() comes
 -- from kill_switch.lua, and MAX_PERMIT_BYTES, MAX_PERMIT_FIELDS,
--- MAX_PERMIT_MEMORY and OVERSIZED_PREFIX from permits.py, which Python prepends.
+-- MAX_PERMIT_MEMORY and OVERSIZED_PREFIX from core/permits.py, which Python prepends.
 --
 -- No permit may stall Redis (issue 21): a size is asked before anything is
 -- read (STRLEN; HLEN and MEMORY USAGE), what will be refused is never read
