@@ -43,7 +43,16 @@ def _worker_ports() -> str:
 os.environ[PORT_RANGE_ENV] = _worker_ports()  # xdist workers inherit the controller's
 
 FUZZ_EXAMPLES = {"ci": 200, "nightly": 10_000}
-settings.register_profile("ci", print_blob=True)
+# No wall-clock limits: Hypothesis' deadline (200 ms an example) and its
+# too_slow health check (generating the first examples) are timed tests. On
+# the shared 2-core machine a property that holds
+# (tests/core/test_marker_stats.py's test_any_mix_of_lines_adds_up: up to 60
+# composite lines an example) failed three runs under load with a Hypothesis
+# error and passed when rerun, its logic deterministic. Speed is measured in
+# bench/, not asserted by a test.
+settings.register_profile(
+    "ci", deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.register_profile(
     "nightly",
     deadline=None,
