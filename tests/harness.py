@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis as sync_redis
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -254,6 +255,11 @@ def cli_database(
         yield client
     finally:
         client.close()
+
+
+def sample(name: str, **labels: str) -> float:
+    """A metric's value in this process now (0 for a series not created yet)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def until(check: Callable[[], object], timeout: float = 20.0) -> None:

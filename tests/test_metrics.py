@@ -8,26 +8,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from apply_layer.core import keys as K
 from apply_layer.daemon.service import ApplyService
 from apply_layer.ops.embedded_redis import EmbeddedRedis
 from apply_layer.store.gate import GateConfig, PermitGate
-from tests.harness import grant, settings_for
-
-
-def sample(name: str, **labels: str) -> float:
-    """The exported value now (0 for a series not created yet)."""
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
+from tests.harness import grant, sample, settings_for, until
 
 
 async def test_gate_decisions_are_counted_once_by_symbol_status_and_reason(redis: Redis) -> None:

@@ -26,16 +26,16 @@ from apply_layer.ops.embedded_redis import EmbeddedRedis
 from apply_layer.store.connection import create_redis
 from apply_layer.store.functions import LIBRARY, build
 from apply_layer.store.gate import GateConfig
-from tests.acl import setuser
-from tests.deploy.test_redis_acl import (  # the shipped ACL on a real server, as deployed
+from tests.acl import (  # the shipped ACL on a real server, as deployed
     DAEMON,
     IN_CI,
-    _acl_lines,
-    _apply_acl_file,
-    _cli,
-    _server_version,
-    _url,
+    acl_lines,
+    acl_url,
+    apply_acl_file,
     load_functions,
+    run_cli,
+    server_version,
+    setuser,
 )
 from tests.harness import Daemon, grant, publish_plan, wait_result
 
@@ -46,11 +46,11 @@ LOOPING_LIBRARY = f"#!lua name=x\nredis.register_function('x', function() {LOOP}
 
 def _acl_server(*, functions: bool) -> Iterator[EmbeddedRedis]:
     with EmbeddedRedis(notify_keyspace_events="K$h") as server:
-        if _server_version(server) < (7, 0):
+        if server_version(server) < (7, 0):
             if IN_CI:
                 pytest.fail("CI needs redis-server >= 7 for the ACL tests")
             pytest.skip("the ACL's selectors and Functions need redis-server >= 7")
-        _apply_acl_file(server, functions=functions)
+        apply_acl_file(server, functions=functions)
         yield server
 
 
@@ -68,7 +68,7 @@ def no_library() -> Iterator[EmbeddedRedis]:
 
 async def test_the_daemon_credential_cannot_authorise_itself(shipped: EmbeddedRedis) -> None:
     admin = create_redis(shipped.url, name="admin")
-    daemon = create_redis(_url(shipped, DAEMON), name="hostile")
+    daemon = create_redis(acl_url(shipped, DAEMON), name="hostile")
     plan = "forge-1"
     try:
         await admin.xadd(K.PLAN_STREAM, {"plan_id": "real"})
@@ -132,7 +132,7 @@ async def test_the_daemon_credential_cannot_authorise_itself(shipped: EmbeddedRe
 async def test_check_proves_each_refusal_of_the_shipped_daemon_user(
     shipped: EmbeddedRedis,
 ) -> None:
-    proc = _cli("check", "--role", "daemon", url=_url(shipped, DAEMON))
+    proc = run_cli("check", "--role", "daemon", url=acl_url(shipped, DAEMON))
     lines = {line[7:].split("  ")[0].strip(): line for line in proc.stdout.splitlines()}
     refused = lines["refusals (daemon)"]
     assert refused.startswith("[ OK ]"), proc.stdout
@@ -149,7 +149,7 @@ async def test_check_proves_each_refusal_of_the_shipped_daemon_user(
         )
     finally:
         await admin.aclose()
-    lax = _cli("check", "--role", "daemon", url=_url(shipped, "lax", "lax-pw"))
+    lax = run_cli("check", "--role", "daemon", url=acl_url(shipped, "lax", "lax-pw"))
     assert lax.returncode == 1
     line = next(x for x in lax.stdout.splitlines() if "refusals (daemon)" in x)
     assert line.startswith("[FAIL]") and "user lax may" in line, line
@@ -166,7 +166,7 @@ async def test_without_the_library_the_daemon_does_not_start(
         await admin.execute_command("FUNCTION", "LOAD", older.code)  # type: ignore[no-untyped-call]
         await grant(admin, "nolib")
         await publish_plan(admin, "nolib")
-        daemon = Daemon(_url(no_library, DAEMON), tmp_path)
+        daemon = Daemon(acl_url(no_library, DAEMON), tmp_path)
         daemon.start()
         assert daemon.proc is not None
         code = await asyncio.to_thread(daemon.proc.wait, 30)
@@ -176,7 +176,7 @@ async def test_without_the_library_the_daemon_does_not_start(
         # Nothing was consumed or published, and check says what is missing.
         assert await admin.exists(GOV.key("nolib"), P33.key("nolib")) == 2
         assert await admin.xlen(K.RESULT_STREAM) == 0
-        check = _cli("check", "--role", "daemon", url=_url(no_library, DAEMON))
+        check = run_cli("check", "--role", "daemon", url=acl_url(no_library, DAEMON))
         line = next(x for x in check.stdout.splitlines() if x[7:].startswith("functions"))
         assert line.startswith("[FAIL]") and LIBRARY.name in line, line
         assert check.returncode == 1
@@ -188,7 +188,7 @@ async def test_a_library_removed_while_running_leaves_plans_waiting(
     shipped: EmbeddedRedis, tmp_path: Path
 ) -> None:
     admin = create_redis(shipped.url, name="admin")
-    daemon = Daemon(_url(shipped, DAEMON), tmp_path)
+    daemon = Daemon(acl_url(shipped, DAEMON), tmp_path)
     daemon.start()
     try:
         await daemon.ready(admin)
@@ -213,11 +213,11 @@ async def test_an_acl_without_fcall_stops_the_start_with_one_line(
     shipped: EmbeddedRedis, tmp_path: Path
 ) -> None:
     """An upgrade that forgot the new ACL file (no +fcall): no start, and it says why."""
-    rules = [r for r in _acl_lines()[DAEMON] if "+fcall" not in r]
+    rules = [r for r in acl_lines()[DAEMON] if "+fcall" not in r]
     admin = create_redis(shipped.url, name="admin")
     try:
         await setuser(admin, "old-acl", *rules, ">old-acl-pw")
-        daemon = Daemon(_url(shipped, "old-acl", "old-acl-pw"), tmp_path)
+        daemon = Daemon(acl_url(shipped, "old-acl", "old-acl-pw"), tmp_path)
         daemon.start()
         assert daemon.proc is not None
         assert await asyncio.to_thread(daemon.proc.wait, 30) == 2, daemon.log()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio import Redis
@@ -23,38 +22,14 @@ from apply_layer.core import keys as K
 from apply_layer.daemon.service import ApplyService
 from apply_layer.ops.embedded_redis import EmbeddedRedis
 from apply_layer.store import keyspace
-from apply_layer.store.connection import create_redis
-from tests.acl import refusals
-from tests.deploy.test_redis_acl import (  # the shipped ACL on a real server, as deployed
+from tests.acl import (  # the shipped ACL on a real server, as deployed
     DAEMON,
-    IN_CI,
-    _apply_acl_file,
-    _server_version,
-    _url,
+    acl_url,
+    refusals,
 )
-from tests.harness import settings_for
-from tests.test_metrics import sample, until
+from tests.harness import sample, settings_for, until
 
 GAUGE = "apply_keyspace_notifications_active"
-
-
-@pytest.fixture
-def shipped() -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis(notify_keyspace_events="K$h") as server:
-        if _server_version(server) < (7, 0):
-            if IN_CI:
-                pytest.fail("CI needs redis-server >= 7 for the ACL tests")
-            pytest.skip("the shipped ACL needs redis-server >= 7")
-        _apply_acl_file(server)
-        yield server
-
-
-@pytest.fixture
-async def admin(shipped: EmbeddedRedis) -> AsyncIterator[Redis]:
-    client = create_redis(shipped.url, name="admin")
-    await client.acl_log_reset()
-    yield client
-    await client.aclose()
 
 
 def _lines(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
@@ -62,10 +37,12 @@ def _lines(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogReco
 
 
 async def test_events_turned_off_are_noticed_without_config_get(
-    shipped: EmbeddedRedis, admin: Redis, caplog: pytest.LogCaptureFixture
+    acl_server: EmbeddedRedis, admin: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     gauge = {"configured": "detect"}
-    service = ApplyService(settings_for(shipped, redis_url=_url(shipped, DAEMON)))  # 0.5 s ticks
+    service = ApplyService(
+        settings_for(acl_server, redis_url=acl_url(acl_server, DAEMON))
+    )  # 0.5 s ticks
     runner = asyncio.create_task(service.run())
     try:
         await until(lambda: service._group_ready)

