@@ -11,7 +11,7 @@ back this consumer re-reads its own pending entries and resumes each from
 its journal state.
 
 Memory does not follow what the stream holds: reads are parsed as they
-arrive (``stream_reader``), an entry past 64 KiB keeps only its short echo
+arrive (``stream_reader``, ``stream_reply``), an entry past 64 KiB keeps only its short echo
 fields and ends REJECTED ``invalid_plan:oversized_entry``, and each read asks
 for no more entries than :data:`HELD_ENTRIES_BUDGET` still has room for
 (docs/RELIABILITY.md, "Staying bounded").
@@ -50,7 +50,7 @@ from apply_layer.store.identity import IdentityTracker, state_file
 from apply_layer.store.journal import Journal
 from apply_layer.store.keyspace import KeyspaceWatcher
 from apply_layer.store.republish import RecentResults, republish_after_changes
-from apply_layer.store.stream_reader import ENTRY_COST_MAX, StreamEntry
+from apply_layer.store.stream_reply import ENTRY_COST_MAX, StreamEntry
 
 log = get_logger()
 
