@@ -1,4 +1,4 @@
-"""One stream entry to one outcome: parse, claim, screen, gate, execute, publish.
+"""One stream entry to one ending: parse, claim, hand the plan on, publish, acknowledge.
 
 Every path ends in exactly one published result, or, for a plan id that
 another entry already drives, in one ``duplicate plan=... first_status=...``
