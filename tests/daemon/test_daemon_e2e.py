@@ -1,6 +1,8 @@
 """The daemon end to end: a real subprocess, a real redis-server, simulated upstreams.
 
-Tests by name: executors/paper.py, executors/dry_run.py and executors/in_process.py.
+Tests by name: executors/paper.py, executors/dry_run.py and executors/in_process.py;
+daemon/order_path.py, each claimed plan's way to its outcome (screening, the permit
+wait, the lease, the executor).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Recovery and scale-out: takeover of a dead instance's plans, one execution per symbol."""
+"""Recovery and scale-out: takeover of a dead instance's plans, one execution per symbol.
+
+Tests by name: daemon/order_path.py resuming a plan from its journal.
+"""
 
 from __future__ import annotations
 

@@ -477,7 +477,7 @@ async def _phases(
 
     # The hung daemon answers no scrape: Down, and not NoExecution (issue 23 item 3);
     # nor RedisDown once resumed: a read whose deadline passed while the process was
-    # stopped is not an outage (stream_reader._Deadline, tests/daemon/test_suspended.py).
+    # stopped is not an outage (read_deadline.ReadDeadline, tests/daemon/test_suspended.py).
     await fault("daemon hung (SIGSTOP), scrapes fail", hang, resume, {"ApplyLayerDown"})
 
     async def unscrape() -> None:

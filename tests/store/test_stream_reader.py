@@ -1,4 +1,7 @@
-"""Bounded stream reads against a real redis-server, in both protocols."""
+"""Bounded stream reads against a real redis-server, in both protocols.
+
+Tests by name: store/stream_reply.py, which parses the reply as it arrives.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +19,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apply_layer.core.plans import MAX_ENTRY_BYTES
 from apply_layer.ops.embedded_redis import EmbeddedRedis
-from apply_layer.store import stream_reader
-from apply_layer.store.stream_reader import (
+from apply_layer.store import read_deadline, stream_reader
+from apply_layer.store.stream_reader import xrange_one
+from apply_layer.store.stream_reply import (
     ENTRY_COST_MAX,
     FAST_REPLY_MAX,
     MAX_ENTRY_FIELDS,
     StreamEntry,
-    xrange_one,
 )
 
 S, G, C = "s", "g", "c"
@@ -203,4 +206,4 @@ async def test_a_server_that_stops_answering_still_times_out_on_time(
     finally:
         own_redis_server.proc.send_signal(signal.SIGCONT)
         await r.aclose()
-    assert 0.39 <= took < 0.4 + stream_reader.STALL_SEC, took
+    assert 0.39 <= took < 0.4 + read_deadline.STALL_SEC, took

@@ -40,7 +40,7 @@ from apply_layer.settings import Settings
 from apply_layer.store import stream_reader
 from apply_layer.store.batching import run_packed
 from apply_layer.store.keyspace import KeyspaceWatcher
-from apply_layer.store.stream_reader import StreamEntry
+from apply_layer.store.stream_reply import StreamEntry
 
 log = get_logger()
 

@@ -1,4 +1,4 @@
-"""One stream entry to one outcome: parse, claim, screen, gate, execute, publish.
+"""One stream entry to one ending: parse, claim, hand the plan on, publish, acknowledge.
 
 Every path ends in exactly one published result, or, for a plan id that
 another entry already drives, in one ``duplicate plan=... first_status=...``
@@ -14,21 +14,20 @@ any other exception ends it FAILED ``internal_error:<type>``, unless an order
 may be out (journal state ``submitting``): that fate is recovery's to find,
 never guessed.
 
-The decisions themselves (screening, stale authorisations, what an executor's
-answer means) are pure functions in ``lifecycle.py``; this module does the
-I/O around them. Every result leaves through one method, :meth:`Processor._finish`;
-an order's result is published while its symbol lease is still held (and
-renewed), and the publish script releases the lease in the same step.
-Acknowledging entries is the processor's alone: the service never XACKs.
+This module's one job is the entry's bookkeeping: parse, claim, duplicates,
+the ending of an entry that cannot run, and publication. A claimed plan is
+advanced to its outcome (screening, the permit wait, the lease, the executor)
+by ``order_path.py``; the decisions themselves are pure functions in
+``core/lifecycle.py``. Every result leaves through one method,
+:meth:`Processor._finish`; an order's result is published while its symbol
+lease is still held (and renewed), and the publish script releases the lease
+in the same step. Acknowledging entries is the processor's alone: the
+service never XACKs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
-from collections import defaultdict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
@@ -38,28 +37,20 @@ from redis.exceptions import RedisError, ResponseError
 from apply_layer import metrics
 from apply_layer.core import keys as K
 from apply_layer.core import lifecycle
-from apply_layer.core.errors import (
-    AlreadyFinal,
-    InvalidPlan,
-    KillSwitchOn,
-    LeaseKeyWrongType,
-    OrderMayBeOut,
-    RetryLater,
-    SendRefused,
-)
+from apply_layer.core.errors import AlreadyFinal, InvalidPlan, OrderMayBeOut, RetryLater
 from apply_layer.core.lifecycle import echo
-from apply_layer.core.order_ids import client_order_id
-from apply_layer.core.outcomes import Outcome, blocked, rejected, result_fields
-from apply_layer.core.plans import INVALID_CONTENT, Plan, Step, parse_plan, safe_plan_id
-from apply_layer.core.statuses import HandledKind, JournalState, OutcomeStatus
-from apply_layer.daemon.signature_policy import LookupOnly, SignaturePolicy
+from apply_layer.core.outcomes import Outcome, rejected, result_fields
+from apply_layer.core.plans import INVALID_CONTENT, Plan, parse_plan, safe_plan_id
+from apply_layer.core.statuses import HandledKind, OutcomeStatus
+from apply_layer.daemon.order_path import OrderPath
+from apply_layer.daemon.signature_policy import SignaturePolicy
 from apply_layer.executors import exchange_truth
-from apply_layer.executors.base import Executor, OrderLog, OrderRequest, Prepared
+from apply_layer.executors.base import Executor
 from apply_layer.logs import get_logger
 from apply_layer.settings import Settings
 from apply_layer.store.batching import ScriptHost
-from apply_layer.store.gate import GateResult, PermitGate
-from apply_layer.store.journal import Claim, Journal, JournalRecord
+from apply_layer.store.gate import PermitGate
+from apply_layer.store.journal import Claim, Journal
 from apply_layer.store.lease import Lease, SymbolLeases
 
 log = get_logger()
@@ -89,19 +80,13 @@ class Ending:
     unless_sent: bool = False
 
 
-def _close_step(plan: Plan) -> Step:
-    step = plan.close_step
-    assert step is not None  # parse_plan guarantees one close step for an EXECUTE plan
-    return step
-
-
 def _plan_ending(plan: Plan, outcome: Outcome) -> Ending:
     step = plan.close_step
     return Ending(plan.plan_id, plan.symbol, plan.decision, outcome, step.pct if step else None)
 
 
 class Processor:
-    """Drives plans through their lifecycle; one instance per service."""
+    """Ends stream entries, one result or duplicate line each; one instance per service."""
 
     def __init__(
         self,
@@ -125,8 +110,16 @@ class Processor:
             kill_switch=settings.kill_switch,
             scripts=scripts,
         )
-        self._symbol_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.signatures = SignaturePolicy.from_settings(settings)  # ConfigError: exit 2
+        self.orders = OrderPath(
+            settings,
+            gate,
+            journal,
+            executor,
+            leases=self.leases,
+            signatures=self.signatures,
+            allowlist=self.allowlist,
+        )
 
     async def handle(
         self, entry_id: str, fields: dict[str, str], *, oversized: bool = False
@@ -171,7 +164,7 @@ class Processor:
             # ``held`` keeps the symbol's lease (and its renewal) until the result
             # is out: the publish script releases it in the same step.
             async with contextlib.AsyncExitStack() as held:
-                outcome, lease = await self._advance(plan, claim.state, held)
+                outcome, lease = await self.orders.advance(plan, claim.state, held)
                 if lease is None:  # no order placed here: may Redis have lost one?
                     outcome = await self._exchange_truth(plan, entry_id, outcome)
                 return await self._finish(entry_id, _plan_ending(plan, outcome), lease)
@@ -274,168 +267,6 @@ class Processor:
             unseen_ms=identity.changed_at_ms if identity is not None else 0,
             allowlist=self.allowlist,
         )
-
-    # ---- the lifecycle ---------------------------------------------------------
-
-    async def _advance(
-        self, plan: Plan, state: str, held: contextlib.AsyncExitStack
-    ) -> tuple[Outcome, Lease | None]:
-        """The outcome to publish and, if an order was placed, the lease to publish it
-        under (entered into ``held``, which the caller keeps open until it is out).
-
-        A resumed plan's journal is read once, here, and the record passed along.
-        """
-        record: JournalRecord | None = None
-        if state in (JournalState.PERMITTED, JournalState.SUBMITTING):
-            record = await self.journal.read(plan.plan_id)
-        if state == JournalState.RECEIVED:
-            screened = lifecycle.screen(
-                plan,
-                allowlist=self.allowlist,
-                max_age_sec=self.settings.plan_max_age_sec,
-                now=time.time(),
-            )
-            if screened is not None:
-                return screened, None
-        elif state == JournalState.PERMITTED and record is not None:
-            stale = lifecycle.stale_authorization(record.gate_at_ms, int(time.time() * 1000))
-            if stale is not None:
-                return stale, None
-        # The exchange reads the order will need run during the permit wait; they are
-        # checked under the lease before any send (executors/base.py), and dropped
-        # with ``held`` if the plan ends otherwise.
-        prepared = self._read_ahead(plan, state)
-        if prepared is not None:
-            held.callback(prepared.cancel)
-        decision = await self.gate.wait_and_consume(plan.plan_id, plan.symbol)
-        metrics.child(metrics.PERMIT_WAIT, "ok" if decision.allowed else "block").observe(
-            decision.wait_ms / 1000
-        )
-        if not decision.allowed:
-            return blocked(decision.error, decision.wait_ms), None
-        # Signed permits (APPLY_PERMIT_SIGNING), checked on the consumed permits, also
-        # for a plan resumed in "submitting" (its journal could say anything): then an
-        # order may be out, so it is still looked up, but never sent (LookupOnly).
-        sent_before = state == JournalState.SUBMITTING
-        refused = self.signatures.check(decision, _close_step(plan))
-        if refused and not sent_before:
-            return blocked(refused, decision.wait_ms), None
-        sent_cid = record.sent_client_order_id if sent_before and record is not None else ""
-        return await self._execute(
-            plan,
-            decision,
-            held,
-            sent_cid=sent_cid,
-            sent_before=sent_before,
-            refused=refused,
-            prepared=prepared,
-        )
-
-    def _read_ahead(self, plan: Plan, state: str) -> Prepared | None:
-        """Start the executor's reads for a new order; none for one that may be out
-        (its fate is looked up under the lease, from its journal)."""
-        step = plan.close_step
-        if state == JournalState.SUBMITTING or step is None:
-            return None
-        cid = client_order_id(plan.plan_id, step.name)
-        watch = self.journal.symbol_watch(plan.symbol)
-        return self.executor.prepare(plan.plan_id, plan.symbol, cid, watch)
-
-    async def _execute(
-        self,
-        plan: Plan,
-        decision: GateResult,
-        held: contextlib.AsyncExitStack,
-        *,
-        sent_before: bool,
-        sent_cid: str = "",
-        refused: str = "",
-        prepared: Prepared | None = None,
-    ) -> tuple[Outcome, Lease | None]:
-        """Place the close under the symbol's lease, which stays held in ``held``.
-
-        ``sent_before``: an earlier run may have sent it already, so its fate
-        must be found out (the executor looks it up, under ``sent_cid``, the id
-        the journal recorded with that send); the kill switch stops new orders,
-        not the lookup of one that may be out.
-        """
-        step = plan.close_step
-        assert step is not None and step.pct is not None  # parse_plan guarantees one close step
-        assert decision.safe_qty is not None  # an ALLOW always carries P3.3's quantity
-        wait_ms = decision.wait_ms
-        order = OrderRequest(
-            plan_id=plan.plan_id,
-            symbol=plan.symbol,
-            step=step.name,
-            pct=step.pct,
-            safe_qty=decision.safe_qty,
-            reported_amt=lifecycle.reported_position(decision.permits),
-            sent_client_order_id=sent_cid,
-        )
-        try:
-            lease = await held.enter_async_context(
-                self._symbol_lease(plan, new_order=not sent_before)
-            )
-        except KillSwitchOn:
-            return blocked("kill_switch", wait_ms), None
-        except LeaseKeyWrongType as exc:
-            log.error("key_wrong_type", key=str(exc), plan_id=plan.plan_id)
-            if sent_before:  # an order may be out: its fate is found under the lease
-                raise RetryLater(f"{exc} holds another Redis type") from None
-            return lifecycle.lease_wrong_type(wait_ms), None
-        return await self._place(plan, order, wait_ms, lease, refused, prepared), lease
-
-    @contextlib.asynccontextmanager
-    async def _symbol_lease(self, plan: Plan, *, new_order: bool) -> AsyncIterator[Lease]:
-        """This process's lock on the symbol, then the symbol's lease across instances."""
-        async with (
-            self._symbol_locks[plan.symbol],
-            self.leases.hold(
-                plan.symbol,
-                plan.plan_id,
-                wait_sec=2 * self.settings.lease_ms / 1000,
-                new_order=new_order,
-            ) as lease,
-        ):
-            yield lease
-
-    async def _place(
-        self,
-        plan: Plan,
-        order: OrderRequest,
-        wait_ms: int,
-        lease: Lease,
-        refused: str = "",
-        prepared: Prepared | None = None,
-    ) -> Outcome:
-        """Execute under the lease; ``refused`` (a block reason): look the order up only;
-        ``prepared``: the reads made during the permit wait (checked before any send)."""
-        step = plan.close_step
-        assert step is not None
-        order_log: OrderLog = self.journal.order_log(
-            plan.plan_id, order.client_order_id, symbol=plan.symbol, lease_token=lease.token
-        )
-        if refused:
-            order_log = LookupOnly(order_log, refused)
-        try:
-            result = await self.executor.execute(order, order_log, prepared=prepared)
-        except SendRefused as exc:  # no earlier order found, and none may be sent
-            log.warning("order_not_sent", plan_id=plan.plan_id, reason=exc.reason)
-            return blocked(exc.reason, wait_ms)
-        except (RedisError, OSError, RetryLater):
-            raise
-        except Exception as exc:
-            if await order_log.attempts():
-                raise  # something may have been sent: leave it to recovery's lookup
-            log.exception("executor_error", plan_id=plan.plan_id)
-            result = lifecycle.executor_error(step.name, exc)
-        metrics.child(metrics.ORDERS, result.status).inc()
-        if step.warning:
-            log.warning("step_pct_mismatch", plan_id=plan.plan_id, detail=step.warning)
-        outcome = lifecycle.step_outcome(plan, result, wait_ms)
-        if outcome.executed:
-            metrics.child(metrics.LAST_SUCCESS, plan.symbol).set(time.time())
-        return outcome
 
     # ---- publication: every result leaves here ----------------------------------
 

@@ -1,14 +1,15 @@
 """``apply-layer run``: the long-running service around the gate.
 
-One intake loop reads the plan stream with a blocking ``XREADGROUP`` that
-returns at once when plans arrive and otherwise wakes every
+This module's job is the service's wiring, its start and stop, and the
+intake loop. The loop reads the plan stream with a blocking ``XREADGROUP``
+that returns at once when plans arrive and otherwise wakes every
 ``APPLY_POLL_SEC`` for ``housekeeping`` (heartbeat, claims of idle
-entries). Each entry becomes a task,
-at most ``APPLY_MAX_IN_FLIGHT`` at once, so a plan waiting 1200 ms for P3.3
-never holds up the plans behind it. An entry is acknowledged only after its
-outcome is published; a Redis outage leaves it pending, and once Redis is
-back this consumer re-reads its own pending entries and resumes each from
-its journal state.
+entries). Each entry becomes a task (``entry_tasks``), at most
+``APPLY_MAX_IN_FLIGHT`` at once, so a plan waiting 1200 ms for P3.3 never
+holds up the plans behind it. An entry is acknowledged only after its
+outcome is published; a Redis outage (``redis_health``: one line per
+outage) leaves it pending, and once Redis is back this consumer re-reads
+its own pending entries and resumes each from its journal state.
 
 Memory does not follow what the stream holds: reads are parsed as they
 arrive (``stream_reader``), an entry past 64 KiB keeps only its short echo
@@ -25,18 +26,17 @@ import signal
 import time
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apply_layer import __version__, metrics
 from apply_layer.core import keys as K
-from apply_layer.core.errors import ConfigError, FunctionLibraryMissing, RetryLater
-from apply_layer.core.statuses import HandledKind
+from apply_layer.core.errors import ConfigError, FunctionLibraryMissing
 from apply_layer.daemon import metrics_http, systemd
-from apply_layer.daemon.housekeeping import Housekeeping, mark_unknown
+from apply_layer.daemon.entry_tasks import EntryTasks
+from apply_layer.daemon.housekeeping import Housekeeping
 from apply_layer.daemon.metrics_http import MetricsServer
 from apply_layer.daemon.processing import Processor
+from apply_layer.daemon.redis_health import MAX_BACKOFF_SEC, RedisHealth
 from apply_layer.executors import create_executor
 from apply_layer.executors.base import Executor
 from apply_layer.logs import get_logger
@@ -50,15 +50,15 @@ from apply_layer.store.identity import IdentityTracker, state_file
 from apply_layer.store.journal import Journal
 from apply_layer.store.keyspace import KeyspaceWatcher
 from apply_layer.store.republish import RecentResults, republish_after_changes
-from apply_layer.store.stream_reader import ENTRY_COST_MAX, StreamEntry
+from apply_layer.store.stream_reply import StreamEntry
 
 log = get_logger()
 
 DRAIN_TIMEOUT_SEC = 25.0
-MAX_BACKOFF_SEC = 5.0
 # Entries held at once (read and not yet finished) cost at most this many
 # bytes, whatever the stream holds: each read asks for no more entries than
-# the room left allows at ENTRY_COST_MAX each.
+# the room left allows at stream_reply.ENTRY_COST_MAX each (entry_tasks keeps
+# the count).
 HELD_ENTRIES_BUDGET = 48 << 20
 MAX_READ_COUNT = 256
 
@@ -98,21 +98,26 @@ class ApplyService:
         self.processor = Processor(
             settings, self.redis, self.gate, self.journal, self.executor, self.scripts
         )
-        self.counts: dict[str, int] = {kind.value: 0 for kind in HandledKind}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = asyncio.Event()
+        self.health = RedisHealth(settings.mode, self._pause)
+        self.entries = EntryTasks(
+            self.processor,
+            self.identity,
+            max_in_flight=settings.max_in_flight,
+            budget_bytes=HELD_ENTRIES_BUDGET,
+            stopping=self._stopping,
+            pause=self._pause,
+            redis_failed=self._redis_failed,
+        )
+        self.counts = self.entries.counts  # by HandledKind, for the "stopped" line
         self.housekeeping = Housekeeping(
             settings,
             self.redis,
             self.watcher,
-            in_flight=self._tasks.keys(),
-            room=self._room,
-            spawn=self._spawn,
+            in_flight=self.entries.in_flight,
+            room=self.entries.room,
+            spawn=self.entries.spawn,
         )
-        self._held = 0  # bytes held by the entries in self._tasks (StreamEntry.cost)
-        self._slot_freed = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._redis_up = True
-        self._backoff = 0.2
         self._backlog = True  # read our own pending entries first
         self._backlog_cursor = "0"
         self._group_ready = False
@@ -122,7 +127,7 @@ class ApplyService:
 
     def request_stop(self) -> None:
         if not self._stopping.is_set():
-            log.info("stopping", in_flight=len(self._tasks))
+            log.info("stopping", in_flight=len(self.entries.in_flight))
             systemd.notify("STOPPING=1")
             self._stopping.set()
 
@@ -165,7 +170,7 @@ class ApplyService:
             log.warning("unknown_setting", variable=name, hint="not read by apply-layer: a typo?")
         metrics.PERMIT_DEADLINE.set(self.settings.permit_wait_ms / 1000)
         keyspace = await self._start_watcher()
-        metrics.REDIS_UP.set(1 if self._redis_up else 0)  # a failed read sets it to 0
+        metrics.REDIS_UP.set(1 if self.health.up else 0)  # a failed read sets it to 0
         log.info(
             "apply_layer_started",
             version=__version__,
@@ -200,7 +205,7 @@ class ApplyService:
         if not done:
             intake.cancel()
             await asyncio.wait({intake}, timeout=5)
-        await self._drain()
+        await self.entries.drain(DRAIN_TIMEOUT_SEC)
         watchdog.cancel()
         republisher.cancel()
         await self.watcher.stop()
@@ -234,16 +239,6 @@ class ApplyService:
             self._redis_failed(exc)
             return "unknown (Redis unreachable at start): polling"
 
-    async def _drain(self) -> None:
-        if not self._tasks:
-            return
-        log.info("draining", in_flight=len(self._tasks))
-        _, pending = await asyncio.wait(list(self._tasks.values()), timeout=DRAIN_TIMEOUT_SEC)
-        for task in pending:  # their entries stay pending and are resumed on restart
-            task.cancel()
-        if pending:
-            log.warning("drain_timeout", abandoned=len(pending))
-
     async def _watchdog(self) -> None:
         interval = systemd.watchdog_interval()
         if interval is None:
@@ -257,26 +252,10 @@ class ApplyService:
     # ---- Redis health ----------------------------------------------------------------
 
     def _redis_failed(self, exc: BaseException) -> None:
-        metrics.REDIS_ERRORS.inc()
-        if self._redis_up:
-            self._redis_up = False
-            metrics.REDIS_UP.set(0)
-            mark_unknown()
-            log.error("redis_unavailable", error=str(exc) or type(exc).__name__)
-            systemd.notify("STATUS=Redis unavailable; retrying")
+        """Any part's Redis failure: reported (once per outage), and the intake
+        loop re-reads this consumer's own pending entries first once it is back."""
+        self.health.failed(exc)
         self._backlog, self._backlog_cursor = True, "0"
-
-    def _redis_ok(self) -> None:
-        self._backoff = 0.2
-        if not self._redis_up:
-            self._redis_up = True
-            metrics.REDIS_UP.set(1)
-            log.info("redis_recovered")
-            systemd.notify(f"STATUS=mode={self.settings.mode}")
-
-    async def _pause_after_failure(self) -> None:
-        await self._pause(self._backoff)
-        self._backoff = min(self._backoff * 2, MAX_BACKOFF_SEC)
 
     async def _pause(self, seconds: float, event: asyncio.Event | None = None) -> None:
         """Sleep up to ``seconds``, waking early on stop (or on ``event``)."""
@@ -308,32 +287,27 @@ class ApplyService:
                 if not self._group_ready:
                     await self._ensure_group()
                 await self.housekeeping.run_if_due()
-                count = min(self._room(), MAX_READ_COUNT)
+                count = min(self.entries.room(), MAX_READ_COUNT)
                 if count <= 0:
-                    self._slot_freed.clear()
-                    await self._pause(self.settings.poll_sec, self._slot_freed)
+                    self.entries.slot_freed.clear()
+                    await self._pause(self.settings.poll_sec, self.entries.slot_freed)
                     continue
                 entries = await self._read(count)
-                self._redis_ok()
+                self.health.ok()
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     self._group_ready = False
                     continue
                 self._redis_failed(exc)
-                await self._pause_after_failure()
+                await self.health.pause_after_failure()
                 continue
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc)
-                await self._pause_after_failure()
+                await self.health.pause_after_failure()
                 continue
             for entry in entries:
-                if entry.entry_id not in self._tasks:
-                    self._spawn(entry)
-
-    def _room(self) -> int:
-        """How many more entries may be read now: free slots, and room in the budget."""
-        free = self.settings.max_in_flight - len(self._tasks)
-        return min(free, (HELD_ENTRIES_BUDGET - self._held) // ENTRY_COST_MAX)
+                if entry.entry_id not in self.entries.in_flight:
+                    self.entries.spawn(entry)
 
     async def _read(self, count: int) -> list[StreamEntry]:
         group, consumer = self.settings.consumer_group, self.settings.consumer_name
@@ -350,73 +324,3 @@ class ApplyService:
         return await stream_reader.xreadgroup(
             self.reader, group, consumer, K.PLAN_STREAM, ">", count=count, block_ms=block_ms
         )
-
-    def _spawn(self, entry: StreamEntry) -> None:
-        entry_id, cost = entry.entry_id, entry.cost
-        task = asyncio.create_task(self._process(entry), name=f"plan:{entry_id}")
-        self._tasks[entry_id] = task
-        self._held += cost
-        metrics.IN_FLIGHT.set(len(self._tasks))
-
-        def _done(_: asyncio.Task[None]) -> None:
-            self._tasks.pop(entry_id, None)
-            self._held -= cost
-            metrics.IN_FLIGHT.set(len(self._tasks))
-            self._slot_freed.set()
-
-        task.add_done_callback(_done)
-
-    async def _process(self, entry: StreamEntry) -> None:
-        """Handle one entry; through a Redis outage, keep it and try again.
-
-        A plan read from Redis is finished here even if Redis loses it
-        afterwards: a failover to a replica that had not yet received the
-        entry (or the claim, or the result) would otherwise leave it with no
-        result at all, since the stream would never hand it out again. Every
-        step resumes from the journal, so trying again is what recovery
-        would do anyway. A plan refused (``RetryLater``) by a Redis that
-        changed since it was read is tried again too; other refusals, a
-        command error and a stop leave the entry pending for recovery.
-        """
-        entry_id = entry.entry_id
-        backoff = 0.2
-        redis_since = self.identity.changed_at_ms
-        while True:
-            try:
-                await self._process_once(entry)
-                return
-            except RetryLater as exc:
-                if self.identity.changed_at_ms != redis_since and not self._stopping.is_set():
-                    # Refused by a Redis that lost writes since we read the plan (the lease
-                    # or the journal state went back): the entry may be gone, try again.
-                    redis_since = self.identity.changed_at_ms
-                    log.warning("plan_retried_after_redis_change", entry_id=entry_id, why=str(exc))
-                    await self._pause(backoff)
-                    continue
-                log.warning("plan_deferred", entry_id=entry_id, why=str(exc))
-                return
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                self._redis_failed(exc)  # logged once per outage
-                if self._stopping.is_set():
-                    return  # the entry stays pending; resumed from its journal
-                await self._pause(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SEC)
-            except RedisError as exc:
-                self._redis_failed(exc)  # the entry stays pending; resumed from its journal
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("plan_processing_error", entry_id=entry_id)
-                return
-
-    async def _process_once(self, entry: StreamEntry) -> None:
-        """Hand one entry to the processor, which also acknowledges it."""
-        entry_id = entry.entry_id
-        if not entry.fields and not entry.oversized:  # trimmed while pending: nothing left
-            await self.processor.drop_gone(entry_id)
-            return
-        handled = await self.processor.handle(entry_id, entry.fields, oversized=entry.oversized)
-        self.counts[handled.kind] += 1
-        if handled.kind == HandledKind.DUPLICATE:
-            metrics.DUPLICATES.inc()
