@@ -69,7 +69,7 @@ class ApplyService:
         self.executor = executor or create_executor(settings)
         name = f"apply_layer:{settings.consumer_name}"
         # Every connection reports the server it reached: a different one may have lost
-        # writes, and the executor then looks orders up before sending (redis_identity).
+        # writes, and the executor then looks orders up before sending (store/identity.py).
         self.identity = IdentityTracker(state_path=state_file(settings.state_dir))
         self.redis: Redis = redis_for(settings, name=name, identity=self.identity)
         self.reader: Redis = redis_for(

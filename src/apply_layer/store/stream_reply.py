@@ -62,7 +62,7 @@ class StreamEntry:
 
 
 def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")  # as the client decodes (redis_client)
+    return raw.decode("utf-8", "replace")  # as the client decodes (connection.py)
 
 
 _ECHO = frozenset(name.encode() for name in ECHO_FIELDS)
