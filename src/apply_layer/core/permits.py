@@ -181,6 +181,13 @@ def _json_constant(name: str) -> Decimal:
     return Decimal(name)
 
 
+# One decoder, built once: json.loads with these hooks builds a new one (and its
+# scanner) for every permit, twice per plan on the gate's path.
+_PERMIT_JSON = json.JSONDecoder(
+    parse_float=Decimal, parse_int=Decimal, parse_constant=_json_constant
+)
+
+
 def is_oversized(raw: str) -> bool:
     """Rule 0: the script's summary of an oversized value, or a value past the limit.
 
@@ -199,9 +206,7 @@ def decode_permit(kind: str, raw: str) -> dict[str, Any] | None:
             return None
         return data if isinstance(data, dict) else None
     try:
-        data = json.loads(
-            raw, parse_float=Decimal, parse_int=Decimal, parse_constant=_json_constant
-        )
+        data = _PERMIT_JSON.decode(raw)
     except (ValueError, RecursionError):
         return None
     if isinstance(data, dict):
