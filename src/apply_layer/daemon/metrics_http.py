@@ -246,7 +246,7 @@ async def serve(port: int, addr: str = "127.0.0.1") -> MetricsServer | None:
     Loopback by default: the endpoint has no authentication, and the plan
     counts, outcomes and timings it shows are nobody else's business unless
     the operator chooses to expose them. It runs on the caller's event loop,
-    with bounded connections and timeouts (``metrics_http``). Returns the
+    with bounded connections and timeouts (:class:`MetricsServer`). Returns the
     server (None when off); a port in use is a ConfigError naming it (exit 2).
     """
     if port == 0:
