@@ -20,9 +20,12 @@ from apply_layer.core.permits import (
     PermitVerdict,
     evaluate_permit,
     governor_block_reason,
+    grants,
     is_oversized,
+    is_true,
     kill_on,
     parse_qty,
+    permit_qty,
     sanitise_reason,
 )
 from apply_layer.ops.embedded_redis import EmbeddedRedis
@@ -396,6 +399,35 @@ def test_json_constants_elsewhere_do_not_deny(raw: str, qty: Decimal) -> None:
 )
 def test_parse_qty(value: Any, qty: Decimal | None) -> None:
     assert parse_qty(value) == qty
+
+
+@pytest.mark.parametrize(
+    ("value", "true"),
+    [
+        (True, True),
+        (1, True),
+        (Decimal(1), True),  # JSON's 1, as the gate decodes it
+        (Decimal("1.0"), True),
+        ("TRUE", True),
+        ("1", True),
+        (False, False),
+        (0, False),
+        (Decimal(2), False),
+        ("yes", False),
+        (None, False),
+    ],
+)
+def test_a_grant_flag_is_true_only_as_the_gate_reads_it(value: Any, true: bool) -> None:
+    assert is_true(value) is true
+
+
+def test_an_issuers_floats_read_as_the_json_text_the_gate_decodes() -> None:
+    """What ``sign_permit`` sees (the issuer's dict) reads as what the gate will."""
+    assert grants({"allow": 1.0}) and grants({"granted": True, "allow": 1.0})
+    assert not grants({"allow": 0.0}) and not grants({"allow": 1.5}) and not grants({})
+    assert permit_qty({"safe_qty": 0.1}) == Decimal("0.1")  # repr, not the binary value
+    assert permit_qty({"safe_qty": 0.1 + 0.2}) == Decimal("0.30000000000000004")
+    assert permit_qty({"safe_qty": float("nan")}) is None
 
 
 def test_governor_block_reasons() -> None:

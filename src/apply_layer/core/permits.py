@@ -104,10 +104,7 @@ def _from_float(value: Any) -> Any:
     the signer, which sees the issuer's dict, read what the gate will.
     """
     if isinstance(value, float):
-        try:
-            return Decimal(repr(value))
-        except InvalidOperation:  # pragma: no cover - repr() of a float is valid Decimal text
-            return Decimal("NaN")
+        return Decimal(repr(value))  # repr() of any float (nan, inf too) is Decimal text
     return value
 
 
