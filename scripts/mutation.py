@@ -531,6 +531,7 @@ HAND_MUTANTS: tuple[HandMutant, ...] = (
         "CLIENT_ORDER_ID_MAX = 36",
         "CLIENT_ORDER_ID_MAX = 37",
         (
+            "tests/core/test_order_ids.py",
             "tests/executors/binance/test_order_ids.py",
             "tests/executors/binance/test_executor.py",
         ),
