@@ -24,6 +24,9 @@ import asyncio
 import contextlib
 import json
 import random
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,6 +44,8 @@ from apply_layer.store.gate import GateConfig, PermitGate
 from apply_layer.store.keyspace import KeyspaceWatcher
 from bench.measure import set_notifications, summary_ms
 from tests.harness import SYM as SYMBOL
+
+ROOT = Path(__file__).resolve().parents[1]  # where ``bench`` is a package
 
 # The seed's _LUA_CONSUME_BOTH_PERMITS as its report gives it (the TTLs feed its BLOCK line).
 OLD_GATE_LUA = """
@@ -173,6 +178,55 @@ def p33_permit(allow: bool) -> str:
     )
 
 
+class WriterProcess:
+    """``bench.p33_writer`` in a process of its own, told each plan's times on its stdin.
+
+    Its output goes to a file read at the end, not to a pipe this loop reads:
+    a pipe would wake this process (the gate's) each time P3.3 has written,
+    which the deployment's idle daemon does not get.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._out = Path(tempfile.mkdtemp(prefix="p33-writer-")) / "written.tsv"
+        self._proc: subprocess.Popen[str] | None = None
+
+    async def start(self) -> None:
+        with self._out.open("w") as out:
+            self._proc = subprocess.Popen(  # noqa: ASYNC220, S603 (our own module, started once)
+                [sys.executable, "-m", "bench.p33_writer", self.url],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                text=True,
+            )
+        deadline = time.monotonic() + 20.0
+        while not self._out.read_text().startswith("ready"):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bench.p33_writer did not start (exit {self._proc.poll()})")
+            await asyncio.sleep(0.01)
+
+    def schedule(self, plan_id: str, governor_at: float, p33_at: float) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(f"{plan_id}\t{governor_at!r}\t{p33_at!r}\n")
+        self._proc.stdin.flush()
+
+    def finish(self, timeout: float = 20.0) -> dict[str, float]:
+        """Stop it; when it sent each plan's P3.3 ``SETEX`` (perf_counter)."""
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write("end\n")
+        self._proc.stdin.close()
+        if self._proc.wait(timeout) != 0:
+            raise RuntimeError(f"bench.p33_writer failed (exit {self._proc.returncode})")
+        lines = self._out.read_text().splitlines()[1:]
+        return {plan: float(at) for plan, at in (line.split("\t") for line in lines)}
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+
 async def _sleep_until(t: float) -> None:
     delay = t - time.perf_counter()
     if delay > 0:
@@ -189,19 +243,27 @@ async def run_gate(
     last_ms: tuple[float, float] = (20.0, 320.0),
     seed: int = 1,
     tag: str = "",
+    writer_process: bool = False,
 ) -> GateRun:
     """Decide ``plans`` plans with at most ``concurrency`` waiting at once.
 
     Each plan: the gate starts waiting; the governor permit lands at a random
     moment before the last write, and P3.3's permit (or deny) lands at a
-    random moment in ``last_ms`` after the start.
+    random moment in ``last_ms`` after the start. With ``writer_process`` the
+    permits (allowing ones only) are written by ``bench.p33_writer`` in a
+    process of its own, as P3.3 writes them; else by a client in this process.
     """
+    if writer_process and deny:
+        raise ValueError("bench.p33_writer writes allowing permits only")
     rng = random.Random(seed)
     under_test = GateUnderTest(url, gate)
     writer: Redis = create_redis(url, name="bench:writer")
     run = GateRun(gate, concurrency, watcher_status="")
     slots = asyncio.Semaphore(concurrency)
     prefix = f"{tag or gate}-{'d' if deny else 'a'}-{int(time.time() * 1000) % 10**8}"
+
+    decided: dict[str, tuple[float, float]] = {}  # plan -> (started, decided_at)
+    written_at: dict[str, float] = {}
 
     async def one(i: int) -> None:
         plan_id = f"{prefix}-{i}"
@@ -210,29 +272,44 @@ async def run_gate(
         async with slots:
             started = time.perf_counter()
             decision = asyncio.create_task(under_test.decide(plan_id))
+            if process is not None:  # it writes both at these times; we sit idle meanwhile
+                process.schedule(plan_id, started + first, started + last)
+                result = await decision
+                decided[plan_id] = (started, result.decided_at)
+                run.add_outcome(("ALLOW" if result.allowed else "BLOCK") + f":{result.reason}")
+                return
             await _sleep_until(started + first)
             await writer.set(ISSUERS["governor"].key(plan_id), governor_permit(), ex=60)
             await _sleep_until(started + last)
-            written = time.perf_counter()
+            written_at[plan_id] = time.perf_counter()
             if deny and gate == "old_gate":
                 pass  # the old P3.3 wrote no key for a deny: "written" is when it decided
             else:
                 await writer.set(ISSUERS["p33"].key(plan_id), p33_permit(not deny), ex=60)
             result = await decision
-        run.reaction_ms.append((result.decided_at - written) * 1000)
-        run.total_ms.append((result.decided_at - started) * 1000)
+        decided[plan_id] = (started, result.decided_at)
         run.add_outcome(("ALLOW" if result.allowed else "BLOCK") + f":{result.reason}")
 
+    process = WriterProcess(url) if writer_process else None
     try:
         await under_test.start()
+        if process is not None:
+            await process.start()
         run.watcher_status = under_test.status
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(plans)))
         run.seconds = time.perf_counter() - t0
         run.plans = plans
+        if process is not None:
+            written_at = process.finish()
     finally:
+        if process is not None:
+            process.kill()
         await under_test.close()
         await writer.aclose()
+    for plan_id, (started, decided_at) in decided.items():
+        run.reaction_ms.append((decided_at - written_at[plan_id]) * 1000)
+        run.total_ms.append((decided_at - started) * 1000)
     return run
 
 

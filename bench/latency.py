@@ -41,6 +41,7 @@ async def scenario_reaction(ctx: Ctx) -> ScenarioReport:
     rep = ScenarioReport("1", "Reaction: last permit written -> gate's decision (in process)")
     runs: dict[str, GateRun] = {}
     alone: dict[str, GateRun] = {}
+    apart: dict[str, GateRun] = {}  # P3.3 from a process of its own, as deployed
     with gate_logging(ctx.workdir / "gate-1.log"):
         for gate in GATES:
             await ctx.admin.flushall()
@@ -50,6 +51,11 @@ async def scenario_reaction(ctx: Ctx) -> ScenarioReport:
             await ctx.admin.flushall()
             n = s.reaction_control
             alone[gate] = await run_gate(ctx.url, gate, plans=n, concurrency=1, deny=False)
+        for gate in GATES:
+            await ctx.admin.flushall()
+            apart[gate] = await run_gate(
+                ctx.url, gate, plans=n, concurrency=1, deny=False, writer_process=True
+            )
         await ctx.admin.flushall()
         floor = summary_ms(await run_floor(ctx.url, s.reaction_control))
         ping = summary_ms(await ping_rtt(ctx.url, s.reaction_control))
@@ -59,6 +65,7 @@ async def scenario_reaction(ctx: Ctx) -> ScenarioReport:
     for label, batch, quantiles in (
         (f"{c} waiting at once", runs, (("p50", 1.0), ("p95", None), ("p99", 5.0), ("max", None))),
         ("one at a time", alone, (("p50", 1.0), ("p99", 5.0), ("max", None))),
+        ("one at a time, P3.3 apart", apart, (("p50", 1.0), ("p99", 5.0), ("max", None))),
     ):
         summ = {g: summary_ms(r.reaction_ms) for g, r in batch.items()}
         rep.rows += latency_rows("1 reaction", label, summ, quantiles)
@@ -67,6 +74,10 @@ async def scenario_reaction(ctx: Ctx) -> ScenarioReport:
         f" {s.reaction_control} one at a time; the last permit lands 20-320 ms after the gate"
         " starts waiting (uniform), the governor's before it. Time from just before the last"
         " SET is sent to the return of the gate's call, both in this process (perf_counter).",
+        "'P3.3 apart': the permits written by bench.p33_writer, a process of its own with a"
+        " synchronous client, as the deployment's P3.3 writes them (GET of the symbol's P3.4"
+        " hold, then SETEX); timed from just before its SETEX (perf_counter is CLOCK_MONOTONIC,"
+        " shared by both processes); this process sits idle until the permit's event.",
         f"floor: the project gate's call with both permits already there (one EVALSHA, the"
         f" verdicts re-checked in Python, the log line): p50 {floor['p50']:.2f} ms,"
         f" p99 {floor['p99']:.2f} ms; a bare PING round trip, one at a time:"
@@ -82,6 +93,7 @@ async def scenario_reaction(ctx: Ctx) -> ScenarioReport:
     ]
     rep.data = {g: r.as_dict() for g, r in runs.items()} | {
         "one_at_a_time": {g: r.as_dict() for g, r in alone.items()},
+        "one_at_a_time_p33_apart": {g: r.as_dict() for g, r in apart.items()},
         "floor_ms": floor,
         "ping_ms": ping,
         "ping_after_200ms_idle_ms": ping_idle,

@@ -7,14 +7,21 @@ anything is: the sizes are far too small for the figures to mean anything.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import pytest
+
+from apply_layer.core.keys import ISSUERS
+from bench import p33_writer
 
 # Its module-scoped fixture builds once per worker: keep its tests on one (pytest-xdist).
 pytestmark = pytest.mark.xdist_group("bench")
@@ -87,6 +94,13 @@ def test_the_columns_compare_what_they_say(report: dict[str, Any]) -> None:
             assert all(k.startswith(want) for k in outcomes), (key, gate, outcomes)
             assert _finite(data[gate]["reaction_ms"]["p50"])
             assert 0 <= data[gate]["reaction_ms"]["p50"] < 5000
+    # The same gates, one at a time, with P3.3 writing from a process of its own.
+    apart = scenarios["1"]["data"]["one_at_a_time_p33_apart"]
+    for gate in ("project", "old_behaviour", "old_gate"):
+        assert apart[gate]["plans"] == sum(apart[gate]["outcomes"].values()) > 0
+        assert all(k.startswith("ALLOW") for k in apart[gate]["outcomes"]), apart[gate]
+        assert 0 < apart[gate]["reaction_ms"]["p50"] < 5000
+    assert any("P3.3 apart" in r["metric"] for r in scenarios["1"]["rows"])
     # The old gate waits out its deadline on a deny; the project does not.
     assert scenarios["2"]["data"]["old_gate"]["total_ms"]["p50"] >= 1100
     reaction = next(r for r in scenarios["1"]["rows"] if r["metric"].startswith("p50"))
@@ -136,6 +150,43 @@ def test_the_reaction_parts_diagnostic_prints_every_part() -> None:
     }
     assert set(p50) == {"event", "to_send", "rtt", "resume", "build", "log", "total"}
     assert all(v >= 0 for v in p50.values()) and p50["total"] > 0
+
+
+def test_the_reaction_floor_diagnostic_prints_every_part_for_both_writers() -> None:
+    proc = _bench("bench.reaction_floor", "--plans", "3", timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    blocks = proc.stdout.split("writer ")[1:]
+    assert [b.split(":")[0] for b in blocks] == ["apart", "here"]
+    for block in blocks:
+        p50 = {line.split()[0]: float(line.split()[2]) for line in block.splitlines()[1:]}
+        assert set(p50) == {"event", "script", "build", "log", "resume", "total"}
+        assert all(v >= 0 for v in p50.values())
+        # The parts are consecutive: together they are the whole (medians, so roughly).
+        assert p50["total"] > 0 and p50["script"] > 0
+
+
+def test_the_p33_writer_reads_the_hold_then_writes_when_told() -> None:
+    """bench.p33_writer writes as P3.3's _grant_permit: GET of the hold, then SETEX."""
+    sent: list[tuple[Any, ...]] = []
+
+    class Recording(fakeredis.FakeRedis):
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            sent.append(args)
+            return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+    client = Recording(decode_responses=True)
+    now = time.perf_counter()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        p33_writer.serve(client, iter([f"plan-1\t{now}\t{now + 0.01}\n", "end\n", "x\t1\t2\n"]))
+    governor, p33 = ISSUERS["governor"].key("plan-1"), ISSUERS["p33"].key("plan-1")
+    hold = p33_writer.HOLD_KEY
+    assert [c[:2] for c in sent] == [("SET", governor), ("GET", hold), ("SETEX", p33)]
+    assert json.loads(client.get(p33) or "")["allow"] is True
+    assert 0 < client.ttl(p33) <= p33_writer.PERMIT_TTL_SEC
+    plan, written = out.getvalue().split("\t")
+    assert plan == "plan-1" and now + 0.01 <= float(written) < time.perf_counter()
+    assert p33_writer.clock_is_shared()
 
 
 def test_the_order_lookup_benchmark_prints_its_three_lines() -> None:
