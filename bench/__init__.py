@@ -13,6 +13,8 @@ scenarios:
 
 * ``latency``: 1 reaction (last permit written -> the gate's decision) and
   2 denial (a deny written -> BLOCK), the gates of ``gates`` in this process;
+  the permits written here, or (1, "P3.3 apart") by ``p33_writer`` in a
+  process of its own, as the deployment's P3.3 writes them;
 * ``e2e``: 3 end-to-end throughput through real daemons, permits 50-300 ms
   after each plan;
 * ``present``: 4 throughput with permits already there, Redis commands
@@ -29,6 +31,8 @@ Stand-alone measurements, each ``python -m bench.<module>``:
 
 * ``script_calls``: CPU per script call, redis-py against ``ScriptBatcher``;
 * ``reaction_parts``: where a one-at-a-time reaction's time goes;
+* ``reaction_floor``: the same reaction with every layer taken out (raw
+  sockets, the gate's call written from the socket's callback): a floor;
 * ``order_lookup``: what the lookup before a first send costs per order
   (testnet executor, the tests' fake Binance);
 * ``wait_replicas``: what ``APPLY_REDIS_WAIT_REPLICAS`` costs per send record.
