@@ -22,6 +22,7 @@ import io
 import json
 import os
 import resource
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -44,10 +45,11 @@ from apply_layer.daemon.housekeeping import Housekeeping
 from apply_layer.daemon.metrics_http import HEADER_TIMEOUT_SEC, MAX_CONNECTIONS
 from apply_layer.logs import get_logger, setup_logging
 from apply_layer.ops.embedded_redis import EmbeddedRedis, free_port
-from tests.harness import Daemon, cli_database, settings_for
+from tests.harness import Daemon, cli_database, settings_for, until
 
 IDLE_CONNECTIONS = 1000
 RSS_GROWTH_BOUND_MB = 8  # docs/OPERATIONS.md, "Metrics": what 1,000 idle connections may add
+FLOOD_CHUNK = 64  # connects at a time: fewer than the listen queue holds (asyncio's 100)
 
 # Every kind of character that broke a line or a terminal: C0 (LF, CR, TAB, ESC,
 # NUL, BEL, VT, FF, the separators 0x1C-0x1F), DEL, C1 (NEL, CSI), and the
@@ -85,15 +87,59 @@ def _room_for(descriptors: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors, hard))
 
 
-def _open_idle(port: int, count: int) -> list[socket.socket]:
-    """``count`` connections that never send a byte (non-blocking connects)."""
-    socks = []
-    for _ in range(count):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.connect_ex(("127.0.0.1", port))
-        socks.append(sock)
+async def _open_idle(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that never send a byte, open once the daemon has taken
+    them all in: made :data:`FLOOD_CHUNK` at a time, each chunk once the one before
+    is taken in (:func:`_taken_in`).
+
+    This was all ``count`` non-blocking connects at once, then a fixed 1 s sleep
+    for "the daemon sees the flood". Most of those connects overflowed the listen
+    queue; the kernel sends a dropped SYN again after its 1 s timeout, so that part
+    of the flood reached the port with the scrape, a second later, and the scrape
+    was measured in the middle of the flood rather than after it.
+    """
+    socks: list[socket.socket] = []
+    seen: dict[str, int] = {}
+
+    def taken_in() -> bool:
+        seen.update(_taken_in(socks))
+        return seen["connecting"] == 0 and seen["open"] <= MAX_CONNECTIONS
+
+    try:
+        for start in range(0, count, FLOOD_CHUNK):
+            for _ in range(min(FLOOD_CHUNK, count - start)):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(sock)
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", port))
+            try:
+                await until(taken_in)
+            except AssertionError:
+                raise AssertionError(f"{len(socks)} connects not taken in: {seen}") from None
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
     return socks
+
+
+def _taken_in(socks: list[socket.socket]) -> dict[str, int]:
+    """How many of ``socks`` are still connecting, and how many are open: neither
+    closed by the daemon (to make room) nor refused. Once none is connecting and
+    at most the daemon's cap is open, it has accepted every one."""
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock, select.POLLOUT | select.POLLIN | select.POLLRDHUP)
+    events = dict(poller.poll(0))
+    closed = select.POLLIN | select.POLLRDHUP | select.POLLERR | select.POLLHUP
+    connecting = opened = 0
+    for sock in socks:
+        event = events.get(sock.fileno(), 0)
+        if not event & (select.POLLOUT | select.POLLERR | select.POLLHUP):
+            connecting += 1
+        elif not event & closed:
+            opened += 1
+    return {"connecting": connecting, "open": opened}
 
 
 @pytest.fixture
@@ -121,9 +167,8 @@ async def test_a_thousand_idle_connections_neither_stop_a_scrape_nor_grow_the_da
     first, _ = await _scrape(port)  # the first scrape's allocations are not the flood's
     assert first.status_code == 200
     before = _status(daemon.proc.pid)
-    idle = _open_idle(port, IDLE_CONNECTIONS)
+    idle = await _open_idle(port, IDLE_CONNECTIONS)  # the daemon has seen the whole flood
     try:
-        await asyncio.sleep(1.0)  # the daemon sees the flood before the scrape
         response, took = await _scrape(port)
         during = _status(daemon.proc.pid)
         await asyncio.sleep(0.5)
