@@ -8,8 +8,11 @@ each (``scripts/fuzz.py``, docs/TESTING.md). Tests that set their own
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -20,14 +23,24 @@ from apply_layer.ops.embedded_redis import PORT_RANGE_ENV, EmbeddedRedis
 from apply_layer.store.connection import create_redis
 
 PORTS_PER_WORKER = 500
+PORT_LOCKS = Path(tempfile.gettempdir()) / "apply-layer-test-ports"
+_held: list[int] = []  # the claimed range's lock: held until this process exits
 
 
-def _worker_ports() -> str:
+def _claim_ports() -> str:
     """This test process's own port range, below the kernel's ephemeral ports.
 
-    pytest-xdist's workers (``gw0``, ``gw1``...) each take the next range down,
-    so no two workers' servers ever share a port, and no outgoing connection
-    takes a port whose server a test has stopped to restart it.
+    The ranges are :data:`PORTS_PER_WORKER` ports each, counted down from the
+    first ephemeral port. A process takes the first one no other process
+    holds, from its pytest-xdist worker's own (``gw0`` the top one, ``gw1`` the
+    next...), by an exclusive lock on a file named after it, which the kernel
+    releases when the process exits, however it exits. So no two processes'
+    servers share a port: neither two workers of a run nor two runs sharing
+    the machine. A range per worker number alone gave every run's ``gw0`` the
+    same 500 ports, and a port one run had just found free could be another
+    run's server by the time its own started. Below the ephemeral ports, no
+    outgoing connection takes a port whose server a test has stopped to
+    restart it.
     """
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
@@ -36,11 +49,24 @@ def _worker_ports() -> str:
         ephemeral = 32768
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
-    last = ephemeral - 1 - index * PORTS_PER_WORKER
-    return f"{last - PORTS_PER_WORKER + 1}-{last}"
+    slots = (ephemeral - 1024) // PORTS_PER_WORKER  # never the privileged ports
+    PORT_LOCKS.mkdir(exist_ok=True)
+    for step in range(slots):
+        slot = (index + step) % slots
+        fd = os.open(PORT_LOCKS / f"{slot}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _held.append(fd)
+        last = ephemeral - 1 - slot * PORTS_PER_WORKER
+        return f"{last - PORTS_PER_WORKER + 1}-{last}"
+    raise RuntimeError(f"every one of the {slots} test port ranges is held ({PORT_LOCKS})")
 
 
-os.environ[PORT_RANGE_ENV] = _worker_ports()  # xdist workers inherit the controller's
+# Each process its own: xdist workers import this module again and claim theirs.
+os.environ[PORT_RANGE_ENV] = _claim_ports()
 
 FUZZ_EXAMPLES = {"ci": 200, "nightly": 10_000}
 # No wall-clock limits: Hypothesis' deadline (200 ms an example) and its

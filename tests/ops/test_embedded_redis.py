@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,15 +15,31 @@ from apply_layer.ops import embedded_redis
 from apply_layer.ops.embedded_redis import PORT_RANGE_ENV, EmbeddedRedis, free_port
 
 
-def test_this_worker_allocates_below_the_ephemeral_ports() -> None:
+def test_this_process_allocates_below_the_ephemeral_ports() -> None:
     first, last = map(int, os.environ[PORT_RANGE_ENV].split("-"))
     with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
         ephemeral = int(f.read().split()[0])
-    assert last < ephemeral and last - first + 1 == 500
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    index = int(worker.removeprefix("gw"))
-    assert last == ephemeral - 1 - 500 * index  # gw0 the top range, gw1 the next...
+    assert first >= 1024 and last < ephemeral and last - first + 1 == 500
+    assert (ephemeral - 1 - last) % 500 == 0  # one of the ranges counted down from there
     assert first <= free_port() <= last
+
+
+def test_another_test_run_beside_this_one_gets_another_range() -> None:
+    # Two runs sharing the machine (two worktrees) each took gw0's range by its
+    # number, and a port one found free could be the other's server a moment
+    # later. A second process claiming a range as tests/conftest.py does (same
+    # worker name, same environment) gets one of its own while this one runs.
+    code = f"import os, tests.conftest; print(os.environ[{PORT_RANGE_ENV!r}])"
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[2],
+    ).stdout.strip()
+    first, last = map(int, other.split("-"))
+    assert last - first + 1 == 500
+    assert other != os.environ[PORT_RANGE_ENV]
 
 
 def test_a_range_skips_busy_ports_walks_on_and_says_when_it_is_exhausted(

@@ -6,11 +6,12 @@ never timed one out: 70 idle loopback connections stopped it under the unit's
 spends no thread at all, and bounds what any client can hold:
 
 * at most :data:`MAX_CONNECTIONS` connections at once. A new connection past
-  the cap closes the oldest one still waiting for its request (an idle or a
-  slow one), so idle connections cannot lock a scrape out: a scrape sends its
-  request as soon as it connects, while the oldest idle one has had its turn.
-  The daemon's file descriptors, which Redis and the exchange need, are never
-  the metrics clients' to exhaust;
+  the cap closes the oldest one that has sent nothing yet, else the oldest
+  one still waiting for its request (a slow one), so idle connections cannot
+  lock a scrape out: a scrape sends its request as soon as it connects, and
+  a request counts as sent once it is in the socket, read or not (see
+  :meth:`MetricsServer._make_room`). The daemon's file descriptors, which
+  Redis and the exchange need, are never the metrics clients' to exhaust;
 * the request line and headers must arrive whole within
   :data:`HEADER_TIMEOUT_SEC` and fit :data:`MAX_HEADER_BYTES` (a slowloris
   trickle is closed at the deadline; too large a head gets 431);
@@ -29,9 +30,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import gzip
 import socket
-from collections.abc import Callable
+import sys
+import termios
+from collections.abc import Callable, Iterable
+from typing import SupportsIndex
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -80,8 +85,9 @@ class MetricsServer:
         self.max_header_bytes = max_header_bytes
         self.write_timeout = write_timeout
         self._server: asyncio.Server | None = None
-        # Open connections in arrival order; True while one still waits for its request.
-        self._open: dict[asyncio.StreamWriter, bool] = {}
+        # Open connections in arrival order, with their reader while one still waits
+        # for its request (None once it is being answered).
+        self._open: dict[asyncio.StreamWriter, asyncio.StreamReader | None] = {}
         self.evicted = 0  # connections closed to make room (tests, and a gauge if ever needed)
 
     async def start(self, port: int, addr: str = "127.0.0.1") -> None:
@@ -101,9 +107,13 @@ class MetricsServer:
             raise ConfigError(
                 f"cannot serve metrics on {where} (APPLY_METRICS_BIND, APPLY_METRICS_PORT): {why}"
             ) from None
-        self._server = await asyncio.start_server(
-            self._connection, sock=sock, limit=self.max_header_bytes
-        )
+
+        # asyncio.start_server's own factory, with a reader that notes the first byte.
+        def protocol() -> asyncio.StreamReaderProtocol:
+            reader = _Reader(limit=self.max_header_bytes)
+            return asyncio.StreamReaderProtocol(reader, self._connection)
+
+        self._server = await asyncio.get_running_loop().create_server(protocol, sock=sock)
 
     @property
     def port(self) -> int:
@@ -124,10 +134,20 @@ class MetricsServer:
         self._server = None
 
     def _make_room(self) -> bool:
-        """Close the oldest connection still waiting for its request; False if none is."""
-        oldest = next((w for w, waiting in self._open.items() if waiting), None)
-        if oldest is None:
+        """Close one connection still waiting for its request; False if none is.
+
+        The one closed is the oldest that has sent nothing yet, else the oldest
+        waiting. A request counts as sent as soon as it is in the socket: the
+        loop accepts up to 100 queued connections in one tick and starts their
+        handlers before it reads any of them, so a scrape accepted just ahead of
+        a burst of new connections still has its request unread in the kernel
+        while the burst makes room. Taking the oldest waiting, as this did, closed
+        that scrape when the cap's worth of connections came in behind it.
+        """
+        waiting = [(w, r) for w, r in self._open.items() if r is not None]
+        if not waiting:
             return False
+        oldest = next((w for w, r in waiting if _silent(w, r)), waiting[0][0])
         self._open.pop(oldest)
         oldest.transport.abort()
         self.evicted += 1
@@ -137,7 +157,7 @@ class MetricsServer:
         if len(self._open) >= self.max_connections and not self._make_room():
             writer.transport.abort()  # every slot is sending a response: try again
             return
-        self._open[writer] = True
+        self._open[writer] = reader
         try:
             try:
                 async with asyncio.timeout(self.header_timeout):
@@ -149,7 +169,7 @@ class MetricsServer:
                 return  # slow, gone, or closed to make room: nothing to answer
             if writer not in self._open:
                 return
-            self._open[writer] = False  # a request: not to be closed for room any more
+            self._open[writer] = None  # a request: not to be closed for room any more
             status, headers, body, head_only = self._answer(head)
             await self._respond(writer, status, body, head_only=head_only, headers=headers)
         finally:
@@ -219,6 +239,34 @@ class MetricsServer:
             async with asyncio.timeout(self.write_timeout):
                 writer.close()  # after what is buffered has gone out
                 await writer.wait_closed()
+
+
+class _Reader(asyncio.StreamReader):
+    """A StreamReader that knows whether its client has sent a byte yet."""
+
+    heard = False
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        self.heard = self.heard or bool(data)
+        super().feed_data(data)
+
+
+def _silent(writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> bool:
+    """Whether a connection has sent nothing: no byte read, and none waiting in the socket."""
+    if not isinstance(reader, _Reader) or reader.heard:
+        return False
+    return _unread_bytes(writer) == 0
+
+
+def _unread_bytes(writer: asyncio.StreamWriter) -> int:
+    """The bytes the kernel holds for a connection that the loop has not read yet
+    (FIONREAD); 0 once the socket is closed."""
+    sock = writer.get_extra_info("socket")
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, AttributeError, ValueError):
+        return 0
+    return int.from_bytes(raw, sys.byteorder)
 
 
 def _listening_socket(addr: str, port: int) -> socket.socket:

@@ -52,10 +52,11 @@ def free_port() -> int:
     """A loopback port nobody listens on.
 
     Where ``$APPLY_TEST_PORT_RANGE`` (``FIRST-LAST``) is set, the port comes
-    from that range: the test fixtures give each pytest-xdist worker a range
-    of its own, below the kernel's ephemeral ports, so that neither another
-    worker nor an outgoing connection's local port can take a server's port
-    while the server is stopped for a restart. Otherwise the kernel picks.
+    from that range: the test fixtures give each test process (each
+    pytest-xdist worker, each run sharing the machine) a range of its own,
+    below the kernel's ephemeral ports, so that neither another test process
+    nor an outgoing connection's local port can take a server's port while
+    the server is stopped for a restart. Otherwise the kernel picks.
     """
     span = os.environ.get(PORT_RANGE_ENV)
     if not span:
