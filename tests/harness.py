@@ -279,6 +279,13 @@ async def until(check: Callable[[], object], timeout: float = 20.0) -> None:
     raise AssertionError("condition not reached")
 
 
+async def blocked_in(redis: Redis, command: str) -> bool:
+    """Whether a client of the server is blocked in ``command`` now (CLIENT LIST: its last
+    command, and flag ``b``): a blocking read has reached the server and waits there."""
+    clients = await redis.client_list()
+    return any(c.get("cmd") == command and "b" in c.get("flags", "") for c in clients)
+
+
 async def wait_result(redis: Redis, plan_id: str, timeout: float = 15.0) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -292,6 +299,12 @@ async def wait_result(redis: Redis, plan_id: str, timeout: float = 15.0) -> dict
 async def pending_count(redis: Redis, group: str = "apply_layer") -> int:
     info = await redis.xpending(K.PLAN_STREAM, group)
     return int(info["pending"])
+
+
+async def all_acked(redis: Redis, group: str = "apply_layer") -> bool:
+    """Whether ``group`` has no entry left unacknowledged: for ``until``, since the ack
+    follows the result by a moment a fixed sleep cannot promise on a loaded machine."""
+    return await pending_count(redis, group) == 0
 
 
 # The running system's schema for quantum:stream:apply.result (docs/CONTRACT.md,
