@@ -17,10 +17,12 @@ from tests.fake_binance import API_KEY, API_SECRET, ORDER, FakeBinance, slow
 from tests.harness import (
     Daemon,
     FakeBinanceDaemons,
+    all_acked,
     grant,
     pending_count,
     publish_plan,
     results,
+    until,
     wait_result,
 )
 
@@ -40,14 +42,6 @@ def testnet(
     )
     yield daemons
     daemons.stop()
-
-
-async def until(predicate: Callable[[], object], timeout: float = 15.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def test_testnet_happy_path(
@@ -92,8 +86,7 @@ async def test_kill_9_between_send_and_response(
     assert fake.positions["BTCUSDT"] == Decimal("0.003")
     assert [r["plan_id"] for r in await results(redis)].count("k9") == 1
     assert (await redis.hgetall(K.journal("k9")))["state"] == "executed"
-    await asyncio.sleep(0.3)  # the ack follows the result
-    assert await pending_count(redis) == 0
+    await until(lambda: all_acked(redis))  # the ack follows the result
 
 
 @pytest.mark.parametrize("kept", [True, False], ids=["identity-kept", "no-state-dir"])
