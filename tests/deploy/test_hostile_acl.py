@@ -16,6 +16,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.exceptions import NoPermissionError
@@ -37,7 +38,7 @@ from tests.acl import (  # the shipped ACL on a real server, as deployed
     server_version,
     setuser,
 )
-from tests.harness import Daemon, grant, publish_plan, wait_result
+from tests.harness import Daemon, grant, pending_count, publish_plan, until, wait_result
 
 GOV, P33 = K.ISSUERS["governor"], K.ISSUERS["p33"]
 LOOP = "while true do end"  # what froze Redis: SCRIPT KILL cannot stop it once it writes
@@ -195,15 +196,20 @@ async def test_a_library_removed_while_running_leaves_plans_waiting(
         await admin.execute_command("FUNCTION", "FLUSH")  # type: ignore[no-untyped-call]
         await grant(admin, "flushed")
         await publish_plan(admin, "flushed")
-        await asyncio.sleep(2.0)
+
+        def missing() -> list[dict[str, Any]]:
+            return [r for r in daemon.records() if LIBRARY.name in str(r.get("error", ""))]
+
+        await until(missing)  # the daemon has tried the plan and met the missing library
         # Fail closed: no result, the permits untouched, the entry still pending.
         assert await admin.xlen(K.RESULT_STREAM) == 0
         assert await admin.exists(GOV.key("flushed"), P33.key("flushed")) == 2
-        missing = [r for r in daemon.records() if LIBRARY.name in str(r.get("error", ""))]
-        assert missing and "FUNCTION LOAD" in str(missing[0]["error"]), daemon.log()
+        assert await pending_count(admin) == 1
+        assert "FUNCTION LOAD" in str(missing()[0]["error"]), daemon.log()
         load_functions(shipped)  # the admin loads it again: the plan goes through
         result = await wait_result(admin, "flushed", timeout=30)
         assert result["executed"] == "True", result
+        assert await admin.xlen(K.RESULT_STREAM) == 1  # and no earlier result was written
     finally:
         daemon.stop()
         await admin.aclose()
