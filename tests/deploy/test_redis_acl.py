@@ -37,7 +37,7 @@ from tests.acl import (
     run_cli,
     setuser,
 )
-from tests.harness import Daemon, grant, publish_plan, wait_result
+from tests.harness import Daemon, grant, publish_plan, until, wait_result
 
 # --- the file itself (no server) -----------------------------------------------------------
 
@@ -125,6 +125,16 @@ async def test_the_daemon_user_grants_what_every_configuration_sends(
         assert answer != "OK", refusal
 
 
+async def _journal_state(redis: Redis, plan_id: str, state: str) -> bool:
+    return await redis.hget(K.journal(plan_id), "state") == state
+
+
+async def _beat_after(redis: Redis, earlier: object) -> bool:
+    """Whether a heartbeat other than ``earlier`` has been written (each carries its time)."""
+    beat = await redis.get(K.HEARTBEAT_KEY)
+    return beat is not None and beat != earlier
+
+
 async def test_the_daemon_runs_every_path_as_its_acl_user(
     acl_server: EmbeddedRedis, admin: Redis, workdir: Path
 ) -> None:
@@ -138,7 +148,8 @@ async def test_the_daemon_runs_every_path_as_its_acl_user(
         assert str(started["keyspace_events"]).startswith("on (CONFIG GET refused"), started
 
         await publish_plan(admin, "acl-exec")
-        await asyncio.sleep(0.3)
+        # Taken and in its permit wait, so that the grant below wakes it.
+        await until(lambda: _journal_state(admin, "acl-exec", "received"))
         await grant(admin, "acl-exec")
         executed = await wait_result(admin, "acl-exec")
         assert executed["executed"] == "True", executed
@@ -157,8 +168,11 @@ async def test_the_daemon_runs_every_path_as_its_acl_user(
         assert (await wait_result(admin, "acl-kill"))["error"] == "kill_switch"
         await admin.delete("quantum:kill")
 
-        await asyncio.sleep(1.5)  # housekeeping ticks: heartbeat, XAUTOCLAIM, XINFO
-        assert await admin.exists(K.HEARTBEAT_KEY)
+        # A whole housekeeping tick (heartbeat, XPENDING, XINFO, XAUTOCLAIM) ran as this
+        # user: the heartbeat that began it is followed by the next one.
+        await until(lambda: admin.get(K.HEARTBEAT_KEY))
+        first_beat = await admin.get(K.HEARTBEAT_KEY)
+        await until(lambda: _beat_after(admin, first_beat))
     finally:
         daemon.stop()
     assert daemon.proc is not None and daemon.proc.returncode == 0, daemon.log()
