@@ -28,6 +28,7 @@ from apply_layer.core import keys as K
 from apply_layer.core.keys import ISSUERS
 from apply_layer.core.permits import MAX_PERMIT_BYTES
 from apply_layer.store.gate import GateConfig, wait_and_consume_permits
+from tests.harness import until
 
 SYM = "BTCUSDT"
 FAST = GateConfig(wait_ms=300, step_ms=20)
@@ -35,6 +36,7 @@ STALL_GUARD_US = 250_000  # the gross regression; the 10 ms target is bench/perm
 READS_WHOLE = {"GET", "GETDEL", "HGETALL", "HVALS", "HKEYS", "HMGET", "HGET", "DEL", "DUMP"}
 BIG_STRING = 32 << 20  # bytes
 BIG_HASH = 100_000  # fields
+END_MARK = "hostile-permits-monitor-end"  # a script's last command, seen by MONITOR
 
 
 async def plant_string(redis: Redis, key: str, size: int, head: str = '{"allow": true') -> None:
@@ -56,9 +58,11 @@ async def slowest(redis: Redis) -> tuple[int, list[Any]]:
     return max((int(e["duration"]) for e in entries), default=0), entries
 
 
-async def watch(redis: Redis, seen: list[str]) -> None:
-    """Append every command scripts run (MONITOR's ``lua`` client) until cancelled."""
+async def watch(redis: Redis, seen: list[str], on: asyncio.Event) -> None:
+    """Append every command scripts run (MONITOR's ``lua`` client) until cancelled;
+    ``on`` is set once the server has said OK to MONITOR."""
     async with redis.monitor() as monitor:  # connected, MONITOR on; released after
+        on.set()
         while True:
             command = await monitor.next_command()
             if command.get("client_type") == "lua":
@@ -80,12 +84,17 @@ async def test_oversized_permits_are_refused_without_stalling_redis(redis: Redis
     await redis.slowlog_reset()
     freed_before = await lazyfreed(redis)
     seen: list[str] = []
-    monitor = asyncio.create_task(watch(redis, seen))
-    await asyncio.sleep(0.05)  # MONITOR is on before the gate runs
+    monitor_on = asyncio.Event()
+    monitor = asyncio.create_task(watch(redis, seen, monitor_on))
     try:
+        await asyncio.wait_for(monitor_on.wait(), 20)  # MONITOR is on before the gate runs
         denied = await wait_and_consume_permits(redis, "huge", SYM, FAST)
         marked = await wait_and_consume_permits(redis, "huge-marker", SYM, FAST)
         worst, entries = await slowest(redis)
+        # MONITOR's feed comes in order, on its own connection: once a script's marker
+        # is in it, every command the gate's scripts ran before is in ``seen`` too.
+        await redis.eval(f"return redis.call('ECHO', '{END_MARK}')", 0)
+        await until(lambda: any(END_MARK in command for command in seen))
     finally:
         monitor.cancel()
         await redis.config_set("slowlog-log-slower-than", 10_000)
