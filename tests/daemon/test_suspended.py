@@ -23,7 +23,7 @@ import pytest
 from redis.asyncio import Redis
 
 from apply_layer.ops.embedded_redis import EmbeddedRedis, free_port
-from tests.harness import Daemon, grant, publish_plan, wait_result
+from tests.harness import Daemon, blocked_in, grant, publish_plan, until, wait_result
 
 STOPPED_SEC = 5.0  # past the read's deadline: 0.5 s of BLOCK plus 3 s
 
@@ -55,7 +55,7 @@ async def test_a_stopped_and_resumed_daemon_does_not_report_redis_down(
 ) -> None:
     daemon, port = metered
     await daemon.start().ready(redis)
-    await asyncio.sleep(1.0)  # idle: the daemon waits in XREADGROUP BLOCK
+    await until(lambda: blocked_in(redis, "xreadgroup"))  # idle: the daemon waits in its read
     before = await _scrape(port)
     assert _metric(before, "apply_redis_up") == 1
     errors = _metric(before, "apply_redis_errors_total")

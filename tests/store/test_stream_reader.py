@@ -27,6 +27,7 @@ from apply_layer.store.stream_reply import (
     MAX_ENTRY_FIELDS,
     StreamEntry,
 )
+from tests.harness import blocked_in, until
 
 S, G, C = "s", "g", "c"
 PLAN = {
@@ -145,7 +146,7 @@ async def test_errors_and_timeouts_leave_the_connection_usable(client: Redis) ->
     waiting = asyncio.ensure_future(
         stream_reader.xreadgroup(client, G, C, S, ">", count=1, block_ms=5000)
     )
-    await asyncio.sleep(0.1)
+    await until(lambda: blocked_in(client, "xreadgroup"))  # the read waits at the server
     waiting.cancel()  # a stop during the blocking read: that connection is dropped
     with pytest.raises(asyncio.CancelledError):
         await waiting
