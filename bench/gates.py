@@ -233,6 +233,20 @@ async def _sleep_until(t: float) -> None:
         await asyncio.sleep(delay)
 
 
+async def write_here(
+    writer: Redis, plan_id: str, governor_at: float, p33_at: float, p33_text: str | None
+) -> float:
+    """Scenario 1's in-process writer: the governor's permit, then P3.3's (none where
+    ``p33_text`` is None), each at its ``perf_counter`` time; when P3.3's was sent."""
+    await _sleep_until(governor_at)
+    await writer.set(ISSUERS["governor"].key(plan_id), governor_permit(), ex=60)
+    await _sleep_until(p33_at)
+    written = time.perf_counter()
+    if p33_text is not None:
+        await writer.set(ISSUERS["p33"].key(plan_id), p33_text, ex=60)
+    return written
+
+
 async def run_gate(
     url: str,
     gate: str,
@@ -272,20 +286,14 @@ async def run_gate(
         async with slots:
             started = time.perf_counter()
             decision = asyncio.create_task(under_test.decide(plan_id))
+            at = (started + first, started + last)
             if process is not None:  # it writes both at these times; we sit idle meanwhile
-                process.schedule(plan_id, started + first, started + last)
-                result = await decision
-                decided[plan_id] = (started, result.decided_at)
-                run.add_outcome(("ALLOW" if result.allowed else "BLOCK") + f":{result.reason}")
-                return
-            await _sleep_until(started + first)
-            await writer.set(ISSUERS["governor"].key(plan_id), governor_permit(), ex=60)
-            await _sleep_until(started + last)
-            written_at[plan_id] = time.perf_counter()
-            if deny and gate == "old_gate":
-                pass  # the old P3.3 wrote no key for a deny: "written" is when it decided
+                process.schedule(plan_id, *at)
             else:
-                await writer.set(ISSUERS["p33"].key(plan_id), p33_permit(not deny), ex=60)
+                # The old P3.3 wrote no key for a deny: "written" is when it decided.
+                silent = deny and gate == "old_gate"
+                text = None if silent else p33_permit(not deny)
+                written_at[plan_id] = await write_here(writer, plan_id, *at, text)
             result = await decision
         decided[plan_id] = (started, result.decided_at)
         run.add_outcome(("ALLOW" if result.allowed else "BLOCK") + f":{result.reason}")

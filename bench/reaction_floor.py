@@ -47,19 +47,14 @@ from redis.asyncio import Redis
 from apply_layer.core.keys import ISSUERS, keyspace_channel
 from apply_layer.logs import setup_logging
 from apply_layer.ops.embedded_redis import EmbeddedRedis
+from apply_layer.store.batching import _pack
 from apply_layer.store.caller_tokens import new_token
 from apply_layer.store.connection import create_redis
 from apply_layer.store.gate import GATE_SCRIPT, GateConfig, GateResult, PermitGate, build_result
-from bench.gates import WriterProcess, governor_permit, p33_permit
+from bench.gates import WriterProcess, p33_permit, write_here
 from tests.harness import SYM as SYMBOL
 
 PARTS = ("event", "script", "build", "log", "resume", "total")
-
-
-def _pack(command: tuple[Any, ...]) -> bytes:
-    # hiredis's stub types the argument as a 1-tuple; any length is accepted.
-    packed: bytes = hiredis.pack_command(command)
-    return packed
 
 
 class _Replies(asyncio.Protocol):
@@ -92,12 +87,11 @@ class _Replies(asyncio.Protocol):
 class Lane:
     """The gate's work with every layer taken out; see the module docstring."""
 
-    def __init__(self, sha: str) -> None:
+    def __init__(self, redis: Redis, sha: str) -> None:
         self.sha = sha
         self.config = GateConfig()
-        self.specs = [f"{i.name}:{'q' if i.carries_qty else ''}" for i in self.config.issuers]
-        self.gate = PermitGate.__new__(PermitGate)  # for its _log only
-        self.gate.config = self.config
+        # The project's gate, never called: its script's arguments and its log line.
+        self.gate = PermitGate(redis, self.config)
         self.commands = _Replies()
         self.events = _Replies(self._event)
         self.armed: dict[str, tuple[str, asyncio.Future[GateResult]]] = {}
@@ -128,7 +122,7 @@ class Lane:
         self.marks["event"] = time.perf_counter()
         plan_id, future = armed
         keys = self.config.keys(plan_id)
-        args = [plan_id, SYMBOL, new_token(), int(time.time() * 1000), 0, 0, 3600, *self.specs]
+        args = self.gate.script_args(plan_id, SYMBOL, new_token(), final=False)
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
         self.commands.send(command, lambda reply: self._decided(reply, plan_id, future))
 
@@ -141,21 +135,11 @@ class Lane:
         future.set_result(result)
 
 
-async def _write_here(writer: Redis, plan_id: str, governor_at: float, p33_at: float) -> float:
-    """Scenario 1's in-process writer: idle until it writes; when its SET was sent."""
-    await asyncio.sleep(max(0.0, governor_at - time.perf_counter()))
-    await writer.set(ISSUERS["governor"].key(plan_id), governor_permit(), ex=60)
-    await asyncio.sleep(max(0.0, p33_at - time.perf_counter()))
-    written = time.perf_counter()
-    await writer.set(ISSUERS["p33"].key(plan_id), p33_permit(True), ex=60)
-    return written
-
-
 async def measure(url: str, host: str, port: int, plans: int, writer: str) -> dict[str, float]:
     """Run ``plans`` reactions one at a time; the p50 of each part (ms)."""
     admin = create_redis(url, name="bench:floor-writer")  # also scenario 1's writer, "here"
     await admin.config_set("notify-keyspace-events", "K$h")
-    lane = Lane(await admin.script_load(GATE_SCRIPT))
+    lane = Lane(admin, await admin.script_load(GATE_SCRIPT))
     await lane.connect(host, port)
     process = WriterProcess(url) if writer == "apart" else None
     if process is not None:
@@ -175,7 +159,7 @@ async def measure(url: str, host: str, port: int, plans: int, writer: str) -> di
                 process.schedule(plan_id, *at)
                 result = await decision
             else:
-                write = asyncio.create_task(_write_here(admin, plan_id, *at))
+                write = asyncio.create_task(write_here(admin, plan_id, *at, p33_permit(True)))
                 result = await decision
                 written_here[plan_id] = await write
             ended[plan_id] = (dict(lane.marks), time.perf_counter())

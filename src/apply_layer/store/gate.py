@@ -49,7 +49,7 @@ from apply_layer.core.statuses import GateStatus, JournalState
 from apply_layer.logs import get_logger, write_marker_line
 from apply_layer.settings import Settings
 from apply_layer.store import lua
-from apply_layer.store.batching import ScriptHost
+from apply_layer.store.batching import KeyOrArg, ScriptHost
 from apply_layer.store.caller_tokens import new_token
 from apply_layer.store.keyspace import KeyspaceWatcher
 
@@ -221,11 +221,9 @@ class PermitGate:
         sha: str = await self.redis.script_load(GATE_SCRIPT)
         return sha
 
-    async def attempt(
-        self, plan_id: str, symbol: str, token: str, *, final: bool, keys: list[str] | None = None
-    ) -> list[Any]:
-        """One atomic evaluation: ``["WAIT"]`` or a decision (see ``gate.lua``)."""
-        args = [
+    def script_args(self, plan_id: str, symbol: str, token: str, *, final: bool) -> list[KeyOrArg]:
+        """ARGV for ``gate.lua``, in the order it documents; "now" is read here."""
+        return [
             plan_id,
             symbol,
             token,
@@ -235,6 +233,12 @@ class PermitGate:
             self.config.journal_ttl_sec,
             *self._specs,
         ]
+
+    async def attempt(
+        self, plan_id: str, symbol: str, token: str, *, final: bool, keys: list[str] | None = None
+    ) -> list[Any]:
+        """One atomic evaluation: ``["WAIT"]`` or a decision (see ``gate.lua``)."""
+        args = self.script_args(plan_id, symbol, token, final=final)
         reply: list[Any] = await self._script(keys=keys or self.config.keys(plan_id), args=args)
         return reply
 
