@@ -41,6 +41,7 @@ from apply_layer.settings import load_settings
 from apply_layer.store.batching import ScriptBatcher
 from apply_layer.store.connection import create_redis
 from apply_layer.store.gate import GateConfig, PermitGate
+from apply_layer.store.gate_lane import GateLane
 from apply_layer.store.keyspace import KeyspaceWatcher
 from bench.measure import set_notifications, summary_ms
 from tests.harness import SYM as SYMBOL
@@ -114,6 +115,7 @@ class GateUnderTest:
         self.gate = gate
         self.redis: Redis = create_redis(url, name=f"bench:{gate}")
         self.watcher: KeyspaceWatcher | None = None
+        self.lane: GateLane | None = None
         self.status = ""
         self._project: PermitGate | None = None
         self._old_script: Any = None
@@ -130,10 +132,15 @@ class GateUnderTest:
         config = GateConfig.from_settings(settings)
         self.watcher = KeyspaceWatcher(self.redis, config.watch_patterns(), events)
         self.status = await self.watcher.start()
-        self._project = PermitGate(self.redis, config, self.watcher, self.scripts)
+        if settings.gate_lane and events != "off":
+            self.lane = GateLane(self.redis, config.watch_patterns(), self.watcher)
+            self.status += f"; gate lane {await self.lane.start()}"
+        self._project = PermitGate(self.redis, config, self.watcher, self.scripts, self.lane)
         await self._project.load()
 
     async def close(self) -> None:
+        if self.lane is not None:
+            await self.lane.stop()
         if self.watcher is not None:
             await self.watcher.stop()
         await self.scripts.aclose()

@@ -66,6 +66,11 @@ KEYSPACE_ACTIVE = Gauge(
     "1 while keyspace notifications wake the permit wait, 0 while it only polls",
     ["configured"],
 )
+GATE_LANE_ACTIVE = Gauge(
+    "apply_gate_lane_active",
+    "1 while the gate's lane answers permit events from the socket's callback "
+    "(store/gate_lane.py), 0 while the watcher wakes the gate",
+)
 REDIS_IDENTITY_CHANGES = Counter(
     "apply_redis_identity_changes_total",
     "Times a new connection reached a different Redis (restart, restore or failover)",

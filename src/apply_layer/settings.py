@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     metrics_bind: str = "127.0.0.1"
     kill_switch: bool = False
     keyspace_events: KeyspaceEvents = "detect"
+    # The gate's lane (store/gate_lane.py): permit events answered from the socket's
+    # callback. Off: the watcher wakes the gate's task, which calls (as before 0.x).
+    gate_lane: bool = True
     max_in_flight: int = Field(default=64, ge=1, le=10_000)
     claim_idle_sec: float = Field(default=30.0, ge=1)
     lease_ms: int = Field(default=15_000, ge=1000, le=600_000)

@@ -53,6 +53,11 @@ here; the tree, with each class's bases outside this tree in brackets::
     └── RedisUnavailable (RuntimeError)
                                  no redis-server to start (tests, demo)
 
+    A latency path off: the gate calls by its own path (nothing is lost)
+    ├── GateLaneDown             the gate's lane lost a connection, a reply or
+    │                            its step (store/gate_lane.py): it reconnects
+    └── GateLaneUnsupported      this redis-py hands no socket over: it stays off
+
     Operators' commands
     ├── CommandError             a one-line failure the user can fix (exit 1)
     └── ProbeRefused             the ACL user may not even queue a transaction
@@ -263,3 +268,11 @@ class HedgeMode(BinanceError):
 
 class BinanceConfigError(ConfigError):
     """The executor cannot start as configured (e.g. no API key in testnet mode)."""
+
+
+class GateLaneDown(ApplyLayerError):
+    """The gate's lane cannot be used now (why is the message); it reconnects."""
+
+
+class GateLaneUnsupported(ApplyLayerError):
+    """This redis-py keeps no asyncio stream on its connections: the lane stays off."""

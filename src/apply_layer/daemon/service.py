@@ -46,6 +46,7 @@ from apply_layer.store.batching import ScriptBatcher
 from apply_layer.store.connection import close_redis, redis_for
 from apply_layer.store.functions import LIBRARY
 from apply_layer.store.gate import GateConfig, PermitGate
+from apply_layer.store.gate_lane import GateLane
 from apply_layer.store.identity import IdentityTracker, state_file
 from apply_layer.store.journal import Journal
 from apply_layer.store.keyspace import KeyspaceWatcher
@@ -82,7 +83,10 @@ class ApplyService:
         # The hot path's scripts share round trips (see batching.py), as functions of
         # the library an admin loaded (functions.py): the daemon's user may not EVAL.
         self.scripts = ScriptBatcher(self.redis, library=LIBRARY)
-        self.gate = PermitGate(self.redis, config, self.watcher, self.scripts)
+        # No events, no lane: with APPLY_KEYSPACE_EVENTS=off the gate only polls.
+        lane_on = settings.gate_lane and settings.keyspace_events != "off"
+        self.lane = GateLane(self.redis, config.watch_patterns(), self.watcher) if lane_on else None
+        self.gate = PermitGate(self.redis, config, self.watcher, self.scripts, self.lane)
         self.journal = Journal(
             self.redis,
             dedupe_ttl_sec=settings.dedupe_ttl_sec,
@@ -170,6 +174,7 @@ class ApplyService:
             log.warning("unknown_setting", variable=name, hint="not read by apply-layer: a typo?")
         metrics.PERMIT_DEADLINE.set(self.settings.permit_wait_ms / 1000)
         keyspace = await self._start_watcher()
+        lane = await self.lane.start() if self.lane is not None else "off"
         metrics.REDIS_UP.set(1 if self.health.up else 0)  # a failed read sets it to 0
         log.info(
             "apply_layer_started",
@@ -179,6 +184,7 @@ class ApplyService:
             group=self.settings.consumer_group,
             required=",".join(self.settings.required_permits),
             keyspace_events=keyspace,
+            gate_lane=lane,
             metrics_port=self.settings.metrics_port if metrics_on else "off",
             metrics_bind=self.settings.metrics_bind if metrics_on else "off",
             permit_signing=self.processor.signatures.describe(),
@@ -208,6 +214,8 @@ class ApplyService:
         await self.entries.drain(DRAIN_TIMEOUT_SEC)
         watchdog.cancel()
         republisher.cancel()
+        if self.lane is not None:
+            await self.lane.stop()
         await self.watcher.stop()
         await self.scripts.aclose()
         await self.executor.close()

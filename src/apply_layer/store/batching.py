@@ -92,6 +92,11 @@ class BatchedScript:
     ) -> Any:
         return await self.batcher.call(self, keys or (), args or ())
 
+    def packed(self, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg]) -> bytes:
+        """This call packed as the batcher would send it now (``FCALL`` or ``EVALSHA``)."""
+        fcall = bool(self.function) and self.batcher.functions is not False
+        return _packed(self, keys, args, fcall=fcall)
+
     def command(self, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg]) -> tuple[KeyOrArg, ...]:
         """This call as one command for a pipeline of one's own (``FCALL``, else ``EVAL``
         with the whole text, which needs no loaded script)."""

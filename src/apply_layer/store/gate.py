@@ -49,8 +49,9 @@ from apply_layer.core.statuses import GateStatus, JournalState
 from apply_layer.logs import get_logger, write_marker_line
 from apply_layer.settings import Settings
 from apply_layer.store import lua
-from apply_layer.store.batching import KeyOrArg, ScriptHost
+from apply_layer.store.batching import BatchedScript, KeyOrArg, ScriptHost
 from apply_layer.store.caller_tokens import new_token
+from apply_layer.store.gate_lane import GateLane, LaneWaiter
 from apply_layer.store.keyspace import KeyspaceWatcher
 
 log = get_logger()
@@ -209,11 +210,15 @@ class PermitGate:
         config: GateConfig,
         watcher: KeyspaceWatcher | None = None,
         scripts: ScriptHost | None = None,
+        lane: GateLane | None = None,
     ) -> None:
         self.redis = redis
         self.config = config
         self.watcher = watcher
         self._script = (scripts or redis).register_script(GATE_SCRIPT)
+        # The lane writes the batcher's own packed call (FCALL or EVALSHA); without
+        # a batcher there is nothing to pack it with.
+        self.lane = lane if isinstance(self._script, BatchedScript) else None
         self._specs = [f"{i.name}:{'q' if i.carries_qty else ''}" for i in config.issuers]
 
     async def load(self) -> str:
@@ -251,9 +256,13 @@ class PermitGate:
         started = time.monotonic()
         deadline = started + self.config.wait_ms / 1000
         step = self.config.step_ms / 1000
-        watching = self.watcher.watch(keys) if self.watcher else contextlib.nullcontext(None)
-        with watching as wake:
+        with contextlib.ExitStack() as stack:
+            waiter = self._lane_watch(stack, plan_id, symbol, token, keys)
+            wake = waiter.event if waiter else self._watch(stack, keys)
             while True:
+                if waiter is not None and waiter.decision is not None:
+                    reply = waiter.decision  # the lane's call decided (same token)
+                    break
                 if wake is not None:
                     wake.clear()
                 final = time.monotonic() >= deadline
@@ -261,8 +270,12 @@ class PermitGate:
                 if reply[0] != "WAIT":
                     break
                 pause = max(0.0, min(step, deadline - time.monotonic()))
+                if waiter is not None and waiter.decision is None and not self._lane_on():
+                    waiter, wake = None, self._watch(stack, keys)  # the lane went down
                 if wake is None:
                     await asyncio.sleep(pause)
+                    continue
+                if waiter is not None and waiter.decision is not None:
                     continue
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause):
@@ -280,6 +293,28 @@ class PermitGate:
             metrics.child(metrics.GATE_DECISIONS, symbol, result.status, result.reason_class).inc()
         self._log(result)
         return result
+
+    def _lane_on(self) -> bool:
+        """The lane answers events only while events flow (the watcher's verdict)."""
+        lane = self.lane
+        return lane is not None and lane.active and (self.watcher is None or self.watcher.active)
+
+    def _lane_watch(
+        self, stack: contextlib.ExitStack, plan_id: str, symbol: str, token: str, keys: list[str]
+    ) -> LaneWaiter | None:
+        script = self._script
+        if self.lane is None or not isinstance(script, BatchedScript) or not self._lane_on():
+            return None
+
+        def command() -> bytes:  # packed at the event: "now" is read then
+            args = self.script_args(plan_id, symbol, token, final=False)
+            packed: bytes = script.packed(keys, args)
+            return packed
+
+        return stack.enter_context(self.lane.watch(keys, command))
+
+    def _watch(self, stack: contextlib.ExitStack, keys: list[str]) -> asyncio.Event | None:
+        return stack.enter_context(self.watcher.watch(keys)) if self.watcher else None
 
     def _log(self, result: GateResult) -> None:
         if not result.owner:

@@ -102,6 +102,12 @@ class KeyspaceWatcher:
         self._db = redis_db(redis)
         self._channels = channels(patterns, self._db)
         self._prefix = K.keyspace_channel("", self._db)
+        # While the gate's lane is up it reads the gate's channels (store/gate_lane.py) and
+        # wakes this watcher's waiters itself; the watcher then keeps only the canary's.
+        self._canary_channel = K.keyspace_channel(CANARY_KEY, self._db)
+        self._handed_over = False
+        self._gate_subscribed = False  # the gate's channels are subscribed on _pubsub
+        self._pubsub: PubSub | None = None
         self._mode = mode
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -306,6 +312,43 @@ class KeyspaceWatcher:
                     if not waiting:
                         del self._waiters[key]
 
+    def wake(self, key: str) -> None:
+        """Wake the waiters of ``key`` (the lane does, for the events it reads)."""
+        for event in self._waiters.get(key, ()):
+            event.set()
+
+    def hand_over(self, on: bool) -> None:
+        """Leave the gate's channels to the lane (``on``) or take them back.
+
+        Taken back when the lane goes down: its waiters are woken by the lane
+        and call by their own path meanwhile, and every waiter polls each step.
+        """
+        if on == self._handed_over:
+            return
+        self._handed_over = on
+        self._reconcile()
+        if not on:
+            self._wake_all()  # re-check anything written while nobody read these channels
+
+    def _reconcile(self) -> None:
+        """(Un)subscribe the gate's channels where the connection's differ from what is wanted."""
+        pubsub = self._pubsub
+        want = not self._handed_over
+        if pubsub is None or not self._subscribed.is_set() or want == self._gate_subscribed:
+            return  # (_run subscribes to what is wanted, then comes here again)
+        self._gate_subscribed = want
+        gate = self._gate_channels()
+        task = asyncio.ensure_future(
+            pubsub.psubscribe(*gate) if want else pubsub.punsubscribe(*gate)
+        )
+        task.add_done_callback(_ignore_failure)  # a lost connection resubscribes anyway
+
+    def _gate_channels(self) -> list[str]:
+        return [c for c in self._channels if c != self._canary_channel]
+
+    def _wanted(self) -> list[str]:
+        return [self._canary_channel] if self._handed_over else self._channels
+
     def _wake_all(self) -> None:
         for events in self._waiters.values():
             for event in events:
@@ -317,8 +360,7 @@ class KeyspaceWatcher:
         key = str(message["channel"]).removeprefix(self._prefix)
         if key == CANARY_KEY:
             self._canary_seen()
-        for event in self._waiters.get(key, ()):
-            event.set()
+        self.wake(key)
 
     async def _subscribe(self, pubsub: PubSub, channels: list[str]) -> None:
         """PSUBSCRIBE and wait for Redis to confirm every pattern (or refuse one)."""
@@ -341,14 +383,16 @@ class KeyspaceWatcher:
         backoff = FIRST_BACKOFF_SEC
         failing = False  # logged once per run of failures, not once per retry
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = self._pubsub = self._redis.pubsub()
             self.attempts += 1
             try:
                 if self._mode == "enable":
                     await self._ensure_enabled()  # after a failover, the new primary's too
-                await self._subscribe(pubsub, self._channels)
+                self._gate_subscribed = not self._handed_over
+                await self._subscribe(pubsub, self._wanted())
                 # Confirmed by Redis: only now is the backoff reset.
                 self._subscribed.set()
+                self._reconcile()  # handed over (or back) meanwhile
                 self._tried.set()
                 self.error = ""
                 backoff = FIRST_BACKOFF_SEC
@@ -375,6 +419,7 @@ class KeyspaceWatcher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_REFUSED_BACKOFF_SEC if refused else MAX_BACKOFF_SEC)
             finally:
+                self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
@@ -391,3 +436,8 @@ class KeyspaceWatcher:
             log.warning("keyspace_watcher_lost", error=self.error)
         else:
             log.warning("keyspace_watcher_failed", error=self.error)
+
+
+def _ignore_failure(task: asyncio.Future[object]) -> None:
+    if not task.cancelled():
+        task.exception()  # read: a failed (un)subscribe shows as a lost connection instead
