@@ -68,7 +68,8 @@ class Daemon(HarnessDaemon):
     def keyspace_status(self) -> str:
         for line in self.log().splitlines():
             if "apply_layer_started" in line and "keyspace_events=" in line:
-                return line.split("keyspace_events=", 1)[1].split(" metrics_port=")[0]
+                status = line.split("keyspace_events=", 1)[1]
+                return status.split(" gate_lane=")[0].split(" metrics_port=")[0]
         return "?"
 
     def count(self, marker: str) -> int:

@@ -66,6 +66,8 @@ START_WAIT_SEC = 2.0
 REPLY_TIMEOUT_SEC = COMMAND_TIMEOUT_SEC  # as long as any command of the daemon's may take
 FIRST_BACKOFF_SEC = 0.1
 MAX_BACKOFF_SEC = 5.0
+MAX_REFUSED_BACKOFF_SEC = 60.0  # an ACL without the channels says no until someone fixes it
+WATCHER_CHECK_SEC = 1.0  # how often a lane waiting for the watcher's events looks again
 
 # Redis' answers that say this server no longer takes the gate's writes: the lane's
 # connections are to a demoted primary (a failover), so it reconnects through the pool.
@@ -157,6 +159,7 @@ class GateLane:
         self._late: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._tried = asyncio.Event()
+        self._refused = False  # the last subscribe was refused (an ACL): retry slowly
         self.active = False
         self.status = "off"
         self.error = ""
@@ -205,6 +208,7 @@ class GateLane:
     def _on_event(self, message: Any) -> None:
         if not isinstance(message, list) or len(message) < 3:  # RESP3: a PushNotification
             if isinstance(message, Exception):  # a refused PSUBSCRIBE (ACL)
+                self._refused = True
                 raise GateLaneDown(f"PSUBSCRIBE refused: {message}")
             return
         kind = message[0]
@@ -307,6 +311,14 @@ class GateLane:
         backoff = FIRST_BACKOFF_SEC
         failing = False
         while True:
+            if self._watcher is not None and not self._watcher.active:
+                # No events flow (off, refused, lost): nothing to answer. Waiting here
+                # also keeps a refused ACL from being asked twice as often.
+                self.error = "keyspace events do not flow (the watcher says)"
+                self._tried.set()
+                await asyncio.sleep(WATCHER_CHECK_SEC)
+                continue
+            self._refused = False
             try:
                 await self._open()
                 self._set_active(True)
@@ -325,7 +337,7 @@ class GateLane:
                 log.warning("gate_lane_unavailable", error=self.error, hint=_FALLBACK)
                 self._tried.set()
                 return
-            except (RedisError, OSError, GateLaneDown) as exc:
+            except (RedisError, OSError, TimeoutError, GateLaneDown) as exc:
                 self.error = str(exc) or type(exc).__name__
                 if not failing:
                     failing = True
@@ -335,7 +347,8 @@ class GateLane:
                 self._lose(GateLaneDown("closed"))
                 await self._release()
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_SEC)
+            cap = MAX_REFUSED_BACKOFF_SEC if self._refused else MAX_BACKOFF_SEC
+            backoff = min(backoff * 2, cap)
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
