@@ -25,6 +25,7 @@ handled like a failed read (the loop backs off and tries again).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Collection
@@ -39,6 +40,7 @@ from apply_layer.logs import get_logger
 from apply_layer.settings import Settings
 from apply_layer.store import stream_reader
 from apply_layer.store.batching import run_packed
+from apply_layer.store.gate_lane import GateLane
 from apply_layer.store.keyspace import KeyspaceWatcher
 from apply_layer.store.stream_reply import StreamEntry
 
@@ -84,9 +86,11 @@ class Housekeeping:
         in_flight: Collection[str],
         room: Callable[[], int],
         spawn: Callable[[StreamEntry], None],
+        lane: GateLane | None = None,
     ) -> None:
         self.settings, self.redis = settings, redis
         self.watcher, self._in_flight = watcher, in_flight
+        self.lane = lane
         self._room, self._spawn = room, spawn
         self._next_run = 0.0
         self._claim_cursor = "0-0"
@@ -98,6 +102,8 @@ class Housekeeping:
             return
         self._next_run = now + self.settings.poll_sec
         await self.watcher.check()
+        if self.lane is not None:
+            self.lane.check()
         metrics.KEYSPACE_ACTIVE.labels(self.settings.keyspace_events).set(
             1 if self.watcher.active else 0
         )
@@ -109,7 +115,8 @@ class Housekeeping:
             "in_flight": len(self._in_flight),
         }
         ttl = max(15, int(self.settings.poll_sec * 3))
-        with self.watcher.canary_write():
+        lane = self.lane.canary_write() if self.lane else contextlib.nullcontext()
+        with self.watcher.canary_write(), lane:
             await self.redis.set(K.HEARTBEAT_KEY, json.dumps(beat), ex=ttl)
         await self._export_backlog()
         await self._export_kill_switch()

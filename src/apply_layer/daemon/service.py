@@ -99,6 +99,7 @@ class ApplyService:
         )
         self._identity_changed = asyncio.Event()
         self.identity.listeners.append(self._identity_changed.set)
+        self.identity.listeners.append(self._lane_after_change)
         self.processor = Processor(
             settings, self.redis, self.gate, self.journal, self.executor, self.scripts
         )
@@ -121,6 +122,7 @@ class ApplyService:
             in_flight=self.entries.in_flight,
             room=self.entries.room,
             spawn=self.entries.spawn,
+            lane=self.lane,
         )
         self._backlog = True  # read our own pending entries first
         self._backlog_cursor = "0"
@@ -225,6 +227,14 @@ class ApplyService:
             await endpoint.close()
         log.info("stopped", **self.counts)
         return 0
+
+    def _lane_after_change(self) -> None:
+        """The lane's connections may be on the server the daemon left: open new ones.
+
+        Not where INFO is refused: every new connection then counts as a change.
+        """
+        if self.lane is not None and not self.identity.unknown:
+            self.lane.restart()
 
     async def _prepare_scripts(self) -> str:
         """The function library (functions.py): missing and not loadable by this user stops

@@ -256,8 +256,8 @@ class PermitGate:
         started = time.monotonic()
         deadline = started + self.config.wait_ms / 1000
         step = self.config.step_ms / 1000
-        with contextlib.ExitStack() as stack:
-            waiter = self._lane_watch(stack, plan_id, symbol, token, keys)
+        with contextlib.ExitStack() as stack, contextlib.ExitStack() as on_lane:
+            waiter = self._lane_watch(on_lane, plan_id, symbol, token, keys)
             wake = waiter.event if waiter else self._watch(stack, keys)
             while True:
                 if waiter is not None and waiter.decision is not None:
@@ -271,7 +271,8 @@ class PermitGate:
                     break
                 pause = max(0.0, min(step, deadline - time.monotonic()))
                 if waiter is not None and waiter.decision is None and not self._lane_on():
-                    waiter, wake = None, self._watch(stack, keys)  # the lane went down
+                    on_lane.close()  # the lane went down: the watcher wakes this wait now
+                    waiter, wake = None, self._watch(stack, keys)
                 if wake is None:
                     await asyncio.sleep(pause)
                     continue

@@ -50,14 +50,13 @@ from typing import Any
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import RedisError
 
 from apply_layer import metrics
 from apply_layer.core import keys as K
 from apply_layer.core.errors import GateLaneDown, GateLaneUnsupported
 from apply_layer.logs import get_logger
 from apply_layer.store.connection import COMMAND_TIMEOUT_SEC, redis_db
-from apply_layer.store.keyspace import KeyspaceWatcher
+from apply_layer.store.keyspace import CANARY_KEY, CANARY_SEC, KeyspaceWatcher
 
 log = get_logger()
 
@@ -103,6 +102,9 @@ class _Wire(asyncio.Protocol):
         self.on_lost = on_lost
         self.on_chunk = on_chunk
         self.transport: asyncio.Transport | None = None
+        # redis-py's protocol, told when the socket closes, so that its stream's
+        # wait_closed() (the pool's disconnect) returns instead of timing out.
+        self.previous: asyncio.BaseProtocol | None = None
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -120,6 +122,8 @@ class _Wire(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.on_lost(exc or GateLaneDown("connection closed"), self)
+        if self.previous is not None:
+            self.previous.connection_lost(exc)
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -145,8 +149,13 @@ class GateLane:
         self._redis = redis
         self._watcher = watcher
         db = redis_db(redis)
-        self._channels = sorted({K.keyspace_channel(p, db) for p in patterns})
+        # The gate's channels, and the heartbeat's: its event, each housekeeping tick,
+        # proves that this connection still hears (check()).
+        self._canary = K.keyspace_channel(CANARY_KEY, db)
+        self._channels = sorted({K.keyspace_channel(p, db) for p in patterns} | {self._canary})
         self._prefix = K.keyspace_channel("", db)
+        self._awaiting: float | None = None  # a heartbeat write whose event is not in yet
+        self._ping = LaneWaiter(lambda: b"")  # the check's PING, in the reply order
         self._waiters: dict[str, set[LaneWaiter]] = {}
         self._sent: deque[tuple[LaneWaiter, float]] = deque()  # calls out, in reply order
         self._outbox: list[bytes] = []
@@ -203,10 +212,58 @@ class GateLane:
                     if not waiting:
                         del self._waiters[key]
 
+    def check(self) -> None:
+        """Each housekeeping tick: is the lane still connected and hearing? Down if not.
+
+        The heartbeat's event must have reached the lane's events connection
+        within ``CANARY_SEC`` of the write (as the watcher's canary, which
+        proves the watcher's connection, not this one). A PING on the command
+        connection must be answered within ``REPLY_TIMEOUT_SEC``; it also keeps
+        a server's idle ``timeout`` from closing that connection.
+        """
+        if not self.active or self._commands is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._awaiting is not None and now - self._awaiting >= CANARY_SEC:
+            quiet = now - self._awaiting
+            self._lose(
+                GateLaneDown(f"the heartbeat's event did not reach the lane in {quiet:.1f} s")
+            )
+            return
+        self._outbox.append(hiredis.pack_command(("PING",)))
+        self._sent.append((self._ping, now))
+        try:
+            self._flush()
+        except GateLaneDown as exc:
+            self._lose(exc)
+
+    @contextlib.contextmanager
+    def canary_write(self) -> Iterator[None]:
+        """Wrap the heartbeat's ``SET``: its event is then expected on the lane too.
+
+        Armed before the write (the event may come before the write's reply),
+        and disarmed if the write fails (no write, no event).
+        """
+        armed = self.active and self._awaiting is None
+        if armed:
+            self._awaiting = asyncio.get_running_loop().time()
+        try:
+            yield
+        except BaseException:
+            if armed:
+                self._awaiting = None
+            raise
+
+    def restart(self) -> None:
+        """The Redis behind the connections changed (identity tracker): connect again."""
+        if self.active:
+            self._lose(GateLaneDown("the Redis server changed"))
+
     # ---- the callbacks (the hot path) -------------------------------------------------
 
     def _on_event(self, message: Any) -> None:
-        if not isinstance(message, list) or len(message) < 3:  # RESP3: a PushNotification
+        # RESP2 gives a list, RESP3 (redis-py 8's default) a PushNotification, a list too.
+        if not isinstance(message, list) or len(message) < 3:
             if isinstance(message, Exception):  # a refused PSUBSCRIBE (ACL)
                 self._refused = True
                 raise GateLaneDown(f"PSUBSCRIBE refused: {message}")
@@ -214,6 +271,9 @@ class GateLane:
         kind = message[0]
         if kind == "pmessage":
             channel = message[2]
+            if channel == self._canary:
+                self._awaiting = None
+                return
             if not channel.startswith(self._prefix):
                 return
             key = channel[len(self._prefix) :]
@@ -321,6 +381,7 @@ class GateLane:
             self._refused = False
             try:
                 await self._open()
+                self._awaiting = None
                 self._set_active(True)
                 self.error = ""
                 self._tried.set()
@@ -337,7 +398,7 @@ class GateLane:
                 log.warning("gate_lane_unavailable", error=self.error, hint=_FALLBACK)
                 self._tried.set()
                 return
-            except (RedisError, OSError, TimeoutError, GateLaneDown) as exc:
+            except Exception as exc:  # RedisError, OSError, GateLaneDown, or a bug of ours
                 self.error = str(exc) or type(exc).__name__
                 if not failing:
                     failing = True
@@ -369,6 +430,7 @@ class GateLane:
         transport = _transport_of(conn)
         if transport is None:
             raise GateLaneUnsupported("this redis-py keeps no asyncio stream on its connections")
+        wire.previous = transport.get_protocol()
         transport.set_protocol(wire)
         wire.transport = transport
         return wire

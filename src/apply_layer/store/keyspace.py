@@ -72,6 +72,8 @@ START_WAIT_SEC = 2.0
 # comes at the tick after the write (5 s by default), below it after CANARY_SEC.
 CANARY_KEY = K.HEARTBEAT_KEY
 CANARY_SEC = 2.0
+# How soon the watcher's task follows the lane going up or down (its read's timeout).
+HAND_OVER_SEC = 0.25
 
 
 def covers(flags: str, needed: str = REQUIRED_CLASSES) -> bool:
@@ -320,28 +322,28 @@ class KeyspaceWatcher:
     def hand_over(self, on: bool) -> None:
         """Leave the gate's channels to the lane (``on``) or take them back.
 
-        Taken back when the lane goes down: its waiters are woken by the lane
-        and call by their own path meanwhile, and every waiter polls each step.
+        Done by the watcher's own task at its next turn (within
+        ``HAND_OVER_SEC``): a pub/sub command sent from another task could
+        reconnect the connection while the task reads it. Taken back, the
+        waiters are woken once the channels are subscribed again (anything
+        written meanwhile is re-checked); until then they poll each step, and
+        the lane wakes its own waiters to call as it goes down.
         """
-        if on == self._handed_over:
-            return
         self._handed_over = on
-        self._reconcile()
-        if not on:
-            self._wake_all()  # re-check anything written while nobody read these channels
 
-    def _reconcile(self) -> None:
+    async def _follow_hand_over(self, pubsub: PubSub) -> None:
         """(Un)subscribe the gate's channels where the connection's differ from what is wanted."""
-        pubsub = self._pubsub
         want = not self._handed_over
-        if pubsub is None or not self._subscribed.is_set() or want == self._gate_subscribed:
-            return  # (_run subscribes to what is wanted, then comes here again)
-        self._gate_subscribed = want
+        if want == self._gate_subscribed:
+            return
         gate = self._gate_channels()
-        task = asyncio.ensure_future(
-            pubsub.psubscribe(*gate) if want else pubsub.punsubscribe(*gate)
-        )
-        task.add_done_callback(_ignore_failure)  # a lost connection resubscribes anyway
+        if want:
+            await pubsub.psubscribe(*gate)
+        else:
+            await pubsub.punsubscribe(*gate)
+        self._gate_subscribed = want
+        if want:
+            self._wake_all()  # re-check anything written while nobody read these channels
 
     def _gate_channels(self) -> list[str]:
         return [c for c in self._channels if c != self._canary_channel]
@@ -392,7 +394,6 @@ class KeyspaceWatcher:
                 await self._subscribe(pubsub, self._wanted())
                 # Confirmed by Redis: only now is the backoff reset.
                 self._subscribed.set()
-                self._reconcile()  # handed over (or back) meanwhile
                 self._tried.set()
                 self.error = ""
                 backoff = FIRST_BACKOFF_SEC
@@ -401,7 +402,10 @@ class KeyspaceWatcher:
                     failing = False
                 self._wake_all()  # re-check anything written while we were away
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    await self._follow_hand_over(pubsub)
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=HAND_OVER_SEC
+                    )
                     if message is not None:
                         self._dispatch(message)
             except asyncio.CancelledError:
@@ -436,8 +440,3 @@ class KeyspaceWatcher:
             log.warning("keyspace_watcher_lost", error=self.error)
         else:
             log.warning("keyspace_watcher_failed", error=self.error)
-
-
-def _ignore_failure(task: asyncio.Future[object]) -> None:
-    if not task.cancelled():
-        task.exception()  # read: a failed (un)subscribe shows as a lost connection instead
