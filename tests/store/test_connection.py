@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -34,3 +35,20 @@ async def test_a_blocking_read_outlives_the_command_timeout(redis_server: Embedd
         await reader.aclose()
         await plain.aclose()
     assert K.PLAN_STREAM != "blocking-test"
+
+
+async def test_a_unix_socket_url_connects(tmp_path: Path) -> None:
+    """``unix://`` is a documented URL form: a client made for one must work, not fail at
+    its first command on a TCP-only option."""
+    sock = tmp_path / "redis.sock"
+    server = EmbeddedRedis(extra_args=("--unixsocket", str(sock), "--unixsocketperm", "700"))
+    server.start()
+    try:
+        client = create_redis(f"unix://{sock}", name="unix-test")
+        try:
+            assert await client.set("unix-key", "1") is True
+            assert await client.get("unix-key") == "1"
+        finally:
+            await client.aclose()
+    finally:
+        server.close()

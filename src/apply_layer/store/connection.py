@@ -106,7 +106,10 @@ def create_redis(
     ``identity``, every new connection reports the server it reached to it
     (see ``identity``).
     """
-    pool = BlockingConnectionPool.from_url(url, **_client_kwargs(name, block_sec, identity))
+    kwargs = _client_kwargs(name, block_sec, identity)
+    if url.startswith("unix://"):
+        del kwargs["socket_keepalive"]  # a TCP option: redis-py's unix connection refuses it
+    pool = BlockingConnectionPool.from_url(url, **kwargs)
     # from_pool: the client owns the pool, so aclose() closes its connections too.
     return Redis.from_pool(pool)
 
