@@ -187,6 +187,52 @@ async def test_a_deny_written_during_the_wait_blocks_at_once_through_the_lane(
     assert (await events.hgetall(K.journal("l2")))["p.p33.consumed"] == "1"
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "status", "error"),
+    [
+        ("quantum:kill", "on", "KILL", "kill_switch"),
+        ("quantum:global:kill_switch", "true", "KILL", "kill_switch"),
+        (K.governor_block("l3"), json.dumps({"reason": "daily loss"}), "GOV_BLOCK", None),
+    ],
+    ids=["kill", "global-kill", "governor-block"],
+)
+async def test_a_kill_switch_or_governor_block_during_the_wait_ends_it_through_the_lane(
+    events: Redis, stacks: StackFactory, key: str, value: str, status: str, error: str | None
+) -> None:
+    await put(events, GOV_KEY("l3"), GOV_OK)
+    stack = await stacks("lane-stop", GateConfig(wait_ms=3000, step_ms=1000))
+    lane = stack.the_lane()
+    task = stack.wait("l3")
+    await stack.waiting("l3")
+    await events.set(key, value, ex=60)
+    result = await task
+    assert result.status == status and result.owner and lane.decisions == 1
+    assert result.error == (error or "governor_blocked:daily_loss")
+    assert result.wait_ms < 500  # the step is 1000 ms
+
+
+async def test_with_events_off_on_the_server_the_lane_is_not_used(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """The lane is subscribed, but only the watcher can tell that events flow: the poll."""
+    await put(redis, GOV_KEY("l3off"), GOV_OK)
+    stack = Stack(redis_server.url, "lane-silent", GateConfig(wait_ms=3000, step_ms=600))
+    try:
+        await stack.scripts.prepare()
+        assert (await stack.watcher.start()).startswith("off on the server")
+        lane = stack.the_lane()
+        assert await lane.start() == "on"
+        task = stack.wait("l3off")
+        await stack.waiting("l3off")
+        await put(redis, P33_KEY("l3off"), P33_OK)
+        result = await task
+    finally:
+        await stack.close()
+    assert result.allowed and result.owner
+    assert lane.calls == 0  # no event came, none was answered
+    assert result.wait_ms >= 550  # found by the 600 ms poll
+
+
 # ---- 3: many daemons, one plan ----------------------------------------------------
 
 
