@@ -279,7 +279,8 @@ async def test_the_lanes_connections_killed_mid_wait(
     await put(events, GOV_KEY("l4"), GOV_OK)
     stack = await stacks("lane-kill")
     lane = stack.the_lane()
-    assert await pattern_counts(events, "lane-kill") == [1, GATE_CHANNELS]  # canary | lane
+    # The watcher leaves the gate's channels to the lane at its next read (within a second).
+    await until(lambda: _counts_are(events, "lane-kill", [1, GATE_CHANNELS]), timeout=5)
     assert await lane_pattern_count(events, lane) == GATE_CHANNELS
     task = stack.wait("l4")
     await stack.waiting("l4")
@@ -317,6 +318,10 @@ async def _counts_are(redis: Redis, name: str, expected: list[int]) -> bool:
     return await pattern_counts(redis, name) == expected
 
 
+async def _equal(value: Awaitable[list[int]], expected: list[int]) -> bool:
+    return await value == expected
+
+
 async def test_a_function_flush_during_the_wait_the_gate_reloads_and_the_lane_stays(
     events: Redis, stacks: StackFactory
 ) -> None:
@@ -338,6 +343,37 @@ async def test_a_function_flush_during_the_wait_the_gate_reloads_and_the_lane_st
     assert result.allowed and result.owner and result.safe_qty == Decimal("0.002")
     assert result.wait_ms < SLOW_STEP.step_ms
     assert lane.active and sample("apply_gate_lane_active") == 1
+
+
+async def test_the_lane_comes_back_after_a_redis_restart_and_decides_again(
+    own_redis_server: EmbeddedRedis,
+) -> None:
+    admin = create_redis(own_redis_server.url, name="admin")
+    stack = Stack(own_redis_server.url, "lane-restart", SLOW_STEP)
+    try:
+        await admin.config_set("notify-keyspace-events", "K$h")
+        await stack.start()
+        lane = stack.the_lane()
+        assert lane.active
+        own_redis_server.restart(kill=True)
+        await until(lambda: not lane.active, timeout=5)
+        await admin.config_set("notify-keyspace-events", "K$h")  # a restart forgets CONFIG SET
+        await until(lambda: lane.active and stack.watcher.active, timeout=15)
+        await stack.scripts.prepare()  # the library, if the restart lost it
+        await until(lambda: _counts_are(admin, "lane-restart", [1, GATE_CHANNELS]), timeout=5)
+        with stack.watcher.watch([GOV_KEY("l7")]) as seen:  # its event read before the wait
+            await put(admin, GOV_KEY("l7"), GOV_OK)
+            await asyncio.wait_for(seen.wait(), timeout=5)
+        calls = lane.calls
+        task = stack.wait("l7")
+        await stack.waiting("l7")
+        await put(admin, P33_KEY("l7"), P33_OK)
+        result = await task
+    finally:
+        await stack.close()
+        await admin.aclose()
+    assert result.allowed and result.owner and result.wait_ms < SLOW_STEP.step_ms
+    assert (lane.calls - calls, lane.decisions) == (1, 1)
 
 
 # A script that holds the server for half a second (DEBUG is off on Redis 7 by default).
@@ -400,9 +436,18 @@ async def test_with_the_lane_up_the_watcher_keeps_the_canary_and_its_waiters_wak
     stack = await stacks("lane-watch")
     lane = stack.the_lane()
     assert lane.active
-    clients = {c["addr"]: c for c in await events.client_list() if c["name"] == "lane-watch"}
-    watcher_side = [c for a, c in clients.items() if int(c["psub"]) and a not in lane_addrs(lane)]
-    assert [int(c["psub"]) for c in watcher_side] == [1]  # the canary's channel only
+
+    async def watcher_side() -> list[int]:
+        clients = await events.client_list()
+        lanes = lane_addrs(lane)
+        return [
+            int(c["psub"])
+            for c in clients
+            if c["name"] == "lane-watch" and int(c["psub"]) and c["addr"] not in lanes
+        ]
+
+    # The canary's channel only, once the watcher has read again (within a second).
+    await until(lambda: _equal(watcher_side(), [1]), timeout=5)
     assert await lane_pattern_count(events, lane) == GATE_CHANNELS
     with stack.watcher.watch([P33_KEY("l8")]) as woken:
         await put(events, P33_KEY("l8"), P33_OK)

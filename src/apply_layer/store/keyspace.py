@@ -106,8 +106,7 @@ class KeyspaceWatcher:
         # wakes this watcher's waiters itself; the watcher then keeps only the canary's.
         self._canary_channel = K.keyspace_channel(CANARY_KEY, self._db)
         self._handed_over = False
-        self._gate_subscribed = False  # the gate's channels are subscribed on _pubsub
-        self._pubsub: PubSub | None = None
+        self._gate_subscribed = False  # the gate's channels are subscribed on _run's connection
         self._mode = mode
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -325,23 +324,29 @@ class KeyspaceWatcher:
         """
         if on == self._handed_over:
             return
-        self._handed_over = on
-        self._reconcile()
+        self._handed_over = on  # _run applies it at its next read (within a second)
         if not on:
             self._wake_all()  # re-check anything written while nobody read these channels
 
-    def _reconcile(self) -> None:
-        """(Un)subscribe the gate's channels where the connection's differ from what is wanted."""
-        pubsub = self._pubsub
+    async def _reconcile(self, pubsub: PubSub) -> None:
+        """(Un)subscribe the gate's channels where the connection's differ from what is wanted.
+
+        Only from ``_run``'s task, between two reads: redis-py's PubSub reconnects
+        inside a read (a Redis restart), and a command sent from another task then
+        connects the same connection a second time (two readers of one stream: a
+        RuntimeError that ended this task, or a leaked socket).
+        """
         want = not self._handed_over
-        if pubsub is None or not self._subscribed.is_set() or want == self._gate_subscribed:
-            return  # (_run subscribes to what is wanted, then comes here again)
-        self._gate_subscribed = want
+        if want == self._gate_subscribed:
+            return
         gate = self._gate_channels()
-        task = asyncio.ensure_future(
-            pubsub.psubscribe(*gate) if want else pubsub.punsubscribe(*gate)
-        )
-        task.add_done_callback(_ignore_failure)  # a lost connection resubscribes anyway
+        if want:
+            await pubsub.psubscribe(*gate)
+        else:
+            await pubsub.punsubscribe(*gate)
+        self._gate_subscribed = want
+        if want:
+            self._wake_all()  # re-check what was written before these channels were read again
 
     def _gate_channels(self) -> list[str]:
         return [c for c in self._channels if c != self._canary_channel]
@@ -383,7 +388,7 @@ class KeyspaceWatcher:
         backoff = FIRST_BACKOFF_SEC
         failing = False  # logged once per run of failures, not once per retry
         while True:
-            pubsub = self._pubsub = self._redis.pubsub()
+            pubsub = self._redis.pubsub()
             self.attempts += 1
             try:
                 if self._mode == "enable":
@@ -392,7 +397,7 @@ class KeyspaceWatcher:
                 await self._subscribe(pubsub, self._wanted())
                 # Confirmed by Redis: only now is the backoff reset.
                 self._subscribed.set()
-                self._reconcile()  # handed over (or back) meanwhile
+                await self._reconcile(pubsub)  # handed over (or back) meanwhile
                 self._tried.set()
                 self.error = ""
                 backoff = FIRST_BACKOFF_SEC
@@ -404,6 +409,7 @@ class KeyspaceWatcher:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
                         self._dispatch(message)
+                    await self._reconcile(pubsub)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -419,7 +425,6 @@ class KeyspaceWatcher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_REFUSED_BACKOFF_SEC if refused else MAX_BACKOFF_SEC)
             finally:
-                self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
@@ -436,8 +441,3 @@ class KeyspaceWatcher:
             log.warning("keyspace_watcher_lost", error=self.error)
         else:
             log.warning("keyspace_watcher_failed", error=self.error)
-
-
-def _ignore_failure(task: asyncio.Future[object]) -> None:
-    if not task.cancelled():
-        task.exception()  # read: a failed (un)subscribe shows as a lost connection instead
