@@ -211,26 +211,39 @@ async def test_a_kill_switch_or_governor_block_during_the_wait_ends_it_through_t
     assert result.wait_ms < 500  # the step is 1000 ms
 
 
-async def test_with_events_off_on_the_server_the_lane_is_not_used(
+async def test_with_events_off_on_the_server_the_lane_waits_for_the_watcher(
     redis: Redis, redis_server: EmbeddedRedis
 ) -> None:
-    """The lane is subscribed, but only the watcher can tell that events flow: the poll."""
+    """The watcher finds events off: the lane waits for it, the poll decides; then events on."""
     await put(redis, GOV_KEY("l3off"), GOV_OK)
     stack = Stack(redis_server.url, "lane-silent", GateConfig(wait_ms=3000, step_ms=600))
     try:
         await stack.scripts.prepare()
         assert (await stack.watcher.start()).startswith("off on the server")
         lane = stack.the_lane()
-        assert await lane.start() == "on"
+        status = await lane.start()
+        assert status == (
+            "connecting (waiting for the keyspace watcher's subscription): the watcher meanwhile"
+        )
+        assert not lane.active and await pattern_counts(redis, "lane-silent") == []
         task = stack.wait("l3off")
         await stack.waiting("l3off")
         await put(redis, P33_KEY("l3off"), P33_OK)
         result = await task
+        await put(redis, GOV_KEY("l3on"), GOV_OK)
+        await redis.config_set("notify-keyspace-events", "K$h")
+        await stack.watcher.check()  # the housekeeping's tick: it subscribes now
+        await until(lambda: lane.active, timeout=10)
+        late = stack.wait("l3on")
+        await stack.waiting("l3on")
+        await put(redis, P33_KEY("l3on"), P33_OK)
+        turned_on = await late
     finally:
         await stack.close()
     assert result.allowed and result.owner
-    assert lane.calls == 0  # no event came, none was answered
+    assert lane.calls == 1  # none while events were off; one for l3on's permit
     assert result.wait_ms >= 550  # found by the 600 ms poll
+    assert turned_on.allowed and turned_on.owner and lane.decisions == 1
 
 
 # ---- 3: many daemons, one plan ----------------------------------------------------

@@ -308,6 +308,7 @@ class GateLane:
         failing = False
         while True:
             try:
+                await self._watcher_first()
                 await self._open()
                 self._set_active(True)
                 self.error = ""
@@ -336,6 +337,19 @@ class GateLane:
                 await self._release()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SEC)
+
+    async def _watcher_first(self) -> None:
+        """Subscribe only once the watcher has: events off on the server, or an ACL that
+        refuses the channels, is its to find and to retry on its slower backoff (a
+        refusal: up to a minute); the lane retrying too doubled the refusals in the
+        server's ACL log (tests/deploy/test_redis_acl.py), and is of no use meanwhile
+        (the gate uses the lane only while the watcher is active)."""
+        watcher = self._watcher
+        if watcher is None or watcher.subscribed:
+            return
+        self.error = "waiting for the keyspace watcher's subscription"
+        self._tried.set()
+        await watcher.wait_subscribed()
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()

@@ -126,6 +126,15 @@ class KeyspaceWatcher:
         """True while events are flowing; waiters may then rely on them for latency."""
         return self._subscribed.is_set() and not self.server_off and not self.canary_off
 
+    @property
+    def subscribed(self) -> bool:
+        """Redis has confirmed every channel this watcher wants (its connection is up)."""
+        return self._subscribed.is_set()
+
+    async def wait_subscribed(self) -> None:
+        """Until Redis has confirmed the watcher's channels (the gate's lane waits for it)."""
+        await self._subscribed.wait()
+
     async def start(self) -> str:
         """Detect (or enable) notifications and subscribe; returns a one-line status."""
         if self._mode == "off":
