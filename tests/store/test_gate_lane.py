@@ -1,13 +1,13 @@
-"""The gate's lane (store/gate_lane.py) against a real redis-server, and its callbacks alone.
+"""The gate's lane (store/gate_lane.py) against a real redis-server: it decides.
 
-Each gate here is built as daemon/service.py builds the daemon's: one client,
-its keyspace watcher, a script batcher with the function library, and the
-lane on the same client. The first tests prove the lane decides (and fast);
-the others take it down every way the module names (connections killed, a
-late reply, an error reply, a reply out of step) and check that the gate
-still decides by its own path, the watcher takes the gate's channels back,
-and the lane returns. The unit tests at the end feed the callbacks bytes as
-the server would send them, through hiredis, with no server.
+Each gate is wired as daemon/service.py wires the daemon's (tests/lane_stack.py).
+These prove the lane decides a plan whose permit, deny, kill switch or
+governor block lands during the wait, long before the step; that many
+daemons racing one plan (some with the lane off) agree and exactly one owns
+the decision; that the watcher's waiters are still woken while the lane reads
+the gate's channels; and that the daemon starts it as configured. The lane
+taken down is in test_gate_lane_down.py, its callbacks alone in
+test_gate_lane_callbacks.py.
 """
 
 from __future__ import annotations
@@ -15,139 +15,34 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-import hiredis
 import pytest
 from redis.asyncio import Redis
 
 from apply_layer.core import keys as K
-from apply_layer.core.keys import ISSUERS
 from apply_layer.logs import setup_logging
 from apply_layer.ops.embedded_redis import EmbeddedRedis
-from apply_layer.store import gate_lane
-from apply_layer.store.batching import ScriptBatcher
-from apply_layer.store.connection import create_redis
-from apply_layer.store.functions import LIBRARY
-from apply_layer.store.gate import GateConfig, GateResult, PermitGate
-from apply_layer.store.gate_lane import GateLane
-from apply_layer.store.keyspace import KeyspaceWatcher
+from apply_layer.store.gate import GateConfig
 from tests.harness import sample, settings_for, until
+from tests.lane_stack import (
+    GATE_CHANNELS,
+    GOV_KEY,
+    GOV_OK,
+    P33_KEY,
+    P33_OK,
+    SLOW_STEP,
+    Stack,
+    StackFactory,
+    equal,
+    lane_addrs,
+    lane_pattern_count,
+    pattern_counts,
+    put,
+)
 
-SYM = "BTCUSDT"
-GOV_KEY = ISSUERS["governor"].key
-P33_KEY = ISSUERS["p33"].key
-GOV_OK = {"granted": True, "symbol": SYM, "decision": "EXECUTE"}
-P33_OK = {"allow": True, "symbol": SYM, "safe_qty": 0.002, "exchange_position_amt": 0.002}
-# The governor's permit is written before a gate's lane starts: its event, read after
-# the gate's first call, would be answered with a call (WAIT) and upset the counts.
-# A step far longer than any wake: a decision well inside it came from an event, not the poll.
-SLOW_STEP = GateConfig(wait_ms=6000, step_ms=3000)
-GATE_CHANNELS = len(GateConfig().watch_patterns())  # the lane's patterns (the canary is not one)
-
-
-async def put(redis: Redis, key: str, value: Any) -> None:
-    await redis.set(key, value if isinstance(value, str) else json.dumps(value), ex=60)
-
-
-class Stack:
-    """One daemon's gate, wired as ``ApplyService.__init__`` and ``run`` wire it."""
-
-    def __init__(self, url: str, name: str, config: GateConfig, *, lane: bool = True) -> None:
-        self.name = name
-        self.redis = create_redis(url, name=name)
-        patterns = config.watch_patterns()
-        self.watcher = KeyspaceWatcher(self.redis, patterns, "detect")
-        self.scripts = ScriptBatcher(self.redis, library=LIBRARY)
-        self.lane = GateLane(self.redis, patterns, self.watcher) if lane else None
-        self.gate = PermitGate(self.redis, config, self.watcher, self.scripts, self.lane)
-        self.lane_status = ""
-
-    async def start(self) -> Stack:
-        await self.scripts.prepare()
-        assert await self.watcher.start() == "on"
-        self.lane_status = await self.lane.start() if self.lane is not None else "off"
-        return self
-
-    async def close(self) -> None:
-        if self.lane is not None:
-            await self.lane.stop()
-        await self.watcher.stop()
-        await self.scripts.aclose()
-        await self.redis.aclose()
-
-    def the_lane(self) -> GateLane:
-        assert self.lane is not None
-        return self.lane
-
-    async def waiting(self, plan_id: str) -> None:
-        """Until the gate waits for ``plan_id``: its first call answered WAIT, it listens."""
-        keys = set(self.gate.config.keys(plan_id))
-
-        def listening() -> bool:
-            if self.lane is not None and self.gate._lane_on():
-                listens = keys <= set(self.lane._waiters)
-            else:
-                listens = keys <= set(self.watcher._waiters)
-            idle = not self.scripts._sending and not self.scripts._queue
-            return listens and idle and self.scripts.stats.calls >= 1
-
-        await until(listening, timeout=10)
-
-    def wait(self, plan_id: str, token: str | None = None) -> asyncio.Task[GateResult]:
-        return asyncio.create_task(self.gate.wait_and_consume(plan_id, SYM, token=token))
-
-
-StackFactory = Callable[..., Awaitable[Stack]]
-
-
-@pytest.fixture
-async def events(redis: Redis) -> Redis:
-    """The shared server publishing what the gate needs (the fixture turns it off)."""
-    await redis.config_set("notify-keyspace-events", "K$h")
-    return redis
-
-
-@pytest.fixture
-async def stacks(redis_server: EmbeddedRedis, events: Redis) -> AsyncIterator[StackFactory]:
-    made: list[Stack] = []
-
-    async def make(name: str, config: GateConfig = SLOW_STEP, *, lane: bool = True) -> Stack:
-        stack = Stack(redis_server.url, name, config, lane=lane)
-        made.append(stack)
-        return await stack.start()
-
-    yield make
-    await asyncio.gather(*(stack.close() for stack in made))
-
-
-def lane_addrs(lane: GateLane) -> set[str]:
-    """The lane's connections as CLIENT LIST names them (``addr``: our end of the socket)."""
-    addrs = set()
-    for conn in lane._conns:
-        writer = conn._writer
-        assert writer is not None
-        host, port = writer.get_extra_info("sockname")[:2]
-        addrs.add(f"{host}:{port}")
-    return addrs
-
-
-async def pattern_counts(redis: Redis, name: str) -> list[int]:
-    """``psub`` of every connection named ``name`` that has pattern subscriptions, sorted."""
-    clients = await redis.client_list()
-    return sorted(int(c["psub"]) for c in clients if c["name"] == name and int(c["psub"]) > 0)
-
-
-async def lane_pattern_count(redis: Redis, lane: GateLane) -> int:
-    addrs = lane_addrs(lane)
-    return sum(int(c["psub"]) for c in await redis.client_list() if c["addr"] in addrs)
-
-
-# ---- 1, 2: the lane decides --------------------------------------------------------
+# ---- the lane decides ------------------------------------------------------------
 
 
 async def test_the_lane_is_on_and_decides_a_plan_whose_permits_land_during_the_wait(
@@ -246,7 +141,7 @@ async def test_with_events_off_on_the_server_the_lane_waits_for_the_watcher(
     assert turned_on.allowed and turned_on.owner and lane.decisions == 1
 
 
-# ---- 3: many daemons, one plan ----------------------------------------------------
+# ---- many daemons, one plan ------------------------------------------------------
 
 
 @pytest.mark.parametrize("lanes_off", [0, 6], ids=["all-lanes", "half-lanes-off"])
@@ -281,166 +176,7 @@ async def test_twelve_daemons_race_one_plan_and_exactly_one_owns_it(
     assert max(r.wait_ms for r in results) < config.step_ms
 
 
-# ---- 4-6: the lane down, and back --------------------------------------------------
-
-
-async def test_the_lanes_connections_killed_mid_wait(
-    events: Redis, stacks: StackFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Held down long enough to see the watcher take the gate's channels back.
-    monkeypatch.setattr(gate_lane, "FIRST_BACKOFF_SEC", 1.5)
-    await put(events, GOV_KEY("l4"), GOV_OK)
-    stack = await stacks("lane-kill")
-    lane = stack.the_lane()
-    # The watcher leaves the gate's channels to the lane at its next read (within a second).
-    await until(lambda: _counts_are(events, "lane-kill", [1, GATE_CHANNELS]), timeout=5)
-    assert await lane_pattern_count(events, lane) == GATE_CHANNELS
-    task = stack.wait("l4")
-    await stack.waiting("l4")
-    addrs = lane_addrs(lane)
-    ids = [c["id"] for c in await events.client_list() if c["addr"] in addrs]
-    assert len(ids) == 2
-    async with events.pipeline(transaction=True) as both:  # at once: the lane closes the other
-        for client_id in ids:
-            both.client_kill_filter(_id=client_id)
-        assert await both.execute() == [1, 1]
-    await until(lambda: not lane.active, timeout=5)
-    assert sample("apply_gate_lane_active") == 0
-    # The watcher took the gate's channels back: one connection with them all.
-    await until(lambda: _counts_are(events, "lane-kill", [GATE_CHANNELS + 1]), timeout=5)
-    assert not task.done()  # still waiting, by the watcher now
-    written = time.monotonic()
-    await put(events, P33_KEY("l4"), P33_OK)
-    result = await task
-    assert time.monotonic() - written < 1.0  # woken by the watcher, not the 3 s poll
-    assert result.allowed and result.owner and result.safe_qty == Decimal("0.002")
-    assert lane.decisions == 0  # the lane had no part in it
-    assert "no reply" not in lane.error and lane.error  # why it is down, e.g. "closed"
-    await until(lambda: lane.active, timeout=10)
-    assert sample("apply_gate_lane_active") == 1
-    await until(lambda: _counts_are(events, "lane-kill", [1, GATE_CHANNELS]), timeout=5)
-    # And it decides again.
-    await put(events, GOV_KEY("l4b"), GOV_OK)
-    again = stack.wait("l4b")
-    await stack.waiting("l4b")
-    await put(events, P33_KEY("l4b"), P33_OK)
-    assert (await again).allowed and lane.decisions == 1
-
-
-async def _counts_are(redis: Redis, name: str, expected: list[int]) -> bool:
-    return await pattern_counts(redis, name) == expected
-
-
-async def _equal(value: Awaitable[list[int]], expected: list[int]) -> bool:
-    return await value == expected
-
-
-async def test_a_function_flush_during_the_wait_the_gate_reloads_and_the_lane_stays(
-    events: Redis, stacks: StackFactory
-) -> None:
-    await put(events, GOV_KEY("l5"), GOV_OK)
-    stack = await stacks("lane-flush")
-    lane = stack.the_lane()
-    task = stack.wait("l5")
-    await stack.waiting("l5")
-    await events.execute_command("FUNCTION", "FLUSH")  # type: ignore[no-untyped-call]
-    assert await events.execute_command("FUNCTION", "LIST") == []  # type: ignore[no-untyped-call]
-    reloads = stack.scripts.stats.reloads
-    await put(events, P33_KEY("l5"), P33_OK)
-    result = await task
-    # The lane's FCALL got "Function not found": it woke the gate, whose own call
-    # loaded the library and decided.
-    assert (lane.calls, lane.decisions) == (1, 0)
-    assert stack.scripts.stats.reloads == reloads + 1
-    assert await events.execute_command("FUNCTION", "LIST") != []  # type: ignore[no-untyped-call]
-    assert result.allowed and result.owner and result.safe_qty == Decimal("0.002")
-    assert result.wait_ms < SLOW_STEP.step_ms
-    assert lane.active and sample("apply_gate_lane_active") == 1
-
-
-async def test_the_lane_comes_back_after_a_redis_restart_and_decides_again(
-    own_redis_server: EmbeddedRedis,
-) -> None:
-    admin = create_redis(own_redis_server.url, name="admin")
-    stack = Stack(own_redis_server.url, "lane-restart", SLOW_STEP)
-    try:
-        await admin.config_set("notify-keyspace-events", "K$h")
-        await stack.start()
-        lane = stack.the_lane()
-        assert lane.active
-        own_redis_server.restart(kill=True)
-        await until(lambda: not lane.active, timeout=5)
-        await admin.config_set("notify-keyspace-events", "K$h")  # a restart forgets CONFIG SET
-        await until(lambda: lane.active and stack.watcher.active, timeout=15)
-        await stack.scripts.prepare()  # the library, if the restart lost it
-        await until(lambda: _counts_are(admin, "lane-restart", [1, GATE_CHANNELS]), timeout=5)
-        with stack.watcher.watch([GOV_KEY("l7")]) as seen:  # its event read before the wait
-            await put(admin, GOV_KEY("l7"), GOV_OK)
-            await asyncio.wait_for(seen.wait(), timeout=5)
-        calls = lane.calls
-        task = stack.wait("l7")
-        await stack.waiting("l7")
-        await put(admin, P33_KEY("l7"), P33_OK)
-        result = await task
-    finally:
-        await stack.close()
-        await admin.aclose()
-    assert result.allowed and result.owner and result.wait_ms < SLOW_STEP.step_ms
-    assert (lane.calls - calls, lane.decisions) == (1, 1)
-
-
-# A script that holds the server for half a second (DEBUG is off on Redis 7 by default).
-_BUSY = (
-    "local s = redis.call('TIME') local n repeat n = redis.call('TIME') "
-    "until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) >= 500000 return 1"
-)
-
-
-async def test_a_reply_later_than_the_timeout_takes_the_lane_down_and_it_comes_back(
-    redis_server: EmbeddedRedis,
-    events: Redis,
-    stacks: StackFactory,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(gate_lane, "REPLY_TIMEOUT_SEC", 0.2)
-    stream = io.StringIO()
-    setup_logging("INFO", "json", stream)
-    await put(events, GOV_KEY("l6"), GOV_OK)
-    stack = await stacks("lane-late")
-    lane = stack.the_lane()
-    task = stack.wait("l6")
-    await stack.waiting("l6")
-    busy = socket.create_connection(("127.0.0.1", redis_server.port))
-    own_args = stack.gate.script_args
-    armed = [True]
-
-    def script_args(plan_id: str, symbol: str, token: str, *, final: bool) -> list[Any]:
-        """The lane packs its call here: the server is made busy before the call reaches it."""
-        if armed[0] and not final:
-            armed[0] = False
-            busy.sendall(hiredis.pack_command(("EVAL", _BUSY, 0)))  # type: ignore[arg-type]
-            time.sleep(0.05)  # the server has read the script and runs it when the call lands
-        return own_args(plan_id, symbol, token, final=final)
-
-    monkeypatch.setattr(stack.gate, "script_args", script_args)
-    try:
-        await put(events, P33_KEY("l6"), P33_OK)
-        result = await task
-        assert not armed[0]  # the lane's call was the one made late
-        assert busy.recv(64) == b":1\r\n"
-    finally:
-        busy.close()
-    assert result.allowed and result.owner and result.safe_qty == Decimal("0.002")
-    assert lane.calls == 1
-    assert await events.exists(GOV_KEY("l6"), P33_KEY("l6")) == 0
-    await until(lambda: lane.active, timeout=10)
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    down = [line for line in lines if line["message"] == "gate_lane_down"]
-    assert [line["error"] for line in down] == ["no reply in 0.2 s"]
-    assert [line["message"] for line in lines].count("gate_lane_back") == 1
-
-
-# ---- 8: the watcher's waiters while the lane reads its channels -----------------------
+# ---- the watcher's waiters while the lane reads its channels -------------------------
 
 
 async def test_with_the_lane_up_the_watcher_keeps_the_canary_and_its_waiters_wake(
@@ -460,7 +196,7 @@ async def test_with_the_lane_up_the_watcher_keeps_the_canary_and_its_waiters_wak
         ]
 
     # The canary's channel only, once the watcher has read again (within a second).
-    await until(lambda: _equal(watcher_side(), [1]), timeout=5)
+    await until(lambda: equal(watcher_side(), [1]), timeout=5)
     assert await lane_pattern_count(events, lane) == GATE_CHANNELS
     with stack.watcher.watch([P33_KEY("l8")]) as woken:
         await put(events, P33_KEY("l8"), P33_OK)
@@ -468,7 +204,7 @@ async def test_with_the_lane_up_the_watcher_keeps_the_canary_and_its_waiters_wak
     assert lane.calls == 0  # nobody waited on the lane for this key
 
 
-# ---- 9: the daemon ---------------------------------------------------------------
+# ---- the daemon ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
