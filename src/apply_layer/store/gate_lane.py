@@ -374,7 +374,7 @@ class GateLane:
             if self._watcher is not None and not self._watcher.active:
                 # No events flow (off, refused, lost): nothing to answer. Waiting here
                 # also keeps a refused ACL from being asked twice as often.
-                self.error = "keyspace events do not flow (the watcher says)"
+                self.error = "waiting for the keyspace watcher's events"
                 self._tried.set()
                 await asyncio.sleep(WATCHER_CHECK_SEC)
                 continue
