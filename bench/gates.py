@@ -315,6 +315,8 @@ async def run_gate(
         await asyncio.gather(*(one(i) for i in range(plans)))
         run.seconds = time.perf_counter() - t0
         run.plans = plans
+        if under_test.lane is not None:
+            run.watcher_status += f" (it decided {under_test.lane.decisions} of {plans})"
         if process is not None:
             written_at = process.finish()
     finally:
