@@ -173,7 +173,7 @@ class GateLane:
         self.status = "off"
         self.error = ""
         self.calls = 0  # gate calls the lane has written (tests and the benchmark read it)
-        self.decisions = 0  # decisions it handed to a waiting gate
+        self.decisions = 0  # decision replies it received (each handed to its waiter, if waiting)
 
     async def start(self) -> str:
         """Connect and subscribe (in the background from then on); a one-line status."""
