@@ -1,8 +1,9 @@
 """The gate lane's callbacks alone: bytes as the server sends them, parsed by hiredis.
 
-No server: each wire of the lane (store/gate_lane.py) gets a transport that
-records what is written and whether it was closed, and the tests feed it
-replies the way the socket would. The cases are the ones a real server
+No server: each wire of the lane (store/gate_lane.py; the sockets' protocol
+is store/lane_wire.py) gets a transport that records what is written and
+whether it was closed, and the tests feed it replies the way the socket
+would. The cases are the ones a real server
 cannot be made to send on demand (a reply to nothing, a push on the command
 connection, READONLY from a demoted primary).
 """
@@ -21,7 +22,8 @@ from apply_layer import metrics
 from apply_layer.core import keys as K
 from apply_layer.core.errors import GateLaneDown
 from apply_layer.store.gate import GateConfig
-from apply_layer.store.gate_lane import GateLane, _Wire
+from apply_layer.store.gate_lane import GateLane
+from apply_layer.store.lane_wire import LaneWire
 
 pytestmark = pytest.mark.unit
 
@@ -56,8 +58,8 @@ class Wired:
     def __init__(self) -> None:
         self.lane = GateLane(Redis(), GateConfig().watch_patterns())
         lane = self.lane
-        self.events = _Wire(lane._on_event, lane._lost, lane._flush)
-        self.commands = _Wire(lane._on_reply, lane._lost)
+        self.events = LaneWire(lane._on_event, lane._lost, lane._flush)
+        self.commands = LaneWire(lane._on_reply, lane._lost)
         self.events_out, self.commands_out = Recorder(), Recorder()
         self.events.transport, self.commands.transport = self.events_out, self.commands_out
         lane._events, lane._commands = self.events, self.commands

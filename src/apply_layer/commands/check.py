@@ -38,7 +38,7 @@ from apply_layer.store.batching import ScriptBatcher
 from apply_layer.store.connection import close_redis, redis_db, redis_for
 from apply_layer.store.functions import LIBRARY
 from apply_layer.store.gate import GateConfig
-from apply_layer.store.keyspace import REQUIRED_CLASSES, covers
+from apply_layer.store.keyspace_setting import REQUIRED_CLASSES, covers
 
 DEFAULT_ENV_FILE = Path("/etc/quantum/apply-layer.env")
 

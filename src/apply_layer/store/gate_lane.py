@@ -57,6 +57,8 @@ from apply_layer.core.errors import GateLaneDown, GateLaneUnsupported
 from apply_layer.logs import get_logger
 from apply_layer.store.connection import COMMAND_TIMEOUT_SEC, redis_db
 from apply_layer.store.keyspace import CANARY_KEY, CANARY_SEC, KeyspaceWatcher
+from apply_layer.store.lane_wire import LaneWire, transport_of
+from apply_layer.store.waiters import registered
 
 log = get_logger()
 
@@ -87,59 +89,6 @@ class LaneWaiter:
         self.decision: list[Any] | None = None
 
 
-class _Wire(asyncio.Protocol):
-    """A socket taken over from redis-py: each parsed reply goes to ``on_reply``, in order."""
-
-    def __init__(
-        self,
-        on_reply: Callable[[Any], None],
-        on_lost: Callable[[BaseException, _Wire], None],
-        on_chunk: Callable[[], None] | None = None,
-    ) -> None:
-        # As the client's own: decode_responses with encoding_errors="replace".
-        self.reader = hiredis.Reader(encoding="utf-8", errors="replace")
-        self.on_reply = on_reply
-        self.on_lost = on_lost
-        self.on_chunk = on_chunk
-        self.transport: asyncio.Transport | None = None
-        # redis-py's protocol, told when the socket closes, so that its stream's
-        # wait_closed() (the pool's disconnect) returns instead of timing out.
-        self.previous: asyncio.BaseProtocol | None = None
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.reader.feed(data)
-            while (reply := self.reader.gets()) is not False:
-                self.on_reply(reply)
-            if self.on_chunk is not None:
-                self.on_chunk()
-        except Exception as exc:  # a protocol error, or a bug of ours: never the gate's
-            self.on_lost(exc, self)
-
-    def eof_received(self) -> bool:
-        self.on_lost(GateLaneDown("the server closed the connection"), self)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.on_lost(exc or GateLaneDown("connection closed"), self)
-        if self.previous is not None:
-            self.previous.connection_lost(exc)
-
-    def write(self, data: bytes) -> None:
-        if self.transport is None or self.transport.is_closing():
-            raise GateLaneDown("connection closed")
-        self.transport.write(data)
-
-
-def _transport_of(conn: AbstractConnection) -> asyncio.Transport | None:
-    """The connected socket's transport; None if this redis-py keeps it elsewhere."""
-    writer = getattr(conn, "_writer", None)
-    if not isinstance(writer, asyncio.StreamWriter):
-        return None
-    transport = writer.transport
-    return transport if isinstance(transport, asyncio.Transport) else None
-
-
 class GateLane:
     """Pattern-subscribes to the gate's keys and answers their events with gate calls."""
 
@@ -161,8 +110,8 @@ class GateLane:
         self._outbox: list[bytes] = []
         self._confirming: set[str] = set()
         self._conns: list[AbstractConnection] = []
-        self._events: _Wire | None = None
-        self._commands: _Wire | None = None
+        self._events: LaneWire | None = None
+        self._commands: LaneWire | None = None
         self._down: asyncio.Future[None] | None = None
         self._subscribed: asyncio.Future[None] | None = None
         self._late: asyncio.TimerHandle | None = None
@@ -195,22 +144,11 @@ class GateLane:
                 await self._task
             self._task = None
 
-    @contextlib.contextmanager
-    def watch(self, keys: Iterable[str], command: Callable[[], bytes]) -> Iterator[LaneWaiter]:
+    def watch(
+        self, keys: Iterable[str], command: Callable[[], bytes]
+    ) -> contextlib.AbstractContextManager[LaneWaiter]:
         """Answer every event on ``keys`` with ``command()`` for the duration of the block."""
-        waiter = LaneWaiter(command)
-        keys = list(keys)
-        for key in keys:
-            self._waiters.setdefault(key, set()).add(waiter)
-        try:
-            yield waiter
-        finally:
-            for key in keys:
-                waiting = self._waiters.get(key)
-                if waiting is not None:
-                    waiting.discard(waiter)
-                    if not waiting:
-                        del self._waiters[key]
+        return registered(self._waiters, keys, LaneWaiter(command))
 
     def check(self) -> None:
         """Each housekeeping tick: is the lane still connected and hearing? Down if not.
@@ -354,7 +292,7 @@ class GateLane:
             for waiter in waiters:
                 waiter.event.set()
 
-    def _lost(self, exc: BaseException, wire: _Wire) -> None:
+    def _lost(self, exc: BaseException, wire: LaneWire) -> None:
         """A wire's error or close: the lane's down, unless the wire is one it already left."""
         if wire is self._events or wire is self._commands:
             self._lose(exc)
@@ -417,17 +355,17 @@ class GateLane:
         self._subscribed = loop.create_future()
         self._down.add_done_callback(_retrieve)
         self._subscribed.add_done_callback(_retrieve)
-        self._events = await self._take(_Wire(self._on_event, self._lost, self._flush))
-        self._commands = await self._take(_Wire(self._on_reply, self._lost))
+        self._events = await self._take(LaneWire(self._on_event, self._lost, self._flush))
+        self._commands = await self._take(LaneWire(self._on_reply, self._lost))
         self._confirming = set(self._channels)
         self._events.write(hiredis.pack_command(("PSUBSCRIBE", *self._channels)))  # type: ignore[arg-type]
         async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SEC):
             await self._subscribed
 
-    async def _take(self, wire: _Wire) -> _Wire:
+    async def _take(self, wire: LaneWire) -> LaneWire:
         conn = await self._redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         self._conns.append(conn)
-        transport = _transport_of(conn)
+        transport = transport_of(conn)
         if transport is None:
             raise GateLaneUnsupported("this redis-py keeps no asyncio stream on its connections")
         wire.previous = transport.get_protocol()

@@ -54,12 +54,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from apply_layer.core import keys as K
 from apply_layer.logs import get_logger
 from apply_layer.store.connection import redis_db
+from apply_layer.store.keyspace_setting import covers, merged_flags
+from apply_layer.store.waiters import registered
 
 log = get_logger()
-
-# Event classes we need: K (keyspace channel), $ (string writes), h (hash writes).
-# Not g: DEL and EXPIRE events would double the traffic and never wake anyone.
-REQUIRED_CLASSES = "K$h"
 
 FIRST_BACKOFF_SEC = 0.1
 MAX_BACKOFF_SEC = 5.0  # the connection was lost: Redis is usually back within seconds
@@ -76,12 +74,6 @@ CANARY_SEC = 2.0
 HAND_OVER_SEC = 0.25
 
 
-def covers(flags: str, needed: str = REQUIRED_CLASSES) -> bool:
-    """Whether a ``notify-keyspace-events`` value publishes every class in ``needed``."""
-    expanded = flags.replace("A", "g$lshzxetd")
-    return all(c in expanded for c in needed)
-
-
 def channels(patterns: Iterable[str], db: int) -> list[str]:
     """Every channel the watcher subscribes to: the gate's patterns and the canary's key.
 
@@ -89,11 +81,6 @@ def channels(patterns: Iterable[str], db: int) -> list[str]:
     a PSUBSCRIBE pattern as text, so each one is listed).
     """
     return [K.keyspace_channel(p, db) for p in sorted({*patterns, CANARY_KEY})]
-
-
-def merged_flags(flags: str, needed: str = REQUIRED_CLASSES) -> str:
-    """``flags`` plus whatever of ``needed`` it lacks, keeping what others rely on."""
-    return flags + "".join(c for c in needed if not covers(flags, c))
 
 
 class KeyspaceWatcher:
@@ -297,22 +284,9 @@ class KeyspaceWatcher:
             self._task = None
         self._subscribed.clear()
 
-    @contextlib.contextmanager
-    def watch(self, keys: Iterable[str]) -> Iterator[asyncio.Event]:
+    def watch(self, keys: Iterable[str]) -> contextlib.AbstractContextManager[asyncio.Event]:
         """Register interest in ``keys`` for the duration of the block."""
-        event = asyncio.Event()
-        keys = list(keys)
-        for key in keys:
-            self._waiters.setdefault(key, set()).add(event)
-        try:
-            yield event
-        finally:
-            for key in keys:
-                waiting = self._waiters.get(key)
-                if waiting is not None:
-                    waiting.discard(event)
-                    if not waiting:
-                        del self._waiters[key]
+        return registered(self._waiters, keys, asyncio.Event())
 
     def wake(self, key: str) -> None:
         """Wake the waiters of ``key`` (the lane does, for the events it reads)."""
