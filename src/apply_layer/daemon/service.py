@@ -99,7 +99,6 @@ class ApplyService:
         )
         self._identity_changed = asyncio.Event()
         self.identity.listeners.append(self._identity_changed.set)
-        self.identity.listeners.append(self._lane_after_change)
         self.processor = Processor(
             settings, self.redis, self.gate, self.journal, self.executor, self.scripts
         )
@@ -227,14 +226,6 @@ class ApplyService:
             await endpoint.close()
         log.info("stopped", **self.counts)
         return 0
-
-    def _lane_after_change(self) -> None:
-        """The lane's connections may be on the server the daemon left: open new ones.
-
-        Not where INFO is refused: every new connection then counts as a change.
-        """
-        if self.lane is not None and not self.identity.unknown:
-            self.lane.restart()
 
     async def _prepare_scripts(self) -> str:
         """The function library (functions.py): missing and not loadable by this user stops

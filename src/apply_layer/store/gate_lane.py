@@ -192,11 +192,6 @@ class GateLane:
                 self._awaiting = None
             raise
 
-    def restart(self) -> None:
-        """The Redis behind the connections changed (identity tracker): connect again."""
-        if self.active:
-            self._lose(GateLaneDown("the Redis server changed"))
-
     # ---- the callbacks (the hot path) -------------------------------------------------
 
     def _on_event(self, message: Any) -> None:
