@@ -95,8 +95,7 @@ class KeyspaceWatcher:
         # wakes this watcher's waiters itself; the watcher then keeps only the canary's.
         self._canary_channel = K.keyspace_channel(CANARY_KEY, self._db)
         self._handed_over = False
-        self._gate_subscribed = False  # the gate's channels are subscribed on _pubsub
-        self._pubsub: PubSub | None = None
+        self._gate_subscribed = False  # the gate's channels are subscribed on _run's connection
         self._mode = mode
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -359,7 +358,7 @@ class KeyspaceWatcher:
         backoff = FIRST_BACKOFF_SEC
         failing = False  # logged once per run of failures, not once per retry
         while True:
-            pubsub = self._pubsub = self._redis.pubsub()
+            pubsub = self._redis.pubsub()
             self.attempts += 1
             try:
                 if self._mode == "enable":
@@ -397,7 +396,6 @@ class KeyspaceWatcher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_REFUSED_BACKOFF_SEC if refused else MAX_BACKOFF_SEC)
             finally:
-                self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
