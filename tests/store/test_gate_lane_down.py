@@ -20,6 +20,7 @@ import hiredis
 import pytest
 from redis.asyncio import Redis
 
+from apply_layer.core import keys as K
 from apply_layer.logs import setup_logging
 from apply_layer.ops.embedded_redis import EmbeddedRedis
 from apply_layer.store import gate_lane
@@ -188,3 +189,40 @@ async def test_a_reply_later_than_the_timeout_takes_the_lane_down_and_it_comes_b
     down = [line for line in lines if line["message"] == "gate_lane_down"]
     assert [line["error"] for line in down] == ["no reply in 0.2 s"]
     assert [line["message"] for line in lines].count("gate_lane_back") == 1
+
+
+async def test_the_heartbeat_check_keeps_a_hearing_lane_and_takes_down_a_deaf_one(
+    events: Redis, stacks: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The housekeeping's tick (``check`` and ``canary_write`` around the heartbeat's SET):
+    a lane whose events connection hears the heartbeat stays up and its PING is answered;
+    one whose events connection has stopped reading is taken down, and comes back."""
+    monkeypatch.setattr(gate_lane, "CANARY_SEC", 0.3)
+    monkeypatch.setattr(gate_lane, "FIRST_BACKOFF_SEC", 0.05)
+    stack = await stacks("lane-canary")
+    lane = stack.the_lane()
+    heartbeat = K.HEARTBEAT_KEY
+
+    async def tick() -> None:
+        lane.check()
+        with lane.canary_write():
+            await events.set(heartbeat, "beat", ex=15)
+
+    for _ in range(3):  # healthy: the event arrives, the PING is answered
+        await tick()
+        await asyncio.sleep(0.4)
+    lane.check()
+    await until(lambda: not lane._sent, timeout=5)  # the PING's answer came
+    assert lane.active and lane._awaiting is None
+
+    events_wire = lane._events
+    assert events_wire is not None and events_wire.transport is not None
+    events_wire.transport.pause_reading()  # deaf: connected, but hears nothing more
+    await tick()
+    assert lane._awaiting is not None  # the write's event was not heard
+    await asyncio.sleep(0.4)
+    lane.check()
+    assert not lane.active  # taken down by the missing event, not by the PING
+    await until(lambda: lane.active, timeout=10)  # and back on new connections
+    await tick()
+    await until(lambda: lane._awaiting is None, timeout=5)
