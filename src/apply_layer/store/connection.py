@@ -53,6 +53,8 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from apply_layer.store.identity import mark_used
+
 if TYPE_CHECKING:
     from apply_layer.settings import Settings
     from apply_layer.store.identity import IdentityTracker
@@ -92,6 +94,22 @@ def _client_kwargs(name: str, block_sec: float, identity: IdentityTracker | None
     return kwargs
 
 
+class StampingPool(BlockingConnectionPool):
+    """redis-py's bounded, blocking pool, stamping each connection as it is handed
+    out and taken back, so the identity tracker can tell a connection that sat
+    idle through a change of server from one that may have carried commands
+    after it (``identity.mark_used``)."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        conn: AbstractConnection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        mark_used(conn, out=True)  # after the checkout's own reconnect, if it made one
+        return conn
+
+    async def release(self, connection: AbstractConnection) -> None:
+        mark_used(connection, out=False)
+        await super().release(connection)
+
+
 def create_redis(
     url: str,
     *,
@@ -109,15 +127,15 @@ def create_redis(
     kwargs = _client_kwargs(name, block_sec, identity)
     if url.startswith("unix://"):
         del kwargs["socket_keepalive"]  # a TCP option: redis-py's unix connection refuses it
-    pool = BlockingConnectionPool.from_url(url, **kwargs)
+    pool = StampingPool.from_url(url, **kwargs)
     # from_pool: the client owns the pool, so aclose() closes its connections too.
     return Redis.from_pool(pool)
 
 
-class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+class BlockingSentinelPool(SentinelConnectionPool, StampingPool):
     """redis-py's Sentinel pool (it asks the sentinels for the primary on every new
     connection and drops connections to a demoted one) with the blocking,
-    bounded checkout of ``BlockingConnectionPool``, as for a plain URL."""
+    bounded, stamping checkout of a plain URL's pool."""
 
 
 def create_sentinel_redis(

@@ -32,12 +32,23 @@ process with the same replication history: nothing it acknowledged can have
 been lost in between, so the moment from the file stands, and the first
 plans are sent at once. Anything else (no file, an unreadable one, another
 identity, an ``INFO`` refused) counts as a change, as before.
+
+**A connection that comes back.** A pooled connection that reached another
+server before it reconnected (its ``was``) may have written there after the
+process had moved on, and those writes may be lost: that counts as a change
+for the lookups (see :meth:`IdentityTracker.observe`). It can only have done
+so if it was handed out at some moment after the process moved on, so the
+pools stamp every checkout and return (:func:`mark_used`, ``connection.py``):
+a connection that sat idle in its pool through the change, as most do when a
+Redis is restarted, comes back without holding the sends again. One handed
+out (a blocking read, the keyspace watcher's, the lane's) still counts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -55,6 +66,16 @@ from apply_layer.logs import get_logger
 log = get_logger()
 
 STATE_FILE = "redis-identity.json"
+# Attributes this module keeps on redis-py's connection objects.
+_SEEN = "_apply_layer_identity"  # the server the connection last reached
+_USED_AT = "_apply_layer_used_at"  # time.monotonic() it came back to its pool; inf while out
+
+
+def mark_used(conn: AbstractConnection, *, out: bool) -> None:
+    """Stamp ``conn`` as handed out (``out``: it may carry commands at any moment
+    from now) or as back in its pool (it carried its last one by now). The pools
+    call it (``connection.py``)."""
+    setattr(conn, _USED_AT, math.inf if out else time.monotonic())
 
 
 def state_file(state_dir: Path | None) -> Path | None:
@@ -124,6 +145,7 @@ class IdentityTracker:
         self.changes = 0  # changes noticed after the first sighting
         self.unknown = False  # INFO refused (an ACL): every new connection counts as a change
         self.listeners: list[Callable[[], None]] = []  # called on a change (not I/O: no await)
+        self.left_at: float | None = None  # time.monotonic() of the last change of server
 
     def _changed(self, now: int) -> None:
         self.changed_at_ms = now
@@ -131,7 +153,11 @@ class IdentityTracker:
             listener()
 
     def observe(
-        self, identity: ServerIdentity | None, *, was: tuple[str, str] | None = None
+        self,
+        identity: ServerIdentity | None,
+        *,
+        was: tuple[str, str] | None = None,
+        used_at: float | None = None,
     ) -> None:
         """Record what a new connection reached (``None``: it would not say).
 
@@ -144,6 +170,14 @@ class IdentityTracker:
         for the process, but its writes may be gone: the listeners are called
         (results written again) and the moment counts as a change for the
         lookups, without counting a change of server.
+
+        ``used_at``: when the connection last came back to its pool, ``inf``
+        while it is handed out (:func:`mark_used`; ``None``: not known, which
+        counts as used). One that came back before the process's last change
+        of server wrote nothing after it: whatever it wrote is older than that
+        change, which already counted. Counting it again would hold the sends
+        once more for every idle connection that reconnects after a restart,
+        one at a time, for as long as they trickle back.
         """
         now = int(self._clock() * 1000)
         if identity is None:
@@ -172,7 +206,12 @@ class IdentityTracker:
                 self.changed_at_ms = now
                 self._keep(identity, now)
                 log.info("redis_identity", run_id=identity.run_id, replid=identity.replid)
-        elif previous.key == identity.key and was is not None and was != identity.key:
+        elif (
+            previous.key == identity.key
+            and was is not None
+            and was != identity.key
+            and self._used_since_left(used_at)
+        ):
             self._changed(now)
             self._keep(identity, now)  # a restart must not take an earlier moment
             log.info(
@@ -185,6 +224,7 @@ class IdentityTracker:
                 "what it wrote there may be lost; recent results are written again",
             )
         elif previous.key != identity.key:
+            self.left_at = time.monotonic()
             self._changed(now)
             self._keep(identity, now)
             self.changes += 1
@@ -198,6 +238,9 @@ class IdentityTracker:
                 meaning="restart, restore or failover: recent writes may be lost; "
                 "orders are looked up before any send",
             )
+
+    def _used_since_left(self, used_at: float | None) -> bool:
+        return used_at is None or self.left_at is None or used_at >= self.left_at
 
     def _kept_since(self, identity: ServerIdentity) -> int | None:
         """The moment the kept file says ``identity`` was first seen, if it says so."""
@@ -250,9 +293,9 @@ class IdentityTracker:
         if identity.role and identity.role != "master":
             where = f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
             raise ReplicaRefused(f"{where} is a {identity.role}, not a primary")
-        was = getattr(conn, "_apply_layer_identity", None)
-        setattr(conn, "_apply_layer_identity", identity.key)  # noqa: B010 (not ours to type)
-        self.observe(identity, was=was)
+        was = getattr(conn, _SEEN, None)
+        setattr(conn, _SEEN, identity.key)
+        self.observe(identity, was=was, used_at=getattr(conn, _USED_AT, None))
 
 
 async def _command(conn: AbstractConnection, *args: str) -> Any:
