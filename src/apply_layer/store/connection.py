@@ -106,7 +106,9 @@ class StampingPool(BlockingConnectionPool):
         return conn
 
     async def release(self, connection: AbstractConnection) -> None:
-        mark_used(connection, out=False)
+        # One that comes back closed lost a command's reply: what it sent may still
+        # run on that server later (a paused primary that resumes), so it stays out.
+        mark_used(connection, out=not connection.is_connected)
         await super().release(connection)
 
 

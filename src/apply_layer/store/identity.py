@@ -41,7 +41,9 @@ so if it was handed out at some moment after the process moved on, so the
 pools stamp every checkout and return (:func:`mark_used`, ``connection.py``):
 a connection that sat idle in its pool through the change, as most do when a
 Redis is restarted, comes back without holding the sends again. One handed
-out (a blocking read, the keyspace watcher's, the lane's) still counts.
+out (a blocking read, the keyspace watcher's, the lane's) still counts, and
+so does one that came back closed: a command's reply was lost, and a paused
+old primary may run that command when it resumes, at any moment.
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ _USED_AT = "_apply_layer_used_at"  # time.monotonic() it came back to its pool; 
 
 def mark_used(conn: AbstractConnection, *, out: bool) -> None:
     """Stamp ``conn`` as handed out (``out``: it may carry commands at any moment
-    from now) or as back in its pool (it carried its last one by now). The pools
-    call it (``connection.py``)."""
+    from now) or as back in its pool, its last command answered by now. The pools
+    call it (``connection.py``); one returned closed, a reply lost, stays out."""
     setattr(conn, _USED_AT, math.inf if out else time.monotonic())
 
 
