@@ -40,6 +40,13 @@ async def _checkout(pool: ConnectionPool) -> Connection:
     return conn
 
 
+async def _move(conn: Connection, server: EmbeddedRedis) -> None:
+    """Point ``conn`` at ``server`` and reconnect it there, as a failover does."""
+    conn.port = server.port
+    await conn.disconnect()
+    await conn.connect()  # type: ignore[no-untyped-call]
+
+
 def _tracked() -> tuple[IdentityTracker, list[int]]:
     tracker = IdentityTracker()
     calls: list[int] = []
@@ -111,10 +118,7 @@ async def test_a_connection_used_on_the_old_server_after_the_move_counts(
     try:
         straggler = await _checkout(pool)
         first = await _checkout(pool)
-        first.port = new.port
-        await first.disconnect()
-        # the process moves to the new side
-        await first.connect()  # type: ignore[no-untyped-call]
+        await _move(first, new)  # the process moves to the new side
         assert tracker.changes == 1
         changed = tracker.changed_at_ms
         await pool.release(first)
@@ -156,15 +160,17 @@ async def test_a_connection_that_lost_a_reply_before_the_move_still_counts(
             await lost.read_response()
         await pool.release(lost)  # closed by the timeout
         assert not lost.is_connected
-        first.port = new.port
-        await first.disconnect()
-        # the process moves to the new side
-        await first.connect()  # type: ignore[no-untyped-call]
+        await _move(first, new)  # the process moves to the new side
         assert tracker.changes == 1
         changed = tracker.changed_at_ms
         await pool.release(first)
         proc.send_signal(signal.SIGCONT)  # the old side runs the write now
-        await asyncio.sleep(0.05)
+        old_side = create_redis(own_redis_server.url, name="admin")
+        try:
+            assert await old_side.get("written") == "late"
+        finally:
+            await old_side.aclose()
+        await asyncio.sleep(0.05)  # a later moment, for the count to show
         lost.port = new.port
         assert await _checkout(pool) is first  # the last one returned comes first
         again = await _checkout(pool)
