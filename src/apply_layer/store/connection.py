@@ -54,6 +54,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apply_layer.store.identity import mark_used
+from apply_layer.store.sentinel_discovery import SentinelDiscovery
 
 if TYPE_CHECKING:
     from apply_layer.settings import Settings
@@ -151,7 +152,8 @@ def create_sentinel_redis(
     identity: IdentityTracker | None = None,
 ) -> Redis:
     """A client for the primary of ``service`` as the sentinels name it, followed
-    across failovers without a restart (redis-py's own Sentinel support).
+    across failovers without a restart (redis-py's own Sentinel support, with a
+    discovery that many tasks may run at once: ``sentinel_discovery.py``).
 
     ``url`` still gives the user, password, database and TLS (``rediss://``)
     of the data nodes; its host and port are not used.
@@ -169,7 +171,7 @@ def create_sentinel_redis(
     }
     if sentinel_password:
         sentinel_kwargs["password"] = sentinel_password
-    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+    manager = SentinelDiscovery(sentinels, sentinel_kwargs=sentinel_kwargs)
     options: dict[str, Any] = node | _client_kwargs(name, block_sec, identity)
     client: Redis = manager.master_for(
         service, connection_pool_class=BlockingSentinelPool, **options

@@ -1,0 +1,105 @@
+"""The primary found through the sentinels by many tasks at once
+(``store/sentinel_discovery.py``): the list of sentinels stays whole.
+
+The sentinels here are stand-ins that answer ``SENTINEL MASTERS`` after
+yielding to the loop, so concurrent discoveries interleave as they do when a
+busy daemon reconnects after a failover. Real sentinels: test_connection_sentinel.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from redis.asyncio.sentinel import MasterNotFoundError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from apply_layer.store.sentinel_discovery import SentinelDiscovery
+
+pytestmark = pytest.mark.unit  # scripts/test.sh --fast
+
+SERVICE = "apply"
+
+
+def healthy(ip: str, **changes: Any) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "ip": ip,
+        "port": 6379,
+        "is_master": True,
+        "is_sdown": False,
+        "is_odown": False,
+        "num-other-sentinels": 2,
+    }
+    return {SERVICE: state | changes}
+
+
+class StandIn:
+    """A sentinel that answers (or fails) after yielding to the loop, counting its calls."""
+
+    def __init__(self, name: str, answer: dict[str, Any] | None) -> None:
+        self.name, self.answer, self.asked = name, answer, 0
+
+    async def sentinel_masters(self) -> dict[str, Any]:
+        self.asked += 1
+        await asyncio.sleep(0)
+        if self.answer is None:
+            raise RedisConnectionError(f"{self.name} is down")
+        return self.answer
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def manager(*stand_ins: StandIn) -> SentinelDiscovery:
+    made = SentinelDiscovery([("127.0.0.1", 1 + i) for i in range(len(stand_ins))])
+    made.sentinels = list(stand_ins)  # type: ignore[arg-type]  # stand-ins for the clients
+    return made
+
+
+def order(found: SentinelDiscovery) -> list[str]:
+    return [repr(s) for s in found.sentinels]
+
+
+async def test_concurrent_discoveries_keep_every_sentinel_once() -> None:
+    """The first sentinel is down: every discovery moves on to the second, and all of
+    them move it to the front. redis-py's own discovery, whose move is by index,
+    leaves [b, b, c] here: ``a`` lost for good."""
+    a, b, c = StandIn("a", None), StandIn("b", healthy("10.0.0.2")), StandIn("c", None)
+    found = manager(a, b, c)
+    answers = await asyncio.gather(*(found.discover_master(SERVICE) for _ in range(12)))
+    assert set(answers) == {("10.0.0.2", 6379)}
+    assert order(found) == ["b", "a", "c"]
+    assert (a.asked, b.asked, c.asked) == (12, 12, 0)
+
+
+async def test_the_sentinel_that_answered_is_asked_first_next_time() -> None:
+    a, b, c = StandIn("a", None), StandIn("b", None), StandIn("c", healthy("10.0.0.3"))
+    found = manager(a, b, c)
+    assert await found.discover_master(SERVICE) == ("10.0.0.3", 6379)
+    assert order(found) == ["c", "a", "b"]
+    a.answer = healthy("10.0.0.9")  # back, and naming another primary: not asked
+    assert await found.discover_master(SERVICE) == ("10.0.0.3", 6379)
+    assert (a.asked, b.asked, c.asked) == (1, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "unhealthy",
+    [{"is_master": False}, {"is_sdown": True}, {"is_odown": True}],
+    ids=["not-master", "sdown", "odown"],
+)
+async def test_a_primary_named_unhealthy_is_passed_over(unhealthy: dict[str, Any]) -> None:
+    a = StandIn("a", healthy("10.0.0.1", **unhealthy))
+    b = StandIn("b", healthy("10.0.0.2"))
+    found = manager(a, b)
+    assert await found.discover_master(SERVICE) == ("10.0.0.2", 6379)
+    assert order(found) == ["b", "a"]
+
+
+async def test_no_primary_named_says_why_for_each_sentinel() -> None:
+    a, b = StandIn("a", None), StandIn("b", {"other-service": {}})
+    found = manager(a, b)
+    with pytest.raises(MasterNotFoundError) as caught:
+        await found.discover_master(SERVICE)
+    assert "'apply'" in str(caught.value) and "a is down" in str(caught.value)
+    assert order(found) == ["a", "b"]  # nobody answered: the order stands
