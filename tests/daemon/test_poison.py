@@ -61,8 +61,10 @@ async def test_keys_of_the_wrong_type_end_the_entry_not_the_service(
     for plan_id in ("wt-claim", "wt-journal"):
         await grant(redis, plan_id)
         await publish_plan(redis, plan_id)
-    await publish_plan(redis, "wt-invalid", steps="[oops")
+    # The poison goes in before the plan: a daemon that read the plan first would
+    # have written a journal of its own there, and ZADD met WRONGTYPE (CI, once).
     await redis.zadd(K.journal("wt-invalid"), {"x": 1})
+    await publish_plan(redis, "wt-invalid", steps="[oops")
     await grant(redis, "wt-lease", symbol="ETHUSDT")
     await publish_plan(redis, "wt-lease", symbol="ETHUSDT")
     expected = {

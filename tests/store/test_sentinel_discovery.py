@@ -103,3 +103,34 @@ async def test_no_primary_named_says_why_for_each_sentinel() -> None:
         await found.discover_master(SERVICE)
     assert "'apply'" in str(caught.value) and "a is down" in str(caught.value)
     assert order(found) == ["a", "b"]  # nobody answered: the order stands
+
+
+def at(ip: str, epoch: int) -> dict[str, Any]:
+    return healthy(ip, **{"config-epoch": epoch})
+
+
+async def test_a_sentinel_behind_a_failover_is_passed_over() -> None:
+    """``a`` has not heard of the failover that ``b`` told this process about: it
+    still names the old primary, healthy as far as it knows."""
+    a, b = StandIn("a", None), StandIn("b", at("10.0.0.2", 2))
+    found = manager(a, b)
+    assert await found.discover_master(SERVICE) == ("10.0.0.2", 6379)
+    a.answer = at("10.0.0.1", 1)  # back, and behind
+    found.sentinels = [a, b]  # type: ignore[list-item]  # asked first
+    assert await found.discover_master(SERVICE) == ("10.0.0.2", 6379)
+    assert order(found) == ["b", "a"] and found.epochs == {SERVICE: 2}
+    a.answer = at("10.0.0.3", 3)  # the next failover, heard by ``a`` first
+    found.sentinels = [a, b]  # type: ignore[list-item]
+    assert await found.discover_master(SERVICE) == ("10.0.0.3", 6379)
+    assert found.epochs == {SERVICE: 3}
+
+
+async def test_when_no_sentinel_is_current_the_newest_answer_is_taken() -> None:
+    """The sentinels were set up again and their epochs started over: what they
+    name is taken rather than no primary at all, and becomes the newest seen."""
+    a, b, c = StandIn("a", at("10.0.0.5", 0)), StandIn("b", at("10.0.0.6", 1)), StandIn("c", None)
+    found = manager(a, b, c)
+    found.epochs[SERVICE] = 7
+    assert await found.discover_master(SERVICE) == ("10.0.0.6", 6379)
+    assert found.epochs == {SERVICE: 1} and order(found) == ["b", "a", "c"]
+    assert (a.asked, b.asked, c.asked) == (1, 1, 1)  # all asked before settling for it

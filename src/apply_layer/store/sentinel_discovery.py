@@ -17,6 +17,17 @@ closed (its connections leaked, and a test failed on their warnings).
 and moves the sentinel that answered to the front by identity, in one step
 with no await in it, so the list stays a permutation of the sentinels it was
 made with.
+
+**A sentinel behind the others.** During a failover the sentinels learn the
+new primary one after another. One that has not yet heard still names the
+old primary, healthy as far as it knows, and redis-py takes the first
+healthy answer: a connection opened after the daemon had already moved to
+the new primary went back to the old, dead one, and the outage was logged
+a second time (CI, ``test_failover_chaos_small``). Every answer carries the
+configuration's epoch, which a failover raises; an answer older than the
+newest this process has seen is passed over while another sentinel gives a
+current one. If none does (the sentinels were set up again and their
+epochs started over), the newest answer given is taken.
 """
 
 from __future__ import annotations
@@ -30,12 +41,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class SentinelDiscovery(Sentinel):
-    """redis-py's Sentinel manager with a discovery that tasks may run concurrently."""
+    """redis-py's Sentinel manager with a discovery that tasks may run concurrently,
+    and that passes over a sentinel still naming the primary before a failover."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epochs: dict[str, int] = {}  # per service, the newest config-epoch taken
 
     async def discover_master(self, service_name: str) -> tuple[str, int]:
         """The address of ``service_name``'s primary, from the first sentinel that
-        names a healthy one (that sentinel is asked first next time)."""
+        names a healthy one in a configuration no older than the newest seen (that
+        sentinel is asked first next time)."""
         errors: list[str] = []
+        behind: tuple[int, Any, dict[str, Any]] | None = None  # the newest answer passed over
         for sentinel in list(self.sentinels):  # others may reorder the list meanwhile
             try:
                 masters: Any = await sentinel.sentinel_masters()
@@ -43,12 +61,27 @@ class SentinelDiscovery(Sentinel):
                 errors.append(f"{sentinel}: {type(exc).__name__}: {exc}")
                 continue
             state = masters.get(service_name)
-            if state and self.check_master_state(state, service_name):
-                self._ask_first(sentinel)
-                forced = getattr(self, "_force_master_ip", None)  # Sentinel(force_master_ip=)
-                return str(forced or state["ip"]), int(state["port"])
+            if not state or not self.check_master_state(state, service_name):
+                continue
+            epoch = int(state.get("config-epoch", 0))
+            newest = self.epochs.get(service_name, 0)  # read after the await: others take too
+            if epoch >= newest:
+                return self._take(service_name, sentinel, state, epoch)
+            errors.append(f"{sentinel}: names epoch {epoch}, behind {newest}")
+            if behind is None or epoch > behind[0]:
+                behind = (epoch, sentinel, state)
+        if behind is not None:  # no sentinel is current: their epochs started over
+            return self._take(service_name, behind[1], behind[2], behind[0])
         why = f": {'; '.join(errors)}" if errors else ""
         raise MasterNotFoundError(f"No master found for {service_name!r}{why}")
+
+    def _take(
+        self, service_name: str, sentinel: Any, state: dict[str, Any], epoch: int
+    ) -> tuple[str, int]:
+        self.epochs[service_name] = epoch
+        self._ask_first(sentinel)
+        forced = getattr(self, "_force_master_ip", None)  # Sentinel(force_master_ip=)
+        return str(forced or state["ip"]), int(state["port"])
 
     def _ask_first(self, sentinel: Any) -> None:
         order = [s for s in self.sentinels if s is not sentinel]
