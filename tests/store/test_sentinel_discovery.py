@@ -54,6 +54,7 @@ class StandIn:
 def manager(*stand_ins: StandIn) -> SentinelDiscovery:
     made = SentinelDiscovery([("127.0.0.1", 1 + i) for i in range(len(stand_ins))])
     made.sentinels = list(stand_ins)  # type: ignore[arg-type]  # stand-ins for the clients
+    made.epochs.clear()  # shared by every manager of these addresses, in every test
     return made
 
 
@@ -134,3 +135,14 @@ async def test_when_no_sentinel_is_current_the_newest_answer_is_taken() -> None:
     assert await found.discover_master(SERVICE) == ("10.0.0.6", 6379)
     assert found.epochs == {SERVICE: 1} and order(found) == ["b", "a", "c"]
     assert (a.asked, b.asked, c.asked) == (1, 1, 1)  # all asked before settling for it
+
+
+def test_the_newest_epoch_is_shared_by_the_managers_of_one_group() -> None:
+    """The daemon's clients (commands, blocking reads) each have a manager: what one
+    learnt of a failover holds for the others. Another group of sentinels is apart."""
+    group = [("127.0.0.1", 26379), ("127.0.0.1", 26380)]
+    first, second = SentinelDiscovery(group), SentinelDiscovery(list(reversed(group)))
+    other = SentinelDiscovery([("127.0.0.1", 26381)])
+    first.epochs[SERVICE] = 4
+    assert second.epochs == {SERVICE: 4} and SERVICE not in other.epochs
+    first.epochs.clear()

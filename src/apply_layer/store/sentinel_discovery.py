@@ -25,13 +25,15 @@ healthy answer: a connection opened after the daemon had already moved to
 the new primary went back to the old, dead one, and the outage was logged
 a second time (CI, ``test_failover_chaos_small``). Every answer carries the
 configuration's epoch, which a failover raises; an answer older than the
-newest this process has seen is passed over while another sentinel gives a
-current one. If none does (the sentinels were set up again and their
-epochs started over), the newest answer given is taken.
+newest this process has seen (through any of its clients) is passed over
+while another sentinel gives a current one. If none does (the sentinels
+were set up again and their epochs started over), the newest answer given
+is taken.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
@@ -39,14 +41,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+_EPOCHS: dict[frozenset[tuple[str, int]], dict[str, int]] = {}
+
 
 class SentinelDiscovery(Sentinel):
     """redis-py's Sentinel manager with a discovery that tasks may run concurrently,
     and that passes over a sentinel still naming the primary before a failover."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.epochs: dict[str, int] = {}  # per service, the newest config-epoch taken
+    def __init__(self, sentinels: Iterable[tuple[str, int]], **kwargs: Any) -> None:
+        addresses = tuple(sentinels)
+        super().__init__(addresses, **kwargs)
+        # Per service, the newest config-epoch taken: one dict per group of sentinels
+        # in the process, since each client (commands, blocking reads) has a manager.
+        self.epochs = _EPOCHS.setdefault(frozenset(addresses), {})
 
     async def discover_master(self, service_name: str) -> tuple[str, int]:
         """The address of ``service_name``'s primary, from the first sentinel that
