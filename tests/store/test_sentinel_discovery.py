@@ -9,17 +9,27 @@ busy daemon reconnects after a failover. Real sentinels: test_connection_sentine
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from apply_layer.store import sentinel_discovery
 from apply_layer.store.sentinel_discovery import SentinelDiscovery
 
 pytestmark = pytest.mark.unit  # scripts/test.sh --fast
 
 SERVICE = "apply"
+
+
+@pytest.fixture(autouse=True)
+def _no_epochs_across_tests() -> Iterator[None]:
+    """The epochs are per process and group of addresses: each test starts afresh."""
+    sentinel_discovery._EPOCHS.clear()
+    yield
+    sentinel_discovery._EPOCHS.clear()
 
 
 def healthy(ip: str, **changes: Any) -> dict[str, Any]:
@@ -54,7 +64,6 @@ class StandIn:
 def manager(*stand_ins: StandIn) -> SentinelDiscovery:
     made = SentinelDiscovery([("127.0.0.1", 1 + i) for i in range(len(stand_ins))])
     made.sentinels = list(stand_ins)  # type: ignore[arg-type]  # stand-ins for the clients
-    made.epochs.clear()  # shared by every manager of these addresses, in every test
     return made
 
 
@@ -126,15 +135,49 @@ async def test_a_sentinel_behind_a_failover_is_passed_over() -> None:
     assert found.epochs == {SERVICE: 3}
 
 
-async def test_when_no_sentinel_is_current_the_newest_answer_is_taken() -> None:
-    """The sentinels were set up again and their epochs started over: what they
-    name is taken rather than no primary at all, and becomes the newest seen."""
-    a, b, c = StandIn("a", at("10.0.0.5", 0)), StandIn("b", at("10.0.0.6", 1)), StandIn("c", None)
+async def test_sentinels_set_up_again_are_followed_when_most_agree() -> None:
+    """Their epochs started over: a majority name one primary at an older epoch, and
+    it is taken rather than no primary at all. It becomes the newest seen."""
+    a, b = StandIn("a", at("10.0.0.5", 0)), StandIn("b", at("10.0.0.5", 1))
+    c = StandIn("c", None)
     found = manager(a, b, c)
     found.epochs[SERVICE] = 7
-    assert await found.discover_master(SERVICE) == ("10.0.0.6", 6379)
+    assert await found.discover_master(SERVICE) == ("10.0.0.5", 6379)
     assert found.epochs == {SERVICE: 1} and order(found) == ["b", "a", "c"]
     assert (a.asked, b.asked, c.asked) == (1, 1, 1)  # all asked before settling for it
+
+
+async def test_a_current_sentinel_that_fails_once_is_waited_for() -> None:
+    """Split brain: ``b`` told this process of the failover, then times out once. ``a``
+    still names the old primary, alive and taking writes. Nothing is named until a
+    current sentinel answers again: the old primary is never handed back."""
+    a, b, c = StandIn("a", at("10.0.0.1", 4)), StandIn("b", None), StandIn("c", None)
+    found = manager(a, b, c)
+    found.epochs[SERVICE] = 5
+    with pytest.raises(MasterNotFoundError, match="behind 5"):
+        await found.discover_master(SERVICE)
+    assert found.epochs == {SERVICE: 5} and order(found) == ["a", "b", "c"]
+    b.answer = at("10.0.0.2", 5)
+    assert await found.discover_master(SERVICE) == ("10.0.0.2", 6379)
+    assert order(found) == ["b", "a", "c"]
+
+
+async def test_a_majority_behind_that_disagree_name_nothing() -> None:
+    a, b = StandIn("a", at("10.0.0.1", 3)), StandIn("b", at("10.0.0.2", 4))
+    c = StandIn("c", None)
+    found = manager(a, b, c)
+    found.epochs[SERVICE] = 5
+    with pytest.raises(MasterNotFoundError):
+        await found.discover_master(SERVICE)
+    assert found.epochs == {SERVICE: 5}
+
+
+async def test_an_epoch_that_is_not_a_number_is_taken_and_not_recorded() -> None:
+    a = StandIn("a", healthy("10.0.0.4", **{"config-epoch": "n/a"}))
+    found = manager(a)
+    found.epochs[SERVICE] = 5
+    assert await found.discover_master(SERVICE) == ("10.0.0.4", 6379)
+    assert found.epochs == {SERVICE: 5}
 
 
 def test_the_newest_epoch_is_shared_by_the_managers_of_one_group() -> None:
@@ -145,4 +188,3 @@ def test_the_newest_epoch_is_shared_by_the_managers_of_one_group() -> None:
     other = SentinelDiscovery([("127.0.0.1", 26381)])
     first.epochs[SERVICE] = 4
     assert second.epochs == {SERVICE: 4} and SERVICE not in other.epochs
-    first.epochs.clear()

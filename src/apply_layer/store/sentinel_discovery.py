@@ -26,9 +26,12 @@ the new primary went back to the old, dead one, and the outage was logged
 a second time (CI, ``test_failover_chaos_small``). Every answer carries the
 configuration's epoch, which a failover raises; an answer older than the
 newest this process has seen (through any of its clients) is passed over
-while another sentinel gives a current one. If none does (the sentinels
-were set up again and their epochs started over), the newest answer given
-is taken.
+while another sentinel gives a current one. If none does, the answers
+behind are taken only if a majority of the sentinels give them and name
+one primary (the sentinels were set up again and their epochs started
+over); otherwise no primary is named yet, and the pool tries again. One
+current sentinel that times out once must not hand the daemon back to a
+primary that a split brain left alive.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class SentinelDiscovery(Sentinel):
         names a healthy one in a configuration no older than the newest seen (that
         sentinel is asked first next time)."""
         errors: list[str] = []
-        behind: tuple[int, Any, dict[str, Any]] | None = None  # the newest answer passed over
+        behind: list[tuple[int, Any, dict[str, Any]]] = []  # answers passed over
         for sentinel in list(self.sentinels):  # others may reorder the list meanwhile
             try:
                 masters: Any = await sentinel.sentinel_masters()
@@ -70,26 +73,44 @@ class SentinelDiscovery(Sentinel):
             state = masters.get(service_name)
             if not state or not self.check_master_state(state, service_name):
                 continue
-            epoch = int(state.get("config-epoch", 0))
+            epoch = _epoch(state)
             newest = self.epochs.get(service_name, 0)  # read after the await: others take too
-            if epoch >= newest:
+            if epoch is None or epoch >= newest:
                 return self._take(service_name, sentinel, state, epoch)
             errors.append(f"{sentinel}: names epoch {epoch}, behind {newest}")
-            if behind is None or epoch > behind[0]:
-                behind = (epoch, sentinel, state)
-        if behind is not None:  # no sentinel is current: their epochs started over
-            return self._take(service_name, behind[1], behind[2], behind[0])
+            behind.append((epoch, sentinel, state))
+        if self._started_over(behind):
+            epoch, sentinel, state = max(behind, key=lambda answer: answer[0])
+            self.epochs[service_name] = epoch  # the one way the memory goes down
+            return self._take(service_name, sentinel, state, epoch)
         why = f": {'; '.join(errors)}" if errors else ""
         raise MasterNotFoundError(f"No master found for {service_name!r}{why}")
 
+    def _started_over(self, behind: list[tuple[int, Any, dict[str, Any]]]) -> bool:
+        """Whether the answers passed over say the sentinels were set up again: a
+        majority of them, naming one primary. One current sentinel that did not
+        answer this time (a timeout) leaves the rest behind, and is waited for."""
+        named = {(str(state["ip"]), int(state["port"])) for _, _, state in behind}
+        return len(behind) > len(self.sentinels) // 2 and len(named) == 1
+
     def _take(
-        self, service_name: str, sentinel: Any, state: dict[str, Any], epoch: int
+        self, service_name: str, sentinel: Any, state: dict[str, Any], epoch: int | None
     ) -> tuple[str, int]:
-        self.epochs[service_name] = epoch
+        if epoch is not None:
+            self.epochs[service_name] = max(epoch, self.epochs.get(service_name, 0))
         self._ask_first(sentinel)
-        forced = getattr(self, "_force_master_ip", None)  # Sentinel(force_master_ip=)
-        return str(forced or state["ip"]), int(state["port"])
+        forced = self._force_master_ip  # Sentinel(force_master_ip=)
+        return str(state["ip"] if forced is None else forced), int(state["port"])
 
     def _ask_first(self, sentinel: Any) -> None:
-        order = [s for s in self.sentinels if s is not sentinel]
-        self.sentinels[:] = [sentinel, *order]
+        if any(s is sentinel for s in self.sentinels):  # a new list: loops over the old go on
+            self.sentinels = [sentinel, *(s for s in self.sentinels if s is not sentinel)]
+
+
+def _epoch(state: dict[str, Any]) -> int | None:
+    """The answer's ``config-epoch``; None if it is not a number (taken, not recorded,
+    as redis-py takes any healthy answer)."""
+    try:
+        return int(state.get("config-epoch", 0))
+    except (TypeError, ValueError):
+        return None
