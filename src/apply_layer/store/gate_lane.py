@@ -56,7 +56,13 @@ from apply_layer.core import keys as K
 from apply_layer.core.errors import GateLaneDown, GateLaneUnsupported
 from apply_layer.logs import get_logger
 from apply_layer.store.connection import COMMAND_TIMEOUT_SEC, redis_db
-from apply_layer.store.keyspace import CANARY_KEY, CANARY_SEC, KeyspaceWatcher
+from apply_layer.store.keyspace import (
+    CANARY_KEY,
+    CANARY_SEC,
+    MAX_REFUSED_BACKOFF_SEC,
+    KeyspaceWatcher,
+    channels,
+)
 from apply_layer.store.lane_wire import LaneWire, transport_of
 from apply_layer.store.waiters import registered
 
@@ -67,7 +73,6 @@ START_WAIT_SEC = 2.0
 REPLY_TIMEOUT_SEC = COMMAND_TIMEOUT_SEC  # as long as any command of the daemon's may take
 FIRST_BACKOFF_SEC = 0.1
 MAX_BACKOFF_SEC = 5.0
-MAX_REFUSED_BACKOFF_SEC = 60.0  # an ACL without the channels says no until someone fixes it
 WATCHER_CHECK_SEC = 1.0  # how often a lane waiting for the watcher's events looks again
 
 # Redis' answers that say this server no longer takes the gate's writes: the lane's
@@ -101,7 +106,7 @@ class GateLane:
         # The gate's channels, and the heartbeat's: its event, each housekeeping tick,
         # proves that this connection still hears (check()).
         self._canary = K.keyspace_channel(CANARY_KEY, db)
-        self._channels = sorted({K.keyspace_channel(p, db) for p in patterns} | {self._canary})
+        self._channels = channels(patterns, db)  # the watcher's very channels
         self._prefix = K.keyspace_channel("", db)
         self._awaiting: float | None = None  # a heartbeat write whose event is not in yet
         self._ping = LaneWaiter(lambda: b"")  # the check's PING, in the reply order
